@@ -1,0 +1,123 @@
+//! The AdminActor: answers operator and client sessions.
+//!
+//! Each request is turned into a stream of replies. A gossip watch sends the
+//! full state first, then the changes found every `watch_interval` (heartbeat
+//! ticks are not changes). Watches are bounded in number; each ends when its
+//! client goes away.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use futures::stream::{self, BoxStream, StreamExt};
+use tstore_membership::{view, Membership};
+
+use crate::wire::{AdminReply, AdminRequest};
+
+/// At most this many gossip watches at once per node.
+pub const MAX_WATCHES: usize = 64;
+
+pub struct AdminActor {
+    membership: Arc<Membership>,
+    watch_interval: Duration,
+    watches: Arc<AtomicUsize>,
+}
+
+impl AdminActor {
+    pub fn new(membership: Arc<Membership>, watch_interval: Duration) -> Self {
+        Self {
+            membership,
+            watch_interval,
+            watches: Arc::default(),
+        }
+    }
+}
+
+impl Actor for AdminActor {
+    type Context = Context<Self>;
+}
+
+/// One admin request; the result is the stream of replies to send back.
+#[derive(Message)]
+#[rtype(result = "BoxStream<'static, AdminReply>")]
+pub struct AdminCall(pub AdminRequest);
+
+impl Handler<AdminCall> for AdminActor {
+    type Result = MessageResult<AdminCall>;
+
+    fn handle(&mut self, AdminCall(req): AdminCall, _: &mut Context<Self>) -> Self::Result {
+        let membership = self.membership.clone();
+        MessageResult(match req {
+            AdminRequest::Members => stream::once(async move {
+                let snapshot = membership.snapshot().await;
+                AdminReply::Members {
+                    members: view::members(&snapshot),
+                    observer: snapshot.observer,
+                }
+            })
+            .boxed(),
+            AdminRequest::Gossip => {
+                stream::once(async move { AdminReply::Gossip(membership.snapshot().await) }).boxed()
+            }
+            AdminRequest::WatchGossip => self.watch(membership),
+        })
+    }
+}
+
+/// Decrements the watch count when a watch stream is dropped.
+struct WatchSlot(Arc<AtomicUsize>);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl AdminActor {
+    fn watch(&self, membership: Arc<Membership>) -> BoxStream<'static, AdminReply> {
+        if self.watches.fetch_add(1, Ordering::SeqCst) >= MAX_WATCHES {
+            self.watches.fetch_sub(1, Ordering::SeqCst);
+            return stream::once(async {
+                AdminReply::Error(format!(
+                    "this node already serves {MAX_WATCHES} gossip watches; try another node or later"
+                ))
+            })
+            .boxed();
+        }
+        let slot = WatchSlot(self.watches.clone());
+        let mut tick = tokio::time::interval(self.watch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        stream::unfold(
+            (membership, None, tick, slot),
+            |(membership, prev, mut tick, slot)| async move {
+                let Some(mut prev) = prev else {
+                    let snapshot = membership.snapshot().await;
+                    let reply = AdminReply::Gossip(snapshot.clone());
+                    return Some((reply, (membership, Some(snapshot), tick, slot)));
+                };
+                loop {
+                    tick.tick().await;
+                    let snapshot = membership.snapshot().await;
+                    let changes = view::diff(&prev, &snapshot);
+                    if !changes.is_empty() {
+                        let reply = AdminReply::GossipChanges {
+                            at_unix_ms: now_ms(),
+                            changes,
+                        };
+                        return Some((reply, (membership, Some(snapshot), tick, slot)));
+                    }
+                    prev = snapshot;
+                }
+            },
+        )
+        .boxed()
+    }
+}

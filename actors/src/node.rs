@@ -1,0 +1,239 @@
+//! The NodeActor and node start-up.
+//!
+//! Start-up order: identity (already bumped by the caller) → certificate check
+//! → QUIC endpoint → gossip over that endpoint → actors → serving. Shutdown is
+//! the reverse, politely: announce `leaving` in gossip, let it spread, close
+//! the endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tracing::{debug, info, warn};
+use tstore_membership::{
+    GossipInbox, GossipLink, Membership, MembershipConfig, MembershipError, MembershipEvent,
+    NodeIdentity,
+};
+use tstore_transport::{Endpoint, Limits, Remote, Role, TlsIdentity, TransportError};
+
+use crate::admin::AdminActor;
+use crate::service::NodeService;
+use crate::wire::{PeerMessage, PeerReply};
+
+/// Inbound one-way messages may queue this deep in the node's mailbox.
+const MAILBOX_CAPACITY: usize = 4096;
+
+/// Everything a node needs to start.
+pub struct NodeSettings {
+    /// This incarnation (see `NodeIdentity::start`).
+    pub identity: NodeIdentity,
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this node; defaults to `listen`.
+    pub advertise: Option<SocketAddr>,
+    pub tls: TlsIdentity,
+    pub limits: Limits,
+    pub membership: MembershipConfig,
+    /// How often a gossip watch looks for changes.
+    pub watch_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Membership(#[from] MembershipError),
+    #[error("the node certificate is for {found}, but this node is {expected:?}: use the certificate made by `tstore cert create-node --name {expected}`")]
+    WrongCertificate { expected: String, found: String },
+    #[error("listening on {listen} (an unspecified address) needs --advertise with the address peers should use")]
+    NoAdvertise { listen: SocketAddr },
+}
+
+/// A running node, as seen by whoever started it.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub node: Addr<NodeActor>,
+    pub identity: NodeIdentity,
+    /// The advertised address (peer and client traffic).
+    pub addr: SocketAddr,
+}
+
+impl NodeHandle {
+    /// Leaves the cluster politely and closes the endpoint.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.node.send(Shutdown).await {
+            warn!(error = %e, "node actor already gone");
+        }
+    }
+}
+
+/// Gossip carried by the node's QUIC endpoint as one-way peer messages.
+struct QuicGossipLink(Endpoint);
+
+impl GossipLink for QuicGossipLink {
+    fn send(&self, to: SocketAddr, payload: Vec<u8>) -> Result<(), String> {
+        self.0
+            .send_oneway(to, &PeerMessage::Gossip(payload))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Starts a node inside the current actix system.
+pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError> {
+    let NodeSettings {
+        identity,
+        listen,
+        advertise,
+        tls,
+        limits,
+        membership,
+        watch_interval,
+    } = settings;
+    match tls.own_identity() {
+        Some((Role::Node, name)) if name == identity.node_id => {}
+        other => {
+            return Err(StartError::WrongCertificate {
+                expected: identity.node_id.clone(),
+                found: match other {
+                    Some((role, name)) => format!("{} {name:?}", role.as_str()),
+                    None => "no tstore node".into(),
+                },
+            })
+        }
+    }
+    if advertise.is_none() && listen.ip().is_unspecified() {
+        return Err(StartError::NoAdvertise { listen });
+    }
+    let endpoint = Endpoint::bind(listen, &tls, limits)?;
+    let addr = match advertise {
+        Some(a) => a,
+        None => endpoint.local_addr(),
+    };
+    let link = Arc::new(QuicGossipLink(endpoint.clone()));
+    let (membership, inbox) = Membership::start(&identity, addr, membership, link).await?;
+    let membership = Arc::new(membership);
+    let admin = AdminActor::new(membership.clone(), watch_interval).start();
+    let node = NodeActor {
+        identity: identity.clone(),
+        endpoint: endpoint.clone(),
+        membership,
+        inbox,
+        left: false,
+    }
+    .start();
+    endpoint.serve(Arc::new(NodeService {
+        node: node.clone(),
+        admin,
+    }));
+    info!(node_id = %identity.node_id, generation = identity.generation, %addr, "node serving");
+    Ok(NodeHandle {
+        node,
+        identity,
+        addr,
+    })
+}
+
+/// One per process: owns the endpoint and membership, routes peer messages.
+pub struct NodeActor {
+    identity: NodeIdentity,
+    endpoint: Endpoint,
+    membership: Arc<Membership>,
+    inbox: GossipInbox,
+    left: bool,
+}
+
+impl Actor for NodeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        ctx.add_stream(BroadcastStream::new(self.membership.subscribe()));
+    }
+}
+
+/// A one-way message from another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InboundPeer {
+    pub from: Remote,
+    pub msg: PeerMessage,
+}
+
+/// A request from another node.
+#[derive(Message)]
+#[rtype(result = "PeerReply")]
+pub struct PeerCall {
+    pub from: Remote,
+    pub msg: PeerMessage,
+}
+
+/// Leave the cluster politely and stop serving.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<InboundPeer> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, InboundPeer { from, msg }: InboundPeer, _: &mut Context<Self>) {
+        match msg {
+            PeerMessage::Gossip(payload) => self.inbox.deliver(from.addr, payload),
+            PeerMessage::Ping => debug!(peer = %from.name, "one-way ping"),
+        }
+    }
+}
+
+impl Handler<PeerCall> for NodeActor {
+    type Result = MessageResult<PeerCall>;
+
+    fn handle(&mut self, PeerCall { from, msg }: PeerCall, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(match msg {
+            PeerMessage::Ping => PeerReply::Pong {
+                node_id: self.identity.node_id.clone(),
+                generation: self.identity.generation,
+            },
+            PeerMessage::Gossip(payload) => {
+                self.inbox.deliver(from.addr, payload);
+                PeerReply::Refused("gossip is one-way; delivered anyway".into())
+            }
+        })
+    }
+}
+
+impl Handler<Shutdown> for NodeActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        let first = !self.left;
+        self.left = true;
+        let (membership, endpoint) = (self.membership.clone(), self.endpoint.clone());
+        Box::pin(async move {
+            if first {
+                membership.leave().await;
+            }
+            endpoint.shutdown().await;
+        })
+    }
+}
+
+impl StreamHandler<Result<MembershipEvent, BroadcastStreamRecvError>> for NodeActor {
+    fn handle(
+        &mut self,
+        event: Result<MembershipEvent, BroadcastStreamRecvError>,
+        _: &mut Context<Self>,
+    ) {
+        match event {
+            Ok(event) => debug!(?event, "membership event"),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                warn!(
+                    missed = n,
+                    "membership events missed; node actor fell behind"
+                )
+            }
+        }
+    }
+}

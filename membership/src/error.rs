@@ -1,0 +1,29 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("data dir {dir} belongs to node {stored:?}, not {requested:?}")]
+    WrongNode {
+        dir: PathBuf,
+        stored: String,
+        requested: String,
+    },
+    #[error("data dir {dir} has no node id yet: pass --node-id on the first start")]
+    NoNodeId { dir: PathBuf },
+    #[error("invalid node id {0:?}: use 1-63 letters, digits, '-' or '_'")]
+    BadNodeId(String),
+    #[error("gossip could not start: {0}")]
+    Start(String),
+}

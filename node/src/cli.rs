@@ -1,0 +1,243 @@
+//! The `tstore` command line.
+//!
+//! Exit codes: 0 success, 1 the command failed (the message says why),
+//! 2 bad usage (clap's message).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use tstore_transport::certs::CertDir;
+use tstore_transport::Role;
+
+use crate::client::{AdminClient, WatchItem};
+use crate::config::NodeOptions;
+use crate::{demo, output, run};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tstore",
+    version,
+    about = "A distributed, sharded, replicated table store"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make the cluster CA and node/client certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Run a node (until SIGINT/SIGTERM, when it leaves the cluster politely).
+    Start {
+        /// TOML file with the same keys as the flags (flags win).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        options: Box<NodeOptions>,
+    },
+    /// Talk to a running node as an operator.
+    Admin(AdminArgs),
+    /// Run a local 3-node cluster with generated certificates; Ctrl-C stops it.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Create the cluster CA (ca.crt, ca.key).
+    CreateCa {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a node certificate signed by the CA (node-NAME.crt/.key).
+    CreateNode {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The node id the certificate is for.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a client/operator certificate signed by the CA (client-NAME.crt/.key).
+    CreateClient {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value = "admin")]
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Address of any node of the cluster.
+    #[arg(long, env = "TSTORE_NODE", default_value = "127.0.0.1:7401")]
+    pub node: SocketAddr,
+    /// Certificate directory holding ca.crt and the client certificate.
+    #[arg(long, env = "TSTORE_CERTS", default_value = "certs")]
+    pub certs: PathBuf,
+    /// Which client certificate (client-NAME.crt) to use.
+    #[arg(long, env = "TSTORE_CLIENT", default_value = "admin")]
+    pub client_name: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    /// JSON; one object per line for streams.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Every node: status (live/down/left/joining), generation, address, zone, roles, version.
+    Members,
+    /// The raw gossip state: per node heartbeat, keys, values and versions.
+    Gossip {
+        /// Keep streaming changes as they happen (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+/// Parses arguments, runs the command, and returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Start { .. } => "info",
+        _ => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match execute(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Cert(c) => cert(c),
+        Command::Start { config, options } => {
+            let file = match config {
+                Some(path) => NodeOptions::from_file(&path)?,
+                None => NodeOptions::default(),
+            };
+            run::run_node((*options).over(file).resolve()?)
+        }
+        Command::Admin(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(admin(args))
+        }
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+fn cert(c: CertCommand) -> anyhow::Result<()> {
+    match c {
+        CertCommand::CreateCa { dir, force } => {
+            let path = CertDir::new(&dir).create_ca(force)?;
+            println!("created cluster CA {}", path.display());
+        }
+        CertCommand::CreateNode { dir, name, force } => {
+            let (crt, key) = CertDir::new(&dir).create_leaf(Role::Node, &name, force)?;
+            println!(
+                "created node certificate {} and key {}",
+                crt.display(),
+                key.display()
+            );
+        }
+        CertCommand::CreateClient { dir, name, force } => {
+            let (crt, key) = CertDir::new(&dir).create_leaf(Role::Client, &name, force)?;
+            println!(
+                "created client certificate {} and key {}",
+                crt.display(),
+                key.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    let client = AdminClient::connect(args.node, &args.certs, &args.client_name)
+        .await
+        .with_context(|| format!("connecting to {}", args.node))?;
+    let json = args.output == Output::Json;
+    match args.command {
+        AdminCommand::Members => {
+            let (observer, members) = client.members().await?;
+            if json {
+                print_json(&serde_json::json!({ "observer": observer, "members": members }))?;
+            } else {
+                print!("{}", output::members(&observer, &members));
+            }
+        }
+        AdminCommand::Gossip { watch: false } => {
+            let snapshot = client.gossip().await?;
+            if json {
+                print_json(&snapshot)?;
+            } else {
+                print!("{}", output::gossip(&snapshot));
+            }
+        }
+        AdminCommand::Gossip { watch: true } => {
+            let mut watch = client.watch_gossip().await?;
+            while let Some(item) = tokio::select! {
+                item = watch.next() => item?,
+                _ = tokio::signal::ctrl_c() => None,
+            } {
+                match item {
+                    WatchItem::Snapshot(s) if json => print_json(&s)?,
+                    WatchItem::Snapshot(s) => {
+                        print!("{}", output::gossip(&s));
+                        println!("-- watching for changes (Ctrl-C to stop) --");
+                    }
+                    WatchItem::Changes {
+                        at_unix_ms,
+                        changes,
+                    } if json => print_json(
+                        &serde_json::json!({ "at_unix_ms": at_unix_ms, "changes": changes }),
+                    )?,
+                    WatchItem::Changes {
+                        at_unix_ms,
+                        changes,
+                    } => print!("{}", output::changes(at_unix_ms, &changes)),
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The Rust client of a node's admin service.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tstore_node::client::ClientError> {
+//! use tstore_node::client::AdminClient;
+//! let client = AdminClient::connect("127.0.0.1:7401".parse().unwrap(), "certs".as_ref(), "admin").await?;
+//! for m in client.members().await?.1 {
+//!     println!("{} {}", m.node_id, m.status);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tstore_actors::wire::{AdminReply, AdminRequest};
+use tstore_membership::{GossipChange, GossipSnapshot, Member};
+use tstore_transport::certs::CertDir;
+use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("client certificate {path} not found: create it with `tstore cert create-client --dir {dir} --name {name}`")]
+    NoCertificate {
+        path: String,
+        dir: String,
+        name: String,
+    },
+    #[error("the node answered with an error: {0}")]
+    Server(String),
+    #[error("the node answered {0}, which does not fit the request")]
+    Unexpected(&'static str),
+}
+
+/// One item of a gossip watch.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// The full state, first.
+    Snapshot(GossipSnapshot),
+    /// What changed since the previous item.
+    Changes {
+        at_unix_ms: u64,
+        changes: Vec<GossipChange>,
+    },
+}
+
+/// A session with one node's admin service.
+pub struct AdminClient {
+    session: ClientSession,
+}
+
+fn reply_kind(r: &AdminReply) -> &'static str {
+    match r {
+        AdminReply::Members { .. } => "a member list",
+        AdminReply::Gossip(_) => "a gossip state",
+        AdminReply::GossipChanges { .. } => "gossip changes",
+        AdminReply::Error(_) => "an error",
+    }
+}
+
+impl AdminClient {
+    /// Connects with the client certificate `client-<name>` from a `tstore cert` directory.
+    pub async fn connect(addr: SocketAddr, certs: &Path, name: &str) -> Result<Self, ClientError> {
+        let dir = CertDir::new(certs);
+        let (cert, _) = dir.leaf(Role::Client, name);
+        if !cert.exists() {
+            return Err(ClientError::NoCertificate {
+                path: cert.display().to_string(),
+                dir: certs.display().to_string(),
+                name: name.to_owned(),
+            });
+        }
+        let identity = dir.identity(Role::Client, name)?;
+        Self::connect_with(addr, &identity).await
+    }
+
+    /// Connects with an already loaded identity.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        identity: &TlsIdentity,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            session: ClientSession::connect(addr, identity, Limits::default()).await?,
+        })
+    }
+
+    /// The contacted node's id and its member list.
+    pub async fn members(&self) -> Result<(String, Vec<Member>), ClientError> {
+        match self.session.request(&AdminRequest::Members).await? {
+            AdminReply::Members { observer, members } => Ok((observer, members)),
+            AdminReply::Error(e) => Err(ClientError::Server(e)),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    /// The raw gossip state as the contacted node sees it.
+    pub async fn gossip(&self) -> Result<GossipSnapshot, ClientError> {
+        match self.session.request(&AdminRequest::Gossip).await? {
+            AdminReply::Gossip(s) => Ok(s),
+            AdminReply::Error(e) => Err(ClientError::Server(e)),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    /// Streams the gossip state and then its changes.
+    pub async fn watch_gossip(&self) -> Result<GossipWatch, ClientError> {
+        Ok(GossipWatch {
+            replies: self
+                .session
+                .request_stream(&AdminRequest::WatchGossip)
+                .await?,
+        })
+    }
+
+    pub async fn close(self) {
+        self.session.close().await
+    }
+}
+
+/// A running gossip watch.
+pub struct GossipWatch {
+    replies: ReplyStream<AdminReply>,
+}
+
+impl GossipWatch {
+    /// The next item; `Ok(None)` when the node ended the watch (it shut down).
+    pub async fn next(&mut self) -> Result<Option<WatchItem>, ClientError> {
+        match self.replies.next().await? {
+            None => Ok(None),
+            Some(AdminReply::Gossip(s)) => Ok(Some(WatchItem::Snapshot(s))),
+            Some(AdminReply::GossipChanges {
+                at_unix_ms,
+                changes,
+            }) => Ok(Some(WatchItem::Changes {
+                at_unix_ms,
+                changes,
+            })),
+            Some(AdminReply::Error(e)) => Err(ClientError::Server(e)),
+            Some(other) => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Node configuration: a TOML file (`--config node.toml`) overridden by flags.
+//!
+//! Every key of the file has a flag of the same name with dashes
+//! (`gossip_interval_ms` ↔ `--gossip-interval-ms`). Unknown keys are refused,
+//! so a typo does not silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use tstore_membership::{MembershipConfig, NodeProfile};
+use tstore_transport::Limits;
+
+/// Settings of `tstore start`; each may come from a flag or the config file.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeOptions {
+    /// This node's id (letters, digits, '-', '_'); needed on the first start, then kept in the data dir.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// UDP address to listen on [default: 127.0.0.1:7401].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address peers and clients reach this node at [default: the listen address].
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// Directory for the node's identity and data [default: tstore-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Certificate directory made by `tstore cert` [default: certs].
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+    /// Seed nodes to join through, comma-separated host:port.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Zone (rack, availability zone) of this node, for replica spreading.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Cluster id; nodes of other clusters are ignored [default: tstore].
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+    /// Gossip interval in milliseconds [default: 200].
+    #[arg(long)]
+    pub gossip_interval_ms: Option<u64>,
+    /// Phi-accrual threshold above which a silent peer is marked down [default: 6].
+    #[arg(long)]
+    pub phi_threshold: Option<f64>,
+    /// Seconds a dead node stays in the gossip state before it is forgotten [default: 3600].
+    #[arg(long)]
+    pub dead_node_grace_secs: Option<u64>,
+    /// Largest accepted network frame in bytes [default: 8388608].
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+    /// Timeout of one request in milliseconds [default: 5000].
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// A node's fully resolved configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: Option<String>,
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub certs: PathBuf,
+    pub limits: Limits,
+    pub membership: MembershipConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key} = {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl NodeOptions {
+    /// Reads options from a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// `self` (flags) where set, else `file`.
+    pub fn over(self, file: NodeOptions) -> NodeOptions {
+        NodeOptions {
+            node_id: self.node_id.or(file.node_id),
+            listen: self.listen.or(file.listen),
+            advertise: self.advertise.or(file.advertise),
+            data_dir: self.data_dir.or(file.data_dir),
+            certs: self.certs.or(file.certs),
+            seeds: self.seeds.or(file.seeds),
+            zone: self.zone.or(file.zone),
+            cluster_id: self.cluster_id.or(file.cluster_id),
+            gossip_interval_ms: self.gossip_interval_ms.or(file.gossip_interval_ms),
+            phi_threshold: self.phi_threshold.or(file.phi_threshold),
+            dead_node_grace_secs: self.dead_node_grace_secs.or(file.dead_node_grace_secs),
+            max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
+            request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
+        }
+    }
+
+    /// Applies defaults and checks ranges.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let mut membership = MembershipConfig::default();
+        if let Some(ms) = self.gossip_interval_ms {
+            if !(10..=60_000).contains(&ms) {
+                return Err(invalid("gossip_interval_ms", ms, "must be 10..=60000"));
+            }
+            membership.gossip_interval = Duration::from_millis(ms);
+        }
+        if let Some(phi) = self.phi_threshold {
+            if !(phi.is_finite() && (1.0..=100.0).contains(&phi)) {
+                return Err(invalid("phi_threshold", phi, "must be 1..=100"));
+            }
+            membership.phi_threshold = phi;
+        }
+        if let Some(s) = self.dead_node_grace_secs {
+            if s == 0 {
+                return Err(invalid("dead_node_grace_secs", s, "must be at least 1"));
+            }
+            membership.dead_node_grace_period = Duration::from_secs(s);
+        }
+        if let Some(id) = self.cluster_id {
+            if id.is_empty() {
+                return Err(invalid("cluster_id", "\"\"", "must not be empty"));
+            }
+            membership.cluster_id = id;
+        }
+        membership.seeds = self.seeds.unwrap_or_default();
+        membership.profile = NodeProfile {
+            zone: self.zone.filter(|z| !z.is_empty()),
+            roles: vec!["data".into()],
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let mut limits = Limits::default();
+        if let Some(b) = self.max_frame_bytes {
+            if !(1024..=(1 << 30)).contains(&b) {
+                return Err(invalid("max_frame_bytes", b, "must be 1024..=1073741824"));
+            }
+            limits.max_frame = b;
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            if !(10..=600_000).contains(&ms) {
+                return Err(invalid("request_timeout_ms", ms, "must be 10..=600000"));
+            }
+            limits.request_timeout = Duration::from_millis(ms);
+        }
+        Ok(NodeConfig {
+            node_id: self.node_id,
+            listen: self
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:7401".parse().unwrap()),
+            advertise: self.advertise,
+            data_dir: self.data_dir.unwrap_or_else(|| "tstore-data".into()),
+            certs: self.certs.unwrap_or_else(|| "certs".into()),
+            limits,
+            membership,
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: impl ToString, reason: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"n1\"\nlisten = \"127.0.0.1:9000\"\nseeds = [\"127.0.0.1:9001\"]\ngossip_interval_ms = 100\n",
+        )
+        .unwrap();
+        let file = NodeOptions::from_file(&path).unwrap();
+        let flags = NodeOptions {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Default::default()
+        };
+        let cfg = flags.over(file).resolve().unwrap();
+        assert_eq!(cfg.node_id.as_deref(), Some("n1"));
+        assert_eq!(cfg.listen.port(), 9100);
+        assert_eq!(cfg.membership.seeds, vec!["127.0.0.1:9001"]);
+        assert_eq!(cfg.membership.gossip_interval, Duration::from_millis(100));
+        assert_eq!(cfg.certs, PathBuf::from("certs"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "gossip_intervl_ms = 100\n").unwrap();
+        let err = NodeOptions::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("gossip_intervl_ms"), "{err}");
+        let err = NodeOptions {
+            phi_threshold: Some(0.0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "phi_threshold = 0: must be 1..=100");
+    }
+}

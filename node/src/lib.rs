@@ -1,0 +1,15 @@
+//! The `tstore` binary and its client library.
+//!
+//! - [`cli`]: the command line (`tstore cert|start|admin|demo`).
+//! - [`config`]: node configuration from a TOML file and flags (flags win).
+//! - [`client`]: [`client::AdminClient`], the Rust client for a node's admin
+//!   service; the CLI's `admin` commands are built on it.
+//! - [`run`]: starting a node process and shutting it down on SIGINT/SIGTERM.
+//! - [`demo`]: a local 3-node cluster with generated certificates.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+mod output;
+pub mod run;

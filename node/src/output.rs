@@ -1,0 +1,148 @@
+//! Text rendering of admin replies (JSON output is serde's).
+
+use std::fmt::Write;
+
+use tstore_membership::{GossipChange, GossipSnapshot, Member, NodeStatus};
+
+/// `HH:MM:SS.mmm` (UTC) of a unix time in milliseconds.
+pub fn clock(unix_ms: u64) -> String {
+    let day_ms = unix_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// The member list as an aligned table.
+pub fn members(observer: &str, members: &[Member]) -> String {
+    let rows: Vec<[String; 7]> = members
+        .iter()
+        .map(|m| {
+            [
+                m.node_id.clone(),
+                m.status.to_string(),
+                m.generation.to_string(),
+                m.addr.clone(),
+                or_dash(&m.zone).to_owned(),
+                or_dash(&m.roles.join(",")).to_owned(),
+                or_dash(&m.version).to_owned(),
+            ]
+        })
+        .collect();
+    let header = [
+        "NODE",
+        "STATUS",
+        "GENERATION",
+        "ADDRESS",
+        "ZONE",
+        "ROLES",
+        "VERSION",
+    ];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[&str]| {
+        let mut l = String::new();
+        for (c, w) in cells.iter().zip(widths) {
+            let _ = write!(l, "{c:<w$}  ");
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &header);
+    for r in &rows {
+        line(&mut out, &r.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let live = members
+        .iter()
+        .filter(|m| m.status == NodeStatus::Live)
+        .count();
+    let _ = writeln!(
+        out,
+        "({live} of {} live, as seen by {observer})",
+        members.len()
+    );
+    out
+}
+
+/// The raw gossip state.
+pub fn gossip(s: &GossipSnapshot) -> String {
+    let mut out = String::new();
+    let seeds: Vec<String> = s.seeds.iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        out,
+        "gossip state seen by {} (cluster {:?}, seeds: {})",
+        s.observer,
+        s.cluster_id,
+        or_dash(&seeds.join(","))
+    );
+    for n in &s.nodes {
+        let _ = writeln!(
+            out,
+            "{} gen {} @ {}  {}  heartbeat {}  max_version {}",
+            n.node_id, n.generation, n.gossip_addr, n.status, n.heartbeat, n.max_version
+        );
+        for (k, v) in &n.keys {
+            let deleted = if v.deleted { "  (deleted)" } else { "" };
+            let _ = writeln!(out, "    {k} = {:?}  (v{}){deleted}", v.value, v.version);
+        }
+    }
+    out
+}
+
+/// One line per change, stamped with the observer's clock.
+pub fn changes(at_unix_ms: u64, changes: &[GossipChange]) -> String {
+    let mut out = String::new();
+    for c in changes {
+        let _ = writeln!(out, "{} {c}", clock(at_unix_ms));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_formats_utc_time_of_day() {
+        assert_eq!(clock(0), "00:00:00.000Z");
+        assert_eq!(clock(86_400_000 + 3_723_045), "01:02:03.045Z");
+    }
+
+    #[test]
+    fn member_table_aligns_and_counts() {
+        let m = |id: &str, status| Member {
+            node_id: id.into(),
+            generation: 7,
+            status,
+            addr: "127.0.0.1:7401".into(),
+            zone: String::new(),
+            roles: vec!["data".into()],
+            version: "0.1.0".into(),
+            heartbeat: 3,
+        };
+        let out = members(
+            "n1",
+            &[m("n1", NodeStatus::Live), m("node-two", NodeStatus::Down)],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NODE      STATUS"), "{out}");
+        assert!(lines[2].starts_with("node-two  down"), "{out}");
+        assert_eq!(lines[3], "(1 of 2 live, as seen by n1)");
+    }
+}
