@@ -13,3 +13,6 @@ pub mod config;
 pub mod demo;
 mod output;
 pub mod run;
+
+/// The wire types of the admin protocol, for clients that speak it directly.
+pub use tstore_actors::wire;

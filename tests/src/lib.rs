@@ -1,1 +1,264 @@
+//! A harness for multi-node tests with real `tstore` processes.
+//!
+//! Each [`Cluster`] gets its own temporary directory (certificates, data dirs,
+//! logs) and its own loopback address (127.x.y.1, derived from the test
+//! process id and a counter), so tests can run in parallel on fixed ports
+//! without colliding. Every wait is bounded; dropping a cluster kills every
+//! process it started. On a failed wait the error carries the tail of each
+//! node's log.
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tstore_membership::{Member, NodeStatus};
+use tstore_node::client::AdminClient;
+use tstore_transport::certs::CertDir;
+use tstore_transport::Role;
+
+/// The binary under test: `tstore-under-test`, which cargo builds beside the
+/// integration tests (`target/<profile>/`, one level above `deps/`).
+pub fn tstore_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("tstore-under-test");
+    assert!(bin.exists(), "{} is not built", bin.display());
+    bin
+}
+
+/// Node ids a cluster has certificates for.
+pub const NODE_IDS: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
+
+const BASE_PORT: u16 = 7401;
+
+static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(1);
+
+/// A unique loopback address for one cluster of this test process.
+fn unique_loopback() -> Ipv4Addr {
+    let pid = std::process::id();
+    Ipv4Addr::new(
+        127,
+        100 + (pid % 150) as u8,
+        NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst),
+        1,
+    )
+}
+
+struct Proc {
+    child: Child,
+}
+
+/// Real node processes on one loopback address.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    ip: Ipv4Addr,
+    certs: CertDir,
+    procs: BTreeMap<String, Proc>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cluster {
+    /// Certificates for [`NODE_IDS`] and the client `admin`; no node running yet.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = CertDir::new(dir.path().join("certs"));
+        certs.create_ca(false).expect("CA");
+        for id in NODE_IDS {
+            certs.create_leaf(Role::Node, id, false).expect("node cert");
+        }
+        certs
+            .create_leaf(Role::Client, "admin", false)
+            .expect("client cert");
+        Self {
+            dir,
+            ip: unique_loopback(),
+            certs,
+            procs: BTreeMap::new(),
+        }
+    }
+
+    pub fn certs(&self) -> &CertDir {
+        &self.certs
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The address node `id` listens on.
+    pub fn addr(&self, id: &str) -> SocketAddr {
+        let index = NODE_IDS
+            .iter()
+            .position(|n| *n == id)
+            .expect("known node id");
+        SocketAddr::new(IpAddr::V4(self.ip), BASE_PORT + index as u16)
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}.log"))
+    }
+
+    /// Starts node `id` (with its data dir kept across restarts) seeded by `seeds`.
+    pub fn start(&mut self, id: &str, seeds: &[&str]) {
+        let seeds: Vec<String> = seeds.iter().map(|s| self.addr(s).to_string()).collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        let mut cmd = Command::new(tstore_binary());
+        cmd.arg("start")
+            .args(["--node-id", id])
+            .args(["--listen", &self.addr(id).to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(id))
+            .arg("--certs")
+            .arg(self.certs.path())
+            .env("RUST_LOG", "info,tstore_transport=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if !seeds.is_empty() {
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        let child = cmd.spawn().expect("spawn tstore");
+        self.procs.insert(id.to_owned(), Proc { child });
+    }
+
+    pub fn pid(&self, id: &str) -> Pid {
+        Pid::from_raw(self.procs[id].child.id() as i32)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self, id: &str) {
+        let mut p = self.procs.remove(id).expect("running node");
+        p.child.kill().expect("SIGKILL");
+        p.child.wait().expect("reap");
+    }
+
+    /// Sends a signal to a node (SIGSTOP, SIGCONT, SIGTERM...).
+    pub fn signal(&self, id: &str, sig: Signal) {
+        kill(self.pid(id), sig).expect("signal");
+    }
+
+    /// Waits (bounded) for node `id` to exit; kills it if it does not.
+    pub fn wait_exit(&mut self, id: &str, limit: Duration) -> Result<ExitStatus, String> {
+        let mut p = self.procs.remove(id).expect("running node");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = p.child.try_wait().expect("try_wait") {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        Err(format!(
+            "{id} did not exit within {limit:?}\n{}",
+            self.logs()
+        ))
+    }
+
+    pub async fn client(&self, via: &str) -> Result<AdminClient, String> {
+        AdminClient::connect(self.addr(via), self.certs.path(), "admin")
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The member list as node `via` sees it.
+    pub async fn members(&self, via: &str) -> Result<Vec<Member>, String> {
+        let client = self.client(via).await?;
+        let res = client
+            .members()
+            .await
+            .map(|(_, m)| m)
+            .map_err(|e| e.to_string());
+        client.close().await;
+        res
+    }
+
+    /// Polls `via`'s member list every 50 ms until `done` holds; returns the
+    /// time it took, or an error with the last view and the logs.
+    pub async fn wait_for(
+        &self,
+        via: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[Member]) -> bool,
+    ) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut last = String::from("no answer");
+        while start.elapsed() < limit {
+            match self.members(via).await {
+                Ok(m) if done(&m) => return Ok(start.elapsed()),
+                Ok(m) => last = format!("{m:#?}"),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "{via} did not see {what} within {limit:?}; last view: {last}\n{}",
+            self.logs()
+        ))
+    }
+
+    /// The last lines of every node's log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for id in NODE_IDS {
+            let path = self.log_path(id);
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!("--- {id} log (last 30 lines) ---\n"));
+                for l in &lines[lines.len().saturating_sub(30)..] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.values_mut() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// The status of node `id` in a member list, if listed.
+pub fn status_of(members: &[Member], id: &str) -> Option<NodeStatus> {
+    members.iter().find(|m| m.node_id == id).map(|m| m.status)
+}
+
+/// The generation of node `id` in a member list, if listed.
+pub fn generation_of(members: &[Member], id: &str) -> Option<u64> {
+    members
+        .iter()
+        .find(|m| m.node_id == id)
+        .map(|m| m.generation)
+}
+
+/// True when exactly `ids` are listed and all of them are live.
+pub fn all_live(members: &[Member], ids: &[&str]) -> bool {
+    members.len() == ids.len()
+        && ids
+            .iter()
+            .all(|id| status_of(members, id) == Some(NodeStatus::Live))
+}

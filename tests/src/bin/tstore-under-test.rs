@@ -1,0 +1,4 @@
+//! The `tstore` binary, built in this package for the tests to run.
+fn main() {
+    std::process::exit(tstore_node::cli::main());
+}
