@@ -43,9 +43,9 @@ pub struct NodeSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{0}")]
+    #[error(transparent)]
     Membership(#[from] MembershipError),
     #[error("the node certificate is for {found}, but this node is {expected:?}: use the certificate made by `tstore cert create-node --name {expected}`")]
     WrongCertificate { expected: String, found: String },

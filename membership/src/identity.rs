@@ -38,9 +38,9 @@ impl NodeIdentity {
     /// on first start), checks it against `node_id` if given, bumps the
     /// generation and persists it before returning.
     pub fn start(data_dir: &Path, node_id: Option<&str>) -> Result<Self, MembershipError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| MembershipError::Write {
+        std::fs::create_dir_all(data_dir).map_err(|cause| MembershipError::Write {
             path: data_dir.to_owned(),
-            source,
+            cause,
         })?;
         let path = data_dir.join(FILE);
         let stored = match std::fs::read(&path) {
@@ -51,7 +51,7 @@ impl NodeIdentity {
                 }
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(MembershipError::Read { path, source }),
+            Err(cause) => return Err(MembershipError::Read { path, cause }),
         };
         let (node_id, previous) = match (stored, node_id) {
             (Some(s), Some(req)) if s.node_id != req => {
@@ -92,9 +92,9 @@ impl NodeIdentity {
 /// so a crash leaves either the old or the new identity, never half of one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MembershipError> {
     let tmp: PathBuf = path.with_extension("json.tmp");
-    let err = |source| MembershipError::Write {
+    let err = |cause| MembershipError::Write {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;

@@ -236,6 +236,21 @@ fn node_view(id: &ChitchatId, state: &chitchat::NodeState, status: NodeStatus) -
     }
 }
 
+/// A peer's next status from its previous one and what gossip says now.
+/// `judged` is true once the peer has been known long enough that silence
+/// means it is down rather than still joining.
+fn classify(old: NodeStatus, leaving: bool, live: bool, judged: bool) -> NodeStatus {
+    if leaving {
+        NodeStatus::Left
+    } else if live {
+        NodeStatus::Live
+    } else if old == NodeStatus::Joining && !judged {
+        NodeStatus::Joining
+    } else {
+        NodeStatus::Down
+    }
+}
+
 /// Every gossip interval, classifies each known peer and emits the changes.
 ///
 /// - `Left` once its status key says `leaving`;
@@ -267,15 +282,12 @@ async fn track_liveness(
             seen.insert(id.clone());
             let first = *first_seen.entry(id.clone()).or_insert_with(Instant::now);
             let old = statuses.get(id).copied().unwrap_or(NodeStatus::Joining);
-            let new = if is_leaving(state) {
-                NodeStatus::Left
-            } else if live.contains(id) {
-                NodeStatus::Live
-            } else if old == NodeStatus::Joining && first.elapsed() < judge_after {
-                NodeStatus::Joining
-            } else {
-                NodeStatus::Down
-            };
+            let new = classify(
+                old,
+                is_leaving(state),
+                live.contains(id),
+                first.elapsed() >= judge_after,
+            );
             if new == old && statuses.contains_key(id) {
                 continue;
             }
@@ -315,5 +327,25 @@ async fn track_liveness(
         }
         statuses.retain(|id, _| seen.contains(id));
         first_seen.retain(|id, _| seen.contains(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classify;
+    use crate::NodeStatus::*;
+
+    #[test]
+    fn liveness_classification() {
+        // A new node stays joining until heard from or judged.
+        assert_eq!(classify(Joining, false, false, false), Joining);
+        assert_eq!(classify(Joining, false, true, false), Live);
+        assert_eq!(classify(Joining, false, false, true), Down);
+        // Once live, silence is down at once; heartbeats bring it back.
+        assert_eq!(classify(Live, false, false, false), Down);
+        assert_eq!(classify(Down, false, true, true), Live);
+        // An announced departure wins over everything, even live heartbeats.
+        assert_eq!(classify(Live, true, true, true), Left);
+        assert_eq!(classify(Down, true, false, true), Left);
     }
 }

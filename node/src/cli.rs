@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use tstore_transport::certs::CertDir;
@@ -189,9 +188,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 async fn admin(args: AdminArgs) -> anyhow::Result<()> {
-    let client = AdminClient::connect(args.node, &args.certs, &args.client_name)
-        .await
-        .with_context(|| format!("connecting to {}", args.node))?;
+    let client = AdminClient::connect(args.node, &args.certs, &args.client_name).await?;
     let json = args.output == Output::Json;
     match args.command {
         AdminCommand::Members => {

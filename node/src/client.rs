@@ -20,7 +20,7 @@ use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity, Tr
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0}")]
+    #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("client certificate {path} not found: create it with `tstore cert create-client --dir {dir} --name {name}`")]
     NoCertificate {

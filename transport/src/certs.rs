@@ -173,13 +173,13 @@ impl CertDir {
     }
 
     fn write(&self, path: &Path, bytes: &[u8], secret: bool) -> Result<(), TransportError> {
-        let err = |source| TransportError::WriteFile {
+        let err = |cause| TransportError::WriteFile {
             path: path.to_owned(),
-            source,
+            cause,
         };
-        std::fs::create_dir_all(&self.dir).map_err(|source| TransportError::WriteFile {
+        std::fs::create_dir_all(&self.dir).map_err(|cause| TransportError::WriteFile {
             path: self.dir.clone(),
-            source,
+            cause,
         })?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -197,9 +197,9 @@ impl CertDir {
 }
 
 fn read(path: &Path) -> Result<String, TransportError> {
-    std::fs::read_to_string(path).map_err(|source| TransportError::ReadFile {
+    std::fs::read_to_string(path).map_err(|cause| TransportError::ReadFile {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 

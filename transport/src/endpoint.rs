@@ -181,7 +181,7 @@ impl Endpoint {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(limits.transport_config());
         let endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
+            .map_err(|cause| TransportError::Bind { addr, cause })?;
         let peer_client = quic_client_config(identity, ALPN_PEER, &limits)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -255,7 +255,7 @@ impl Endpoint {
     /// flight.
     pub fn send_oneway<M: Serialize>(&self, to: SocketAddr, msg: &M) -> Result<(), TransportError> {
         let buf = frame::encode(msg, self.inner.limits.max_frame)
-            .map_err(|source| TransportError::Frame { addr: to, source })?;
+            .map_err(|cause| TransportError::Frame { addr: to, cause })?;
         let permit = self
             .inner
             .oneway_permits
@@ -390,12 +390,12 @@ impl Inner {
             let mut send = conn
                 .open_uni()
                 .await
-                .map_err(|source| TransportError::Connection { addr: to, source })?;
+                .map_err(|cause| TransportError::Connection { addr: to, cause })?;
             send.write_all(buf)
                 .await
                 .map_err(|e| TransportError::Frame {
                     addr: to,
-                    source: FrameError::Write(e),
+                    cause: FrameError::Write(e),
                 })?;
             let _ = send.finish();
             Ok(())
@@ -423,14 +423,14 @@ async fn open_call<Q: Serialize>(
     let (mut send, recv) = conn
         .open_bi()
         .await
-        .map_err(|source| TransportError::Connection { addr, source })?;
+        .map_err(|cause| TransportError::Connection { addr, cause })?;
     frame::write(&mut send, req, limits.max_frame)
         .await
-        .map_err(|source| match source {
-            FrameError::Write(quinn::WriteError::ConnectionLost(source)) => {
-                TransportError::Connection { addr, source }
+        .map_err(|cause| match cause {
+            FrameError::Write(quinn::WriteError::ConnectionLost(cause)) => {
+                TransportError::Connection { addr, cause }
             }
-            source => TransportError::Frame { addr, source },
+            cause => TransportError::Frame { addr, cause },
         })?;
     let _ = send.finish();
     Ok(recv)
@@ -449,11 +449,11 @@ async fn read_reply<R: DeserializeOwned>(
             .map_err(|_| TransportError::Timeout { addr, timeout: t })?,
         None => read.await,
     };
-    res.map_err(|source| match source {
-        FrameError::Read(quinn::ReadError::ConnectionLost(source)) => {
-            TransportError::Connection { addr, source }
+    res.map_err(|cause| match cause {
+        FrameError::Read(quinn::ReadError::ConnectionLost(cause)) => {
+            TransportError::Connection { addr, cause }
         }
-        source => TransportError::Frame { addr, source },
+        cause => TransportError::Frame { addr, cause },
     })
 }
 
@@ -504,7 +504,7 @@ impl ClientSession {
             "[::]:0".parse().unwrap()
         };
         let mut endpoint = quinn::Endpoint::client(bind)
-            .map_err(|source| TransportError::Bind { addr: bind, source })?;
+            .map_err(|cause| TransportError::Bind { addr: bind, cause })?;
         endpoint.set_default_client_config(quic_client_config(identity, ALPN_CLIENT, &limits)?);
         let connecting =
             endpoint

@@ -7,15 +7,15 @@ use crate::frame::FrameError;
 /// Everything that can go wrong moving a message between two endpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     ReadFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     WriteFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} already exists (pass --force to overwrite it)")]
     Exists { path: PathBuf },
@@ -27,19 +27,19 @@ pub enum TransportError {
     BadName { name: String },
     #[error("TLS configuration: {0}")]
     Tls(String),
-    #[error("cannot bind UDP {addr}: {source}")]
+    #[error("cannot bind UDP {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
     #[error("{addr} is unreachable (last connection attempt failed {since:?} ago)")]
     Backoff { addr: SocketAddr, since: Duration },
-    #[error("connection to {addr} lost: {source}")]
+    #[error("connection to {addr} lost: {cause}")]
     Connection {
         addr: SocketAddr,
-        source: quinn::ConnectionError,
+        cause: quinn::ConnectionError,
     },
     #[error("no answer from {addr} within {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
@@ -47,9 +47,6 @@ pub enum TransportError {
     NoReply { addr: SocketAddr },
     #[error("{limit} one-way messages already in flight; message refused")]
     Saturated { limit: usize },
-    #[error("frame from/to {addr}: {source}")]
-    Frame {
-        addr: SocketAddr,
-        source: FrameError,
-    },
+    #[error("frame from/to {addr}: {cause}")]
+    Frame { addr: SocketAddr, cause: FrameError },
 }

@@ -53,9 +53,9 @@ pub struct TlsIdentity {
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TransportError> {
-    std::fs::read(path).map_err(|source| TransportError::ReadFile {
+    std::fs::read(path).map_err(|cause| TransportError::ReadFile {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
