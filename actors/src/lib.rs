@@ -13,6 +13,8 @@
 //! Uses `tstore-transport` and `tstore-membership`; used by the `tstore` binary.
 
 pub mod admin;
+pub mod cluster_map;
+pub mod coordinator;
 pub mod node;
 mod service;
 pub mod wire;

@@ -1,0 +1,574 @@
+//! The cluster map: which tables exist, how each is split into shards, and
+//! which nodes hold each shard (primary + backups + configuration epoch).
+//!
+//! The map is changed only by applying [`MapCommand`]s committed through Raft,
+//! in log order, on every node. `apply` is therefore a pure, deterministic
+//! function of (map, command): it re-validates everything and, when a command
+//! no longer fits (a table created twice by two racing admins), leaves the map
+//! untouched and returns the error as the command's result.
+//!
+//! Invariants kept here (and checked by `check_invariants` in tests):
+//! - every shard's replicas are on distinct nodes, and the primary is one of them;
+//! - a shard's epoch only grows;
+//! - `version` grows by one for every command that changed the map.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A node id, as in gossip and certificates.
+pub type NodeId = String;
+
+/// Limits on table definitions.
+pub const MAX_SHARDS: u32 = 1024;
+pub const MAX_REPLICAS: u32 = 7;
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A split point of a range-sharded table: integer or string keys (integers
+/// sort before strings).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SplitKey {
+    Int(i64),
+    Str(String),
+}
+
+impl fmt::Display for SplitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SplitKey::Int(i) => write!(f, "{i}"),
+            SplitKey::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl SplitKey {
+    /// Parses one split point: an integer if it is one, otherwise a string.
+    pub fn parse(s: &str) -> SplitKey {
+        s.trim()
+            .parse::<i64>()
+            .map(SplitKey::Int)
+            .unwrap_or_else(|_| SplitKey::Str(s.trim().to_owned()))
+    }
+}
+
+/// How a table is split into shards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sharding {
+    /// `shards` shards; a key belongs to shard `hash(key) % shards`.
+    Hash { shards: u32 },
+    /// Shards between consecutive split points: `(-inf, s0), [s0, s1), ..., [sn, +inf)`.
+    Range { splits: Vec<SplitKey> },
+}
+
+impl Sharding {
+    pub fn shard_count(&self) -> u32 {
+        match self {
+            Sharding::Hash { shards } => *shards,
+            Sharding::Range { splits } => splits.len() as u32 + 1,
+        }
+    }
+}
+
+/// What an operator asks for when creating a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSpec {
+    pub name: String,
+    /// The primary-key (partition-key) column.
+    pub key: String,
+    pub sharding: Sharding,
+    /// Copies of each shard (primary included).
+    pub replicas: u32,
+}
+
+/// The part of the key space a shard owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRange {
+    /// Keys with `hash(key) % of == slot`.
+    HashSlot { slot: u32, of: u32 },
+    /// Keys in `[start, end)`; `None` is unbounded.
+    Range {
+        start: Option<SplitKey>,
+        end: Option<SplitKey>,
+    },
+}
+
+impl fmt::Display for KeyRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRange::HashSlot { slot, of } => write!(f, "hash % {of} = {slot}"),
+            KeyRange::Range { start, end } => {
+                match start {
+                    Some(s) => write!(f, "[{s}")?,
+                    None => write!(f, "(-inf")?,
+                }
+                match end {
+                    Some(e) => write!(f, ", {e})"),
+                    None => write!(f, ", +inf)"),
+                }
+            }
+        }
+    }
+}
+
+/// Who holds a shard: the PacificA configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSet {
+    pub primary: NodeId,
+    pub backups: Vec<NodeId>,
+    /// Grows at every change of the configuration; messages carry it.
+    pub epoch: u64,
+}
+
+impl ReplicaSet {
+    /// Every member, primary first.
+    pub fn members(&self) -> impl Iterator<Item = &NodeId> {
+        std::iter::once(&self.primary).chain(&self.backups)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub range: KeyRange,
+    pub replicas: ReplicaSet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    pub id: u64,
+    pub spec: TableSpec,
+    pub shards: Vec<Shard>,
+}
+
+/// A node's place in the cluster, as committed in the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Registered; may receive replicas.
+    Active,
+    /// Being emptied; receives no new replicas.
+    Draining,
+    /// Gone for good.
+    Removed,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+            NodeState::Removed => "removed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub addr: String,
+    pub zone: String,
+    pub state: NodeState,
+}
+
+/// A change to the map, proposed by the coordinator and committed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapCommand {
+    /// A node joined (or came back with a new address/zone).
+    RegisterNode {
+        node_id: NodeId,
+        addr: String,
+        zone: String,
+    },
+    SetNodeState {
+        node_id: NodeId,
+        state: NodeState,
+    },
+    /// Creates a table with the placement the coordinator chose: one
+    /// `(primary, backups)` per shard, in shard order.
+    CreateTable {
+        spec: TableSpec,
+        placement: Vec<(NodeId, Vec<NodeId>)>,
+    },
+    DropTable {
+        name: String,
+    },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MapError {
+    #[error("table {0:?} already exists")]
+    TableExists(String),
+    #[error("table {0:?} does not exist")]
+    NoSuchTable(String),
+    #[error("invalid table: {0}")]
+    InvalidTable(String),
+    #[error("invalid split points: {0}")]
+    InvalidSplits(String),
+    #[error("node {0:?} is not registered in the cluster map")]
+    UnknownNode(String),
+    #[error("invalid placement: {0}")]
+    InvalidPlacement(String),
+}
+
+/// The cluster map.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    /// Grows by one with every change.
+    pub version: u64,
+    pub tables: BTreeMap<String, Table>,
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    next_table_id: u64,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl TableSpec {
+    /// Checks the definition on its own (not against the map).
+    pub fn validate(&self) -> Result<(), MapError> {
+        if !valid_name(&self.name) {
+            return Err(MapError::InvalidTable(format!(
+                "name {:?}: use 1-{MAX_NAME_LEN} letters, digits, '_' or '-'",
+                self.name
+            )));
+        }
+        if self.key.is_empty() || self.key.len() > MAX_NAME_LEN {
+            return Err(MapError::InvalidTable(format!(
+                "key column {:?}: 1-{MAX_NAME_LEN} characters",
+                self.key
+            )));
+        }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(MapError::InvalidTable(format!(
+                "replicas = {}: must be 1..={MAX_REPLICAS}",
+                self.replicas
+            )));
+        }
+        match &self.sharding {
+            Sharding::Hash { shards } if !(1..=MAX_SHARDS).contains(shards) => Err(
+                MapError::InvalidTable(format!("shards = {shards}: must be 1..={MAX_SHARDS}")),
+            ),
+            Sharding::Range { splits } => {
+                if splits.is_empty() || splits.len() >= MAX_SHARDS as usize {
+                    return Err(MapError::InvalidSplits(format!(
+                        "give 1..{} split points, got {}",
+                        MAX_SHARDS,
+                        splits.len()
+                    )));
+                }
+                if let Some(w) = splits.windows(2).find(|w| w[0] >= w[1]) {
+                    return Err(MapError::InvalidSplits(format!(
+                        "must be strictly increasing, but {} comes before {}",
+                        w[0], w[1]
+                    )));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn ranges(&self) -> Vec<KeyRange> {
+        match &self.sharding {
+            Sharding::Hash { shards } => (0..*shards)
+                .map(|slot| KeyRange::HashSlot { slot, of: *shards })
+                .collect(),
+            Sharding::Range { splits } => {
+                let bounds: Vec<Option<SplitKey>> = std::iter::once(None)
+                    .chain(splits.iter().cloned().map(Some))
+                    .chain(std::iter::once(None))
+                    .collect();
+                bounds
+                    .windows(2)
+                    .map(|w| KeyRange::Range {
+                        start: w[0].clone(),
+                        end: w[1].clone(),
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+impl ClusterMap {
+    /// Applies one committed command. On error the map is unchanged.
+    pub fn apply(&mut self, cmd: &MapCommand) -> Result<(), MapError> {
+        match cmd {
+            MapCommand::RegisterNode {
+                node_id,
+                addr,
+                zone,
+            } => {
+                let entry = NodeEntry {
+                    addr: addr.clone(),
+                    zone: zone.clone(),
+                    state: self
+                        .nodes
+                        .get(node_id)
+                        .map(|n| n.state)
+                        .unwrap_or(NodeState::Active),
+                };
+                if self.nodes.get(node_id) == Some(&entry) {
+                    return Ok(()); // nothing new: no version bump
+                }
+                self.nodes.insert(node_id.clone(), entry);
+            }
+            MapCommand::SetNodeState { node_id, state } => {
+                let n = self
+                    .nodes
+                    .get_mut(node_id)
+                    .ok_or_else(|| MapError::UnknownNode(node_id.clone()))?;
+                if n.state == *state {
+                    return Ok(());
+                }
+                n.state = *state;
+            }
+            MapCommand::CreateTable { spec, placement } => {
+                spec.validate()?;
+                if self.tables.contains_key(&spec.name) {
+                    return Err(MapError::TableExists(spec.name.clone()));
+                }
+                let ranges = spec.ranges();
+                if placement.len() != ranges.len() {
+                    return Err(MapError::InvalidPlacement(format!(
+                        "{} shards but {} replica sets",
+                        ranges.len(),
+                        placement.len()
+                    )));
+                }
+                let mut shards = Vec::with_capacity(ranges.len());
+                for (index, (range, (primary, backups))) in
+                    ranges.into_iter().zip(placement).enumerate()
+                {
+                    let set = ReplicaSet {
+                        primary: primary.clone(),
+                        backups: backups.clone(),
+                        epoch: 1,
+                    };
+                    self.check_replica_set(&set, spec.replicas)?;
+                    shards.push(Shard {
+                        index: index as u32,
+                        range,
+                        replicas: set,
+                    });
+                }
+                self.next_table_id += 1;
+                self.tables.insert(
+                    spec.name.clone(),
+                    Table {
+                        id: self.next_table_id,
+                        spec: spec.clone(),
+                        shards,
+                    },
+                );
+            }
+            MapCommand::DropTable { name } => {
+                self.tables
+                    .remove(name)
+                    .ok_or_else(|| MapError::NoSuchTable(name.clone()))?;
+            }
+        }
+        self.version += 1;
+        Ok(())
+    }
+
+    fn check_replica_set(&self, set: &ReplicaSet, replicas: u32) -> Result<(), MapError> {
+        let members: Vec<&NodeId> = set.members().collect();
+        if members.len() != replicas as usize {
+            return Err(MapError::InvalidPlacement(format!(
+                "{} copies placed, table wants {replicas}",
+                members.len()
+            )));
+        }
+        let mut unique = members.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != members.len() {
+            return Err(MapError::InvalidPlacement(
+                "two copies of one shard on the same node".into(),
+            ));
+        }
+        for m in members {
+            match self.nodes.get(m) {
+                Some(n) if n.state == NodeState::Active => {}
+                Some(n) => {
+                    return Err(MapError::InvalidPlacement(format!(
+                        "node {m:?} is {}",
+                        n.state
+                    )))
+                }
+                None => return Err(MapError::UnknownNode(m.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The shards (table, index, replica set) a node is a member of.
+    pub fn shards_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = (&'a Table, &'a Shard)> {
+        self.tables.values().flat_map(move |t| {
+            t.shards
+                .iter()
+                .filter(move |s| s.replicas.members().any(|m| m == node))
+                .map(move |s| (t, s))
+        })
+    }
+
+    /// Panics if an invariant is broken (tests and debug assertions).
+    pub fn check_invariants(&self) {
+        for t in self.tables.values() {
+            assert_eq!(t.shards.len() as u32, t.spec.sharding.shard_count());
+            for s in &t.shards {
+                let mut m: Vec<&NodeId> = s.replicas.members().collect();
+                let n = m.len();
+                m.sort();
+                m.dedup();
+                assert_eq!(
+                    m.len(),
+                    n,
+                    "{}/{}: replicas on one node twice",
+                    t.spec.name,
+                    s.index
+                );
+                assert!(s.replicas.epoch >= 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_with_nodes(n: usize) -> ClusterMap {
+        let mut m = ClusterMap::default();
+        for i in 1..=n {
+            m.apply(&MapCommand::RegisterNode {
+                node_id: format!("n{i}"),
+                addr: format!("127.0.0.1:{}", 7400 + i),
+                zone: String::new(),
+            })
+            .unwrap();
+        }
+        m
+    }
+
+    fn user_spec() -> TableSpec {
+        TableSpec {
+            name: "user".into(),
+            key: "id".into(),
+            sharding: Sharding::Hash { shards: 2 },
+            replicas: 2,
+        }
+    }
+
+    fn placement() -> Vec<(NodeId, Vec<NodeId>)> {
+        vec![
+            ("n1".into(), vec!["n2".into()]),
+            ("n2".into(), vec!["n1".into()]),
+        ]
+    }
+
+    #[test]
+    fn create_and_drop_bump_the_version_once_each() {
+        let mut m = map_with_nodes(2);
+        assert_eq!(m.version, 2);
+        m.apply(&MapCommand::CreateTable {
+            spec: user_spec(),
+            placement: placement(),
+        })
+        .unwrap();
+        assert_eq!(m.version, 3);
+        let t = &m.tables["user"];
+        assert_eq!(t.shards[1].range, KeyRange::HashSlot { slot: 1, of: 2 });
+        assert_eq!(m.shards_of("n1").count(), 2);
+        m.check_invariants();
+        // Registering the same node again changes nothing.
+        m.apply(&MapCommand::RegisterNode {
+            node_id: "n1".into(),
+            addr: "127.0.0.1:7401".into(),
+            zone: String::new(),
+        })
+        .unwrap();
+        assert_eq!(m.version, 3);
+        m.apply(&MapCommand::DropTable {
+            name: "user".into(),
+        })
+        .unwrap();
+        assert_eq!(m.version, 4);
+        assert!(m.tables.is_empty());
+    }
+
+    #[test]
+    fn refused_commands_leave_the_map_untouched() {
+        let mut m = map_with_nodes(2);
+        let create = MapCommand::CreateTable {
+            spec: user_spec(),
+            placement: placement(),
+        };
+        m.apply(&create).unwrap();
+        let before = m.clone();
+        assert_eq!(m.apply(&create), Err(MapError::TableExists("user".into())));
+        assert_eq!(
+            m.apply(&MapCommand::DropTable {
+                name: "nope".into()
+            }),
+            Err(MapError::NoSuchTable("nope".into()))
+        );
+        let mut twice = user_spec();
+        twice.name = "t2".into();
+        let err = m
+            .apply(&MapCommand::CreateTable {
+                spec: twice,
+                placement: vec![
+                    ("n1".into(), vec!["n1".into()]),
+                    ("n2".into(), vec!["n1".into()]),
+                ],
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("same node"), "{err}");
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn range_tables_split_at_their_points() {
+        let mut m = map_with_nodes(1);
+        let spec = TableSpec {
+            name: "events".into(),
+            key: "ts".into(),
+            sharding: Sharding::Range {
+                splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
+            },
+            replicas: 1,
+        };
+        m.apply(&MapCommand::CreateTable {
+            spec,
+            placement: vec![("n1".into(), vec![]); 4],
+        })
+        .unwrap();
+        let shards = &m.tables["events"].shards;
+        assert_eq!(shards.len(), 4);
+        assert_eq!(shards[0].range.to_string(), "(-inf, 1000)");
+        assert_eq!(shards[3].range.to_string(), "[3000, +inf)");
+    }
+
+    #[test]
+    fn split_points_must_increase() {
+        let spec = TableSpec {
+            name: "e".into(),
+            key: "ts".into(),
+            sharding: Sharding::Range {
+                splits: ["10", "5"].map(SplitKey::parse).to_vec(),
+            },
+            replicas: 1,
+        };
+        let err = spec.validate().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid split points: must be strictly increasing, but 10 comes before 5"
+        );
+    }
+}
