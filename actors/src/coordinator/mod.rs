@@ -3,3 +3,4 @@
 //! submodules; the actor proposes them through Raft.
 
 pub mod placement;
+pub mod voters;

@@ -145,10 +145,16 @@ fn balance_primaries(placed: &mut [(NodeId, Vec<NodeId>)], load: &mut Load) {
         let Some(path) = find_primary_move(placed, load) else {
             return;
         };
-        let (from, to) = (path.first().unwrap().0.clone(), path.last().unwrap().1.clone());
+        let (from, to) = (
+            path.first().unwrap().0.clone(),
+            path.last().unwrap().1.clone(),
+        );
         for (_, new_primary, shard) in &path {
             let (primary, backups) = &mut placed[*shard];
-            let slot = backups.iter().position(|b| b == new_primary).expect("member");
+            let slot = backups
+                .iter()
+                .position(|b| b == new_primary)
+                .expect("member");
             std::mem::swap(primary, &mut backups[slot]);
         }
         *load.primaries.get_mut(&from).expect("counted") -= 1;
