@@ -61,6 +61,10 @@ impl Handler<AdminCall> for AdminActor {
                 stream::once(async move { AdminReply::Gossip(membership.snapshot().await) }).boxed()
             }
             AdminRequest::WatchGossip => self.watch(membership),
+            _ => stream::once(async {
+                AdminReply::Error("the control plane is not running on this node".into())
+            })
+            .boxed(),
         })
     }
 }

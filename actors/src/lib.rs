@@ -14,9 +14,11 @@
 
 pub mod admin;
 pub mod cluster_map;
+pub mod control;
 pub mod coordinator;
 pub mod node;
 mod service;
+pub mod storage;
 pub mod wire;
 
 pub use node::{start_node, NodeHandle, NodeSettings, StartError};

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use tstore_membership::{GossipChange, GossipSnapshot, Member};
 
+use crate::cluster_map::{Table, TableSpec};
+
 /// Node-to-node messages (ALPN `tstore-peer/1`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerMessage {
@@ -34,6 +36,37 @@ pub enum AdminRequest {
     Gossip,
     /// The gossip state, then every change to it, until the client goes away.
     WatchGossip,
+    /// The control plane: voters, leader, term, commit index, map version.
+    Cluster,
+    /// Creates a table (placed by the coordinator on the Raft leader).
+    CreateTable(TableSpec),
+    DropTable {
+        name: String,
+    },
+    /// Every table, from the contacted node's copy of the map.
+    Tables,
+    /// One table with every shard's range and replica set.
+    Describe {
+        name: String,
+    },
+}
+
+/// The control plane as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: String,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    /// Index of the last log entry known committed and applied here.
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    /// Voters with whether gossip sees them live.
+    pub voters: Vec<(String, bool)>,
+    pub learners: Vec<(String, bool)>,
+    pub map_version: u64,
 }
 
 /// Replies to [`AdminRequest`]s.
@@ -49,6 +82,20 @@ pub enum AdminReply {
     GossipChanges {
         at_unix_ms: u64,
         changes: Vec<GossipChange>,
+    },
+    Cluster(ClusterStatus),
+    /// A table as committed, with the map version that holds it.
+    Table {
+        map_version: u64,
+        table: Table,
+    },
+    Tables {
+        map_version: u64,
+        tables: Vec<Table>,
+    },
+    /// A change was committed in this map version.
+    Done {
+        map_version: u64,
     },
     Error(String),
 }

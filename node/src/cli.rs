@@ -11,6 +11,8 @@ use tracing_subscriber::EnvFilter;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
+use tstore_actors::cluster_map::{Sharding, SplitKey, TableSpec};
+
 use crate::client::{AdminClient, WatchItem};
 use crate::config::NodeOptions;
 use crate::{demo, output, run};
@@ -111,6 +113,35 @@ pub enum AdminCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// The control plane: voters, Raft leader (= coordinator), term, commit index, map version.
+    Cluster,
+    /// Create a table, hash-sharded (--shards) or range-sharded (--range-splits).
+    CreateTable {
+        /// Table name (letters, digits, '_', '-').
+        name: String,
+        /// The primary-key (partition-key) column.
+        #[arg(long)]
+        key: String,
+        /// Hash sharding into this many shards.
+        #[arg(
+            long,
+            conflicts_with = "range_splits",
+            required_unless_present = "range_splits"
+        )]
+        shards: Option<u32>,
+        /// Range sharding at these split points (integers or strings), increasing.
+        #[arg(long, value_delimiter = ',')]
+        range_splits: Option<Vec<String>>,
+        /// Copies of each shard, primary included.
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+    },
+    /// Drop a table and all its shards.
+    DropTable { name: String },
+    /// List the tables.
+    Tables,
+    /// Show a table's shards: key range or hash slot, primary, backups, epoch.
+    Describe { name: String },
 }
 
 /// Parses arguments, runs the command, and returns the exit code.
@@ -205,6 +236,69 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 print_json(&snapshot)?;
             } else {
                 print!("{}", output::gossip(&snapshot));
+            }
+        }
+        AdminCommand::Cluster => {
+            let status = client.cluster().await?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print!("{}", output::cluster(&status));
+            }
+        }
+        AdminCommand::CreateTable {
+            name,
+            key,
+            shards,
+            range_splits,
+            replicas,
+        } => {
+            let sharding = match (shards, range_splits) {
+                (Some(shards), None) => Sharding::Hash { shards },
+                (None, Some(splits)) => Sharding::Range {
+                    splits: splits.iter().map(|s| SplitKey::parse(s)).collect(),
+                },
+                _ => anyhow::bail!("give either --shards or --range-splits"),
+            };
+            let spec = TableSpec {
+                name,
+                key,
+                sharding,
+                replicas,
+            };
+            let (version, table) = client.create_table(spec).await?;
+            if json {
+                print_json(&serde_json::json!({ "map_version": version, "table": table }))?;
+            } else {
+                println!(
+                    "created table {:?} (map version {version})",
+                    table.spec.name
+                );
+                print!("{}", output::table(version, &table));
+            }
+        }
+        AdminCommand::DropTable { name } => {
+            let version = client.drop_table(&name).await?;
+            if json {
+                print_json(&serde_json::json!({ "map_version": version, "dropped": name }))?;
+            } else {
+                println!("dropped table {name:?} (map version {version})");
+            }
+        }
+        AdminCommand::Tables => {
+            let (version, tables) = client.tables().await?;
+            if json {
+                print_json(&serde_json::json!({ "map_version": version, "tables": tables }))?;
+            } else {
+                print!("{}", output::tables(version, &tables));
+            }
+        }
+        AdminCommand::Describe { name } => {
+            let (version, table) = client.describe(&name).await?;
+            if json {
+                print_json(&serde_json::json!({ "map_version": version, "table": table }))?;
+            } else {
+                print!("{}", output::table(version, &table));
             }
         }
         AdminCommand::Gossip { watch: true } => {

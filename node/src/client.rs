@@ -13,7 +13,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use tstore_actors::wire::{AdminReply, AdminRequest};
+use tstore_actors::cluster_map::{Table, TableSpec};
+use tstore_actors::wire::{AdminReply, AdminRequest, ClusterStatus};
 use tstore_membership::{GossipChange, GossipSnapshot, Member};
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity, TransportError};
@@ -56,6 +57,10 @@ fn reply_kind(r: &AdminReply) -> &'static str {
         AdminReply::Members { .. } => "a member list",
         AdminReply::Gossip(_) => "a gossip state",
         AdminReply::GossipChanges { .. } => "gossip changes",
+        AdminReply::Cluster(_) => "a cluster status",
+        AdminReply::Table { .. } => "a table",
+        AdminReply::Tables { .. } => "a table list",
+        AdminReply::Done { .. } => "a confirmation",
         AdminReply::Error(_) => "an error",
     }
 }
@@ -100,6 +105,66 @@ impl AdminClient {
         match self.session.request(&AdminRequest::Gossip).await? {
             AdminReply::Gossip(s) => Ok(s),
             AdminReply::Error(e) => Err(ClientError::Server(e)),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    async fn call(&self, req: &AdminRequest) -> Result<AdminReply, ClientError> {
+        match self.session.request(req).await? {
+            AdminReply::Error(e) => Err(ClientError::Server(e)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// The control plane as the contacted node sees it.
+    pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
+        match self.call(&AdminRequest::Cluster).await? {
+            AdminReply::Cluster(s) => Ok(s),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    /// Creates a table; returns it as committed, with its placement.
+    pub async fn create_table(&self, spec: TableSpec) -> Result<(u64, Table), ClientError> {
+        match self.call(&AdminRequest::CreateTable(spec)).await? {
+            AdminReply::Table { map_version, table } => Ok((map_version, table)),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    /// Drops a table; returns the map version that no longer has it.
+    pub async fn drop_table(&self, name: &str) -> Result<u64, ClientError> {
+        match self
+            .call(&AdminRequest::DropTable {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            AdminReply::Done { map_version } => Ok(map_version),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    /// Every table in the contacted node's copy of the map.
+    pub async fn tables(&self) -> Result<(u64, Vec<Table>), ClientError> {
+        match self.call(&AdminRequest::Tables).await? {
+            AdminReply::Tables {
+                map_version,
+                tables,
+            } => Ok((map_version, tables)),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    /// One table with its shards, from the contacted node's copy of the map.
+    pub async fn describe(&self, name: &str) -> Result<(u64, Table), ClientError> {
+        match self
+            .call(&AdminRequest::Describe {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            AdminReply::Table { map_version, table } => Ok((map_version, table)),
             other => Err(ClientError::Unexpected(reply_kind(&other))),
         }
     }

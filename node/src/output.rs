@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use tstore_actors::cluster_map::{Sharding, Table};
+use tstore_actors::wire::ClusterStatus;
 use tstore_membership::{GossipChange, GossipSnapshot, Member, NodeStatus};
 
 /// `HH:MM:SS.mmm` (UTC) of a unix time in milliseconds.
@@ -24,6 +26,111 @@ fn or_dash(s: &str) -> &str {
     }
 }
 
+/// Rows under a header, each column as wide as its widest cell.
+fn grid<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (c, w) in cells.zip(widths) {
+            let _ = write!(l, "{c:<w$}  ");
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    out
+}
+
+fn sharding(t: &Table) -> String {
+    match &t.spec.sharding {
+        Sharding::Hash { shards } => format!("hash, {shards} shards"),
+        Sharding::Range { splits } => format!("range, {} shards", splits.len() + 1),
+    }
+}
+
+/// The table list.
+pub fn tables(map_version: u64, tables: &[Table]) -> String {
+    let rows: Vec<[String; 4]> = tables
+        .iter()
+        .map(|t| {
+            [
+                t.spec.name.clone(),
+                t.spec.key.clone(),
+                sharding(t),
+                t.spec.replicas.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = grid(["TABLE", "KEY", "SHARDING", "REPLICAS"], &rows);
+    let _ = writeln!(out, "({} tables, map version {map_version})", tables.len());
+    out
+}
+
+/// One table and its shards.
+pub fn table(map_version: u64, t: &Table) -> String {
+    let mut out = format!(
+        "table {} (key {:?}, {}, {} replicas; map version {map_version})\n",
+        t.spec.name,
+        t.spec.key,
+        sharding(t),
+        t.spec.replicas
+    );
+    let rows: Vec<[String; 5]> = t
+        .shards
+        .iter()
+        .map(|s| {
+            [
+                format!("{}/{}", t.spec.name, s.index),
+                s.range.to_string(),
+                s.replicas.primary.clone(),
+                or_dash(&s.replicas.backups.join(",")).to_owned(),
+                s.replicas.epoch.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&grid(
+        ["SHARD", "KEYS", "PRIMARY", "BACKUPS", "EPOCH"],
+        &rows,
+    ));
+    out
+}
+
+/// The control plane status.
+pub fn cluster(s: &ClusterStatus) -> String {
+    let mut out = format!(
+        "node {} is {}; leader (coordinator): {}; term {}; applied index {} of {}; map version {}\n",
+        s.node_id,
+        s.role,
+        s.leader.as_deref().unwrap_or("none"),
+        s.term,
+        s.applied_index,
+        s.last_log_index,
+        s.map_version
+    );
+    let live = |l: bool| if l { "live" } else { "down" }.to_owned();
+    let rows: Vec<[String; 3]> = s
+        .voters
+        .iter()
+        .map(|(n, l)| [n.clone(), "voter".into(), live(*l)])
+        .chain(
+            s.learners
+                .iter()
+                .map(|(n, l)| [n.clone(), "learner".into(), live(*l)]),
+        )
+        .collect();
+    out.push_str(&grid(["NODE", "RAFT ROLE", "GOSSIP"], &rows));
+    out
+}
+
 /// The member list as an aligned table.
 pub fn members(observer: &str, members: &[Member]) -> String {
     let rows: Vec<[String; 7]> = members
@@ -40,34 +147,18 @@ pub fn members(observer: &str, members: &[Member]) -> String {
             ]
         })
         .collect();
-    let header = [
-        "NODE",
-        "STATUS",
-        "GENERATION",
-        "ADDRESS",
-        "ZONE",
-        "ROLES",
-        "VERSION",
-    ];
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    let line = |out: &mut String, cells: &[&str]| {
-        let mut l = String::new();
-        for (c, w) in cells.iter().zip(widths) {
-            let _ = write!(l, "{c:<w$}  ");
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(&mut out, &header);
-    for r in &rows {
-        line(&mut out, &r.iter().map(String::as_str).collect::<Vec<_>>());
-    }
+    let mut out = grid(
+        [
+            "NODE",
+            "STATUS",
+            "GENERATION",
+            "ADDRESS",
+            "ZONE",
+            "ROLES",
+            "VERSION",
+        ],
+        &rows,
+    );
     let live = members
         .iter()
         .filter(|m| m.status == NodeStatus::Live)
