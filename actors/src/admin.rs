@@ -13,6 +13,7 @@ use actix::prelude::*;
 use futures::stream::{self, BoxStream, StreamExt};
 use tstore_membership::{view, Membership};
 
+use crate::control::ControlPlane;
 use crate::wire::{AdminReply, AdminRequest};
 
 /// At most this many gossip watches at once per node.
@@ -20,14 +21,16 @@ pub const MAX_WATCHES: usize = 64;
 
 pub struct AdminActor {
     membership: Arc<Membership>,
+    control: ControlPlane,
     watch_interval: Duration,
     watches: Arc<AtomicUsize>,
 }
 
 impl AdminActor {
-    pub fn new(membership: Arc<Membership>, watch_interval: Duration) -> Self {
+    pub fn new(membership: Arc<Membership>, control: ControlPlane, watch_interval: Duration) -> Self {
         Self {
             membership,
+            control,
             watch_interval,
             watches: Arc::default(),
         }
@@ -61,11 +64,59 @@ impl Handler<AdminCall> for AdminActor {
                 stream::once(async move { AdminReply::Gossip(membership.snapshot().await) }).boxed()
             }
             AdminRequest::WatchGossip => self.watch(membership),
-            _ => stream::once(async {
-                AdminReply::Error("the control plane is not running on this node".into())
-            })
-            .boxed(),
+            AdminRequest::Cluster => {
+                let control = self.control.clone();
+                stream::once(async move { AdminReply::Cluster(control.status().await) }).boxed()
+            }
+            AdminRequest::Tables => {
+                let map = self.control.map();
+                let reply = AdminReply::Tables {
+                    map_version: map.version,
+                    tables: map.tables.into_values().collect(),
+                };
+                stream::once(async move { reply }).boxed()
+            }
+            AdminRequest::Describe { name } => {
+                let map = self.control.map();
+                let reply = match map.tables.get(&name) {
+                    Some(t) => AdminReply::Table {
+                        map_version: map.version,
+                        table: t.clone(),
+                    },
+                    None => AdminReply::Error(no_such_table(&name, &map)),
+                };
+                stream::once(async move { reply }).boxed()
+            }
+            AdminRequest::CreateTable(spec) => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.create_table(spec).await {
+                        Ok((map_version, table)) => AdminReply::Table { map_version, table },
+                        Err(e) => AdminReply::Error(e),
+                    }
+                })
+                .boxed()
+            }
+            AdminRequest::DropTable { name } => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.drop_table(name).await {
+                        Ok(map_version) => AdminReply::Done { map_version },
+                        Err(e) => AdminReply::Error(e),
+                    }
+                })
+                .boxed()
+            }
         })
+    }
+}
+
+fn no_such_table(name: &str, map: &crate::cluster_map::ClusterMap) -> String {
+    if map.tables.is_empty() {
+        format!("table {name:?} does not exist (there are no tables)")
+    } else {
+        let names: Vec<&str> = map.tables.keys().map(String::as_str).collect();
+        format!("table {name:?} does not exist (tables: {})", names.join(", "))
     }
 }
 

@@ -20,6 +20,8 @@ use tstore_membership::{
 use tstore_transport::{Endpoint, Limits, Remote, Role, TlsIdentity, TransportError};
 
 use crate::admin::AdminActor;
+use crate::control::{ControlPlane, ControlSettings};
+use crate::coordinator::actor::CoordinatorActor;
 use crate::service::NodeService;
 use crate::wire::{PeerMessage, PeerReply};
 
@@ -39,6 +41,9 @@ pub struct NodeSettings {
     pub membership: MembershipConfig,
     /// How often a gossip watch looks for changes.
     pub watch_interval: Duration,
+    /// Where the node keeps its LMDB environment.
+    pub data_dir: std::path::PathBuf,
+    pub control: ControlSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,10 @@ pub enum StartError {
     Membership(#[from] MembershipError),
     #[error("the node certificate is for {found}, but this node is {expected:?}: use the certificate made by `tstore cert create-node --name {expected}`")]
     WrongCertificate { expected: String, found: String },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("listening on {listen} (an unspecified address) needs --advertise with the address peers should use")]
     NoAdvertise { listen: SocketAddr },
 }
@@ -92,6 +101,8 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         limits,
         membership,
         watch_interval,
+        data_dir,
+        control,
     } = settings;
     match tls.own_identity() {
         Some((Role::Node, name)) if name == identity.node_id => {}
@@ -108,6 +119,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     if advertise.is_none() && listen.ip().is_unspecified() {
         return Err(StartError::NoAdvertise { listen });
     }
+    let env = crate::storage::open_env(&data_dir)?;
     let endpoint = Endpoint::bind(listen, &tls, limits)?;
     let addr = match advertise {
         Some(a) => a,
@@ -116,15 +128,22 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     let link = Arc::new(QuicGossipLink(endpoint.clone()));
     let (membership, inbox) = Membership::start(&identity, addr, membership, link).await?;
     let membership = Arc::new(membership);
-    let admin = AdminActor::new(membership.clone(), watch_interval).start();
+    // Gossip must flow before Raft starts: Raft RPCs and gossip share the endpoint.
     let node = NodeActor {
         identity: identity.clone(),
         endpoint: endpoint.clone(),
-        membership,
+        membership: membership.clone(),
         inbox,
+        control: None,
         left: false,
     }
     .start();
+    let control =
+        ControlPlane::start(&env, &identity.node_id, endpoint.clone(), membership.clone(), control)
+            .await?;
+    node.do_send(AttachControl(control.clone()));
+    let admin = AdminActor::new(membership, control.clone(), watch_interval).start();
+    CoordinatorActor::new(control).start();
     endpoint.serve(Arc::new(NodeService {
         node: node.clone(),
         admin,
@@ -143,7 +162,22 @@ pub struct NodeActor {
     endpoint: Endpoint,
     membership: Arc<Membership>,
     inbox: GossipInbox,
+    control: Option<ControlPlane>,
     left: bool,
+}
+
+/// Hands the started control plane to the node (it starts after the node,
+/// because Raft needs the node to route its RPCs).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AttachControl(ControlPlane);
+
+impl Handler<AttachControl> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, AttachControl(control): AttachControl, _: &mut Context<Self>) {
+        self.control = Some(control);
+    }
 }
 
 impl Actor for NodeActor {
@@ -182,25 +216,42 @@ impl Handler<InboundPeer> for NodeActor {
     fn handle(&mut self, InboundPeer { from, msg }: InboundPeer, _: &mut Context<Self>) {
         match msg {
             PeerMessage::Gossip(payload) => self.inbox.deliver(from.addr, payload),
-            PeerMessage::Ping => debug!(peer = %from.name, "one-way ping"),
+            other => debug!(peer = %from.name, ?other, "one-way message that needs a reply; ignored"),
         }
     }
 }
 
 impl Handler<PeerCall> for NodeActor {
-    type Result = MessageResult<PeerCall>;
+    type Result = ResponseFuture<PeerReply>;
 
     fn handle(&mut self, PeerCall { from, msg }: PeerCall, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(match msg {
-            PeerMessage::Ping => PeerReply::Pong {
-                node_id: self.identity.node_id.clone(),
-                generation: self.identity.generation,
-            },
+        let control = self.control.clone();
+        let not_ready = || PeerReply::Refused("the control plane is still starting".into());
+        match msg {
+            PeerMessage::Ping => {
+                let reply = PeerReply::Pong {
+                    node_id: self.identity.node_id.clone(),
+                    generation: self.identity.generation,
+                };
+                Box::pin(async move { reply })
+            }
             PeerMessage::Gossip(payload) => {
                 self.inbox.deliver(from.addr, payload);
-                PeerReply::Refused("gossip is one-way; delivered anyway".into())
+                Box::pin(async { PeerReply::Refused("gossip is one-way; delivered anyway".into()) })
             }
-        })
+            PeerMessage::Raft(rpc) => Box::pin(async move {
+                match control {
+                    Some(c) => PeerReply::Raft(c.handle_rpc(rpc).await),
+                    None => not_ready(),
+                }
+            }),
+            PeerMessage::Control(req) => Box::pin(async move {
+                match control {
+                    Some(c) => c.handle_forwarded(req).await,
+                    None => not_ready(),
+                }
+            }),
+        }
     }
 }
 
@@ -211,9 +262,13 @@ impl Handler<Shutdown> for NodeActor {
         let first = !self.left;
         self.left = true;
         let (membership, endpoint) = (self.membership.clone(), self.endpoint.clone());
+        let control = self.control.clone();
         Box::pin(async move {
             if first {
                 membership.leave().await;
+                if let Some(c) = control {
+                    c.shutdown().await;
+                }
             }
             endpoint.shutdown().await;
         })

@@ -5,26 +5,63 @@
 use serde::{Deserialize, Serialize};
 use tstore_membership::{GossipChange, GossipSnapshot, Member};
 
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+
 use crate::cluster_map::{Table, TableSpec};
+use crate::control::types::MapRaft;
 
 /// Node-to-node messages (ALPN `tstore-peer/1`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum PeerMessage {
     /// A chitchat envelope, one-way.
     Gossip(Vec<u8>),
     /// Liveness probe; answered with [`PeerReply::Pong`].
     Ping,
+    /// A Raft RPC of the control plane.
+    Raft(RaftRpc),
+    /// A cluster-map change forwarded to the Raft leader (the coordinator).
+    Control(ControlRequest),
 }
 
 /// Replies to node-to-node requests.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum PeerReply {
     Pong {
         node_id: String,
         generation: u64,
     },
+    Raft(RaftRpcReply),
+    /// The map version that holds the change, and the table it created, or why not.
+    Control(Result<(u64, Option<Table>), String>),
     /// The request is not one this node answers.
     Refused(String),
+}
+
+/// The control plane's Raft RPCs.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    AppendEntries(AppendEntriesRequest<MapRaft>),
+    Vote(VoteRequest<u64>),
+    InstallSnapshot(InstallSnapshotRequest<MapRaft>),
+}
+
+/// Answers to [`RaftRpc`]s, with the receiving node's Raft error if any.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpcReply {
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+}
+
+/// Cluster-map changes that only the coordinator (the Raft leader) makes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControlRequest {
+    CreateTable(TableSpec),
+    DropTable(String),
 }
 
 /// Client and operator requests (ALPN `tstore-client/1`).

@@ -164,6 +164,23 @@ impl Membership {
         }
     }
 
+    /// Each known node's status (newest incarnation), this node included,
+    /// without waiting on the gossip state's lock.
+    pub fn statuses_now(&self) -> Vec<(String, NodeStatus)> {
+        let statuses = self.statuses.lock().unwrap();
+        let mut newest: BTreeMap<String, (u64, NodeStatus)> = BTreeMap::new();
+        for (id, status) in statuses.iter() {
+            let e = newest
+                .entry(id.node_id.to_string())
+                .or_insert((id.generation_id, *status));
+            if id.generation_id >= e.0 {
+                *e = (id.generation_id, *status);
+            }
+        }
+        newest.insert(self.identity.node_id.clone(), (self.identity.generation, NodeStatus::Live));
+        newest.into_iter().map(|(n, (_, s))| (n, s)).collect()
+    }
+
     /// The member list (newest incarnation of each node).
     pub async fn members(&self) -> Vec<Member> {
         view::members(&self.snapshot().await)

@@ -29,7 +29,8 @@ pub enum ClientError {
         dir: String,
         name: String,
     },
-    #[error("the node answered with an error: {0}")]
+    /// The node refused or failed the request; the text says why.
+    #[error("{0}")]
     Server(String),
     #[error("the node answered {0}, which does not fit the request")]
     Unexpected(&'static str),
@@ -86,8 +87,14 @@ impl AdminClient {
         addr: SocketAddr,
         identity: &TlsIdentity,
     ) -> Result<Self, ClientError> {
+        // Map changes may wait for a Raft commit (bounded by the node at 5 s)
+        // or a forward to the leader; give the node time to say why it failed.
+        let limits = Limits {
+            request_timeout: std::time::Duration::from_secs(20),
+            ..Limits::default()
+        };
         Ok(Self {
-            session: ClientSession::connect(addr, identity, Limits::default()).await?,
+            session: ClientSession::connect(addr, identity, limits).await?,
         })
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
+use tstore_actors::control::ControlSettings;
 use tstore_membership::{MembershipConfig, NodeProfile};
 use tstore_transport::Limits;
 
@@ -56,6 +57,16 @@ pub struct NodeOptions {
     /// Timeout of one request in milliseconds [default: 5000].
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// Form the control plane once this many nodes started with the same value see each
+    /// other [default: 1 without --seeds (a single-node cluster), 0 with (join an existing one)].
+    #[arg(long)]
+    pub bootstrap_expect: Option<usize>,
+    /// Wanted number of Raft voters; learners are promoted up to it [default: 3].
+    #[arg(long)]
+    pub voters: Option<usize>,
+    /// Seconds a voter may be down before a live learner replaces it [default: 30].
+    #[arg(long)]
+    pub voter_replace_after_secs: Option<u64>,
 }
 
 /// A node's fully resolved configuration.
@@ -68,6 +79,7 @@ pub struct NodeConfig {
     pub certs: PathBuf,
     pub limits: Limits,
     pub membership: MembershipConfig,
+    pub control: ControlSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +128,11 @@ impl NodeOptions {
             dead_node_grace_secs: self.dead_node_grace_secs.or(file.dead_node_grace_secs),
             max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
+            bootstrap_expect: self.bootstrap_expect.or(file.bootstrap_expect),
+            voters: self.voters.or(file.voters),
+            voter_replace_after_secs: self
+                .voter_replace_after_secs
+                .or(file.voter_replace_after_secs),
         }
     }
 
@@ -147,6 +164,27 @@ impl NodeOptions {
             membership.cluster_id = id;
         }
         membership.seeds = self.seeds.unwrap_or_default();
+        let mut control = ControlSettings {
+            bootstrap_expect: self
+                .bootstrap_expect
+                .unwrap_or(if membership.seeds.is_empty() { 1 } else { 0 }),
+            ..ControlSettings::default()
+        };
+        if control.bootstrap_expect > 9 {
+            return Err(invalid("bootstrap_expect", control.bootstrap_expect, "must be 0..=9"));
+        }
+        if let Some(v) = self.voters {
+            if !(1..=9).contains(&v) || v % 2 == 0 {
+                return Err(invalid("voters", v, "must be odd, 1..=9"));
+            }
+            control.voters = v;
+        }
+        if let Some(s) = self.voter_replace_after_secs {
+            if s == 0 {
+                return Err(invalid("voter_replace_after_secs", s, "must be at least 1"));
+            }
+            control.voter_replace_after = Duration::from_secs(s);
+        }
         membership.profile = NodeProfile {
             zone: self.zone.filter(|z| !z.is_empty()),
             roles: vec!["data".into()],
@@ -175,6 +213,7 @@ impl NodeOptions {
             certs: self.certs.unwrap_or_else(|| "certs".into()),
             limits,
             membership,
+            control,
         })
     }
 }

@@ -146,7 +146,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .collect();
 
     let mut nodes = Nodes(Vec::new());
-    for (id, addr) in ids.iter().zip(&addrs) {
+    for (index, (id, addr)) in ids.iter().zip(&addrs).enumerate() {
         let log = dir.join(format!("{id}.log"));
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -159,6 +159,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .arg("--certs")
             .arg(certs.path())
             .args(["--seeds", &addrs[0].to_string()])
+            // The first (up to) three nodes form the control plane; any others join it.
+            .args(["--bootstrap-expect", &bootstrap_expect(args.nodes, index).to_string()])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -220,6 +222,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("\nstopping the cluster (each node leaves politely)...");
     nodes.stop();
     Ok(())
+}
+
+/// The `--bootstrap-expect` of the demo's `index`-th node.
+fn bootstrap_expect(nodes: u16, index: usize) -> u16 {
+    let voters = nodes.min(3);
+    if (index as u16) < voters {
+        voters
+    } else {
+        0
+    }
 }
 
 fn pids(nodes: &Nodes) -> String {

@@ -47,6 +47,8 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             limits: config.limits,
             membership: config.membership,
             watch_interval: WATCH_INTERVAL,
+            data_dir: config.data_dir.clone(),
+            control: config.control,
         })
         .await?;
         let why = tokio::select! {

@@ -2,5 +2,6 @@
 //! Raft leader. Its decisions are pure functions of (map, liveness) in the
 //! submodules; the actor proposes them through Raft.
 
+pub mod actor;
 pub mod placement;
 pub mod voters;
