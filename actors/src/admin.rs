@@ -27,7 +27,11 @@ pub struct AdminActor {
 }
 
 impl AdminActor {
-    pub fn new(membership: Arc<Membership>, control: ControlPlane, watch_interval: Duration) -> Self {
+    pub fn new(
+        membership: Arc<Membership>,
+        control: ControlPlane,
+        watch_interval: Duration,
+    ) -> Self {
         Self {
             membership,
             control,
@@ -116,7 +120,10 @@ fn no_such_table(name: &str, map: &crate::cluster_map::ClusterMap) -> String {
         format!("table {name:?} does not exist (there are no tables)")
     } else {
         let names: Vec<&str> = map.tables.keys().map(String::as_str).collect();
-        format!("table {name:?} does not exist (tables: {})", names.join(", "))
+        format!(
+            "table {name:?} does not exist (tables: {})",
+            names.join(", ")
+        )
     }
 }
 

@@ -138,9 +138,14 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         left: false,
     }
     .start();
-    let control =
-        ControlPlane::start(&env, &identity.node_id, endpoint.clone(), membership.clone(), control)
-            .await?;
+    let control = ControlPlane::start(
+        &env,
+        &identity.node_id,
+        endpoint.clone(),
+        membership.clone(),
+        control,
+    )
+    .await?;
     node.do_send(AttachControl(control.clone()));
     let admin = AdminActor::new(membership, control.clone(), watch_interval).start();
     CoordinatorActor::new(control).start();
@@ -216,7 +221,9 @@ impl Handler<InboundPeer> for NodeActor {
     fn handle(&mut self, InboundPeer { from, msg }: InboundPeer, _: &mut Context<Self>) {
         match msg {
             PeerMessage::Gossip(payload) => self.inbox.deliver(from.addr, payload),
-            other => debug!(peer = %from.name, ?other, "one-way message that needs a reply; ignored"),
+            other => {
+                debug!(peer = %from.name, ?other, "one-way message that needs a reply; ignored")
+            }
         }
     }
 }

@@ -177,7 +177,10 @@ impl Membership {
                 *e = (id.generation_id, *status);
             }
         }
-        newest.insert(self.identity.node_id.clone(), (self.identity.generation, NodeStatus::Live));
+        newest.insert(
+            self.identity.node_id.clone(),
+            (self.identity.generation, NodeStatus::Live),
+        );
         newest.into_iter().map(|(n, (_, s))| (n, s)).collect()
     }
 

@@ -171,7 +171,11 @@ impl NodeOptions {
             ..ControlSettings::default()
         };
         if control.bootstrap_expect > 9 {
-            return Err(invalid("bootstrap_expect", control.bootstrap_expect, "must be 0..=9"));
+            return Err(invalid(
+                "bootstrap_expect",
+                control.bootstrap_expect,
+                "must be 0..=9",
+            ));
         }
         if let Some(v) = self.voters {
             if !(1..=9).contains(&v) || v % 2 == 0 {

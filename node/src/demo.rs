@@ -160,7 +160,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .arg(certs.path())
             .args(["--seeds", &addrs[0].to_string()])
             // The first (up to) three nodes form the control plane; any others join it.
-            .args(["--bootstrap-expect", &bootstrap_expect(args.nodes, index).to_string()])
+            .args([
+                "--bootstrap-expect",
+                &bootstrap_expect(args.nodes, index).to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

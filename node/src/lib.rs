@@ -16,3 +16,6 @@ pub mod run;
 
 /// The wire types of the admin protocol, for clients that speak it directly.
 pub use tstore_actors::wire;
+
+/// The cluster map types (tables, shards, replica sets), as the admin API returns them.
+pub use tstore_actors::cluster_map;

@@ -18,6 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tstore_membership::{Member, NodeStatus};
 use tstore_node::client::AdminClient;
+use tstore_node::wire::ClusterStatus;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
@@ -113,6 +114,11 @@ impl Cluster {
 
     /// Starts node `id` (with its data dir kept across restarts) seeded by `seeds`.
     pub fn start(&mut self, id: &str, seeds: &[&str]) {
+        self.start_with(id, seeds, &[]);
+    }
+
+    /// Like [`Cluster::start`], with extra `tstore start` flags.
+    pub fn start_with(&mut self, id: &str, seeds: &[&str], extra: &[&str]) {
         let seeds: Vec<String> = seeds.iter().map(|s| self.addr(s).to_string()).collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -134,6 +140,7 @@ impl Cluster {
         if !seeds.is_empty() {
             cmd.args(["--seeds", &seeds.join(",")]);
         }
+        cmd.args(extra);
         let child = cmd.spawn().expect("spawn tstore");
         self.procs.insert(id.to_owned(), Proc { child });
     }
@@ -188,6 +195,42 @@ impl Cluster {
             .map_err(|e| e.to_string());
         client.close().await;
         res
+    }
+
+    /// The control plane as node `via` sees it.
+    pub async fn status(&self, via: &str) -> Result<ClusterStatus, String> {
+        let client = self.client(via).await?;
+        let res = client.cluster().await.map_err(|e| e.to_string());
+        client.close().await;
+        res
+    }
+
+    /// Polls `probe` every 100 ms until it returns `Some`; returns the value
+    /// and the time it took, or an error naming `what`, with the logs.
+    pub async fn poll<T, F, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut probe: F,
+    ) -> Result<(T, Duration), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, String>>,
+    {
+        let start = Instant::now();
+        let mut last = String::from("nothing yet");
+        while start.elapsed() < limit {
+            match probe().await {
+                Ok(Some(v)) => return Ok((v, start.elapsed())),
+                Ok(None) => {}
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "{what} did not happen within {limit:?}; last error: {last}\n{}",
+            self.logs()
+        ))
     }
 
     /// Polls `via`'s member list every 50 ms until `done` holds; returns the

@@ -124,7 +124,12 @@ fn live_peers(snapshot: &GossipSnapshot) -> Vec<Peer> {
         .into_values()
         .filter(|n| n.status == NodeStatus::Live)
         .map(|n| {
-            let key = |k: &str| n.keys.get(k).filter(|v| !v.deleted).map(|v| v.value.clone());
+            let key = |k: &str| {
+                n.keys
+                    .get(k)
+                    .filter(|v| !v.deleted)
+                    .map(|v| v.value.clone())
+            };
             Peer {
                 node_id: n.node_id.clone(),
                 addr: key(KEY_ADDR).unwrap_or_else(|| n.gossip_addr.to_string()),
@@ -305,8 +310,8 @@ impl ControlPlane {
     /// client that changed the map through us reads its change back here.
     async fn wait_for_version(&self, v: u64) {
         let mut rx = self.inner.version.clone();
-        let _ = tokio::time::timeout(self.inner.settings.write_timeout, rx.wait_for(|x| *x >= v))
-            .await;
+        let _ =
+            tokio::time::timeout(self.inner.settings.write_timeout, rx.wait_for(|x| *x >= v)).await;
     }
 
     async fn forward(
@@ -330,7 +335,31 @@ impl ControlPlane {
         }
     }
 
+    /// Confirms, through a round of heartbeats, that this leader still has a
+    /// majority, so a cut-off leader says so rather than deciding from a
+    /// gossip view that only its side shares.
+    async fn confirm_leadership(&self) -> Result<(), String> {
+        let check = self.inner.raft.ensure_linearizable();
+        match tokio::time::timeout(self.inner.settings.write_timeout, check).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                debug!(error = %e, "leadership not confirmed");
+                Err(format!(
+                    "cannot change the map: {} leads but no majority of voters answers; {}",
+                    self.inner.node_id,
+                    self.voters_down_summary()
+                ))
+            }
+            Err(_) => Err(format!(
+                "cannot change the map: no quorum answered within {:?}; {}",
+                self.inner.settings.write_timeout,
+                self.voters_down_summary()
+            )),
+        }
+    }
+
     async fn leader_create_table(&self, spec: TableSpec) -> Result<(u64, Table), String> {
+        self.confirm_leadership().await?;
         let map = self.map();
         if map.tables.contains_key(&spec.name) {
             return Err(format!("table {:?} already exists", spec.name));
@@ -357,7 +386,9 @@ impl ControlPlane {
         )
         .map_err(|e| e.to_string())?;
         let name = spec.name.clone();
-        let version = self.write(MapCommand::CreateTable { spec, placement }).await?;
+        let version = self
+            .write(MapCommand::CreateTable { spec, placement })
+            .await?;
         let table = self
             .map()
             .tables
@@ -432,19 +463,26 @@ impl ControlPlane {
             .filter(|(_, s)| *s == NodeStatus::Live)
             .map(|(n, _)| n)
             .collect();
-        let voters: Vec<String> = membership
+        let mut voters: Vec<String> = membership
             .voter_ids()
             .filter_map(|id| membership.get_node(&id).map(|n| n.node_id.clone()))
             .collect();
+        voters.sort();
         let down: Vec<&String> = voters.iter().filter(|v| !live.contains(*v)).collect();
         let live_count = voters.len() - down.len();
         let need = voters.len() / 2 + 1;
         if down.is_empty() {
-            format!("all {} voters are live in gossip but none leads yet", voters.len())
+            format!(
+                "all {} voters are live in gossip but none leads yet",
+                voters.len()
+            )
         } else {
             format!(
                 "voters {} {} down ({live_count} of {} live; a majority of {need} is needed)",
-                down.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                down.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 if down.len() == 1 { "is" } else { "are" },
                 voters.len()
             )
@@ -575,17 +613,15 @@ impl ControlPlane {
                 zone: p.zone.clone(),
             };
             match self.write(cmd).await {
-                Ok(v) => info!(node_id = %p.node_id, map_version = v, "node registered in the cluster map"),
+                Ok(v) => {
+                    info!(node_id = %p.node_id, map_version = v, "node registered in the cluster map")
+                }
                 Err(e) => warn!(node_id = %p.node_id, error = %e, "could not register node"),
             }
         }
     }
 
-    async fn keep_voters(
-        &self,
-        peers: &[Peer],
-        metrics: &openraft::RaftMetrics<u64, RaftNode>,
-    ) {
+    async fn keep_voters(&self, peers: &[Peer], metrics: &openraft::RaftMetrics<u64, RaftNode>) {
         let membership = metrics.membership_config.membership();
         let name = |id: u64| membership.get_node(&id).map(|n| n.node_id.clone());
         let live: BTreeSet<String> = peers.iter().map(|p| p.node_id.clone()).collect();
@@ -593,9 +629,14 @@ impl ControlPlane {
         let learners: BTreeSet<String> = membership.learner_ids().filter_map(name).collect();
         let down_for = {
             let mut upkeep = self.inner.upkeep.lock().await;
-            upkeep.down_since.retain(|n, _| voters.contains(n) && !live.contains(n));
+            upkeep
+                .down_since
+                .retain(|n, _| voters.contains(n) && !live.contains(n));
             for v in voters.iter().filter(|v| !live.contains(*v)) {
-                upkeep.down_since.entry(v.clone()).or_insert_with(Instant::now);
+                upkeep
+                    .down_since
+                    .entry(v.clone())
+                    .or_insert_with(Instant::now);
             }
             upkeep
                 .down_since

@@ -19,7 +19,8 @@ use tstore_transport::Endpoint;
 use super::types::{MapRaft, RaftNode};
 use crate::wire::{PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
 
-type Rpc<T, E = openraft::error::Infallible> = Result<T, RPCError<u64, RaftNode, RaftError<u64, E>>>;
+type Rpc<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<u64, RaftNode, RaftError<u64, E>>>;
 
 /// Makes one [`Connection`] per Raft peer.
 pub struct Network {
@@ -40,10 +41,12 @@ impl RaftNetworkFactory<MapRaft> for Network {
         Connection {
             endpoint: self.endpoint.clone(),
             target,
-            addr: node
-                .addr
-                .parse()
-                .map_err(|e| format!("node {} has a bad address {:?}: {e}", node.node_id, node.addr)),
+            addr: node.addr.parse().map_err(|e| {
+                format!(
+                    "node {} has a bad address {:?}: {e}",
+                    node.node_id, node.addr
+                )
+            }),
         }
     }
 }
@@ -53,7 +56,10 @@ impl RaftNetworkFactory<MapRaft> for Network {
 struct Failure(String);
 
 impl Connection {
-    async fn call<E: std::error::Error>(&self, rpc: RaftRpc) -> Result<RaftRpcReply, RPCError<u64, RaftNode, RaftError<u64, E>>> {
+    async fn call<E: std::error::Error>(
+        &self,
+        rpc: RaftRpc,
+    ) -> Result<RaftRpcReply, RPCError<u64, RaftNode, RaftError<u64, E>>> {
         let addr = self
             .addr
             .clone()
@@ -67,13 +73,16 @@ impl Connection {
         }
     }
 
+    #[allow(clippy::result_large_err)] // openraft's error type
     fn remote<T, E: std::error::Error>(&self, res: Result<T, RaftError<u64, E>>) -> Rpc<T, E> {
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
 fn mismatch<E: std::error::Error>() -> RPCError<u64, RaftNode, RaftError<u64, E>> {
-    RPCError::Network(NetworkError::new(&Failure("Raft reply of the wrong kind".into())))
+    RPCError::Network(NetworkError::new(&Failure(
+        "Raft reply of the wrong kind".into(),
+    )))
 }
 
 impl RaftNetwork<MapRaft> for Connection {

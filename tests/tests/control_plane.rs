@@ -1,0 +1,258 @@
+//! The control plane with real `tstore` processes: bootstrap by gossip, one
+//! Raft leader, DDL from any node seen by every node, leader loss, a minority
+//! that cannot change the map, and a full cluster restart.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tstore_node::cluster_map::{Sharding, SplitKey, Table, TableSpec};
+use tstore_node::wire::ClusterStatus;
+use tstore_tests::Cluster;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const ALL: [&str; 3] = ["n1", "n2", "n3"];
+
+fn start_three(c: &mut Cluster) {
+    c.start_with("n1", &["n2", "n3"], &["--bootstrap-expect", "3"]);
+    c.start_with("n2", &["n1", "n3"], &["--bootstrap-expect", "3"]);
+    c.start_with("n3", &["n1", "n2"], &["--bootstrap-expect", "3"]);
+}
+
+/// Waits until every node in `nodes` agrees on one leader among three voters;
+/// returns the leader's id.
+async fn agreed_leader(c: &Cluster, nodes: &[&str]) -> String {
+    let (leader, took) = c
+        .poll("one agreed Raft leader", LIMIT, || async {
+            let mut statuses: Vec<ClusterStatus> = Vec::new();
+            for n in nodes {
+                statuses.push(c.status(n).await?);
+            }
+            let leader = statuses[0].leader.clone();
+            let agreed = leader.is_some()
+                && statuses
+                    .iter()
+                    .all(|s| s.leader == leader && s.voters.len() == 3);
+            let leaders = statuses.iter().filter(|s| s.role == "leader").count();
+            Ok((agreed && leaders == 1).then(|| leader.unwrap()))
+        })
+        .await
+        .unwrap();
+    println!("leader {leader} agreed by {nodes:?} after {took:?}");
+    leader
+}
+
+fn user_spec() -> TableSpec {
+    TableSpec {
+        name: "user".into(),
+        key: "id".into(),
+        sharding: Sharding::Hash { shards: 8 },
+        replicas: 3,
+    }
+}
+
+fn events_spec() -> TableSpec {
+    TableSpec {
+        name: "events".into(),
+        key: "ts".into(),
+        sharding: Sharding::Range {
+            splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
+        },
+        replicas: 2,
+    }
+}
+
+/// Waits until `via` describes `name` as `expected`.
+async fn sees_table(c: &Cluster, via: &str, expected: &Table) {
+    c.poll(
+        &format!("{via} describing {}", expected.spec.name),
+        LIMIT,
+        || async {
+            let client = c.client(via).await?;
+            let res = client.describe(&expected.spec.name).await;
+            client.close().await;
+            Ok(res.ok().filter(|(_, t)| t == expected))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn create(c: &Cluster, via: &str, spec: TableSpec) -> Result<Table, String> {
+    let client = c.client(via).await?;
+    let res = client
+        .create_table(spec)
+        .await
+        .map(|(_, t)| t)
+        .map_err(|e| e.to_string());
+    client.close().await;
+    res
+}
+
+#[tokio::test]
+async fn bootstrap_elects_one_leader_and_ddl_from_any_node_is_seen_everywhere() {
+    let mut c = Cluster::new();
+    start_three(&mut c);
+    let leader = agreed_leader(&c, &ALL).await;
+    let follower = ALL.iter().find(|n| **n != leader).unwrap();
+
+    // The brief's example: a `user` table keyed by `id`, hash-sharded, sent to a follower.
+    let user = create(&c, follower, user_spec()).await.unwrap();
+    assert_eq!(user.shards.len(), 8);
+    for s in &user.shards {
+        let mut members: Vec<&String> = s.replicas.members().collect();
+        members.sort();
+        assert_eq!(
+            members,
+            vec!["n1", "n2", "n3"],
+            "shard {} placement",
+            s.index
+        );
+        assert_eq!(s.replicas.epoch, 1);
+    }
+    let events = create(&c, "n3", events_spec()).await.unwrap();
+    let bounds: Vec<String> = events.shards.iter().map(|s| s.range.to_string()).collect();
+    assert_eq!(
+        bounds,
+        [
+            "(-inf, 1000)",
+            "[1000, 2000)",
+            "[2000, 3000)",
+            "[3000, +inf)"
+        ]
+    );
+    for via in ALL {
+        sees_table(&c, via, &user).await;
+        sees_table(&c, via, &events).await;
+    }
+
+    // Clear refusals, and the node keeps serving.
+    let err = create(&c, "n2", user_spec()).await.unwrap_err();
+    assert_eq!(err, "table \"user\" already exists");
+    let mut five = user_spec();
+    five.name = "five".into();
+    five.replicas = 5;
+    let err = create(&c, "n1", five).await.unwrap_err();
+    assert!(err.contains("only 3 nodes can take them"), "{err}");
+    let client = c.client("n2").await.unwrap();
+    let err = client.describe("nope").await.unwrap_err().to_string();
+    assert_eq!(err, "table \"nope\" does not exist (tables: events, user)");
+    let v = client.drop_table("events").await.unwrap();
+    let (tables_version, tables) = client.tables().await.unwrap();
+    assert!(tables_version >= v);
+    assert_eq!(tables.len(), 1);
+}
+
+#[tokio::test]
+async fn killing_the_leader_elects_another_and_the_old_one_follows_after_restart() {
+    let mut c = Cluster::new();
+    start_three(&mut c);
+    let old = agreed_leader(&c, &ALL).await;
+    let survivor = *ALL.iter().find(|n| **n != old).unwrap();
+    let user = create(&c, survivor, user_spec()).await.unwrap();
+
+    c.kill9(&old);
+    let survivors: Vec<&str> = ALL.iter().copied().filter(|n| *n != old).collect();
+    let (new, took) = c
+        .poll("a new leader among the survivors", LIMIT, || async {
+            let s = c.status(survivors[0]).await?;
+            Ok(s.leader.filter(|l| *l != old && s.role != "candidate"))
+        })
+        .await
+        .unwrap();
+    println!("leader {old} killed: {new} leads after {took:?}");
+    for via in &survivors {
+        sees_table(&c, via, &user).await;
+    }
+    // DDL works again (retrying while the new leader settles).
+    let (events, _) = c
+        .poll("DDL after the failover", LIMIT, || async {
+            Ok(create(&c, survivors[1], events_spec()).await.ok())
+        })
+        .await
+        .unwrap();
+
+    let seeds: Vec<&str> = survivors.clone();
+    c.start_with(&old, &seeds, &["--bootstrap-expect", "3"]);
+    c.poll(&format!("{old} following again"), LIMIT, || async {
+        let s = c.status(&old).await?;
+        Ok((s.role == "follower" && s.leader.as_deref() == Some(new.as_str())).then_some(()))
+    })
+    .await
+    .unwrap();
+    sees_table(&c, &old, &events).await;
+    sees_table(&c, &old, &user).await;
+}
+
+#[tokio::test]
+async fn a_minority_cannot_change_the_map_and_says_why() {
+    let mut c = Cluster::new();
+    start_three(&mut c);
+    agreed_leader(&c, &ALL).await;
+    let user = create(&c, "n2", user_spec()).await.unwrap();
+
+    // Pause two of the three voters: n1 alone is a minority.
+    c.signal("n2", Signal::SIGSTOP);
+    c.signal("n3", Signal::SIGSTOP);
+    c.wait_for("n1", "n2 and n3 down", LIMIT, |m| {
+        ["n2", "n3"]
+            .iter()
+            .all(|id| tstore_tests::status_of(m, id) == Some(tstore_membership::NodeStatus::Down))
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = create(&c, "n1", events_spec()).await.unwrap_err();
+    println!("minority refused after {:?}: {err}", started.elapsed());
+    assert!(err.contains("voters"), "the error names the voters: {err}");
+    assert!(
+        err.contains("n2") && err.contains("n3"),
+        "the error names the down voters: {err}"
+    );
+    let client = c.client("n1").await.unwrap();
+    assert!(
+        client.describe("events").await.is_err(),
+        "the minority changed the map"
+    );
+    sees_table(&c, "n1", &user).await; // reads of the committed map still work
+
+    c.signal("n2", Signal::SIGCONT);
+    c.signal("n3", Signal::SIGCONT);
+    let (events, _) = c
+        .poll("DDL once the majority is back", LIMIT, || async {
+            Ok(create(&c, "n1", events_spec()).await.ok())
+        })
+        .await
+        .unwrap();
+    for via in ALL {
+        sees_table(&c, via, &events).await;
+    }
+}
+
+#[tokio::test]
+async fn the_map_survives_a_full_cluster_restart() {
+    let mut c = Cluster::new();
+    start_three(&mut c);
+    agreed_leader(&c, &ALL).await;
+    let user = create(&c, "n1", user_spec()).await.unwrap();
+    let events = create(&c, "n2", events_spec()).await.unwrap();
+    let before = c.status("n3").await.unwrap();
+
+    for id in ALL {
+        c.signal(id, Signal::SIGTERM);
+    }
+    for id in ALL {
+        let status = c.wait_exit(id, Duration::from_secs(15)).unwrap();
+        assert!(status.success(), "{id} exited with {status}");
+    }
+    start_three(&mut c);
+    agreed_leader(&c, &ALL).await;
+    for via in ALL {
+        sees_table(&c, via, &user).await;
+        sees_table(&c, via, &events).await;
+        let s = c.status(via).await.unwrap();
+        assert!(
+            s.map_version >= before.map_version,
+            "{via}: {s:?} vs {before:?}"
+        );
+    }
+}
