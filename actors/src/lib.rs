@@ -18,6 +18,7 @@ pub mod control;
 pub mod coordinator;
 pub mod node;
 mod service;
+pub mod shard;
 pub mod storage;
 pub mod wire;
 

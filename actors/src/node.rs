@@ -5,13 +5,14 @@
 //! the reverse, politely: announce `leaving` in gossip, let it spread, close
 //! the endpoint.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tracing::{debug, info, warn};
 use tstore_membership::{
     GossipInbox, GossipLink, Membership, MembershipConfig, MembershipError, MembershipEvent,
@@ -23,6 +24,8 @@ use crate::admin::AdminActor;
 use crate::control::{ControlPlane, ControlSettings};
 use crate::coordinator::actor::CoordinatorActor;
 use crate::service::NodeService;
+use crate::shard::actor::{CopyActor, Reconfigure, StopCopy};
+use crate::shard::{self, LocalChange, LocalCopy, ShardKey};
 use crate::wire::{PeerMessage, PeerReply};
 
 /// Inbound one-way messages may queue this deep in the node's mailbox.
@@ -135,6 +138,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         membership: membership.clone(),
         inbox,
         control: None,
+        copies: BTreeMap::new(),
         left: false,
     }
     .start();
@@ -168,6 +172,8 @@ pub struct NodeActor {
     membership: Arc<Membership>,
     inbox: GossipInbox,
     control: Option<ControlPlane>,
+    /// The shard copies this node holds, as the committed map gives them.
+    copies: BTreeMap<ShardKey, (LocalCopy, Addr<CopyActor>)>,
     left: bool,
 }
 
@@ -180,9 +186,55 @@ struct AttachControl(ControlPlane);
 impl Handler<AttachControl> for NodeActor {
     type Result = ();
 
-    fn handle(&mut self, AttachControl(control): AttachControl, _: &mut Context<Self>) {
+    fn handle(&mut self, AttachControl(control): AttachControl, ctx: &mut Context<Self>) {
+        ctx.add_stream(WatchStream::new(control.watch_version()));
         self.control = Some(control);
     }
+}
+
+/// A new map version was applied here: bring the local shard copies in line.
+impl StreamHandler<u64> for NodeActor {
+    fn handle(&mut self, version: u64, _: &mut Context<Self>) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        let map = control.map();
+        let running: BTreeMap<ShardKey, LocalCopy> = self
+            .copies
+            .iter()
+            .map(|(k, (c, _))| (k.clone(), c.clone()))
+            .collect();
+        let changes = shard::plan(&running, &map, &self.identity.node_id);
+        if !changes.is_empty() {
+            debug!(
+                map_version = version,
+                changes = changes.len(),
+                "applying the map to local shard copies"
+            );
+        }
+        for change in changes {
+            match change {
+                LocalChange::Start(key, copy) => {
+                    let actor =
+                        CopyActor::new(key.clone(), copy.clone(), self.membership.clone()).start();
+                    self.copies.insert(key, (copy, actor));
+                }
+                LocalChange::Reconfigure(key, copy) => {
+                    if let Some((have, actor)) = self.copies.get_mut(&key) {
+                        actor.do_send(Reconfigure(copy.clone()));
+                        *have = copy;
+                    }
+                }
+                LocalChange::Stop(key) => {
+                    if let Some((_, actor)) = self.copies.remove(&key) {
+                        actor.do_send(StopCopy);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl Actor for NodeActor {

@@ -196,6 +196,13 @@ impl Membership {
             .await;
     }
 
+    /// Withdraws a key this node published.
+    pub async fn delete(&self, key: &str) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().delete(key))
+            .await;
+    }
+
     /// Leaves the cluster politely: announces `leaving`, pushes it to every
     /// live peer for a few gossip rounds, then stops gossiping. Peers then see
     /// the node as left, not as crashed. Calling it twice is harmless.

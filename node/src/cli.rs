@@ -148,7 +148,7 @@ pub enum AdminCommand {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Start { .. } => "info",
+        Command::Start { .. } => "info,openraft=warn",
         _ => "warn",
     };
     let filter =

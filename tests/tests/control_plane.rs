@@ -124,6 +124,14 @@ async fn bootstrap_elects_one_leader_and_ddl_from_any_node_is_seen_everywhere() 
         sees_table(&c, via, &user).await;
         sees_table(&c, via, &events).await;
     }
+    // Every node holds the copies the map gives it and reports them in gossip.
+    let (_, took) = c
+        .poll("shard copies reported in gossip", LIMIT, || async {
+            Ok(copies_in_gossip(&c, "n1", &user).await?.then_some(()))
+        })
+        .await
+        .unwrap();
+    println!("every copy of user reported in gossip after {took:?}");
 
     // Clear refusals, and the node keeps serving.
     let err = create(&c, "n2", user_spec()).await.unwrap_err();
@@ -140,6 +148,48 @@ async fn bootstrap_elects_one_leader_and_ddl_from_any_node_is_seen_everywhere() 
     let (tables_version, tables) = client.tables().await.unwrap();
     assert!(tables_version >= v);
     assert_eq!(tables.len(), 1);
+    // Dropping the table stops its copies: their gossip keys are withdrawn.
+    c.poll("events copies withdrawn", LIMIT, || async {
+        let client = c.client("n1").await?;
+        let snapshot = client.gossip().await.map_err(|e| e.to_string())?;
+        client.close().await;
+        let live_keys = snapshot
+            .nodes
+            .iter()
+            .flat_map(|n| n.keys.iter())
+            .filter(|(k, v)| k.starts_with("shard:events/") && !v.deleted)
+            .count();
+        Ok((live_keys == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// True when `via`'s gossip state shows every copy of `table` on the node
+/// the map puts it on, with its role and epoch.
+async fn copies_in_gossip(c: &Cluster, via: &str, table: &Table) -> Result<bool, String> {
+    let client = c.client(via).await?;
+    let snapshot = client.gossip().await.map_err(|e| e.to_string())?;
+    client.close().await;
+    let value = |node: &str, key: &str| {
+        snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.node_id == node)
+            .max_by_key(|n| n.generation)
+            .and_then(|n| n.keys.get(key))
+            .filter(|v| !v.deleted)
+            .map(|v| v.value.clone())
+    };
+    Ok(table.shards.iter().all(|s| {
+        let key = format!("shard:{}/{}", table.spec.name, s.index);
+        let epoch = s.replicas.epoch;
+        value(&s.replicas.primary, &key) == Some(format!("primary e{epoch}"))
+            && s.replicas
+                .backups
+                .iter()
+                .all(|b| value(b, &key) == Some(format!("backup e{epoch}")))
+    }))
 }
 
 #[tokio::test]

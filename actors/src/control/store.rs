@@ -253,9 +253,14 @@ impl StateMachine {
         self.version.subscribe()
     }
 
-    fn persist(&self, state: &MapState) -> StoreResult<()> {
-        put_meta(&self.env, self.meta, KEY_SM, state)?;
-        self.version.send_replace(state.map.version);
+    /// Makes `state` durable, then visible to readers, then announces its
+    /// version (in that order: a reader woken by the announcement must find
+    /// the new map).
+    fn persist(&self, state: MapState) -> StoreResult<()> {
+        put_meta(&self.env, self.meta, KEY_SM, &state)?;
+        let version = state.map.version;
+        *self.state.write().unwrap() = state;
+        self.version.send_replace(version);
         Ok(())
     }
 }
@@ -317,8 +322,7 @@ impl RaftStateMachine<MapRaft> for StateMachine {
             };
             responses.push(response);
         }
-        self.persist(&next)?;
-        *self.state.write().unwrap() = next;
+        self.persist(next)?;
         Ok(responses)
     }
 
@@ -348,9 +352,7 @@ impl RaftStateMachine<MapRaft> for StateMachine {
                 data,
             },
         )?;
-        self.persist(&state)?;
-        *self.state.write().unwrap() = state;
-        Ok(())
+        self.persist(state)
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<MapRaft>>> {
