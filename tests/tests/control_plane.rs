@@ -306,3 +306,39 @@ async fn the_map_survives_a_full_cluster_restart() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_later_node_joins_as_learner_and_replaces_a_voter_that_stays_down() {
+    let mut c = Cluster::new();
+    let fast = ["--bootstrap-expect", "3", "--voter-replace-after-secs", "2"];
+    c.start_with("n1", &["n2", "n3"], &fast);
+    c.start_with("n2", &["n1", "n3"], &fast);
+    c.start_with("n3", &["n1", "n2"], &fast);
+    let leader = agreed_leader(&c, &ALL).await;
+    c.start_with("n4", &["n1"], &["--voter-replace-after-secs", "2"]);
+    c.poll("n4 added as a learner", LIMIT, || async {
+        let s = c.status(&leader).await?;
+        Ok(s.learners.iter().any(|(n, _)| n == "n4").then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Kill a voter that is not the leader; after the replacement delay, n4 takes its place.
+    let victim = *ALL.iter().find(|n| **n != leader).unwrap();
+    c.kill9(victim);
+    let (voters, took) = c
+        .poll("n4 promoted in place of the dead voter", LIMIT, || async {
+            let s = c.status(&leader).await?;
+            let voters: Vec<String> = s.voters.iter().map(|(n, _)| n.clone()).collect();
+            Ok((voters.len() == 3
+                && voters.iter().any(|v| v == "n4")
+                && !voters.iter().any(|v| v == victim))
+            .then_some(voters))
+        })
+        .await
+        .unwrap();
+    println!("voter {victim} killed; voters {voters:?} after {took:?}");
+    // The new group commits map changes.
+    let t = create(&c, "n4", user_spec()).await.unwrap();
+    sees_table(&c, "n4", &t).await;
+}
