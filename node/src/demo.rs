@@ -187,7 +187,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let me = std::env::args().next().unwrap_or_else(|| "tstore".into());
         let c = certs.path().display();
         println!(
-            "tstore demo: {} nodes live after {:.1}s\n",
+            "tstore demo: {} nodes live and the control plane formed after {:.1}s\n",
             args.nodes,
             started.elapsed().as_secs_f64()
         );
@@ -200,6 +200,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "  {me} admin --node {} --certs {c} gossip --watch",
             addrs[0]
+        );
+        println!("  {me} admin --node {} --certs {c} cluster", addrs[0]);
+        println!(
+            "  {me} admin --node {} --certs {c} create-table user --key id --shards 8 --replicas {}",
+            addrs[0],
+            args.nodes.min(3)
+        );
+        println!(
+            "  {me} admin --node {} --certs {c} describe user",
+            addrs[addrs.len() - 1]
         );
         println!(
             "  kill -9 <pid of a node>   # watch it go down; pids: {}",
@@ -262,11 +272,22 @@ async fn wait_until_live(nodes: &mut Nodes, certs: &CertDir, want: usize) -> any
                             .iter()
                             .filter(|m| m.status == NodeStatus::Live)
                             .count();
-                        if live == want {
+                        let leader = match client.cluster().await {
+                            Ok(status) => status.leader,
+                            Err(_) => None,
+                        };
+                        if live == want && leader.is_some() {
                             client.close().await;
                             return Ok(());
                         }
-                        last_error = format!("{live} of {want} nodes live");
+                        last_error = format!(
+                            "{live} of {want} nodes live, control plane {}",
+                            if leader.is_some() {
+                                "formed"
+                            } else {
+                                "not formed yet"
+                            }
+                        );
                     }
                     Err(e) => last_error = e.to_string(),
                 }
