@@ -153,6 +153,9 @@ type ServeFn = Box<dyn Fn(Connection, Remote) + Send + Sync>;
 #[derive(Default)]
 struct PeerSlot {
     conn: Option<Connection>,
+    /// The streams the peer opens on `conn` are being served. A connection
+    /// dialed before [`Endpoint::serve`] was called is served from then on.
+    served: bool,
     failed_at: Option<Instant>,
 }
 
@@ -226,6 +229,21 @@ impl Endpoint {
                     ));
                 }
             }));
+        // Connections dialed before now (gossip starts before serving) are
+        // served from now on.
+        let catch_up = self.inner.clone();
+        tokio::spawn(async move {
+            let slots: Vec<(SocketAddr, Arc<tokio::sync::Mutex<PeerSlot>>)> = catch_up
+                .peers
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(a, s)| (*a, s.clone()))
+                .collect();
+            for (addr, slot) in slots {
+                catch_up.serve_dialed_slot(addr, &mut *slot.lock().await);
+            }
+        });
         let inner = self.inner.clone();
         tokio::spawn(async move {
             while let Some(incoming) = inner.quic.accept().await {
@@ -313,6 +331,8 @@ impl Inner {
             Ok(conn) => {
                 slot.failed_at = None;
                 slot.conn = Some(conn.clone());
+                slot.served = false;
+                self.serve_dialed_slot(addr, &mut slot);
                 Ok(conn)
             }
             Err(e) => {
@@ -333,17 +353,6 @@ impl Inner {
         match tokio::time::timeout(self.limits.connect_timeout, connecting).await {
             Ok(Ok(conn)) => {
                 debug!(peer = %addr, "connected");
-                if let Some(serve) = self.serve_dialed.get() {
-                    let name = peer_certificate_identity(&conn)
-                        .map(|(_, name)| name)
-                        .unwrap_or_default();
-                    let remote = Remote {
-                        addr,
-                        role: Role::Node,
-                        name,
-                    };
-                    serve(conn.clone(), remote);
-                }
                 Ok(conn)
             }
             Ok(Err(e)) => Err(TransportError::Connect {
@@ -355,6 +364,29 @@ impl Inner {
                 reason: format!("no handshake within {:?}", self.limits.connect_timeout),
             }),
         }
+    }
+
+    /// Starts serving the peer's streams on a dialed connection, once the
+    /// endpoint serves at all (connections are used both ways).
+    fn serve_dialed_slot(&self, addr: SocketAddr, slot: &mut PeerSlot) {
+        let (Some(serve), Some(conn)) = (self.serve_dialed.get(), &slot.conn) else {
+            return;
+        };
+        if slot.served || conn.close_reason().is_some() {
+            return;
+        }
+        let name = peer_certificate_identity(conn)
+            .map(|(_, name)| name)
+            .unwrap_or_default();
+        serve(
+            conn.clone(),
+            Remote {
+                addr,
+                role: Role::Node,
+                name,
+            },
+        );
+        slot.served = true;
     }
 
     /// Drops `conn` from the cache if it is still the cached one.
@@ -379,6 +411,7 @@ impl Inner {
                 .is_some_and(|c| c.close_reason().is_none());
             if !live {
                 slot.conn = Some(conn.clone());
+                slot.served = true; // the accept path serves it
                 slot.failed_at = None;
             }
         }

@@ -288,3 +288,32 @@ async fn an_unreachable_peer_fails_fast_and_is_retried_after_the_backoff() {
     let err = a.request::<_, Msg>(addr, &Msg::Count(1)).await.unwrap_err();
     assert!(matches!(err, TransportError::Backoff { .. }), "{err}");
 }
+
+/// Gossip starts before a node serves, so connections it dials early must be
+/// served (in both directions) once it does.
+#[tokio::test]
+async fn a_connection_dialed_before_serving_is_served_once_serving_starts() {
+    let f = fixture();
+    let (b, mut b_rx) = node(&f.certs, "n2");
+    let identity = f.certs.identity(Role::Node, "n1").unwrap();
+    let a = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &identity, limits()).unwrap();
+    a.send_oneway(b.local_addr(), &Msg::Count(1)).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), b_rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(got, Some(("n1".into(), Msg::Count(1))));
+    // b answers on the connection a dialed; a does not serve yet.
+    b.send_oneway(a.local_addr(), &Msg::Count(2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (tx, mut a_rx) = mpsc::unbounded_channel();
+    a.serve(Arc::new(TestService { oneway: tx }));
+    let got = tokio::time::timeout(Duration::from_secs(5), a_rx.recv())
+        .await
+        .expect("the early connection is served once serving starts");
+    assert_eq!(got, Some(("n2".into(), Msg::Count(2))));
+    let reply: Msg = b
+        .request(a.local_addr(), &Msg::Echo("x".into()))
+        .await
+        .unwrap();
+    assert_eq!(reply, Msg::Echo("n2:x".into()));
+}
