@@ -16,6 +16,7 @@ pub mod admin;
 pub mod cluster_map;
 pub mod control;
 pub mod coordinator;
+pub mod keys;
 pub mod node;
 mod service;
 pub mod shard;
