@@ -18,6 +18,7 @@ pub mod control;
 pub mod coordinator;
 pub mod keys;
 pub mod node;
+pub mod replication;
 mod service;
 pub mod shard;
 pub mod storage;

@@ -1,0 +1,264 @@
+//! The primary side of a shard's replication.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{Effect, Epoch, LeaseConfig, LogEntry, Millis, ReplMsg, Seq};
+use crate::cluster_map::NodeId;
+
+/// Why a proposal was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("replication window full: {0} writes in flight")]
+    WindowFull(usize),
+    #[error("primary lease expired at epoch {epoch}: backup {backup} has not answered for {silent_ms} ms")]
+    LeaseExpired {
+        epoch: Epoch,
+        backup: NodeId,
+        silent_ms: Millis,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    /// Every entry up to this is durable on the backup.
+    acked: Seq,
+    /// Send time of the newest message the backup answered.
+    heard_at: Option<Millis>,
+    /// Last time we sent to it.
+    sent_at: Option<Millis>,
+    /// Last time its `acked` advanced or we resent to it; a backup behind
+    /// for a heartbeat period since then gets the missing entries again.
+    progress_at: Millis,
+}
+
+/// The primary of one shard in one epoch.
+#[derive(Debug, Clone)]
+pub struct Primary {
+    epoch: Epoch,
+    cfg: LeaseConfig,
+    peers: BTreeMap<NodeId, Peer>,
+    /// Entries not yet acknowledged by every backup (they may need resending).
+    unacked: VecDeque<LogEntry>,
+    last_seq: Seq,
+    /// Our own log is durable up to here.
+    persisted: Seq,
+    committed: Seq,
+}
+
+impl Primary {
+    /// A primary for `epoch` whose log (committed or not) ends at `last_seq`
+    /// and is committed up to `committed`. Entries after `committed` that it
+    /// inherited must be passed in `inherited` so they are replicated and
+    /// committed first.
+    pub fn new(
+        epoch: Epoch,
+        backups: &[NodeId],
+        committed: Seq,
+        inherited: Vec<LogEntry>,
+        cfg: LeaseConfig,
+    ) -> Self {
+        let last_seq = inherited.last().map(|e| e.seq).unwrap_or(committed);
+        debug_assert!(inherited.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        Self {
+            epoch,
+            cfg,
+            peers: backups
+                .iter()
+                .map(|b| {
+                    (
+                        b.clone(),
+                        Peer {
+                            acked: 0,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+            unacked: inherited.into(),
+            last_seq,
+            persisted: last_seq,
+            committed,
+        }
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn committed(&self) -> Seq {
+        self.committed
+    }
+
+    pub fn last_seq(&self) -> Seq {
+        self.last_seq
+    }
+
+    /// Whether every backup answered a message sent within the lease.
+    pub fn lease_valid(&self, now: Millis) -> bool {
+        self.lease_problem(now).is_none()
+    }
+
+    fn lease_problem(&self, now: Millis) -> Option<(NodeId, Millis)> {
+        self.peers.iter().find_map(|(id, p)| match p.heard_at {
+            Some(t) if now.saturating_sub(t) <= self.cfg.lease => None,
+            Some(t) => Some((id.clone(), now.saturating_sub(t))),
+            None => Some((id.clone(), Millis::MAX)),
+        })
+    }
+
+    /// Takes a new operation: assigns it the next sequence number, logs it
+    /// and sends it to every backup.
+    pub fn propose(
+        &mut self,
+        op: Vec<u8>,
+        now: Millis,
+    ) -> Result<(Seq, Vec<Effect>), ProposeError> {
+        let in_flight = (self.last_seq - self.committed) as usize;
+        if in_flight >= self.cfg.window {
+            return Err(ProposeError::WindowFull(in_flight));
+        }
+        // A primary that has heard from its backups once and then lost one
+        // stops taking writes: it is about to be replaced.
+        if let Some((backup, silent_ms)) = self.lease_problem(now) {
+            if self.peers.values().all(|p| p.heard_at.is_some()) {
+                return Err(ProposeError::LeaseExpired {
+                    epoch: self.epoch,
+                    backup,
+                    silent_ms,
+                });
+            }
+        }
+        self.last_seq += 1;
+        let entry = LogEntry {
+            epoch: self.epoch,
+            seq: self.last_seq,
+            op,
+        };
+        self.unacked.push_back(entry.clone());
+        let mut effects = vec![Effect::Persist(vec![entry.clone()])];
+        // Pipelined: every backup gets every new entry at once; one that
+        // missed earlier ones buffers it and is repaired by `on_tick`.
+        for (id, peer) in self.peers.iter_mut() {
+            peer.sent_at = Some(now);
+            effects.push(Effect::Send {
+                to: id.clone(),
+                msg: ReplMsg::Prepare {
+                    epoch: self.epoch,
+                    entries: vec![entry.clone()],
+                    committed: self.committed,
+                    sent_at: now,
+                },
+            });
+        }
+        Ok((entry.seq, effects))
+    }
+
+    /// Our own log is durable up to `upto`.
+    pub fn on_persisted(&mut self, upto: Seq) -> Vec<Effect> {
+        self.persisted = self.persisted.max(upto.min(self.last_seq));
+        self.advance()
+    }
+
+    /// A message from a backup.
+    pub fn on_message(&mut self, from: &str, msg: ReplMsg, now: Millis) -> Vec<Effect> {
+        match msg {
+            ReplMsg::Ack {
+                epoch,
+                logged,
+                echo,
+            } if epoch == self.epoch => {
+                let Some(peer) = self.peers.get_mut(from) else {
+                    return vec![];
+                };
+                let logged = logged.min(self.last_seq);
+                if logged > peer.acked {
+                    peer.acked = logged;
+                    peer.progress_at = now;
+                }
+                peer.heard_at = Some(peer.heard_at.map_or(echo, |h| h.max(echo)).min(now));
+                self.advance()
+            }
+            ReplMsg::Ack { epoch, .. } | ReplMsg::StaleEpoch { epoch } if epoch > self.epoch => {
+                vec![Effect::FetchMap { seen: epoch }]
+            }
+            // Old-epoch acks, or anything else, change nothing.
+            _ => vec![],
+        }
+    }
+
+    /// Time passes: resend to backups that made no progress for a heartbeat
+    /// period while behind, and heartbeat the idle ones.
+    pub fn on_tick(&mut self, now: Millis) -> Vec<Effect> {
+        let hb = self.cfg.heartbeat;
+        let last = self.last_seq;
+        let due: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                let stuck = p.acked < last && now.saturating_sub(p.progress_at) >= hb;
+                let idle = p.sent_at.is_none_or(|t| now.saturating_sub(t) >= hb);
+                stuck || idle
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        due.into_iter()
+            .flat_map(|id| self.resend(&id, now))
+            .collect()
+    }
+
+    /// Sends a backup everything it has not acknowledged (at most a window),
+    /// or a heartbeat when it has everything.
+    fn resend(&mut self, to: &str, now: Millis) -> Vec<Effect> {
+        let Some(peer) = self.peers.get_mut(to) else {
+            return vec![];
+        };
+        let entries: Vec<LogEntry> = self
+            .unacked
+            .iter()
+            .filter(|e| e.seq > peer.acked)
+            .take(self.cfg.window)
+            .cloned()
+            .collect();
+        peer.sent_at = Some(now);
+        peer.progress_at = now;
+        vec![Effect::Send {
+            to: to.to_owned(),
+            msg: ReplMsg::Prepare {
+                epoch: self.epoch,
+                entries,
+                committed: self.committed,
+                sent_at: now,
+            },
+        }]
+    }
+
+    /// Commits what is durable on the primary and on every backup.
+    fn advance(&mut self) -> Vec<Effect> {
+        let everywhere = self
+            .peers
+            .values()
+            .map(|p| p.acked)
+            .chain(std::iter::once(self.persisted))
+            .min()
+            .unwrap_or(self.persisted);
+        let mut effects = Vec::new();
+        if everywhere > self.committed {
+            self.committed = everywhere;
+            effects.push(Effect::Commit { upto: everywhere });
+        }
+        let all_acked = self
+            .peers
+            .values()
+            .map(|p| p.acked)
+            .min()
+            .unwrap_or(self.persisted);
+        while self
+            .unacked
+            .front()
+            .is_some_and(|e| e.seq <= all_acked.min(self.committed))
+        {
+            self.unacked.pop_front();
+        }
+        effects
+    }
+}
