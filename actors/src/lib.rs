@@ -16,6 +16,7 @@ pub mod admin;
 pub mod cluster_map;
 pub mod control;
 pub mod coordinator;
+pub mod data;
 pub mod keys;
 pub mod node;
 pub mod replication;
