@@ -14,6 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tstore_membership::{view, Membership};
 
 use crate::control::ControlPlane;
+use crate::node::{NodeActor, Route};
 use crate::wire::{AdminReply, AdminRequest};
 
 /// At most this many gossip watches at once per node.
@@ -22,6 +23,7 @@ pub const MAX_WATCHES: usize = 64;
 pub struct AdminActor {
     membership: Arc<Membership>,
     control: ControlPlane,
+    node: Addr<NodeActor>,
     watch_interval: Duration,
     watches: Arc<AtomicUsize>,
 }
@@ -30,11 +32,13 @@ impl AdminActor {
     pub fn new(
         membership: Arc<Membership>,
         control: ControlPlane,
+        node: Addr<NodeActor>,
         watch_interval: Duration,
     ) -> Self {
         Self {
             membership,
             control,
+            node,
             watch_interval,
             watches: Arc::default(),
         }
@@ -68,6 +72,16 @@ impl Handler<AdminCall> for AdminActor {
                 stream::once(async move { AdminReply::Gossip(membership.snapshot().await) }).boxed()
             }
             AdminRequest::WatchGossip => self.watch(membership),
+            AdminRequest::Data(req) => {
+                let node = self.node.clone();
+                stream::once(async move {
+                    match node.send(Route(req)).await {
+                        Ok(reply) => AdminReply::Data(reply),
+                        Err(e) => AdminReply::Error(format!("node unavailable: {e}")),
+                    }
+                })
+                .boxed()
+            }
             AdminRequest::Cluster => {
                 let control = self.control.clone();
                 stream::once(async move { AdminReply::Cluster(control.status().await) }).boxed()

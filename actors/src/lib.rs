@@ -20,6 +20,7 @@ pub mod data;
 pub mod keys;
 pub mod node;
 pub mod replication;
+pub mod router;
 mod service;
 pub mod shard;
 pub mod storage;

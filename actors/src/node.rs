@@ -23,9 +23,13 @@ use tstore_transport::{Endpoint, Limits, Remote, Role, TlsIdentity, TransportErr
 use crate::admin::AdminActor;
 use crate::control::{ControlPlane, ControlSettings};
 use crate::coordinator::actor::CoordinatorActor;
+use crate::data::store::ShardStore;
+use crate::replication::LeaseConfig;
+use crate::router::{serve_local, Router};
 use crate::service::NodeService;
-use crate::shard::actor::{CopyActor, Reconfigure, StopCopy};
+use crate::shard::actor::{Copies, CopyActor, CopyEnv, Reconfigure, Replicate, StopCopy};
 use crate::shard::{self, LocalChange, LocalCopy, ShardKey};
+use crate::wire::{DataReply, DataRequest};
 use crate::wire::{PeerMessage, PeerReply};
 
 /// Inbound one-way messages may queue this deep in the node's mailbox.
@@ -47,6 +51,8 @@ pub struct NodeSettings {
     /// Where the node keeps its LMDB environment.
     pub data_dir: std::path::PathBuf,
     pub control: ControlSettings,
+    /// Replication timing (lease, grace, heartbeat, window); default if `None`.
+    pub lease: Option<LeaseConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +64,9 @@ pub enum StartError {
     #[error("the node certificate is for {found}, but this node is {expected:?}: use the certificate made by `tstore cert create-node --name {expected}`")]
     WrongCertificate { expected: String, found: String },
     #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
+    Env(#[from] crate::storage::StorageError),
+    #[error("cannot open shard storage: {0}")]
+    Storage(String),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
     #[error("listening on {listen} (an unspecified address) needs --advertise with the address peers should use")]
@@ -106,6 +114,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         watch_interval,
         data_dir,
         control,
+        lease,
     } = settings;
     match tls.own_identity() {
         Some((Role::Node, name)) if name == identity.node_id => {}
@@ -139,6 +148,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         inbox,
         control: None,
         copies: BTreeMap::new(),
+        copy_env: None,
         left: false,
     }
     .start();
@@ -150,8 +160,15 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         control,
     )
     .await?;
-    node.do_send(AttachControl(control.clone()));
-    let admin = AdminActor::new(membership, control.clone(), watch_interval).start();
+    let store = ShardStore::open(&env).map_err(|e| StartError::Storage(e.to_string()))?;
+    node.do_send(AttachControl(CopyEnv {
+        membership: membership.clone(),
+        store,
+        endpoint: endpoint.clone(),
+        control: control.clone(),
+        lease: lease.unwrap_or_default(),
+    }));
+    let admin = AdminActor::new(membership, control.clone(), node.clone(), watch_interval).start();
     CoordinatorActor::new(control).start();
     endpoint.serve(Arc::new(NodeService {
         node: node.clone(),
@@ -173,7 +190,9 @@ pub struct NodeActor {
     inbox: GossipInbox,
     control: Option<ControlPlane>,
     /// The shard copies this node holds, as the committed map gives them.
-    copies: BTreeMap<ShardKey, (LocalCopy, Addr<CopyActor>)>,
+    copies: Copies,
+    /// What the copies share; set once the control plane is attached.
+    copy_env: Option<CopyEnv>,
     left: bool,
 }
 
@@ -181,21 +200,48 @@ pub struct NodeActor {
 /// because Raft needs the node to route its RPCs).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct AttachControl(ControlPlane);
+struct AttachControl(CopyEnv);
 
 impl Handler<AttachControl> for NodeActor {
     type Result = ();
 
-    fn handle(&mut self, AttachControl(control): AttachControl, ctx: &mut Context<Self>) {
-        ctx.add_stream(WatchStream::new(control.watch_version()));
-        self.control = Some(control);
+    fn handle(&mut self, AttachControl(env): AttachControl, ctx: &mut Context<Self>) {
+        ctx.add_stream(WatchStream::new(env.control.watch_version()));
+        self.control = Some(env.control.clone());
+        self.copy_env = Some(env);
+    }
+}
+
+/// A client read or write to route to the right shard copy.
+#[derive(Message)]
+#[rtype(result = "DataReply")]
+pub struct Route(pub DataRequest);
+
+impl Handler<Route> for NodeActor {
+    type Result = ResponseFuture<DataReply>;
+
+    fn handle(&mut self, Route(req): Route, _: &mut Context<Self>) -> Self::Result {
+        let Some(control) = &self.control else {
+            return Box::pin(async { DataReply::Error("the node is still starting".into()) });
+        };
+        let router = Router {
+            me: self.identity.node_id.clone(),
+            map: control.map(),
+            local: self
+                .copies
+                .iter()
+                .map(|(k, (_, a))| (k.clone(), a.clone()))
+                .collect(),
+            endpoint: self.endpoint.clone(),
+        };
+        Box::pin(async move { router.route(req).await })
     }
 }
 
 /// A new map version was applied here: bring the local shard copies in line.
 impl StreamHandler<u64> for NodeActor {
     fn handle(&mut self, version: u64, _: &mut Context<Self>) {
-        let Some(control) = &self.control else {
+        let (Some(control), Some(env)) = (&self.control, &self.copy_env) else {
             return;
         };
         let map = control.map();
@@ -215,8 +261,7 @@ impl StreamHandler<u64> for NodeActor {
         for change in changes {
             match change {
                 LocalChange::Start(key, copy) => {
-                    let actor =
-                        CopyActor::new(key.clone(), copy.clone(), self.membership.clone()).start();
+                    let actor = CopyActor::new(key.clone(), copy.clone(), env.clone()).start();
                     self.copies.insert(key, (copy, actor));
                 }
                 LocalChange::Reconfigure(key, copy) => {
@@ -226,8 +271,11 @@ impl StreamHandler<u64> for NodeActor {
                     }
                 }
                 LocalChange::Stop(key) => {
-                    if let Some((_, actor)) = self.copies.remove(&key) {
-                        actor.do_send(StopCopy);
+                    if let Some((copy, actor)) = self.copies.remove(&key) {
+                        // A dropped table's data goes; a copy that only moved
+                        // away keeps it until the table is dropped.
+                        let dropped = !map.tables.values().any(|t| t.id == copy.table_id);
+                        actor.do_send(StopCopy { drop_data: dropped });
                     }
                 }
             }
@@ -273,6 +321,26 @@ impl Handler<InboundPeer> for NodeActor {
     fn handle(&mut self, InboundPeer { from, msg }: InboundPeer, _: &mut Context<Self>) {
         match msg {
             PeerMessage::Gossip(payload) => self.inbox.deliver(from.addr, payload),
+            PeerMessage::Repl { table, shard, msg } => {
+                let key = ShardKey {
+                    table,
+                    index: shard,
+                };
+                match self.copies.get(&key) {
+                    Some((_, actor)) => {
+                        if actor
+                            .try_send(Replicate {
+                                from: from.name,
+                                msg,
+                            })
+                            .is_err()
+                        {
+                            debug!(shard = %key, "copy mailbox full; replication message dropped");
+                        }
+                    }
+                    None => debug!(shard = %key, "replication message for a copy not held here"),
+                }
+            }
             other => {
                 debug!(peer = %from.name, ?other, "one-way message that needs a reply; ignored")
             }
@@ -304,6 +372,17 @@ impl Handler<PeerCall> for NodeActor {
                     None => not_ready(),
                 }
             }),
+            PeerMessage::Data(req) => {
+                let local: BTreeMap<ShardKey, Addr<CopyActor>> = self
+                    .copies
+                    .iter()
+                    .map(|(k, (_, a))| (k.clone(), a.clone()))
+                    .collect();
+                Box::pin(async move { PeerReply::Data(serve_local(&local, req).await) })
+            }
+            PeerMessage::Repl { .. } => {
+                Box::pin(async { PeerReply::Refused("replication is one-way".into()) })
+            }
             PeerMessage::Control(req) => Box::pin(async move {
                 match control {
                     Some(c) => c.handle_forwarded(req).await,

@@ -11,8 +11,11 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-use crate::cluster_map::{Table, TableSpec};
+use crate::cluster_map::{SplitKey, Table, TableSpec};
 use crate::control::types::MapRaft;
+use crate::data::ops::{Op, OpResult, RowRecord};
+use crate::replication::ReplMsg;
+use crate::shard::actor::ReadMode;
 
 /// Node-to-node messages (ALPN `tstore-peer/1`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,6 +28,14 @@ pub enum PeerMessage {
     Raft(RaftRpc),
     /// A cluster-map change forwarded to the Raft leader (the coordinator).
     Control(ControlRequest),
+    /// Replication between the members of a shard, one-way.
+    Repl {
+        table: String,
+        shard: u32,
+        msg: ReplMsg,
+    },
+    /// A client's read or write, forwarded to the node holding the shard copy.
+    Data(ShardRequest),
 }
 
 /// Replies to node-to-node requests.
@@ -37,8 +48,77 @@ pub enum PeerReply {
     Raft(RaftRpcReply),
     /// The map version that holds the change, and the table it created, or why not.
     Control(Result<(u64, Option<Table>), String>),
+    Data(DataReply),
     /// The request is not one this node answers.
     Refused(String),
+}
+
+/// A read or write addressed to one shard copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ShardRequest {
+    Write {
+        table: String,
+        shard: u32,
+        op: Op,
+    },
+    Get {
+        table: String,
+        shard: u32,
+        key: SplitKey,
+        mode: ReadMode,
+    },
+    Scan {
+        table: String,
+        shard: u32,
+        from: Option<SplitKey>,
+        to: Option<SplitKey>,
+        limit: usize,
+        mode: ReadMode,
+    },
+}
+
+/// Client reads and writes (ALPN `tstore-client/1`), routed by the contacted
+/// node to the shard that owns the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DataRequest {
+    /// Create or replace a row (JSON object text).
+    Put { table: String, row: String },
+    /// Create a row; fails if its key exists.
+    Insert { table: String, row: String },
+    /// Merge columns into a row, optionally only at a given version.
+    Update {
+        table: String,
+        key: SplitKey,
+        patch: String,
+        if_version: Option<u64>,
+    },
+    Delete {
+        table: String,
+        key: SplitKey,
+        if_version: Option<u64>,
+    },
+    Get {
+        table: String,
+        key: SplitKey,
+        mode: ReadMode,
+    },
+    /// Rows with `from <= key < to` in key order (merged across shards).
+    Scan {
+        table: String,
+        from: Option<SplitKey>,
+        to: Option<SplitKey>,
+        limit: usize,
+        mode: ReadMode,
+    },
+}
+
+/// Answers to data requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DataReply {
+    Written(OpResult),
+    Row(Option<RowRecord>),
+    Rows(Vec<(SplitKey, RowRecord)>),
+    Error(String),
 }
 
 /// The control plane's Raft RPCs.
@@ -86,6 +166,8 @@ pub enum AdminRequest {
     Describe {
         name: String,
     },
+    /// Rows: put, insert, update, delete, get, scan.
+    Data(DataRequest),
 }
 
 /// The control plane as one node sees it.
@@ -134,5 +216,6 @@ pub enum AdminReply {
     Done {
         map_version: u64,
     },
+    Data(DataReply),
     Error(String),
 }

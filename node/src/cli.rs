@@ -12,6 +12,8 @@ use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
 use tstore_actors::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_actors::data::ops::RowRecord;
+use tstore_actors::shard::actor::ReadMode;
 
 use crate::client::{AdminClient, WatchItem};
 use crate::config::NodeOptions;
@@ -142,6 +144,72 @@ pub enum AdminCommand {
     Tables,
     /// Show a table's shards: key range or hash slot, primary, backups, epoch.
     Describe { name: String },
+    /// Create or replace a row: `put user '{"id":1,"name":"Alice","age":25}'`.
+    Put { table: String, row: String },
+    /// Create a row; fails if its key exists.
+    Insert { table: String, row: String },
+    /// Merge columns into a row: `update user 1 '{"age":26}' [--if-version 4]`.
+    Update {
+        table: String,
+        key: String,
+        patch: String,
+        /// Only if the row is at this version (optimistic concurrency).
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Read a row.
+    Get {
+        table: String,
+        key: String,
+        #[arg(long, value_enum, default_value_t = Read::Strong)]
+        read: Read,
+    },
+    /// Delete a row.
+    Delete {
+        table: String,
+        key: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Rows in key order: `scan user [--from K] [--to K] [--limit N]` (from inclusive, to exclusive).
+    Scan {
+        table: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = Read::Strong)]
+        read: Read,
+    },
+}
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Read {
+    /// From the shard's primary under its lease: sees every acknowledged write.
+    Strong,
+    /// From any copy (this node's if it holds one): may lag slightly.
+    Replica,
+}
+
+impl From<Read> for ReadMode {
+    fn from(r: Read) -> Self {
+        match r {
+            Read::Strong => ReadMode::Strong,
+            Read::Replica => ReadMode::Replica,
+        }
+    }
+}
+
+fn row_line(key: &SplitKey, r: &RowRecord) -> String {
+    format!("{}  (key {key}, version {})", r.json, r.version)
+}
+
+fn row_json(key: &SplitKey, r: &RowRecord) -> serde_json::Value {
+    let row: serde_json::Value = serde_json::from_str(&r.json).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({ "key": key.to_string(), "version": r.version, "row": row })
 }
 
 /// Parses arguments, runs the command, and returns the exit code.
@@ -299,6 +367,86 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 print_json(&serde_json::json!({ "map_version": version, "table": table }))?;
             } else {
                 print!("{}", output::table(version, &table));
+            }
+        }
+        AdminCommand::Put { table, row } => {
+            let version = client.put(&table, &row).await?;
+            if json {
+                print_json(&serde_json::json!({ "version": version }))?;
+            } else {
+                println!("ok (version {version})");
+            }
+        }
+        AdminCommand::Insert { table, row } => {
+            let version = client.insert(&table, &row).await?;
+            if json {
+                print_json(&serde_json::json!({ "version": version }))?;
+            } else {
+                println!("ok (version {version})");
+            }
+        }
+        AdminCommand::Update {
+            table,
+            key,
+            patch,
+            if_version,
+        } => {
+            let version = client
+                .update(&table, SplitKey::parse(&key), &patch, if_version)
+                .await?;
+            if json {
+                print_json(&serde_json::json!({ "version": version }))?;
+            } else {
+                println!("ok (version {version})");
+            }
+        }
+        AdminCommand::Delete {
+            table,
+            key,
+            if_version,
+        } => {
+            client
+                .delete(&table, SplitKey::parse(&key), if_version)
+                .await?;
+            if json {
+                print_json(&serde_json::json!({ "deleted": key }))?;
+            } else {
+                println!("deleted");
+            }
+        }
+        AdminCommand::Get { table, key, read } => {
+            let key = SplitKey::parse(&key);
+            match client.get(&table, key.clone(), read.into()).await? {
+                Some(r) if json => print_json(&row_json(&key, &r))?,
+                Some(r) => println!("{}", row_line(&key, &r)),
+                None => anyhow::bail!("row {key} of table {table:?} does not exist"),
+            }
+        }
+        AdminCommand::Scan {
+            table,
+            from,
+            to,
+            limit,
+            read,
+        } => {
+            let rows = client
+                .scan(
+                    &table,
+                    from.as_deref().map(SplitKey::parse),
+                    to.as_deref().map(SplitKey::parse),
+                    limit,
+                    read.into(),
+                )
+                .await?;
+            for (k, r) in &rows {
+                if json {
+                    print_json(&row_json(k, r))?;
+                } else {
+                    println!("{}", row_line(k, r));
+                }
+            }
+            if !json {
+                println!("({} rows)", rows.len());
             }
         }
         AdminCommand::Gossip { watch: true } => {

@@ -13,8 +13,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use tstore_actors::cluster_map::SplitKey;
 use tstore_actors::cluster_map::{Table, TableSpec};
-use tstore_actors::wire::{AdminReply, AdminRequest, ClusterStatus};
+use tstore_actors::data::ops::{OpResult, RowRecord};
+use tstore_actors::shard::actor::ReadMode;
+use tstore_actors::wire::{AdminReply, AdminRequest, ClusterStatus, DataReply, DataRequest};
 use tstore_membership::{GossipChange, GossipSnapshot, Member};
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity, TransportError};
@@ -62,6 +65,7 @@ fn reply_kind(r: &AdminReply) -> &'static str {
         AdminReply::Table { .. } => "a table",
         AdminReply::Tables { .. } => "a table list",
         AdminReply::Done { .. } => "a confirmation",
+        AdminReply::Data(_) => "a data reply",
         AdminReply::Error(_) => "an error",
     }
 }
@@ -176,6 +180,122 @@ impl AdminClient {
         }
     }
 
+    async fn data(&self, req: DataRequest) -> Result<DataReply, ClientError> {
+        match self.call(&AdminRequest::Data(req)).await? {
+            AdminReply::Data(DataReply::Error(e)) => Err(ClientError::Server(e)),
+            AdminReply::Data(reply) => Ok(reply),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    async fn written(&self, req: DataRequest) -> Result<OpResult, ClientError> {
+        match self.data(req).await? {
+            DataReply::Written(r) => Ok(r),
+            _ => Err(ClientError::Unexpected("a read reply to a write")),
+        }
+    }
+
+    /// Creates or replaces a row (a JSON object); returns its new version.
+    pub async fn put(&self, table: &str, row: &str) -> Result<u64, ClientError> {
+        version_of(
+            self.written(DataRequest::Put {
+                table: table.into(),
+                row: row.into(),
+            })
+            .await?,
+        )
+    }
+
+    /// Creates a row; fails if its key exists. Returns its version.
+    pub async fn insert(&self, table: &str, row: &str) -> Result<u64, ClientError> {
+        version_of(
+            self.written(DataRequest::Insert {
+                table: table.into(),
+                row: row.into(),
+            })
+            .await?,
+        )
+    }
+
+    /// Merges columns into a row, only at `if_version` when given; returns the new version.
+    pub async fn update(
+        &self,
+        table: &str,
+        key: SplitKey,
+        patch: &str,
+        if_version: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        version_of(
+            self.written(DataRequest::Update {
+                table: table.into(),
+                key,
+                patch: patch.into(),
+                if_version,
+            })
+            .await?,
+        )
+    }
+
+    /// Deletes a row, only at `if_version` when given.
+    pub async fn delete(
+        &self,
+        table: &str,
+        key: SplitKey,
+        if_version: Option<u64>,
+    ) -> Result<(), ClientError> {
+        self.written(DataRequest::Delete {
+            table: table.into(),
+            key,
+            if_version,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Reads a row.
+    pub async fn get(
+        &self,
+        table: &str,
+        key: SplitKey,
+        mode: ReadMode,
+    ) -> Result<Option<RowRecord>, ClientError> {
+        match self
+            .data(DataRequest::Get {
+                table: table.into(),
+                key,
+                mode,
+            })
+            .await?
+        {
+            DataReply::Row(r) => Ok(r),
+            _ => Err(ClientError::Unexpected("not a row")),
+        }
+    }
+
+    /// Rows with `from <= key < to` in key order, at most `limit`.
+    pub async fn scan(
+        &self,
+        table: &str,
+        from: Option<SplitKey>,
+        to: Option<SplitKey>,
+        limit: usize,
+        mode: ReadMode,
+    ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
+        match self
+            .data(DataRequest::Scan {
+                table: table.into(),
+                from,
+                to,
+                limit,
+                mode,
+            })
+            .await?
+        {
+            DataReply::Rows(r) => Ok(r),
+            _ => Err(ClientError::Unexpected("not rows")),
+        }
+    }
+
     /// Streams the gossip state and then its changes.
     pub async fn watch_gossip(&self) -> Result<GossipWatch, ClientError> {
         Ok(GossipWatch {
@@ -188,6 +308,13 @@ impl AdminClient {
 
     pub async fn close(self) {
         self.session.close().await
+    }
+}
+
+fn version_of(r: OpResult) -> Result<u64, ClientError> {
+    match r {
+        OpResult::Written { version } => Ok(version),
+        _ => Err(ClientError::Unexpected("a result without a version")),
     }
 }
 

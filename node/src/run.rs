@@ -49,6 +49,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             watch_interval: WATCH_INTERVAL,
             data_dir: config.data_dir.clone(),
             control: config.control,
+            lease: None,
         })
         .await?;
         let why = tokio::select! {

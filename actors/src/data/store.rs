@@ -239,7 +239,10 @@ impl ShardStore {
         let rtxn = self.env.read_txn()?;
         let start = id.key(&from.map(|k| k.encode()).unwrap_or_default());
         let end = id.next_prefix();
-        let range = (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice()));
+        let range = (
+            Bound::Included(start.as_slice()),
+            Bound::Excluded(end.as_slice()),
+        );
         let mut out = Vec::new();
         for item in self.rows.range(&rtxn, &range)? {
             let (k, v) = item?;
@@ -259,7 +262,10 @@ impl ShardStore {
     pub fn log_range(&self, id: ShardId, from: Seq, to: Seq) -> Result<Vec<LogEntry>, StoreError> {
         let rtxn = self.env.read_txn()?;
         let (start, end) = (id.key(&from.to_be_bytes()), id.key(&to.to_be_bytes()));
-        let range = (Bound::Included(start.as_slice()), Bound::Included(end.as_slice()));
+        let range = (
+            Bound::Included(start.as_slice()),
+            Bound::Included(end.as_slice()),
+        );
         let mut out = Vec::new();
         for item in self.log.range(&rtxn, &range)? {
             let (_, v) = item?;

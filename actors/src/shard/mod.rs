@@ -50,6 +50,9 @@ impl fmt::Display for LocalRole {
 pub struct LocalCopy {
     pub role: LocalRole,
     pub replicas: ReplicaSet,
+    /// The table's id in the map (its storage prefix) and key column.
+    pub table_id: u64,
+    pub key_column: String,
 }
 
 /// One change to the copies running on this node.
@@ -78,6 +81,8 @@ pub fn wanted(map: &ClusterMap, me: &str) -> BTreeMap<ShardKey, LocalCopy> {
                 LocalCopy {
                     role,
                     replicas: s.replicas.clone(),
+                    table_id: t.id,
+                    key_column: t.spec.key.clone(),
                 },
             )
         })
