@@ -19,3 +19,9 @@ pub use tstore_actors::wire;
 
 /// The cluster map types (tables, shards, replica sets), as the admin API returns them.
 pub use tstore_actors::cluster_map;
+
+/// Row types of the data API.
+pub mod data {
+    pub use tstore_actors::data::ops::{OpResult, RowRecord};
+    pub use tstore_actors::shard::actor::ReadMode;
+}

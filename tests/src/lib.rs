@@ -133,7 +133,7 @@ impl Cluster {
             .arg(self.dir.path().join(id))
             .arg("--certs")
             .arg(self.certs.path())
-            .env("RUST_LOG", "info,tstore_transport=debug")
+            .env("RUST_LOG", "info,openraft=warn,tstore_transport=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

@@ -446,10 +446,13 @@ impl Handler<ScanShard> for CopyActor {
 
     fn handle(&mut self, s: ScanShard, _: &mut Context<Self>) -> Self::Result {
         self.check_read(s.mode)?;
-        self.env
+        let res = self
+            .env
             .store
             .scan(self.id, s.from.as_ref(), s.to.as_ref(), s.limit)
-            .map_err(|e| format!("shard {} scan failed: {e}", self.key))
+            .map_err(|e| format!("shard {} scan failed: {e}", self.key));
+        debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
+        res
     }
 }
 

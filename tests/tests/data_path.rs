@@ -1,0 +1,291 @@
+//! The replicated data path with real processes: the brief's `user` table
+//! end to end, reads from every node, range scans in key order, conditional
+//! writes, and bad input refused without harm.
+
+use std::time::Duration;
+
+use tstore_node::client::AdminClient;
+use tstore_node::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_node::data::ReadMode;
+use tstore_tests::Cluster;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const ALL: [&str; 3] = ["n1", "n2", "n3"];
+
+async fn formed_cluster() -> Cluster {
+    let mut c = Cluster::new();
+    for (id, seeds) in [
+        ("n1", ["n2", "n3"]),
+        ("n2", ["n1", "n3"]),
+        ("n3", ["n1", "n2"]),
+    ] {
+        c.start_with(id, &seeds, &["--bootstrap-expect", "3"]);
+    }
+    c.poll("a formed control plane", LIMIT, || async {
+        let s = c.status("n1").await?;
+        Ok((s.leader.is_some() && s.voters.len() == 3).then_some(()))
+    })
+    .await
+    .unwrap();
+    c
+}
+
+async fn create(c: &Cluster, spec: TableSpec) {
+    let name = spec.name.clone();
+    c.poll(&format!("create table {name}"), LIMIT, || {
+        let spec = spec.clone();
+        async move {
+            let client = c.client("n1").await?;
+            let r = client.create_table(spec).await;
+            client.close().await;
+            Ok(r.ok())
+        }
+    })
+    .await
+    .unwrap();
+    // Every node holds its copies before the first write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn row(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+/// Waits until a replica read of `key` on `via` returns `expected`.
+async fn converged(c: &Cluster, via: &str, table: &str, key: i64, expected: Option<&str>) {
+    c.poll(
+        &format!("{via} replica read of {table}/{key}"),
+        LIMIT,
+        || async {
+            let client = c.client(via).await?;
+            let r = client
+                .get(table, SplitKey::Int(key), ReadMode::Replica)
+                .await
+                .map_err(|e| e.to_string())?;
+            client.close().await;
+            Ok((r.as_ref().map(|r| r.json.as_str()) == expected).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_briefs_user_table_end_to_end() {
+    let c = formed_cluster().await;
+    create(
+        &c,
+        TableSpec {
+            name: "user".into(),
+            key: "id".into(),
+            sharding: Sharding::Hash { shards: 8 },
+            replicas: 3,
+        },
+    )
+    .await;
+    let people = [
+        serde_json::json!({"id": 1, "name": "Alice", "age": 25}),
+        serde_json::json!({"id": 2, "name": "Bob", "age": 30}),
+        serde_json::json!({"id": 3, "name": "Carol", "age": 41}),
+    ];
+    for (p, via) in people.iter().zip(ALL) {
+        let client = c.client(via).await.unwrap();
+        client.insert("user", &row(p)).await.unwrap();
+        client.close().await;
+    }
+    // Strong reads from every node, and replica reads that converge everywhere.
+    for via in ALL {
+        let client = c.client(via).await.unwrap();
+        for p in &people {
+            let id = p["id"].as_i64().unwrap();
+            let got = client
+                .get("user", SplitKey::Int(id), ReadMode::Strong)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&got.json).unwrap(),
+                *p
+            );
+        }
+        client.close().await;
+        for p in &people {
+            converged(&c, via, "user", p["id"].as_i64().unwrap(), Some(&row(p))).await;
+        }
+    }
+
+    let client = c.client("n2").await.unwrap();
+    // Insert of an existing key, and a conditional update at the wrong version, are refused by name.
+    let err = client
+        .insert("user", &row(&people[1]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("row 2 already exists (version"), "{err}");
+    let v = client
+        .get("user", SplitKey::Int(1), ReadMode::Strong)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    let err = client
+        .update("user", SplitKey::Int(1), r#"{"age":26}"#, Some(v + 100))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "condition failed on row 1: expected version {}, current version is {v}",
+            v + 100
+        )
+    );
+    let v2 = client
+        .update("user", SplitKey::Int(1), r#"{"age":26}"#, Some(v))
+        .await
+        .unwrap();
+    assert!(v2 > v);
+    client.delete("user", SplitKey::Int(2), None).await.unwrap();
+    let rows = client
+        .scan("user", None, None, 100, ReadMode::Strong)
+        .await
+        .unwrap();
+    let keys: Vec<SplitKey> = rows.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![SplitKey::Int(1), SplitKey::Int(3)],
+        "scan merges shards in key order"
+    );
+    client.close().await;
+    for via in ALL {
+        converged(&c, via, "user", 2, None).await;
+        converged(
+            &c,
+            via,
+            "user",
+            1,
+            Some(r#"{"age":26,"id":1,"name":"Alice"}"#),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_range_table_scans_in_key_order_across_shards() {
+    let c = formed_cluster().await;
+    create(
+        &c,
+        TableSpec {
+            name: "events".into(),
+            key: "ts".into(),
+            sharding: Sharding::Range {
+                splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
+            },
+            replicas: 2,
+        },
+    )
+    .await;
+    let client = c.client("n3").await.unwrap();
+    for ts in [3500, 20, 2500, 999, 1000, 1500, 4000] {
+        client
+            .put(
+                "events",
+                &row(&serde_json::json!({"ts": ts, "kind": "tick"})),
+            )
+            .await
+            .unwrap();
+    }
+    let all: Vec<i64> = client
+        .scan("events", None, None, 100, ReadMode::Strong)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| match k {
+            SplitKey::Int(i) => i,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(all, vec![20, 999, 1000, 1500, 2500, 3500, 4000]);
+    let some = client
+        .scan(
+            "events",
+            Some(SplitKey::Int(999)),
+            Some(SplitKey::Int(2500)),
+            100,
+            ReadMode::Strong,
+        )
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 3, "[999, 2500) holds 999, 1000, 1500: {some:?}");
+    let limited = client
+        .scan("events", None, None, 2, ReadMode::Strong)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_clearly_and_the_node_keeps_serving() {
+    let c = formed_cluster().await;
+    create(
+        &c,
+        TableSpec {
+            name: "user".into(),
+            key: "id".into(),
+            sharding: Sharding::Hash { shards: 4 },
+            replicas: 3,
+        },
+    )
+    .await;
+    let client: AdminClient = c.client("n1").await.unwrap();
+    let cases = [
+        ("user", "{not json".to_string(), "invalid row: not JSON"),
+        (
+            "user",
+            r#"{"name":"no id"}"#.to_string(),
+            "key column \"id\" is missing",
+        ),
+        (
+            "user",
+            r#"{"id":1.5}"#.to_string(),
+            "must be an integer or a string",
+        ),
+        ("user", "[1,2]".to_string(), "a row must be a JSON object"),
+        (
+            "user",
+            row(&serde_json::json!({"id": 9, "blob": "x".repeat(70_000)})),
+            "exceeds the limit of 65536 bytes",
+        ),
+        (
+            "nope",
+            r#"{"id":1}"#.to_string(),
+            "table \"nope\" does not exist (tables: user)",
+        ),
+    ];
+    for (table, r, expected) in cases {
+        let err = client.put(table, &r).await.unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "put {table} {}: {err}",
+            &r[..r.len().min(40)]
+        );
+    }
+    let err = client
+        .get("user", SplitKey::Int(42), ReadMode::Strong)
+        .await
+        .unwrap();
+    assert!(err.is_none());
+    client.put("user", r#"{"id":7,"ok":true}"#).await.unwrap();
+    let got = client
+        .get("user", SplitKey::Int(7), ReadMode::Strong)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.json, r#"{"id":7,"ok":true}"#);
+    client.close().await;
+    for via in ALL {
+        let s = c.status(via).await.unwrap();
+        assert!(s.leader.is_some(), "{via} still serves: {s:?}");
+    }
+}
