@@ -47,6 +47,8 @@ pub enum Command {
     Admin(AdminArgs),
     /// Run a local 3-node cluster with generated certificates; Ctrl-C stops it.
     Demo(demo::DemoArgs),
+    /// Load a running cluster and report ops/s and latency percentiles.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +254,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             rt.block_on(admin(args))
         }
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => crate::bench::run(args),
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`run`]: starting a node process and shutting it down on SIGINT/SIGTERM.
 //! - [`demo`]: a local 3-node cluster with generated certificates.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
