@@ -173,6 +173,14 @@ pub enum AdminCommand {
         #[arg(long)]
         if_version: Option<u64>,
     },
+    /// Bulk-load rows from a JSON-lines file (one JSON object per line), with a progress bar.
+    Import {
+        table: String,
+        file: PathBuf,
+        /// Rows written at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Rows in key order: `scan user [--from K] [--to K] [--limit N]` (from inclusive, to exclusive).
     Scan {
         table: String,
@@ -450,6 +458,30 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             }
             if !json {
                 println!("({} rows)", rows.len());
+            }
+        }
+        AdminCommand::Import {
+            table,
+            file,
+            concurrency,
+        } => {
+            let report = crate::import::run(&client, &table, &file, concurrency.max(1)).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "imported {} rows into {table:?} in {:.1}s ({:.0} rows/s); {} failed",
+                    report.imported,
+                    report.seconds,
+                    report.rows_per_sec,
+                    report.failed.len()
+                );
+                for (line, why) in report.failed.iter().take(20) {
+                    println!("  line {line}: {why}");
+                }
+            }
+            if !report.failed.is_empty() {
+                anyhow::bail!("{} rows were not imported", report.failed.len());
             }
         }
         AdminCommand::Gossip { watch: true } => {

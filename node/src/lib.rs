@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod import;
 mod output;
 pub mod run;
 
