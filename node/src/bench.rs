@@ -196,17 +196,28 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
     }
     let (_, tables) = clients[0].tables().await?;
     if !tables.iter().any(|t| t.spec.name == args.table) {
-        clients[0]
-            .create_table(TableSpec {
-                name: args.table.clone(),
-                key: "id".into(),
-                sharding: Sharding::Hash {
-                    shards: args.shards,
-                },
-                replicas: args.replicas,
-            })
-            .await
-            .context("creating the bench table")?;
+        // A cluster that just formed may not have registered every node yet:
+        // retry for a little while.
+        let spec = TableSpec {
+            name: args.table.clone(),
+            key: "id".into(),
+            sharding: Sharding::Hash {
+                shards: args.shards,
+            },
+            replicas: args.replicas,
+        };
+        let mut attempt = 0;
+        loop {
+            match clients[0].create_table(spec.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt < 40 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "bench table not created yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e).context("creating the bench table"),
+            }
+        }
         // Let every node start its copies.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
