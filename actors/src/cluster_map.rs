@@ -116,6 +116,9 @@ impl fmt::Display for KeyRange {
 pub struct ReplicaSet {
     pub primary: NodeId,
     pub backups: Vec<NodeId>,
+    /// Copies being built (snapshot, then the log); they count for nothing
+    /// until a later epoch makes them backups.
+    pub learners: Vec<NodeId>,
     /// Grows at every change of the configuration; messages carry it.
     pub epoch: u64,
 }
@@ -125,7 +128,30 @@ impl ReplicaSet {
     pub fn members(&self) -> impl Iterator<Item = &NodeId> {
         std::iter::once(&self.primary).chain(&self.backups)
     }
+
+    /// Every node holding a copy: members and learners.
+    pub fn holders(&self) -> impl Iterator<Item = &NodeId> {
+        self.members().chain(&self.learners)
+    }
 }
+
+/// A decision the coordinator committed, kept in the map for `admin events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapEvent {
+    /// The map version the change produced.
+    pub version: u64,
+    /// The leader's clock when it decided.
+    pub at_unix_ms: u64,
+    /// `table/shard`, or a node id.
+    pub subject: String,
+    pub what: String,
+    pub why: String,
+    /// The shard's new epoch, when a shard changed.
+    pub epoch: Option<u64>,
+}
+
+/// How many events the map keeps.
+pub const MAX_EVENTS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
@@ -191,6 +217,19 @@ pub enum MapCommand {
     DropTable {
         name: String,
     },
+    /// Replaces a shard's configuration (failover, re-replication, moves),
+    /// if it is still at `expect_epoch`; the new one gets `expect_epoch + 1`.
+    SetReplicas {
+        table: String,
+        shard: u32,
+        expect_epoch: u64,
+        primary: NodeId,
+        backups: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        what: String,
+        why: String,
+        at_unix_ms: u64,
+    },
 }
 
 /// Why a command was refused.
@@ -208,6 +247,14 @@ pub enum MapError {
     UnknownNode(String),
     #[error("invalid placement: {0}")]
     InvalidPlacement(String),
+    #[error("shard {shard} is at epoch {now}, not {expected}: the change was planned on an older map")]
+    StaleEpoch {
+        shard: String,
+        expected: u64,
+        now: u64,
+    },
+    #[error("unsafe configuration change for {shard}: {why}")]
+    UnsafeChange { shard: String, why: String },
 }
 
 /// The cluster map.
@@ -218,6 +265,8 @@ pub struct ClusterMap {
     pub tables: BTreeMap<String, Table>,
     pub nodes: BTreeMap<NodeId, NodeEntry>,
     next_table_id: u64,
+    /// The newest coordinator decisions, oldest first (at most `MAX_EVENTS`).
+    pub events: std::collections::VecDeque<MapEvent>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -294,6 +343,41 @@ impl TableSpec {
     }
 }
 
+/// The safety rules of a configuration change (PacificA):
+/// - the new primary was the primary or a backup: it holds every committed
+///   entry (a learner may not hold them yet);
+/// - every new backup was a member or a learner: no copy starts counting for
+///   commits without having been fed the log first;
+/// - nobody holds two copies, and there is a primary.
+pub fn check_transition(old: &ReplicaSet, next: &ReplicaSet) -> Result<(), String> {
+    if !old.members().any(|m| *m == next.primary) {
+        return Err(format!(
+            "new primary {} was not a member of epoch {} ({})",
+            next.primary,
+            old.epoch,
+            old.members().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if let Some(b) = next
+        .backups
+        .iter()
+        .find(|b| !old.holders().any(|h| h == *b))
+    {
+        return Err(format!(
+            "new backup {b} did not hold a copy in epoch {}: add it as a learner first",
+            old.epoch
+        ));
+    }
+    let mut all: Vec<&NodeId> = next.holders().collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    if all.len() != n {
+        return Err("a node would hold two copies".into());
+    }
+    Ok(())
+}
+
 impl ClusterMap {
     /// Applies one committed command. On error the map is unchanged.
     pub fn apply(&mut self, cmd: &MapCommand) -> Result<(), MapError> {
@@ -347,6 +431,7 @@ impl ClusterMap {
                     let set = ReplicaSet {
                         primary: primary.clone(),
                         backups: backups.clone(),
+                        learners: vec![],
                         epoch: 1,
                     };
                     self.check_replica_set(&set, spec.replicas)?;
@@ -371,9 +456,83 @@ impl ClusterMap {
                     .remove(name)
                     .ok_or_else(|| MapError::NoSuchTable(name.clone()))?;
             }
+            MapCommand::SetReplicas {
+                table,
+                shard,
+                expect_epoch,
+                primary,
+                backups,
+                learners,
+                what,
+                why,
+                at_unix_ms,
+            } => {
+                let name = format!("{table}/{shard}");
+                let t = self
+                    .tables
+                    .get(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                let s = t.shards.get(*shard as usize).ok_or_else(|| {
+                    MapError::InvalidPlacement(format!("table {table:?} has no shard {shard}"))
+                })?;
+                let old = &s.replicas;
+                if old.epoch != *expect_epoch {
+                    return Err(MapError::StaleEpoch {
+                        shard: name,
+                        expected: *expect_epoch,
+                        now: old.epoch,
+                    });
+                }
+                let next = ReplicaSet {
+                    primary: primary.clone(),
+                    backups: backups.clone(),
+                    learners: learners.clone(),
+                    epoch: old.epoch + 1,
+                };
+                check_transition(old, &next).map_err(|why| MapError::UnsafeChange {
+                    shard: name.clone(),
+                    why,
+                })?;
+                for n in next.holders() {
+                    match self.nodes.get(n) {
+                        Some(e) if e.state != NodeState::Removed => {}
+                        Some(_) => {
+                            return Err(MapError::InvalidPlacement(format!(
+                                "node {n:?} is removed"
+                            )))
+                        }
+                        None => return Err(MapError::UnknownNode(n.clone())),
+                    }
+                }
+                let epoch = next.epoch;
+                let t = self.tables.get_mut(table).expect("checked above");
+                t.shards[*shard as usize].replicas = next;
+                self.events.push_back(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: name,
+                    what: what.clone(),
+                    why: why.clone(),
+                    epoch: Some(epoch),
+                });
+                while self.events.len() > MAX_EVENTS {
+                    self.events.pop_front();
+                }
+            }
         }
         self.version += 1;
         Ok(())
+    }
+
+    /// The shards (table, index, replica set) a node holds a copy of,
+    /// learners included.
+    pub fn copies_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = (&'a Table, &'a Shard)> {
+        self.tables.values().flat_map(move |t| {
+            t.shards
+                .iter()
+                .filter(move |s| s.replicas.holders().any(|m| m == node))
+                .map(move |s| (t, s))
+        })
     }
 
     fn check_replica_set(&self, set: &ReplicaSet, replicas: u32) -> Result<(), MapError> {

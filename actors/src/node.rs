@@ -53,6 +53,8 @@ pub struct NodeSettings {
     pub control: ControlSettings,
     /// Replication timing (lease, grace, heartbeat, window); default if `None`.
     pub lease: Option<LeaseConfig>,
+    /// Bytes per second a snapshot is sent to one new copy; 0 is unthrottled.
+    pub recovery_rate: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +117,10 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         data_dir,
         control,
         lease,
+        recovery_rate,
     } = settings;
+    // The replication clock starts with the process (see `now_ms`).
+    crate::shard::actor::now_ms();
     match tls.own_identity() {
         Some((Role::Node, name)) if name == identity.node_id => {}
         other => {
@@ -161,6 +166,12 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     )
     .await?;
     let store = ShardStore::open(&env).map_err(|e| StartError::Storage(e.to_string()))?;
+    let snapshots = crate::service::SnapshotSource {
+        me: identity.node_id.clone(),
+        store: store.clone(),
+        control: control.clone(),
+        rate: recovery_rate,
+    };
     node.do_send(AttachControl(CopyEnv {
         membership: membership.clone(),
         store,
@@ -173,6 +184,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     endpoint.serve(Arc::new(NodeService {
         node: node.clone(),
         admin,
+        snapshots,
     }));
     info!(node_id = %identity.node_id, generation = identity.generation, %addr, "node serving");
     Ok(NodeHandle {
@@ -382,6 +394,9 @@ impl Handler<PeerCall> for NodeActor {
             }
             PeerMessage::Repl { .. } => {
                 Box::pin(async { PeerReply::Refused("replication is one-way".into()) })
+            }
+            PeerMessage::Snapshot { .. } => {
+                Box::pin(async { PeerReply::Refused("snapshots are served as streams".into()) })
             }
             PeerMessage::Control(req) => Box::pin(async move {
                 match control {

@@ -7,12 +7,79 @@ use tracing::debug;
 use tstore_transport::{Remote, Service};
 
 use crate::admin::{AdminActor, AdminCall};
+use crate::control::ControlPlane;
+use crate::data::store::{ShardId, ShardStore};
 use crate::node::{InboundPeer, NodeActor, PeerCall};
-use crate::wire::{AdminReply, AdminRequest, PeerMessage, PeerReply};
+use crate::wire::{AdminReply, AdminRequest, PeerMessage, PeerReply, SnapshotPart};
+
+/// Rows per snapshot frame, by size (well under the frame limit).
+const SNAPSHOT_CHUNK: usize = 256 * 1024;
 
 pub(crate) struct NodeService {
     pub(crate) node: Addr<NodeActor>,
     pub(crate) admin: Addr<AdminActor>,
+    pub(crate) snapshots: SnapshotSource,
+}
+
+/// Serves snapshots of the shards this node leads to learners.
+#[derive(Clone)]
+pub(crate) struct SnapshotSource {
+    pub(crate) me: String,
+    pub(crate) store: ShardStore,
+    pub(crate) control: ControlPlane,
+    /// Bytes per second sent to one learner; 0 is unthrottled.
+    pub(crate) rate: u64,
+}
+
+impl SnapshotSource {
+    /// Streams a shard's rows from one read transaction on a thread of its
+    /// own, throttled to `rate`. Only the primary serves: its log holds
+    /// every entry after the snapshot, which the learner needs next.
+    fn serve(&self, table: String, shard: u32) -> BoxStream<'static, PeerReply> {
+        let map = self.control.map();
+        let Some(t) = map.tables.get(&table) else {
+            let why = format!("table {table:?} does not exist here");
+            return stream::once(async move { PeerReply::Refused(why) }).boxed();
+        };
+        match t.shards.get(shard as usize) {
+            Some(s) if s.replicas.primary == self.me => {}
+            _ => {
+                let why = format!("{} is not the primary of {table}/{shard}", self.me);
+                return stream::once(async move { PeerReply::Refused(why) }).boxed();
+            }
+        }
+        let id = ShardId {
+            table: t.id,
+            shard,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (store, rate) = (self.store.clone(), self.rate);
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut sent = 0u64;
+            let header = |m: crate::data::store::ShardMeta| {
+                tx.blocking_send(PeerReply::Snapshot(SnapshotPart::Header { applied: m.applied }))
+                    .is_ok()
+            };
+            let chunk = |rows: Vec<(Vec<u8>, Vec<u8>)>| {
+                sent += rows.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+                if rate > 0 {
+                    let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                tx.blocking_send(PeerReply::Snapshot(SnapshotPart::Rows(rows)))
+                    .is_ok()
+            };
+            let end = match store.snapshot(id, SNAPSHOT_CHUNK, header, chunk) {
+                Ok(_) => PeerReply::Snapshot(SnapshotPart::End),
+                Err(e) => PeerReply::Refused(format!("snapshot failed: {e}")),
+            };
+            let _ = tx.blocking_send(end);
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
 }
 
 impl Service for NodeService {
@@ -30,6 +97,9 @@ impl Service for NodeService {
     }
 
     fn on_peer_request(&self, from: Remote, msg: PeerMessage) -> BoxStream<'static, PeerReply> {
+        if let PeerMessage::Snapshot { table, shard } = msg {
+            return self.snapshots.serve(table, shard);
+        }
         let node = self.node.clone();
         stream::once(async move {
             node.send(PeerCall { from, msg })

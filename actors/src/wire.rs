@@ -36,6 +36,19 @@ pub enum PeerMessage {
     },
     /// A client's read or write, forwarded to the node holding the shard copy.
     Data(ShardRequest),
+    /// A learner asks the shard's primary for a snapshot of its rows;
+    /// answered by a stream of [`SnapshotPart`]s.
+    Snapshot { table: String, shard: u32 },
+}
+
+/// One frame of a snapshot stream: a header, row chunks, the end.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SnapshotPart {
+    /// The rows that follow reflect every entry up to `applied`.
+    Header { applied: u64 },
+    /// Raw `(encoded key, row)` pairs.
+    Rows(Vec<(Vec<u8>, Vec<u8>)>),
+    End,
 }
 
 /// Replies to node-to-node requests.
@@ -49,6 +62,7 @@ pub enum PeerReply {
     /// The map version that holds the change, and the table it created, or why not.
     Control(Result<(u64, Option<Table>), String>),
     Data(DataReply),
+    Snapshot(SnapshotPart),
     /// The request is not one this node answers.
     Refused(String),
 }

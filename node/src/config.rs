@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 use tstore_actors::control::ControlSettings;
+use tstore_actors::replication::LeaseConfig;
 use tstore_membership::{MembershipConfig, NodeProfile};
 use tstore_transport::Limits;
 
@@ -67,6 +68,18 @@ pub struct NodeOptions {
     /// Seconds a voter may be down before a live learner replaces it [default: 30].
     #[arg(long)]
     pub voter_replace_after_secs: Option<u64>,
+    /// A shard primary serves while every backup answered within this many ms [default: 1000].
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    /// A promoted primary waits this long (ms) after it last heard the old one; must exceed lease_ms [default: 1500].
+    #[arg(long)]
+    pub lease_grace_ms: Option<u64>,
+    /// Replication heartbeat in ms; at most half of lease_ms [default: 100].
+    #[arg(long)]
+    pub replication_heartbeat_ms: Option<u64>,
+    /// Bytes per second a snapshot is sent to one new copy; 0 is unthrottled [default: 67108864].
+    #[arg(long)]
+    pub recovery_bytes_per_sec: Option<u64>,
 }
 
 /// A node's fully resolved configuration.
@@ -80,7 +93,12 @@ pub struct NodeConfig {
     pub limits: Limits,
     pub membership: MembershipConfig,
     pub control: ControlSettings,
+    pub lease: LeaseConfig,
+    pub recovery_rate: u64,
 }
+
+/// Default snapshot throughput to one new copy: 64 MiB/s.
+pub const DEFAULT_RECOVERY_RATE: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -91,6 +109,8 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("lease settings: {0}")]
+    Lease(String),
     #[error("{key} = {value}: {reason}")]
     Invalid {
         key: &'static str,
@@ -133,6 +153,12 @@ impl NodeOptions {
             voter_replace_after_secs: self
                 .voter_replace_after_secs
                 .or(file.voter_replace_after_secs),
+            lease_ms: self.lease_ms.or(file.lease_ms),
+            lease_grace_ms: self.lease_grace_ms.or(file.lease_grace_ms),
+            replication_heartbeat_ms: self
+                .replication_heartbeat_ms
+                .or(file.replication_heartbeat_ms),
+            recovery_bytes_per_sec: self.recovery_bytes_per_sec.or(file.recovery_bytes_per_sec),
         }
     }
 
@@ -207,7 +233,22 @@ impl NodeOptions {
             }
             limits.request_timeout = Duration::from_millis(ms);
         }
+        let defaults = LeaseConfig::default();
+        let lease = LeaseConfig {
+            lease: self.lease_ms.unwrap_or(defaults.lease),
+            grace: self.lease_grace_ms.unwrap_or(defaults.grace),
+            heartbeat: self.replication_heartbeat_ms.unwrap_or(defaults.heartbeat),
+            window: defaults.window,
+        };
+        if lease.heartbeat == 0 {
+            return Err(invalid("replication_heartbeat_ms", 0, "must be at least 1"));
+        }
+        if let Err(why) = lease.check() {
+            return Err(ConfigError::Lease(why));
+        }
         Ok(NodeConfig {
+            lease,
+            recovery_rate: self.recovery_bytes_per_sec.unwrap_or(DEFAULT_RECOVERY_RATE),
             node_id: self.node_id,
             listen: self
                 .listen
@@ -271,5 +312,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(err, "phi_threshold = 0: must be 1..=100");
+        let err = NodeOptions {
+            lease_ms: Some(2000),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "lease settings: grace (1500 ms) must be longer than the lease (2000 ms)"
+        );
     }
 }

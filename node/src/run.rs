@@ -49,7 +49,8 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             watch_interval: WATCH_INTERVAL,
             data_dir: config.data_dir.clone(),
             control: config.control,
-            lease: None,
+            lease: Some(config.lease),
+            recovery_rate: config.recovery_rate,
         })
         .await?;
         let why = tokio::select! {

@@ -311,6 +311,32 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Sends a request to a peer node whose reply is a stream of frames
+    /// (read each with its own timeout: there is none per frame here).
+    pub async fn request_stream<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        to: SocketAddr,
+        req: &Q,
+    ) -> Result<ReplyStream<R>, TransportError> {
+        let conn = self.inner.connection(to).await?;
+        let recv = match open_call(&conn, req, &self.inner.limits).await {
+            Err(TransportError::Connection { .. }) => {
+                self.inner.forget(to, &conn);
+                let conn = self.inner.connection(to).await?;
+                open_call(&conn, req, &self.inner.limits).await?
+            }
+            other => other?,
+        };
+        Ok(ReplyStream {
+            addr: to,
+            recv,
+            limits: self.inner.limits.clone(),
+            _reply: std::marker::PhantomData,
+        })
+    }
+}
+
 impl Inner {
     async fn connection(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
         let slot = self.peers.lock().unwrap().entry(addr).or_default().clone();

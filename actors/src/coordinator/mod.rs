@@ -3,5 +3,6 @@
 //! submodules; the actor proposes them through Raft.
 
 pub mod actor;
+pub mod failover;
 pub mod placement;
 pub mod voters;

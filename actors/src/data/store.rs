@@ -260,6 +260,9 @@ impl ShardStore {
 
     /// Logged entries with `from <= seq <= to`.
     pub fn log_range(&self, id: ShardId, from: Seq, to: Seq) -> Result<Vec<LogEntry>, StoreError> {
+        if from > to {
+            return Ok(vec![]);
+        }
         let rtxn = self.env.read_txn()?;
         let (start, end) = (id.key(&from.to_be_bytes()), id.key(&to.to_be_bytes()));
         let range = (
@@ -276,6 +279,82 @@ impl ShardStore {
             out.push(entry);
         }
         Ok(out)
+    }
+
+    /// Reconciliation with a new epoch's primary: drops the log entries
+    /// after `keep` (never below `applied`) and records `epoch`, in one
+    /// transaction.
+    pub fn reconcile(&self, id: ShardId, keep: Seq, epoch: Epoch) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut m = self.meta_in(&wtxn, id)?;
+        let keep = keep.max(m.applied);
+        for seq in keep + 1..=m.logged {
+            self.log.delete(&mut wtxn, &id.key(&seq.to_be_bytes()))?;
+        }
+        m.logged = m.logged.min(keep);
+        m.epoch = epoch;
+        self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// A consistent copy of a shard's rows for a new copy: `header` gets the
+    /// metadata (rows reflect exactly `applied`), then `chunk` gets batches
+    /// of raw `(key, row)` pairs of about `chunk_bytes`, all from one read
+    /// transaction. `chunk` returns false to stop early. Blocking: run it on
+    /// a thread of its own.
+    pub fn snapshot(
+        &self,
+        id: ShardId,
+        chunk_bytes: usize,
+        header: impl FnOnce(ShardMeta) -> bool,
+        mut chunk: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> bool,
+    ) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        if !header(self.meta_in(&rtxn, id)?) {
+            return Ok(0);
+        }
+        let (mut batch, mut size, mut rows) = (Vec::new(), 0usize, 0u64);
+        for item in self.rows.prefix_iter(&rtxn, &id.prefix())? {
+            let (k, v) = item?;
+            size += k.len() + v.len();
+            batch.push((k[12..].to_vec(), v.to_vec()));
+            rows += 1;
+            if size >= chunk_bytes {
+                if !chunk(std::mem::take(&mut batch)) {
+                    return Ok(rows);
+                }
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            chunk(batch);
+        }
+        Ok(rows)
+    }
+
+    /// Writes rows of a snapshot being installed (raw, from `snapshot`).
+    pub fn install_rows(&self, id: ShardId, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        for (k, v) in rows {
+            self.rows.put(&mut wtxn, &id.key(k), v)?;
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Completes an installed snapshot: the copy holds everything up to
+    /// `applied` (with no log before it) in `epoch`.
+    pub fn finish_install(&self, id: ShardId, applied: Seq, epoch: Epoch) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let m = ShardMeta {
+            epoch,
+            logged: applied,
+            applied,
+        };
+        self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
+        wtxn.commit()?;
+        Ok(())
     }
 
     /// Removes every row, log entry and the metadata of a shard copy.
@@ -296,13 +375,14 @@ impl ShardStore {
         Ok(())
     }
 
-    /// A checksum of a shard's rows (keys, versions, content), to compare copies.
+    /// A checksum of a shard's rows (keys, versions, content), to compare
+    /// copies (on any node: the shard prefix is left out).
     pub fn checksum(&self, id: ShardId) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for item in self.rows.prefix_iter(&rtxn, &id.prefix())? {
             let (k, v) = item?;
-            for b in k.iter().chain(v) {
+            for b in k[12..].iter().chain(v) {
                 h ^= u64::from(*b);
                 h = h.wrapping_mul(0x0000_0100_0000_01b3);
             }
@@ -387,6 +467,37 @@ mod tests {
             1,
             "other shards untouched"
         );
+    }
+
+    #[test]
+    fn reconcile_drops_the_unagreed_tail_and_snapshots_copy_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let store = ShardStore::open(&env).unwrap();
+        let id = ShardId { table: 1, shard: 0 };
+        let entries: Vec<LogEntry> = (1..=5).map(|i| entry(i, &put(i as i64))).collect();
+        store.append(id, &entries).unwrap();
+        store.apply(id, 3, "id").unwrap();
+        store.reconcile(id, 1, 2).unwrap();
+        let m = store.meta(id).unwrap();
+        assert_eq!((m.logged, m.applied, m.epoch), (3, 3, 2), "never below applied");
+        assert!(store.log_range(id, 4, 5).unwrap().is_empty());
+        store.append(id, &[entry(4, &put(40))]).unwrap();
+
+        let copy = ShardId { table: 1, shard: 1 };
+        let mut meta = None;
+        let mut chunks = Vec::new();
+        let rows = store
+            .snapshot(id, 1, |m| { meta = Some(m); true }, |c| { chunks.push(c); true })
+            .unwrap();
+        assert_eq!(rows, 3);
+        assert_eq!(chunks.len(), 3, "one row per chunk at 1 byte a chunk");
+        for c in &chunks {
+            store.install_rows(copy, c).unwrap();
+        }
+        store.finish_install(copy, meta.unwrap().applied, 2).unwrap();
+        assert_eq!(store.checksum(copy).unwrap(), store.checksum(id).unwrap());
+        assert_eq!(store.meta(copy).unwrap().logged, 3);
     }
 
     #[test]

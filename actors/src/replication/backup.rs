@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{Effect, Epoch, LogEntry, Millis, ReplMsg, Seq};
+
 use crate::cluster_map::NodeId;
 
 /// Out-of-order entries a backup keeps while it waits for a gap to fill;
@@ -26,13 +27,28 @@ pub struct Backup {
     buffer: BTreeMap<Seq, LogEntry>,
     /// Send time of the newest Prepare, echoed in acks.
     last_sent_at: Millis,
+    /// Entering this epoch from an older one: the `(seq, epoch)` of our log
+    /// after `applied`, to compare with the new primary's history.
+    reconcile: Option<Vec<(Seq, Epoch)>>,
+    /// Has accepted a Prepare of this epoch.
+    heard: bool,
 }
 
 impl Backup {
     /// A backup for `epoch` of `primary`, whose durable log ends at `logged`
-    /// and which has applied up to `applied`.
-    pub fn new(epoch: Epoch, primary: NodeId, logged: Seq, applied: Seq) -> Self {
+    /// and which has applied up to `applied`. `reconcile` is `Some(tail)`
+    /// when the log was written in an older epoch: the `(seq, epoch)` of its
+    /// entries after `applied` (see `EpochHistory::agreement`).
+    pub fn new(
+        epoch: Epoch,
+        primary: NodeId,
+        logged: Seq,
+        applied: Seq,
+        reconcile: Option<Vec<(Seq, Epoch)>>,
+    ) -> Self {
         Self {
+            reconcile,
+            heard: false,
             epoch,
             primary,
             logged,
@@ -56,10 +72,25 @@ impl Backup {
         self.applied
     }
 
+    /// Whether this copy has everything the primary had committed when it
+    /// last spoke (a learner ready to become a backup).
+    pub fn caught_up(&self) -> bool {
+        self.heard && self.reconcile.is_none() && self.logged >= self.primary_committed
+    }
+
+    /// Tells the primary where this copy stands (a learner that has just
+    /// installed its snapshot, a restarted backup). Nothing while the log
+    /// still has to be reconciled: an ack then could count entries about to
+    /// be dropped.
+    pub fn hello(&self) -> Option<Effect> {
+        self.reconcile.is_none().then(|| self.ack())
+    }
+
     /// A message from (what claims to be) the primary.
     pub fn on_message(&mut self, from: &str, msg: ReplMsg) -> Vec<Effect> {
         let ReplMsg::Prepare {
             epoch,
+            history,
             entries,
             committed,
             sent_at,
@@ -79,6 +110,22 @@ impl Backup {
         if from != self.primary {
             return vec![]; // same epoch, not our primary: impossible with one map
         }
+        let mut effects = Vec::new();
+        if let Some(tail) = &self.reconcile {
+            // Nothing is taken before we know where our log agrees.
+            let Some(history) = history else {
+                return vec![];
+            };
+            let keep = history.agreement(self.applied, tail).max(self.applied);
+            self.reconcile = None;
+            self.persisting = self.persisting.min(keep);
+            self.logged = self.logged.min(keep);
+            effects.push(Effect::Reconciled {
+                keep,
+                epoch: self.epoch,
+            });
+        }
+        self.heard = true;
         self.last_sent_at = self.last_sent_at.max(sent_at);
         self.primary_committed = self.primary_committed.max(committed);
         for e in entries {
@@ -91,7 +138,6 @@ impl Backup {
             self.persisting = e.seq;
             ready.push(e);
         }
-        let mut effects = Vec::new();
         if ready.is_empty() {
             // Nothing new to write: acknowledge what we have (duplicates,
             // heartbeats, gaps) so the primary knows where we stand.

@@ -15,8 +15,20 @@
 //! - the primary holds a lease: it counts as serving only while every backup
 //!   has answered a message sent within `lease`. The lease runs from the
 //!   primary's *send* time (echoed back in acks), so no clock sync is needed.
-//!   A replacement primary may only start after a grace period longer than
-//!   the lease (the coordinator's rule, see `LeaseConfig::check`).
+//!   A promoted primary takes no writes and serves no strong reads until
+//!   `grace` (longer than the lease, see `LeaseConfig::check`) has passed
+//!   since it last heard from the old primary, so two leases never overlap.
+//! - reconciliation (as Kafka's leader-epoch truncation): a backup entering
+//!   a new epoch compares the epochs of its uncommitted tail with the new
+//!   primary's ([`EpochHistory`]) and keeps its log only up to the last entry
+//!   both have with the same epoch; the rest was never committed (a commit
+//!   needs every member, the new primary included). Entries with the same
+//!   `(seq, epoch)` are the same entry, so afterwards every member's log is a
+//!   prefix of the primary's. A promoted primary serves strong reads only once
+//!   it has committed everything it inherited;
+//! - learners: a copy being built receives the log like a backup but counts
+//!   neither for commits nor for the lease; a learner far behind is fed from
+//!   the primary's durable log (`Effect::SendLog`).
 
 mod backup;
 mod primary;
@@ -27,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backup::Backup;
 pub use primary::{Primary, ProposeError};
+
 
 use crate::cluster_map::NodeId;
 
@@ -46,6 +59,54 @@ pub struct LogEntry {
     pub op: Vec<u8>,
 }
 
+/// The epochs of a primary's log between `floor` (its commit point when it
+/// took the epoch: identical on every member) and its last entry then:
+/// `runs` are `(first seq, epoch)`, ascending.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochHistory {
+    pub floor: Seq,
+    pub runs: Vec<(Seq, Epoch)>,
+    pub last: Seq,
+}
+
+impl EpochHistory {
+    pub fn of(floor: Seq, entries: &[LogEntry]) -> Self {
+        let mut runs: Vec<(Seq, Epoch)> = Vec::new();
+        for e in entries {
+            if runs.last().is_none_or(|r| r.1 != e.epoch) {
+                runs.push((e.seq, e.epoch));
+            }
+        }
+        Self {
+            floor,
+            runs,
+            last: entries.last().map_or(floor, |e| e.seq),
+        }
+    }
+
+    /// The epoch of the primary's entry `seq`, if it is in the history.
+    pub fn epoch_at(&self, seq: Seq) -> Option<Epoch> {
+        if seq <= self.floor || seq > self.last {
+            return None;
+        }
+        self.runs
+            .iter()
+            .take_while(|(start, _)| *start <= seq)
+            .last()
+            .map(|r| r.1)
+    }
+
+    /// How much of a log whose uncommitted tail is `tail` ((seq, epoch),
+    /// ascending, right after `applied`) agrees with the primary's: the last
+    /// seq to keep.
+    pub fn agreement(&self, applied: Seq, tail: &[(Seq, Epoch)]) -> Seq {
+        tail.iter()
+            .rev()
+            .find(|(seq, epoch)| *seq <= self.floor || self.epoch_at(*seq) == Some(*epoch))
+            .map_or(applied, |(seq, _)| *seq)
+    }
+}
+
 /// Replication messages of one shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplMsg {
@@ -53,6 +114,9 @@ pub enum ReplMsg {
     /// primary's commit point, and its send time (echoed back for the lease).
     Prepare {
         epoch: Epoch,
+        /// The primary's log when it took the epoch, sent until the backup
+        /// first answers in this epoch (it reconciles against it).
+        history: Option<EpochHistory>,
         entries: Vec<LogEntry>,
         committed: Seq,
         sent_at: Millis,
@@ -84,6 +148,18 @@ pub enum Effect {
     /// A newer epoch exists: fetch the cluster map.
     FetchMap {
         seen: Epoch,
+    },
+    /// Reconciled with the new epoch's primary: delete every log entry after
+    /// `keep` (never below what is applied) and record the epoch.
+    Reconciled { keep: Seq, epoch: Epoch },
+    /// Send `to` the Prepare `msg` with the durable log entries
+    /// `from..=upto` as its entries (a learner or backup behind the entries
+    /// the primary keeps in memory).
+    SendLog {
+        to: NodeId,
+        from: Seq,
+        upto: Seq,
+        msg: ReplMsg,
     },
 }
 
@@ -139,6 +215,34 @@ impl LeaseConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(seq: Seq, epoch: Epoch) -> LogEntry {
+        LogEntry {
+            epoch,
+            seq,
+            op: vec![],
+        }
+    }
+
+    #[test]
+    fn reconciliation_keeps_the_longest_agreeing_prefix() {
+        // The new primary committed to 10, then holds 11-12 of epoch 2 and
+        // 13 of epoch 3.
+        let h = EpochHistory::of(10, &[entry(11, 2), entry(12, 2), entry(13, 3)]);
+        assert_eq!(h.epoch_at(12), Some(2));
+        assert_eq!(h.epoch_at(13), Some(3));
+        assert_eq!(h.epoch_at(14), None);
+        // Same epochs: all kept.
+        assert_eq!(h.agreement(10, &[(11, 2), (12, 2)]), 12);
+        // Diverged at 12 (an epoch-1 entry the new primary never had).
+        assert_eq!(h.agreement(9, &[(10, 1), (11, 2), (12, 1), (13, 1)]), 11);
+        // Longer than the primary: the extra is dropped.
+        assert_eq!(h.agreement(10, &[(11, 2), (12, 2), (13, 3), (14, 3)]), 13);
+        // Nothing agrees past the commit point.
+        assert_eq!(h.agreement(10, &[(11, 1)]), 10);
+        // Below the primary's commit point everything agrees.
+        assert_eq!(h.agreement(7, &[(8, 1), (9, 1)]), 9);
+    }
 
     #[test]
     fn grace_must_outlast_the_lease() {

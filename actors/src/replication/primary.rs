@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{Effect, Epoch, LeaseConfig, LogEntry, Millis, ReplMsg, Seq};
+use super::{Effect, Epoch, EpochHistory, LeaseConfig, LogEntry, Millis, ReplMsg, Seq};
 use crate::cluster_map::NodeId;
 
 /// Why a proposal was not taken.
@@ -10,6 +10,8 @@ use crate::cluster_map::NodeId;
 pub enum ProposeError {
     #[error("replication window full: {0} writes in flight")]
     WindowFull(usize),
+    #[error("new primary at epoch {epoch} waits {wait_ms} ms more for the old primary's lease to run out")]
+    NotYet { epoch: Epoch, wait_ms: Millis },
     #[error("primary lease expired at epoch {epoch}: backup {backup} has not answered for {silent_ms} ms")]
     LeaseExpired {
         epoch: Epoch,
@@ -20,6 +22,8 @@ pub enum ProposeError {
 
 #[derive(Debug, Clone, Default)]
 struct Peer {
+    /// A backup (counts for commits and the lease) or a learner (does not).
+    voting: bool,
     /// Every entry up to this is durable on the backup.
     acked: Seq,
     /// Send time of the newest message the backup answered.
@@ -39,6 +43,10 @@ pub struct Primary {
     peers: BTreeMap<NodeId, Peer>,
     /// Entries not yet acknowledged by every backup (they may need resending).
     unacked: VecDeque<LogEntry>,
+    /// The log when this primary took the epoch (see `ReplMsg::Prepare`).
+    history: EpochHistory,
+    /// No writes or strong reads before this time (the old primary's lease).
+    not_before: Millis,
     last_seq: Seq,
     /// Our own log is durable up to here.
     persisted: Seq,
@@ -49,32 +57,35 @@ impl Primary {
     /// A primary for `epoch` whose log (committed or not) ends at `last_seq`
     /// and is committed up to `committed`. Entries after `committed` that it
     /// inherited must be passed in `inherited` so they are replicated and
-    /// committed first.
+    /// committed first. `learners` receive the log without counting for
+    /// commits; `not_before` is when the old primary's lease has surely run
+    /// out (0 when this node already led the previous epoch).
     pub fn new(
         epoch: Epoch,
         backups: &[NodeId],
+        learners: &[NodeId],
         committed: Seq,
         inherited: Vec<LogEntry>,
         cfg: LeaseConfig,
+        not_before: Millis,
     ) -> Self {
         let last_seq = inherited.last().map(|e| e.seq).unwrap_or(committed);
         debug_assert!(inherited.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        let peer = |voting| Peer {
+            voting,
+            ..Default::default()
+        };
         Self {
             epoch,
             cfg,
             peers: backups
                 .iter()
-                .map(|b| {
-                    (
-                        b.clone(),
-                        Peer {
-                            acked: 0,
-                            ..Default::default()
-                        },
-                    )
-                })
+                .map(|b| (b.clone(), peer(true)))
+                .chain(learners.iter().map(|l| (l.clone(), peer(false))))
                 .collect(),
+            history: EpochHistory::of(committed, &inherited),
             unacked: inherited.into(),
+            not_before,
             last_seq,
             persisted: last_seq,
             committed,
@@ -93,13 +104,43 @@ impl Primary {
         self.last_seq
     }
 
-    /// Whether every backup answered a message sent within the lease.
+    /// How far each learner has logged (for progress reports).
+    pub fn learner_progress(&self) -> impl Iterator<Item = (&NodeId, Seq)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.voting)
+            .map(|(id, p)| (id, p.acked))
+    }
+
+    /// Whether every backup answered a message sent within the lease (and
+    /// any previous primary's lease is over).
+    /// A promoted primary also waits until it has committed what it
+    /// inherited, so its rows hold every acknowledged write.
     pub fn lease_valid(&self, now: Millis) -> bool {
-        self.lease_problem(now).is_none()
+        now >= self.not_before
+            && self.committed >= self.history.last
+            && self.lease_problem(now).is_none()
+    }
+
+    /// What a peer that has not answered in this epoch needs to reconcile.
+    fn history_for(&self, peer: &Peer) -> Option<EpochHistory> {
+        peer.heard_at.is_none().then(|| self.history.clone())
+    }
+
+    fn voters(&self) -> impl Iterator<Item = (&NodeId, &Peer)> {
+        self.peers.iter().filter(|(_, p)| p.voting)
+    }
+
+    /// The first entry still held in memory (older ones are on disk only).
+    fn mem_start(&self) -> Seq {
+        self.unacked
+            .front()
+            .map(|e| e.seq)
+            .unwrap_or(self.last_seq + 1)
     }
 
     fn lease_problem(&self, now: Millis) -> Option<(NodeId, Millis)> {
-        self.peers.iter().find_map(|(id, p)| match p.heard_at {
+        self.voters().find_map(|(id, p)| match p.heard_at {
             Some(t) if now.saturating_sub(t) <= self.cfg.lease => None,
             Some(t) => Some((id.clone(), now.saturating_sub(t))),
             None => Some((id.clone(), Millis::MAX)),
@@ -113,6 +154,12 @@ impl Primary {
         op: Vec<u8>,
         now: Millis,
     ) -> Result<(Seq, Vec<Effect>), ProposeError> {
+        if now < self.not_before {
+            return Err(ProposeError::NotYet {
+                epoch: self.epoch,
+                wait_ms: self.not_before - now,
+            });
+        }
         let in_flight = (self.last_seq - self.committed) as usize;
         if in_flight >= self.cfg.window {
             return Err(ProposeError::WindowFull(in_flight));
@@ -120,7 +167,7 @@ impl Primary {
         // A primary that has heard from its backups once and then lost one
         // stops taking writes: it is about to be replaced.
         if let Some((backup, silent_ms)) = self.lease_problem(now) {
-            if self.peers.values().all(|p| p.heard_at.is_some()) {
+            if self.voters().all(|(_, p)| p.heard_at.is_some()) {
                 return Err(ProposeError::LeaseExpired {
                     epoch: self.epoch,
                     backup,
@@ -137,13 +184,20 @@ impl Primary {
         self.unacked.push_back(entry.clone());
         let mut effects = vec![Effect::Persist(vec![entry.clone()])];
         // Pipelined: every backup gets every new entry at once; one that
-        // missed earlier ones buffers it and is repaired by `on_tick`.
+        // missed earlier ones buffers it and is repaired by `on_tick`. A
+        // learner still fed from the disk log gets it later, in order.
+        let mem_start = self.mem_start();
         for (id, peer) in self.peers.iter_mut() {
+            if !peer.voting && peer.acked + 1 < mem_start {
+                continue;
+            }
             peer.sent_at = Some(now);
+            let history = peer.heard_at.is_none().then(|| self.history.clone());
             effects.push(Effect::Send {
                 to: id.clone(),
                 msg: ReplMsg::Prepare {
                     epoch: self.epoch,
+                    history,
                     entries: vec![entry.clone()],
                     committed: self.committed,
                     sent_at: now,
@@ -171,12 +225,20 @@ impl Primary {
                     return vec![];
                 };
                 let logged = logged.min(self.last_seq);
-                if logged > peer.acked {
+                let advanced = logged > peer.acked;
+                if advanced {
                     peer.acked = logged;
                     peer.progress_at = now;
                 }
                 peer.heard_at = Some(peer.heard_at.map_or(echo, |h| h.max(echo)).min(now));
-                self.advance()
+                let behind = peer.acked + 1 < self.mem_start();
+                let mut effects = self.advance();
+                // A copy catching up from the disk log gets its next chunk as
+                // soon as it has the previous one.
+                if advanced && behind {
+                    effects.extend(self.resend(from, now));
+                }
+                effects
             }
             ReplMsg::Ack { epoch, .. } | ReplMsg::StaleEpoch { epoch } if epoch > self.epoch => {
                 vec![Effect::FetchMap { seen: epoch }]
@@ -209,9 +271,30 @@ impl Primary {
     /// Sends a backup everything it has not acknowledged (at most a window),
     /// or a heartbeat when it has everything.
     fn resend(&mut self, to: &str, now: Millis) -> Vec<Effect> {
-        let Some(peer) = self.peers.get_mut(to) else {
+        let mem_start = self.mem_start();
+        let Some(peer) = self.peers.get(to) else {
             return vec![];
         };
+        let history = self.history_for(peer);
+        let peer = self.peers.get_mut(to).expect("just found");
+        if peer.acked + 1 < mem_start {
+            // Older than what memory holds: committed, so on the disk.
+            peer.sent_at = Some(now);
+            peer.progress_at = now;
+            let from = peer.acked + 1;
+            return vec![Effect::SendLog {
+                to: to.to_owned(),
+                from,
+                upto: (mem_start - 1).min(from + self.cfg.window as Seq - 1),
+                msg: ReplMsg::Prepare {
+                    epoch: self.epoch,
+                    history,
+                    entries: vec![],
+                    committed: self.committed,
+                    sent_at: now,
+                },
+            }];
+        }
         let entries: Vec<LogEntry> = self
             .unacked
             .iter()
@@ -225,6 +308,7 @@ impl Primary {
             to: to.to_owned(),
             msg: ReplMsg::Prepare {
                 epoch: self.epoch,
+                history,
                 entries,
                 committed: self.committed,
                 sent_at: now,
@@ -235,9 +319,8 @@ impl Primary {
     /// Commits what is durable on the primary and on every backup.
     fn advance(&mut self) -> Vec<Effect> {
         let everywhere = self
-            .peers
-            .values()
-            .map(|p| p.acked)
+            .voters()
+            .map(|(_, p)| p.acked)
             .chain(std::iter::once(self.persisted))
             .min()
             .unwrap_or(self.persisted);
@@ -247,9 +330,8 @@ impl Primary {
             effects.push(Effect::Commit { upto: everywhere });
         }
         let all_acked = self
-            .peers
-            .values()
-            .map(|p| p.acked)
+            .voters()
+            .map(|(_, p)| p.acked)
             .min()
             .unwrap_or(self.persisted);
         while self

@@ -6,8 +6,13 @@
 //! and applies what the primary committed. The replication decisions are the
 //! pure state machines of `crate::replication`; this actor does the I/O.
 //!
+//! Where the node is a learner (a copy being built) it first installs a
+//! snapshot streamed from the primary, then follows the log like a backup
+//! without counting for commits, until the coordinator makes it a backup.
+//!
 //! Each copy publishes itself in gossip (`shard:<table>/<index>` =
-//! `<role> e<epoch>`) and withdraws when stopped.
+//! `<role> e<epoch>`, plus `copying` or `ready` for a learner) and withdraws
+//! when stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -26,16 +31,20 @@ use crate::control::ControlPlane;
 use crate::data::ops::{Op, OpResult, RowRecord};
 use crate::data::store::{ShardId, ShardStore};
 use crate::replication::{Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReplMsg, Seq};
-use crate::wire::PeerMessage;
+use crate::wire::{PeerMessage, PeerReply, SnapshotPart};
 
 /// The gossip key a copy is published under.
 pub fn gossip_key(key: &ShardKey) -> String {
     format!("shard:{key}")
 }
 
-fn gossip_value(copy: &LocalCopy) -> String {
-    format!("{} e{}", copy.role, copy.replicas.epoch)
-}
+/// What a learner publishes once it has everything the primary committed.
+pub const LEARNER_READY: &str = "ready";
+
+/// How long a learner waits for the next part of a snapshot.
+const SNAPSHOT_PART_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause before a failed snapshot is asked for again.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 /// Milliseconds since this process started (monotonic).
 pub fn now_ms() -> Millis {
@@ -51,6 +60,20 @@ pub struct CopyEnv {
     pub endpoint: Endpoint,
     pub control: ControlPlane,
     pub lease: LeaseConfig,
+}
+
+/// Parses a copy's gossip value: role, epoch and, for a learner, whether it
+/// is ready.
+pub fn parse_gossip_value(v: &str) -> Option<(LocalRole, u64, bool)> {
+    let mut parts = v.split_whitespace();
+    let role = match parts.next()? {
+        "primary" => LocalRole::Primary,
+        "backup" => LocalRole::Backup,
+        "learner" => LocalRole::Learner,
+        _ => return None,
+    };
+    let epoch = parts.next()?.strip_prefix('e')?.parse().ok()?;
+    Some((role, epoch, parts.next() == Some(LEARNER_READY)))
 }
 
 /// Replace the copy's configuration (new epoch, new members, new role).
@@ -108,7 +131,10 @@ pub struct ScanShard {
 
 enum Role {
     Primary(Primary),
+    /// A backup, or a learner that has installed its snapshot.
     Backup(Backup),
+    /// A learner fetching its snapshot.
+    Installing,
 }
 
 type Reply = oneshot::Sender<Result<OpResult, String>>;
@@ -127,6 +153,11 @@ pub struct CopyActor {
     waiting: HashMap<Seq, Reply>,
     /// A storage failure stopped this copy; it refuses work until restarted.
     failed: Option<String>,
+    /// `now_ms()` when the configured primary last sent us something: a
+    /// promoted primary waits out the old lease from there.
+    primary_contact: Millis,
+    /// The gossip value last published.
+    published: String,
 }
 
 impl CopyActor {
@@ -135,59 +166,178 @@ impl CopyActor {
             table: copy.table_id,
             shard: key.index,
         };
+        let learner = copy.role == LocalRole::Learner;
         let mut actor = Self {
             key,
             id,
-            role: Role::Backup(Backup::new(0, String::new(), 0, 0)),
+            role: Role::Installing,
             copy,
             env,
             to_persist: Vec::new(),
             flush_scheduled: false,
             waiting: HashMap::new(),
             failed: None,
+            primary_contact: 0,
+            published: String::new(),
         };
-        actor.configure();
+        if !learner {
+            // A restarted backup's hello is sent once the actor runs.
+            let _ = actor.configure(false);
+        }
         actor
     }
 
     /// Builds the state machine for the current configuration from what is
-    /// durable here.
-    fn configure(&mut self) {
+    /// durable here. `led_before`: this copy was the primary of the previous
+    /// epoch (no other lease to wait out).
+    fn configure(&mut self, led_before: bool) -> Vec<Effect> {
         let epoch = self.copy.replicas.epoch;
-        let meta = match self
-            .env
-            .store
-            .set_epoch(self.id, epoch)
-            .and_then(|()| self.env.store.meta(self.id))
-        {
-            Ok(m) => m,
+        let built = (|| -> Result<(Role, Vec<Effect>), crate::data::store::StoreError> {
+            let meta = self.env.store.meta(self.id)?;
+            let tail = self
+                .env
+                .store
+                .log_range(self.id, meta.applied + 1, meta.logged)?;
+            Ok(match self.copy.role {
+                LocalRole::Primary => {
+                    self.env.store.set_epoch(self.id, epoch)?;
+                    // Epoch 1 had no primary before; otherwise the previous
+                    // one's lease may still run: wait the grace period from
+                    // the last time it spoke to us (or from our start).
+                    let not_before = if led_before || epoch == 1 {
+                        0
+                    } else {
+                        self.primary_contact + self.env.lease.grace
+                    };
+                    let p = Primary::new(
+                        epoch,
+                        &self.copy.replicas.backups,
+                        &self.copy.replicas.learners,
+                        meta.applied,
+                        tail,
+                        self.env.lease,
+                        not_before,
+                    );
+                    (Role::Primary(p), vec![])
+                }
+                LocalRole::Backup | LocalRole::Learner => {
+                    // Our log was written in an older epoch: reconcile it
+                    // with the new primary before taking anything.
+                    let reconcile = (meta.epoch < epoch)
+                        .then(|| tail.iter().map(|e| (e.seq, e.epoch)).collect());
+                    let b = Backup::new(
+                        epoch,
+                        self.copy.replicas.primary.clone(),
+                        meta.logged,
+                        meta.applied,
+                        reconcile,
+                    );
+                    let hello = b.hello().into_iter().collect();
+                    (Role::Backup(b), hello)
+                }
+            })
+        })();
+        match built {
+            Ok((role, effects)) => {
+                self.role = role;
+                effects
+            }
             Err(e) => {
                 self.fail(format!("cannot read shard state: {e}"));
-                return;
+                vec![]
             }
+        }
+    }
+
+    /// A learner's first step: replace whatever this node held of the shard
+    /// with a snapshot streamed from the primary (throttled there), then
+    /// follow the log.
+    fn install(&mut self, ctx: &mut Context<Self>) {
+        let primary = self.copy.replicas.primary.clone();
+        let Some(addr) = self.addr_of(&primary) else {
+            ctx.run_later(SNAPSHOT_RETRY, |act, ctx| act.install(ctx));
+            return;
         };
-        self.role = match self.copy.role {
-            LocalRole::Primary => {
-                let inherited = self
-                    .env
-                    .store
-                    .log_range(self.id, meta.applied + 1, meta.logged)
-                    .unwrap_or_default();
-                Role::Primary(Primary::new(
-                    epoch,
-                    &self.copy.replicas.backups,
-                    meta.applied,
-                    inherited,
-                    self.env.lease,
-                ))
+        let (store, id, endpoint) = (self.env.store.clone(), self.id, self.env.endpoint.clone());
+        let epoch = self.copy.replicas.epoch;
+        let req = PeerMessage::Snapshot {
+            table: self.key.table.clone(),
+            shard: self.key.index,
+        };
+        info!(shard = %self.key, %primary, epoch, "copying a snapshot from the primary");
+        let started = Instant::now();
+        let fetch = async move {
+            let blocking = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
+                tokio::task::spawn_blocking(f)
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
+            let st = store.clone();
+            blocking(Box::new(move || st.drop_shard(id).map_err(|e| e.to_string()))).await?;
+            let mut stream = endpoint
+                .request_stream::<_, PeerReply>(addr, &req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut applied, mut rows, mut bytes) = (None, 0u64, 0u64);
+            loop {
+                let part = tokio::time::timeout(SNAPSHOT_PART_TIMEOUT, stream.next())
+                    .await
+                    .map_err(|_| format!("no snapshot data for {SNAPSHOT_PART_TIMEOUT:?}"))?
+                    .map_err(|e| e.to_string())?;
+                match part {
+                    Some(PeerReply::Snapshot(SnapshotPart::Header { applied: a })) => {
+                        applied = Some(a)
+                    }
+                    Some(PeerReply::Snapshot(SnapshotPart::Rows(chunk))) => {
+                        rows += chunk.len() as u64;
+                        bytes += chunk
+                            .iter()
+                            .map(|(k, v)| (k.len() + v.len()) as u64)
+                            .sum::<u64>();
+                        let st = store.clone();
+                        blocking(Box::new(move || {
+                            st.install_rows(id, &chunk).map_err(|e| e.to_string())
+                        }))
+                        .await?;
+                    }
+                    Some(PeerReply::Snapshot(SnapshotPart::End)) => break,
+                    Some(PeerReply::Refused(why)) => return Err(why),
+                    Some(other) => return Err(format!("unexpected snapshot reply {other:?}")),
+                    None => return Err("the snapshot stream ended early".into()),
+                }
             }
-            LocalRole::Backup => Role::Backup(Backup::new(
-                epoch,
-                self.copy.replicas.primary.clone(),
-                meta.logged,
-                meta.applied,
-            )),
+            let applied = applied.ok_or("the snapshot had no header")?;
+            let st = store.clone();
+            blocking(Box::new(move || {
+                st.finish_install(id, applied, epoch)
+                    .map_err(|e| e.to_string())
+            }))
+            .await?;
+            Ok::<_, String>((applied, rows, bytes))
         };
+        ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| match res {
+            Ok((applied, rows, bytes)) => {
+                info!(shard = %act.key, applied, rows, bytes, ms = started.elapsed().as_millis() as u64, "snapshot installed; following the log");
+                let fx = act.configure(false);
+                act.run(fx, ctx);
+                act.publish(ctx);
+            }
+            Err(e) => {
+                warn!(shard = %act.key, error = %e, "snapshot copy failed; retrying");
+                ctx.run_later(SNAPSHOT_RETRY, |act, ctx| act.install(ctx));
+            }
+        }));
+    }
+
+    fn gossip_value(&self) -> String {
+        let base = format!("{} e{}", self.copy.role, self.copy.replicas.epoch);
+        match (&self.role, self.copy.role) {
+            (Role::Backup(b), LocalRole::Learner) if b.caught_up() => {
+                format!("{base} {LEARNER_READY}")
+            }
+            (_, LocalRole::Learner) => format!("{base} copying"),
+            _ => base,
+        }
     }
 
     fn fail(&mut self, why: String) {
@@ -198,12 +348,14 @@ impl CopyActor {
         self.failed = Some(why);
     }
 
-    fn publish(&self, ctx: &mut Context<Self>) {
-        let (membership, k, v) = (
-            self.env.membership.clone(),
-            gossip_key(&self.key),
-            gossip_value(&self.copy),
-        );
+    /// Publishes the copy's state in gossip if it changed.
+    fn publish(&mut self, ctx: &mut Context<Self>) {
+        let v = self.gossip_value();
+        if v == self.published {
+            return;
+        }
+        self.published = v.clone();
+        let (membership, k) = (self.env.membership.clone(), gossip_key(&self.key));
         ctx.spawn(async move { membership.set(&k, &v).await }.into_actor(self));
     }
 
@@ -241,6 +393,35 @@ impl CopyActor {
                     }
                     None => debug!(shard = %self.key, to, "no address for replica"),
                 },
+                Effect::SendLog {
+                    to,
+                    from,
+                    upto,
+                    mut msg,
+                } => {
+                    match self.env.store.log_range(self.id, from, upto) {
+                        Ok(found) => {
+                            if found.first().map(|e| e.seq) != Some(from) && from <= upto {
+                                warn!(shard = %self.key, to, from, "log entries a copy needs are not here");
+                            }
+                            if let ReplMsg::Prepare { entries, .. } = &mut msg {
+                                *entries = found;
+                            }
+                        }
+                        Err(e) => {
+                            self.fail(format!("log read failed: {e}"));
+                            return;
+                        }
+                    }
+                    self.run(vec![Effect::Send { to, msg }], ctx);
+                }
+                Effect::Reconciled { keep, epoch } => {
+                    if let Err(e) = self.env.store.reconcile(self.id, keep, epoch) {
+                        self.fail(format!("log reconciliation failed: {e}"));
+                        return;
+                    }
+                    debug!(shard = %self.key, keep, epoch, "log reconciled with the primary");
+                }
                 Effect::Commit { upto } => self.apply(upto),
                 Effect::FetchMap { seen } => {
                     debug!(shard = %self.key, seen, mine = self.copy.replicas.epoch, "newer epoch seen; waiting for the map")
@@ -260,6 +441,7 @@ impl CopyActor {
                 let effects = match &mut self.role {
                     Role::Primary(p) => p.on_persisted(logged),
                     Role::Backup(b) => b.on_persisted(logged),
+                    Role::Installing => vec![],
                 };
                 self.run(effects, ctx);
             }
@@ -294,6 +476,14 @@ impl Actor for CopyActor {
         ctx.set_mailbox_capacity(4096);
         info!(shard = %self.key, role = %self.copy.role, epoch = self.copy.replicas.epoch, "shard copy started");
         self.publish(ctx);
+        match &self.role {
+            Role::Installing => self.install(ctx),
+            Role::Backup(b) => {
+                let hello = b.hello().into_iter().collect();
+                self.run(hello, ctx);
+            }
+            Role::Primary(_) => {}
+        }
         ctx.run_interval(
             Duration::from_millis(self.env.lease.heartbeat),
             |act, ctx| {
@@ -310,19 +500,28 @@ impl Handler<Reconfigure> for CopyActor {
     type Result = ();
 
     fn handle(&mut self, Reconfigure(copy): Reconfigure, ctx: &mut Context<Self>) {
-        if copy.role != self.copy.role && copy.role == LocalRole::Primary {
-            info!(shard = %self.key, epoch = copy.replicas.epoch, "promoted to primary");
+        if copy.role != self.copy.role {
+            info!(shard = %self.key, epoch = copy.replicas.epoch, from = %self.copy.role, to = %copy.role, "role changed");
         }
-        // Writes still waiting belong to the old configuration.
-        for (_, reply) in self.waiting.drain() {
-            let _ = reply.send(Err(format!(
-                "shard {} was reconfigured (epoch {}); retry",
-                self.key, copy.replicas.epoch
-            )));
+        let led_before = matches!(self.role, Role::Primary(_));
+        // A primary that stays primary keeps its waiting writes: they are
+        // in its log and commit in the new epoch under the same seq.
+        if !(led_before && copy.role == LocalRole::Primary) {
+            for (_, reply) in self.waiting.drain() {
+                let _ = reply.send(Err(format!(
+                    "shard {} was reconfigured (epoch {}) before the write committed; its outcome is unknown",
+                    self.key, copy.replicas.epoch
+                )));
+            }
         }
         self.copy = copy;
+        if matches!(self.role, Role::Installing) {
+            self.publish(ctx);
+            return; // the snapshot being copied stays valid
+        }
         self.flush(ctx);
-        self.configure();
+        let effects = self.configure(led_before);
+        self.run(effects, ctx);
         self.publish(ctx);
     }
 }
@@ -361,9 +560,18 @@ impl Handler<Replicate> for CopyActor {
         }
         let effects = match &mut self.role {
             Role::Primary(p) => p.on_message(&from, msg, now_ms()),
-            Role::Backup(b) => b.on_message(&from, msg),
+            Role::Backup(b) => {
+                if from == self.copy.replicas.primary {
+                    self.primary_contact = now_ms();
+                }
+                b.on_message(&from, msg)
+            }
+            Role::Installing => return,
         };
         self.run(effects, ctx);
+        if self.copy.role == LocalRole::Learner {
+            self.publish(ctx);
+        }
     }
 }
 
@@ -420,6 +628,10 @@ impl CopyActor {
                     ))
                 }
             }
+            (Role::Installing, _) => Err(format!(
+                "shard {} is still being copied to this node; read from the primary",
+                self.key
+            )),
             (Role::Backup(_), ReadMode::Strong) => Err(format!(
                 "shard {} is not led here (primary is {}); strong reads go to the primary",
                 self.key, self.copy.replicas.primary

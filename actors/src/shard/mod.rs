@@ -4,8 +4,7 @@
 //! [`plan`] is the pure decision: given the copies running here and the
 //! committed map, which to start, which to stop, which to reconfigure (a new
 //! epoch or a role change). The NodeActor carries it out every time the map
-//! version changes. Replication itself comes with the data path; for now a
-//! copy holds its configuration and reports it in gossip.
+//! version changes.
 
 pub mod actor;
 
@@ -34,6 +33,9 @@ impl fmt::Display for ShardKey {
 pub enum LocalRole {
     Primary,
     Backup,
+    /// Being built: copies a snapshot from the primary, then follows its
+    /// log without counting for commits.
+    Learner,
 }
 
 impl fmt::Display for LocalRole {
@@ -41,6 +43,7 @@ impl fmt::Display for LocalRole {
         f.write_str(match self {
             LocalRole::Primary => "primary",
             LocalRole::Backup => "backup",
+            LocalRole::Learner => "learner",
         })
     }
 }
@@ -66,12 +69,14 @@ pub enum LocalChange {
 
 /// The copies the map gives node `me`.
 pub fn wanted(map: &ClusterMap, me: &str) -> BTreeMap<ShardKey, LocalCopy> {
-    map.shards_of(me)
+    map.copies_of(me)
         .map(|(t, s)| {
             let role = if s.replicas.primary == me {
                 LocalRole::Primary
-            } else {
+            } else if s.replicas.backups.iter().any(|b| b == me) {
                 LocalRole::Backup
+            } else {
+                LocalRole::Learner
             };
             (
                 ShardKey {

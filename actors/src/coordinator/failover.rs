@@ -1,0 +1,425 @@
+//! The failover planner: from the committed map and what gossip says about
+//! nodes and copies, the configuration changes that keep every shard served
+//! and fully replicated. Pure and deterministic; the coordinator (on the Raft
+//! leader) commits what it returns, one change per shard per round, each
+//! guarded by the shard's epoch.
+//!
+//! Per shard, the first rule that applies:
+//! 1. **primary down** → the live backup with the fewest primaries becomes
+//!    primary; down backups and learners are dropped in the same change. Any
+//!    backup will do for safety (each holds every committed entry; the others
+//!    reconcile with it), and the new primary waits out the old lease itself;
+//! 2. **backup or learner down** → dropped, so writes need only live copies;
+//! 3. **a learner has caught up** (it says so in gossip, at the current
+//!    epoch) → it becomes a backup;
+//! 4. **fewer copies than the table's replication factor** and no learner
+//!    yet → a learner is added on the live active node that holds no copy,
+//!    preferring a zone the shard does not use, then the fewest copies. At
+//!    most `max_new_copies` per round, so recovery is paced;
+//! 5. **a draining node holds a copy** (and nothing above applied) → its
+//!    replacement is added first as a learner (rule 4 counts the draining copy
+//!    as leaving); once the replacement is a backup, a draining primary hands
+//!    over to a backup, then the draining copy is dropped.
+//!
+//! A shard whose every member is down is left alone (unavailable) until one
+//! comes back: choosing a copy that missed writes would lose them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::cluster_map::{ClusterMap, NodeId, NodeState, ReplicaSet, Table};
+
+/// What the coordinator knows beyond the map.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// Nodes gossip sees live (candidates for new copies and promotion).
+    pub live: BTreeSet<NodeId>,
+    /// Nodes considered gone: down or left in gossip, or not live for long.
+    pub down: BTreeSet<NodeId>,
+    /// Learners that report having caught up: (table, shard, node, epoch).
+    pub ready: BTreeSet<(String, u32, NodeId, u64)>,
+}
+
+/// One configuration change for one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub table: String,
+    pub shard: u32,
+    pub expect_epoch: u64,
+    pub primary: NodeId,
+    pub backups: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub what: String,
+    pub why: String,
+}
+
+#[derive(Default)]
+struct Load {
+    primaries: BTreeMap<NodeId, usize>,
+    copies: BTreeMap<NodeId, usize>,
+}
+
+impl Load {
+    fn of(map: &ClusterMap) -> Self {
+        let mut l = Load::default();
+        for t in map.tables.values() {
+            for s in &t.shards {
+                *l.primaries.entry(s.replicas.primary.clone()).or_default() += 1;
+                for h in s.replicas.holders() {
+                    *l.copies.entry(h.clone()).or_default() += 1;
+                }
+            }
+        }
+        l
+    }
+
+    fn primaries(&self, n: &str) -> usize {
+        self.primaries.get(n).copied().unwrap_or(0)
+    }
+
+    fn copies(&self, n: &str) -> usize {
+        self.copies.get(n).copied().unwrap_or(0)
+    }
+}
+
+/// The changes to commit now.
+pub fn plan(map: &ClusterMap, health: &Health, max_new_copies: usize) -> Vec<Change> {
+    let mut load = Load::of(map);
+    let mut budget = max_new_copies;
+    let mut out = Vec::new();
+    for t in map.tables.values() {
+        for s in &t.shards {
+            if let Some(c) = plan_shard(map, t, s.index, &s.replicas, health, &mut load, &mut budget)
+            {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn draining(map: &ClusterMap, n: &str) -> bool {
+    map.nodes
+        .get(n)
+        .is_some_and(|e| e.state == NodeState::Draining)
+}
+
+fn plan_shard(
+    map: &ClusterMap,
+    t: &Table,
+    shard: u32,
+    r: &ReplicaSet,
+    health: &Health,
+    load: &mut Load,
+    budget: &mut usize,
+) -> Option<Change> {
+    let down = |n: &NodeId| health.down.contains(n);
+    let change = |primary: NodeId, backups: Vec<NodeId>, learners: Vec<NodeId>, what, why| {
+        Some(Change {
+            table: t.spec.name.clone(),
+            shard,
+            expect_epoch: r.epoch,
+            primary,
+            backups,
+            learners,
+            what,
+            why,
+        })
+    };
+    let live_backups: Vec<NodeId> = r.backups.iter().filter(|b| !down(b)).cloned().collect();
+    let live_learners: Vec<NodeId> = r.learners.iter().filter(|l| !down(l)).cloned().collect();
+    let gone: Vec<&NodeId> = r.holders().filter(|n| down(n)).collect();
+    let gone_list = gone
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    // 1. The primary is down: promote a live backup.
+    if down(&r.primary) {
+        let new = live_backups
+            .iter()
+            .filter(|b| health.live.contains(*b))
+            .min_by_key(|b| (draining(map, b), load.primaries(b), (*b).clone()))?
+            .clone();
+        *load.primaries.entry(new.clone()).or_default() += 1;
+        let backups = live_backups.into_iter().filter(|b| *b != new).collect();
+        return change(
+            new.clone(),
+            backups,
+            live_learners,
+            format!("promoted {new} to primary (dropped {gone_list})"),
+            format!("primary {} is down", r.primary),
+        );
+    }
+    // 2. A backup or learner is down: drop it.
+    if !gone.is_empty() {
+        return change(
+            r.primary.clone(),
+            live_backups,
+            live_learners,
+            format!("dropped {gone_list}"),
+            format!(
+                "{gone_list} {} down",
+                if gone.len() == 1 { "is" } else { "are" }
+            ),
+        );
+    }
+    // 3. A learner caught up: it becomes a backup.
+    if let Some(l) = r.learners.iter().find(|l| {
+        health
+            .ready
+            .contains(&(t.spec.name.clone(), shard, (*l).clone(), r.epoch))
+    }) {
+        let mut backups = r.backups.clone();
+        backups.push(l.clone());
+        let learners = r.learners.iter().filter(|x| *x != l).cloned().collect();
+        return change(
+            r.primary.clone(),
+            backups,
+            learners,
+            format!("{l} is now a backup"),
+            format!("learner {l} caught up with the primary"),
+        );
+    }
+    let wanted = t.spec.replicas as usize;
+    let staying = r.members().filter(|m| !draining(map, m)).count();
+    // 4. Too few copies (counting draining ones as leaving): add a learner.
+    if staying + r.learners.len() < wanted && r.learners.is_empty() && *budget > 0 {
+        let holders: BTreeSet<&NodeId> = r.holders().collect();
+        let zone = |n: &str| map.nodes.get(n).map(|e| e.zone.as_str()).unwrap_or("");
+        let used: BTreeSet<&str> = holders
+            .iter()
+            .map(|h| zone(h))
+            .filter(|z| !z.is_empty())
+            .collect();
+        let pick = health
+            .live
+            .iter()
+            .filter(|n| !holders.contains(n))
+            .filter(|n| {
+                map.nodes
+                    .get(*n)
+                    .is_some_and(|e| e.state == NodeState::Active)
+            })
+            .min_by_key(|n| {
+                let z = zone(n);
+                (!z.is_empty() && used.contains(z), load.copies(n), (*n).clone())
+            })?
+            .clone();
+        *budget -= 1;
+        *load.copies.entry(pick.clone()).or_default() += 1;
+        let mut learners = r.learners.clone();
+        learners.push(pick.clone());
+        let have = r.members().count();
+        return change(
+            r.primary.clone(),
+            r.backups.clone(),
+            learners,
+            format!("added learner {pick}"),
+            if staying < have {
+                format!("replacing draining copies: {staying} staying of {wanted} wanted")
+            } else {
+                format!("under-replicated: {have} of {wanted} copies")
+            },
+        );
+    }
+    // 5. Draining copies with their replacement in place.
+    if staying >= wanted.min(r.members().count()) && r.learners.is_empty() {
+        if draining(map, &r.primary) {
+            let to = r
+                .backups
+                .iter()
+                .filter(|b| !draining(map, b) && health.live.contains(*b))
+                .min_by_key(|b| (load.primaries(b), (*b).clone()))?
+                .clone();
+            let mut backups: Vec<NodeId> = r.backups.iter().filter(|b| **b != to).cloned().collect();
+            backups.push(r.primary.clone());
+            return change(
+                to.clone(),
+                backups,
+                vec![],
+                format!("handed primary over from {} to {to}", r.primary),
+                format!("{} is draining", r.primary),
+            );
+        }
+        if let Some(d) = r.backups.iter().find(|b| draining(map, b)) {
+            if staying >= wanted {
+                let backups = r.backups.iter().filter(|b| *b != d).cloned().collect();
+                return change(
+                    r.primary.clone(),
+                    backups,
+                    vec![],
+                    format!("dropped {d}"),
+                    format!("{d} is draining and its replacement is in place"),
+                );
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster_map::{MapCommand, Sharding, TableSpec};
+
+    fn map(nodes: usize, zones: &[&str]) -> ClusterMap {
+        let mut m = ClusterMap::default();
+        for i in 1..=nodes {
+            m.apply(&MapCommand::RegisterNode {
+                node_id: format!("n{i}"),
+                addr: String::new(),
+                zone: zones.get(i - 1).map(|z| z.to_string()).unwrap_or_default(),
+            })
+            .unwrap();
+        }
+        m.apply(&MapCommand::CreateTable {
+            spec: TableSpec {
+                name: "t".into(),
+                key: "id".into(),
+                sharding: Sharding::Hash { shards: 2 },
+                replicas: 3,
+            },
+            placement: vec![
+                ("n1".into(), vec!["n2".into(), "n3".into()]),
+                ("n2".into(), vec!["n3".into(), "n1".into()]),
+            ],
+        })
+        .unwrap();
+        m
+    }
+
+    fn health(live: &[&str], down: &[&str]) -> Health {
+        Health {
+            live: live.iter().map(|s| s.to_string()).collect(),
+            down: down.iter().map(|s| s.to_string()).collect(),
+            ready: BTreeSet::new(),
+        }
+    }
+
+    /// Commits the changes the way the coordinator does.
+    fn commit(m: &mut ClusterMap, changes: &[Change]) {
+        for c in changes {
+            m.apply(&MapCommand::SetReplicas {
+                table: c.table.clone(),
+                shard: c.shard,
+                expect_epoch: c.expect_epoch,
+                primary: c.primary.clone(),
+                backups: c.backups.clone(),
+                learners: c.learners.clone(),
+                what: c.what.clone(),
+                why: c.why.clone(),
+                at_unix_ms: 0,
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn nothing_to_do_when_all_is_well() {
+        let m = map(3, &[]);
+        assert!(plan(&m, &health(&["n1", "n2", "n3"], &[]), 4).is_empty());
+    }
+
+    #[test]
+    fn a_dead_primary_is_replaced_by_a_live_backup_and_the_dead_copy_dropped() {
+        let mut m = map(3, &[]);
+        let changes = plan(&m, &health(&["n2", "n3"], &["n1"]), 4);
+        assert_eq!(changes.len(), 2);
+        let c0 = &changes[0];
+        assert_eq!(c0.expect_epoch, 1);
+        assert_eq!(c0.why, "primary n1 is down");
+        // n2 already leads shard 1: n3 (fewer primaries) takes shard 0.
+        assert_eq!((c0.primary.as_str(), c0.backups.clone()), ("n3", vec!["n2".to_string()]));
+        assert_eq!(changes[1].what, "dropped n1");
+        commit(&mut m, &changes);
+        assert_eq!(m.tables["t"].shards[0].replicas.epoch, 2);
+        assert_eq!(m.events.len(), 2);
+        assert_eq!(m.events[0].what, "promoted n3 to primary (dropped n1)");
+        // With two live nodes and RF 3 there is nowhere to re-replicate.
+        assert!(plan(&m, &health(&["n2", "n3"], &["n1"]), 4).is_empty());
+    }
+
+    #[test]
+    fn a_shard_with_every_member_down_waits() {
+        let m = map(3, &[]);
+        assert!(plan(&m, &health(&[], &["n1", "n2", "n3"]), 4).is_empty());
+    }
+
+    #[test]
+    fn a_joining_backup_is_not_promoted() {
+        // n2 is not down but not live yet either (restarting).
+        let m = map(3, &[]);
+        let changes = plan(&m, &health(&["n3"], &["n1"]), 4);
+        assert_eq!(changes[0].primary, "n3");
+    }
+
+    #[test]
+    fn lost_copies_are_rebuilt_through_a_learner_paced_by_the_budget() {
+        let mut m = map(4, &["a", "a", "b", "b"]);
+        let h = health(&["n1", "n2", "n4"], &["n3"]);
+        let c = plan(&m, &h, 1);
+        commit(&mut m, &c);
+        // n3 dropped from both shards.
+        let changes = plan(&m, &h, 1);
+        assert_eq!(changes.len(), 1, "one new copy per round");
+        assert_eq!(changes[0].what, "added learner n4");
+        assert_eq!(changes[0].why, "under-replicated: 2 of 3 copies");
+        commit(&mut m, &changes);
+        let mut h = h;
+        h.ready.insert(("t".into(), 0, "n4".into(), 3));
+        let changes = plan(&m, &h, 1);
+        assert_eq!(changes[0].what, "n4 is now a backup");
+        assert!(
+            changes.iter().any(|c| c.shard == 1 && c.learners == vec!["n4".to_string()]),
+            "{changes:?}"
+        );
+        commit(&mut m, &changes);
+        let s0 = &m.tables["t"].shards[0].replicas;
+        assert_eq!(s0.backups, vec!["n2".to_string(), "n4".to_string()]);
+        assert!(s0.learners.is_empty());
+    }
+
+    #[test]
+    fn a_ready_learner_of_an_older_epoch_waits() {
+        let mut m = map(4, &[]);
+        let h = health(&["n1", "n2", "n4"], &["n3"]);
+        let c = plan(&m, &h, 4);
+        commit(&mut m, &c);
+        let c = plan(&m, &h, 4);
+        commit(&mut m, &c);
+        let mut h = h;
+        h.ready.insert(("t".into(), 0, "n4".into(), 1));
+        assert!(plan(&m, &h, 4).is_empty());
+    }
+
+    #[test]
+    fn a_draining_node_is_emptied_replacement_first() {
+        let mut m = map(4, &[]);
+        m.apply(&MapCommand::SetNodeState {
+            node_id: "n1".into(),
+            state: NodeState::Draining,
+        })
+        .unwrap();
+        let mut h = health(&["n1", "n2", "n3", "n4"], &[]);
+        let changes = plan(&m, &h, 1);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].what, "added learner n4");
+        commit(&mut m, &changes);
+        h.ready.insert(("t".into(), 0, "n4".into(), 2));
+        let c = plan(&m, &h, 1);
+        commit(&mut m, &c);
+        // Shard 0: n4 is a backup; n1 hands the primary over, then leaves.
+        let c = plan(&m, &h, 0);
+        let c0 = c.iter().find(|c| c.shard == 0).unwrap();
+        assert_eq!(c0.what, "handed primary over from n1 to n3");
+        commit(&mut m, &c);
+        let c = plan(&m, &h, 0);
+        let c0 = c.iter().find(|c| c.shard == 0).unwrap();
+        assert_eq!(c0.what, "dropped n1");
+        commit(&mut m, &c);
+        let s0 = &m.tables["t"].shards[0].replicas;
+        assert!(!s0.holders().any(|n| n == "n1"));
+        assert_eq!(s0.holders().count(), 3);
+    }
+}
