@@ -115,6 +115,34 @@ impl Handler<AdminCall> for AdminActor {
                 })
                 .boxed()
             }
+            AdminRequest::Events => {
+                let map = self.control.map();
+                let reply = AdminReply::Events {
+                    map_version: map.version,
+                    events: map.events.into_iter().collect(),
+                };
+                stream::once(async move { reply }).boxed()
+            }
+            AdminRequest::SetNodeState { node_id, state } => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.set_node_state(node_id, state).await {
+                        Ok(map_version) => AdminReply::Done { map_version },
+                        Err(e) => AdminReply::Error(e),
+                    }
+                })
+                .boxed()
+            }
+            AdminRequest::Shard { table, shard, op } => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.manual(table, shard, op).await {
+                        Ok(map_version) => AdminReply::Done { map_version },
+                        Err(e) => AdminReply::Error(e),
+                    }
+                })
+                .boxed()
+            }
             AdminRequest::DropTable { name } => {
                 let control = self.control.clone();
                 stream::once(async move {

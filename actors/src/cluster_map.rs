@@ -119,6 +119,9 @@ pub struct ReplicaSet {
     /// Copies being built (snapshot, then the log); they count for nothing
     /// until a later epoch makes them backups.
     pub learners: Vec<NodeId>,
+    /// Copies being moved: `(learner, member it replaces)`. When the learner
+    /// has caught up it becomes a backup and the other copy is dropped.
+    pub moves: Vec<(NodeId, NodeId)>,
     /// Grows at every change of the configuration; messages carry it.
     pub epoch: u64,
 }
@@ -226,6 +229,7 @@ pub enum MapCommand {
         primary: NodeId,
         backups: Vec<NodeId>,
         learners: Vec<NodeId>,
+        moves: Vec<(NodeId, NodeId)>,
         what: String,
         why: String,
         at_unix_ms: u64,
@@ -247,7 +251,9 @@ pub enum MapError {
     UnknownNode(String),
     #[error("invalid placement: {0}")]
     InvalidPlacement(String),
-    #[error("shard {shard} is at epoch {now}, not {expected}: the change was planned on an older map")]
+    #[error(
+        "shard {shard} is at epoch {now}, not {expected}: the change was planned on an older map"
+    )]
     StaleEpoch {
         shard: String,
         expected: u64,
@@ -432,6 +438,7 @@ impl ClusterMap {
                         primary: primary.clone(),
                         backups: backups.clone(),
                         learners: vec![],
+                        moves: vec![],
                         epoch: 1,
                     };
                     self.check_replica_set(&set, spec.replicas)?;
@@ -463,6 +470,7 @@ impl ClusterMap {
                 primary,
                 backups,
                 learners,
+                moves,
                 what,
                 why,
                 at_unix_ms,
@@ -487,6 +495,11 @@ impl ClusterMap {
                     primary: primary.clone(),
                     backups: backups.clone(),
                     learners: learners.clone(),
+                    moves: moves
+                        .iter()
+                        .filter(|(l, _)| learners.contains(l))
+                        .cloned()
+                        .collect(),
                     epoch: old.epoch + 1,
                 };
                 check_transition(old, &next).map_err(|why| MapError::UnsafeChange {

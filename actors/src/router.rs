@@ -13,9 +13,9 @@ use tstore_transport::Endpoint;
 
 use crate::cluster_map::{ClusterMap, KeyRange, Sharding, SplitKey, Table};
 use crate::data::ops::{check_row, Op};
-use crate::shard::actor::{CopyActor, Read, ReadMode, ScanShard, Write};
+use crate::shard::actor::{CopyActor, GetStatus, Read, ReadMode, ScanShard, Write};
 use crate::shard::ShardKey;
-use crate::wire::{DataReply, DataRequest, PeerMessage, PeerReply, ShardRequest};
+use crate::wire::{CopyReport, DataReply, DataRequest, PeerMessage, PeerReply, ShardRequest};
 
 /// Most rows one scan returns.
 pub const MAX_SCAN: usize = 10_000;
@@ -147,6 +147,33 @@ impl Router {
                 rows.truncate(limit);
                 Ok(DataReply::Rows(rows))
             }
+            DataRequest::Copies { table, checksums } => {
+                let t = self.table(&table)?;
+                let asks = t
+                    .shards
+                    .iter()
+                    .flat_map(|s| s.replicas.holders().map(move |n| (s.index, n.clone())));
+                let calls = asks.map(|(shard, node)| {
+                    let req = ShardRequest::Status {
+                        table: table.clone(),
+                        shard,
+                        checksum: checksums,
+                    };
+                    async move {
+                        let status = match self.call(&node, req).await {
+                            DataReply::Status(s) => Ok(s),
+                            DataReply::Error(e) => Err(e),
+                            other => Err(format!("unexpected reply {other:?}")),
+                        };
+                        CopyReport {
+                            shard,
+                            node,
+                            status,
+                        }
+                    }
+                });
+                Ok(DataReply::Copies(futures::future::join_all(calls).await))
+            }
         }
     }
 
@@ -222,7 +249,8 @@ pub async fn serve_local(
     let (table, shard) = match &req {
         ShardRequest::Write { table, shard, .. }
         | ShardRequest::Get { table, shard, .. }
-        | ShardRequest::Scan { table, shard, .. } => (table.clone(), *shard),
+        | ShardRequest::Scan { table, shard, .. }
+        | ShardRequest::Status { table, shard, .. } => (table.clone(), *shard),
     };
     let key = ShardKey {
         table,
@@ -262,6 +290,10 @@ pub async fn serve_local(
         {
             Ok(Ok(r)) => DataReply::Rows(r),
             Ok(Err(e)) => err(e),
+            Err(e) => gone(e),
+        },
+        ShardRequest::Status { checksum, .. } => match copy.send(GetStatus { checksum }).await {
+            Ok(s) => DataReply::Status(s),
             Err(e) => gone(e),
         },
     }

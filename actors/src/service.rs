@@ -48,21 +48,23 @@ impl SnapshotSource {
                 return stream::once(async move { PeerReply::Refused(why) }).boxed();
             }
         }
-        let id = ShardId {
-            table: t.id,
-            shard,
-        };
+        let id = ShardId { table: t.id, shard };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (store, rate) = (self.store.clone(), self.rate);
         std::thread::spawn(move || {
             let started = std::time::Instant::now();
             let mut sent = 0u64;
             let header = |m: crate::data::store::ShardMeta| {
-                tx.blocking_send(PeerReply::Snapshot(SnapshotPart::Header { applied: m.applied }))
-                    .is_ok()
+                tx.blocking_send(PeerReply::Snapshot(SnapshotPart::Header {
+                    applied: m.applied,
+                }))
+                .is_ok()
             };
             let chunk = |rows: Vec<(Vec<u8>, Vec<u8>)>| {
-                sent += rows.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+                sent += rows
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>();
                 if rate > 0 {
                     let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {

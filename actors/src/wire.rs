@@ -11,8 +11,9 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-use crate::cluster_map::{SplitKey, Table, TableSpec};
+use crate::cluster_map::{MapEvent, NodeState, SplitKey, Table, TableSpec};
 use crate::control::types::MapRaft;
+use crate::coordinator::failover::ManualOp;
 use crate::data::ops::{Op, OpResult, RowRecord};
 use crate::replication::ReplMsg;
 use crate::shard::actor::ReadMode;
@@ -45,7 +46,9 @@ pub enum PeerMessage {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SnapshotPart {
     /// The rows that follow reflect every entry up to `applied`.
-    Header { applied: u64 },
+    Header {
+        applied: u64,
+    },
     /// Raw `(encoded key, row)` pairs.
     Rows(Vec<(Vec<u8>, Vec<u8>)>),
     End,
@@ -89,6 +92,35 @@ pub enum ShardRequest {
         limit: usize,
         mode: ReadMode,
     },
+    /// The copy's replication state (and a checksum of its rows if asked).
+    Status {
+        table: String,
+        shard: u32,
+        checksum: bool,
+    },
+}
+
+/// One shard copy's replication state, as the copy reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyStatus {
+    /// `primary`, `backup` or `learner`.
+    pub role: String,
+    pub epoch: u64,
+    /// Durable log end, and what the rows reflect.
+    pub logged: u64,
+    pub applied: u64,
+    /// `serving`, `copying` (a learner fetching its snapshot), or `failed: <why>`.
+    pub state: String,
+    /// Of the rows (keys, versions, content); comparable across nodes.
+    pub checksum: Option<u64>,
+}
+
+/// One copy of a shard with its status, or why it could not be asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyReport {
+    pub shard: u32,
+    pub node: String,
+    pub status: Result<CopyStatus, String>,
 }
 
 /// Client reads and writes (ALPN `tstore-client/1`), routed by the contacted
@@ -124,6 +156,8 @@ pub enum DataRequest {
         limit: usize,
         mode: ReadMode,
     },
+    /// Every copy of every shard of a table, asked for its state.
+    Copies { table: String, checksums: bool },
 }
 
 /// Answers to data requests.
@@ -132,6 +166,8 @@ pub enum DataReply {
     Written(OpResult),
     Row(Option<RowRecord>),
     Rows(Vec<(SplitKey, RowRecord)>),
+    Status(CopyStatus),
+    Copies(Vec<CopyReport>),
     Error(String),
 }
 
@@ -156,6 +192,15 @@ pub enum RaftRpcReply {
 pub enum ControlRequest {
     CreateTable(TableSpec),
     DropTable(String),
+    SetNodeState {
+        node_id: String,
+        state: NodeState,
+    },
+    Manual {
+        table: String,
+        shard: u32,
+        op: ManualOp,
+    },
 }
 
 /// Client and operator requests (ALPN `tstore-client/1`).
@@ -182,6 +227,19 @@ pub enum AdminRequest {
     },
     /// Rows: put, insert, update, delete, get, scan.
     Data(DataRequest),
+    /// The coordinator's recent decisions, oldest first.
+    Events,
+    /// Drain a node (its copies move away) or make it active again.
+    SetNodeState {
+        node_id: String,
+        state: NodeState,
+    },
+    /// An operator's change to one shard.
+    Shard {
+        table: String,
+        shard: u32,
+        op: ManualOp,
+    },
 }
 
 /// The control plane as one node sees it.
@@ -231,5 +289,9 @@ pub enum AdminReply {
         map_version: u64,
     },
     Data(DataReply),
+    Events {
+        map_version: u64,
+        events: Vec<MapEvent>,
+    },
     Error(String),
 }

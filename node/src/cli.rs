@@ -11,7 +11,8 @@ use tracing_subscriber::EnvFilter;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
-use tstore_actors::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_actors::cluster_map::{NodeState, Sharding, SplitKey, TableSpec};
+use tstore_actors::coordinator::failover::ManualOp;
 use tstore_actors::data::ops::RowRecord;
 use tstore_actors::shard::actor::ReadMode;
 
@@ -144,8 +145,55 @@ pub enum AdminCommand {
     DropTable { name: String },
     /// List the tables.
     Tables,
-    /// Show a table's shards: key range or hash slot, primary, backups, epoch.
-    Describe { name: String },
+    /// Show a table's shards: key range or hash slot, primary, backups, learners, epoch,
+    /// state (healthy, recovering, under-replicated, unavailable) and backup lag.
+    Describe {
+        name: String,
+        /// Also checksum every copy's rows and say whether the copies are identical.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// The coordinator's recent decisions: what, why, when, epoch.
+    Events {
+        /// Show only the newest N.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Move every copy off a node (primaries handed over first); waits until it holds none.
+    Drain {
+        node: String,
+        /// Return once the drain is recorded instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Most seconds to wait.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Make a drained node take copies again.
+    Undrain { node: String },
+    /// Move a backup copy to another node: `move-shard user/3 --from n2 --to n4`.
+    MoveShard {
+        /// TABLE/SHARD
+        shard: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Switch a shard's primary to one of its backups: `promote user/3 --node n3`.
+    Promote {
+        /// TABLE/SHARD
+        shard: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// Drop a backup (or learner) copy now; it is re-created elsewhere if needed.
+    RemoveReplica {
+        /// TABLE/SHARD
+        shard: String,
+        #[arg(long)]
+        node: String,
+    },
     /// Create or replace a row: `put user '{"id":1,"name":"Alice","age":25}'`.
     Put { table: String, row: String },
     /// Create a row; fails if its key exists.
@@ -292,6 +340,26 @@ fn cert(c: CertCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `user/3` → ("user", 3).
+fn parse_shard(s: &str) -> anyhow::Result<(String, u32)> {
+    let (t, i) = s
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("shard {s:?}: write TABLE/SHARD, e.g. user/3"))?;
+    let i = i
+        .parse()
+        .map_err(|_| anyhow::anyhow!("shard {s:?}: {i:?} is not a shard number"))?;
+    Ok((t.to_owned(), i))
+}
+
+fn done(json: bool, map_version: u64, text: &str) -> anyhow::Result<()> {
+    if json {
+        print_json(&serde_json::json!({ "map_version": map_version }))
+    } else {
+        println!("{text} (map version {map_version})");
+        Ok(())
+    }
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
@@ -372,13 +440,114 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 print!("{}", output::tables(version, &tables));
             }
         }
-        AdminCommand::Describe { name } => {
+        AdminCommand::Describe { name, verify } => {
             let (version, table) = client.describe(&name).await?;
+            let copies = client.copies(&name, verify).await?;
             if json {
-                print_json(&serde_json::json!({ "map_version": version, "table": table }))?;
+                let shards: Vec<serde_json::Value> = table
+                    .shards
+                    .iter()
+                    .map(|s| {
+                        let (state, lag) = output::shard_health(&table, s.index, &copies);
+                        serde_json::json!({ "shard": s.index, "state": state, "lag": lag })
+                    })
+                    .collect();
+                print_json(&serde_json::json!({
+                    "map_version": version, "table": table, "health": shards, "copies": copies
+                }))?;
             } else {
-                print!("{}", output::table(version, &table));
+                print!(
+                    "{}",
+                    output::table_with_copies(version, &table, &copies, verify)
+                );
             }
+        }
+        AdminCommand::Events { limit } => {
+            let (version, mut events) = client.events().await?;
+            if let Some(n) = limit {
+                let skip = events.len().saturating_sub(n);
+                events.drain(..skip);
+            }
+            if json {
+                print_json(&serde_json::json!({ "map_version": version, "events": events }))?;
+            } else {
+                print!("{}", output::events(version, &events));
+            }
+        }
+        AdminCommand::Drain {
+            node,
+            no_wait,
+            timeout_secs,
+        } => {
+            let v = client.set_node_state(&node, NodeState::Draining).await?;
+            if !json {
+                println!("{node} is draining (map version {v})");
+            }
+            if !no_wait {
+                let started = std::time::Instant::now();
+                loop {
+                    let (_, tables) = client.tables().await?;
+                    let held: usize = tables
+                        .iter()
+                        .flat_map(|t| &t.shards)
+                        .filter(|s| s.replicas.holders().any(|h| *h == node))
+                        .count();
+                    if held == 0 {
+                        break;
+                    }
+                    if started.elapsed().as_secs() >= timeout_secs {
+                        anyhow::bail!(
+                            "{node} still holds {held} copies after {timeout_secs} s; see `events` and `describe`"
+                        );
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+            if json {
+                print_json(&serde_json::json!({ "node": node, "drained": !no_wait }))?;
+            } else if !no_wait {
+                println!("{node} holds no copies: safe to stop");
+            }
+        }
+        AdminCommand::Undrain { node } => {
+            let v = client.set_node_state(&node, NodeState::Active).await?;
+            if json {
+                print_json(&serde_json::json!({ "map_version": v }))?;
+            } else {
+                println!("{node} is active (map version {v})");
+            }
+        }
+        AdminCommand::MoveShard { shard, from, to } => {
+            let (t, i) = parse_shard(&shard)?;
+            let v = client
+                .shard_op(
+                    &t,
+                    i,
+                    ManualOp::Move {
+                        from,
+                        to: to.clone(),
+                    },
+                )
+                .await?;
+            done(
+                json,
+                v,
+                &format!("moving {shard} to {to}: it becomes a backup once caught up"),
+            )?;
+        }
+        AdminCommand::Promote { shard, node } => {
+            let (t, i) = parse_shard(&shard)?;
+            let v = client
+                .shard_op(&t, i, ManualOp::Promote { node: node.clone() })
+                .await?;
+            done(json, v, &format!("{node} now leads {shard}"))?;
+        }
+        AdminCommand::RemoveReplica { shard, node } => {
+            let (t, i) = parse_shard(&shard)?;
+            let v = client
+                .shard_op(&t, i, ManualOp::RemoveReplica { node: node.clone() })
+                .await?;
+            done(json, v, &format!("dropped {node}'s copy of {shard}"))?;
         }
         AdminCommand::Put { table, row } => {
             let version = client.put(&table, &row).await?;

@@ -14,10 +14,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use tstore_actors::cluster_map::SplitKey;
-use tstore_actors::cluster_map::{Table, TableSpec};
+use tstore_actors::cluster_map::{MapEvent, NodeState, Table, TableSpec};
+use tstore_actors::coordinator::failover::ManualOp;
 use tstore_actors::data::ops::{OpResult, RowRecord};
 use tstore_actors::shard::actor::ReadMode;
-use tstore_actors::wire::{AdminReply, AdminRequest, ClusterStatus, DataReply, DataRequest};
+use tstore_actors::wire::{
+    AdminReply, AdminRequest, ClusterStatus, CopyReport, DataReply, DataRequest,
+};
 use tstore_membership::{GossipChange, GossipSnapshot, Member};
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity, TransportError};
@@ -66,6 +69,7 @@ fn reply_kind(r: &AdminReply) -> &'static str {
         AdminReply::Tables { .. } => "a table list",
         AdminReply::Done { .. } => "a confirmation",
         AdminReply::Data(_) => "a data reply",
+        AdminReply::Events { .. } => "an event list",
         AdminReply::Error(_) => "an error",
     }
 }
@@ -293,6 +297,73 @@ impl AdminClient {
         {
             DataReply::Rows(r) => Ok(r),
             _ => Err(ClientError::Unexpected("not rows")),
+        }
+    }
+
+    /// Every copy of every shard of `table` with its replication state
+    /// (epoch, logged, applied) and, with `checksums`, a checksum of its rows.
+    pub async fn copies(
+        &self,
+        table: &str,
+        checksums: bool,
+    ) -> Result<Vec<CopyReport>, ClientError> {
+        match self
+            .data(DataRequest::Copies {
+                table: table.into(),
+                checksums,
+            })
+            .await?
+        {
+            DataReply::Copies(c) => Ok(c),
+            _ => Err(ClientError::Unexpected("not copy reports")),
+        }
+    }
+
+    /// The coordinator's recent decisions (what, why, when, epoch), oldest first.
+    pub async fn events(&self) -> Result<(u64, Vec<MapEvent>), ClientError> {
+        match self.call(&AdminRequest::Events).await? {
+            AdminReply::Events {
+                map_version,
+                events,
+            } => Ok((map_version, events)),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    /// Marks a node draining (the coordinator moves its copies away) or
+    /// active again; returns the map version holding the change.
+    pub async fn set_node_state(
+        &self,
+        node_id: &str,
+        state: NodeState,
+    ) -> Result<u64, ClientError> {
+        self.done(&AdminRequest::SetNodeState {
+            node_id: node_id.into(),
+            state,
+        })
+        .await
+    }
+
+    /// An operator's change to one shard: promote a backup, move a copy,
+    /// remove a copy.
+    pub async fn shard_op(
+        &self,
+        table: &str,
+        shard: u32,
+        op: ManualOp,
+    ) -> Result<u64, ClientError> {
+        self.done(&AdminRequest::Shard {
+            table: table.into(),
+            shard,
+            op,
+        })
+        .await
+    }
+
+    async fn done(&self, req: &AdminRequest) -> Result<u64, ClientError> {
+        match self.call(req).await? {
+            AdminReply::Done { map_version } => Ok(map_version),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
         }
     }
 

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use tstore_actors::cluster_map::{Sharding, Table};
-use tstore_actors::wire::ClusterStatus;
+use tstore_actors::cluster_map::{MapEvent, Sharding, Table};
+use tstore_actors::wire::{ClusterStatus, CopyReport};
 use tstore_membership::{GossipChange, GossipSnapshot, Member, NodeStatus};
 
 /// `HH:MM:SS.mmm` (UTC) of a unix time in milliseconds.
@@ -101,6 +101,134 @@ pub fn table(map_version: u64, t: &Table) -> String {
         ["SHARD", "KEYS", "PRIMARY", "BACKUPS", "EPOCH"],
         &rows,
     ));
+    out
+}
+
+/// A shard's health from its copies' reports: `healthy`, `recovering` (a
+/// copy is being built), `under-replicated`, or `unavailable` (its primary
+/// does not answer or failed); with the largest backup lag in entries.
+pub fn shard_health(t: &Table, shard: u32, reports: &[CopyReport]) -> (&'static str, u64) {
+    let s = &t.shards[shard as usize];
+    let of = |n: &str| {
+        reports
+            .iter()
+            .find(|r| r.shard == shard && r.node == n)
+            .and_then(|r| r.status.as_ref().ok())
+    };
+    let Some(primary) = of(&s.replicas.primary).filter(|p| p.state == "serving") else {
+        return ("unavailable", 0);
+    };
+    let lag = s
+        .replicas
+        .backups
+        .iter()
+        .map(|b| of(b).map_or(0, |c| primary.applied.saturating_sub(c.applied)))
+        .max()
+        .unwrap_or(0);
+    let state = if !s.replicas.learners.is_empty() {
+        "recovering"
+    } else if s.replicas.members().count() < t.spec.replicas as usize {
+        "under-replicated"
+    } else {
+        "healthy"
+    };
+    (state, lag)
+}
+
+/// One table, its shards and the state of every copy.
+pub fn table_with_copies(
+    map_version: u64,
+    t: &Table,
+    reports: &[CopyReport],
+    verify: bool,
+) -> String {
+    let mut out = format!(
+        "table {} (key {:?}, {}, {} replicas; map version {map_version})\n",
+        t.spec.name,
+        t.spec.key,
+        sharding(t),
+        t.spec.replicas
+    );
+    let rows: Vec<[String; 8]> = t
+        .shards
+        .iter()
+        .map(|s| {
+            let (state, lag) = shard_health(t, s.index, reports);
+            let mut copies = String::new();
+            if verify {
+                let sums: Vec<Option<u64>> = reports
+                    .iter()
+                    .filter(|r| r.shard == s.index && s.replicas.members().any(|m| *m == r.node))
+                    .map(|r| r.status.as_ref().ok().and_then(|c| c.checksum))
+                    .collect();
+                copies = if sums.iter().all(|c| c.is_some() && *c == sums[0]) {
+                    "identical".into()
+                } else {
+                    "DIFFER".into()
+                };
+            }
+            [
+                format!("{}/{}", t.spec.name, s.index),
+                s.range.to_string(),
+                s.replicas.primary.clone(),
+                or_dash(&s.replicas.backups.join(",")).to_owned(),
+                or_dash(&s.replicas.learners.join(",")).to_owned(),
+                s.replicas.epoch.to_string(),
+                state.to_string(),
+                if verify {
+                    format!("{lag} {copies}")
+                } else {
+                    lag.to_string()
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&grid(
+        [
+            "SHARD",
+            "KEYS",
+            "PRIMARY",
+            "BACKUPS",
+            "LEARNERS",
+            "EPOCH",
+            "STATE",
+            if verify { "LAG ROWS" } else { "LAG" },
+        ],
+        &rows,
+    ));
+    let unreachable: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            r.status
+                .as_ref()
+                .err()
+                .map(|e| format!("  {}/{} on {}: {e}", t.spec.name, r.shard, r.node))
+        })
+        .collect();
+    if !unreachable.is_empty() {
+        out.push_str("copies not answering:\n");
+        out.push_str(&unreachable.join("\n"));
+        out.push('\n');
+    }
+    out
+}
+
+/// The coordinator's decisions.
+pub fn events(map_version: u64, events: &[MapEvent]) -> String {
+    let rows: Vec<[String; 5]> = events
+        .iter()
+        .map(|e| {
+            [
+                clock(e.at_unix_ms),
+                e.subject.clone(),
+                e.epoch.map_or("-".into(), |x| x.to_string()),
+                e.what.clone(),
+                e.why.clone(),
+            ]
+        })
+        .collect();
+    let mut out = grid(["WHEN", "SHARD", "EPOCH", "WHAT", "WHY"], &rows);
+    let _ = writeln!(out, "({} events, map version {map_version})", events.len());
     out
 }
 

@@ -33,8 +33,11 @@ use tstore_membership::{GossipSnapshot, Membership, NodeStatus};
 use tstore_transport::Endpoint;
 
 use crate::cluster_map::{ClusterMap, MapCommand, NodeState, Table, TableSpec};
+use crate::coordinator::failover::{self, Health, ManualOp};
 use crate::coordinator::placement::{self, Candidate, Load};
 use crate::coordinator::voters::{self, Bootstrap, GroupView, VoterChange};
+use crate::shard::actor::parse_gossip_value;
+use crate::shard::LocalRole;
 use crate::wire::{ClusterStatus, ControlRequest, PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
 use store::{LogStore, MapState, StateMachine};
 use types::{raft_id, Raft, RaftNode};
@@ -100,7 +103,17 @@ struct Upkeep {
     bootstrap_view: Option<(Vec<String>, Instant)>,
     /// When each voter was first seen down.
     down_since: HashMap<String, Instant>,
+    /// When each node of the map was first seen not live (joining, or
+    /// unknown to gossip), for the failover planner.
+    not_live_since: HashMap<String, Instant>,
 }
+
+/// A node that is neither live nor known down (joining, or unknown to this
+/// leader's gossip, e.g. it died before this leader started) counts as down
+/// after this long.
+const NOT_LIVE_LIMIT: Duration = Duration::from_secs(10);
+/// New copies started per coordinator round, cluster-wide.
+const NEW_COPIES_PER_ROUND: usize = 4;
 
 /// A live node as gossip shows it.
 #[derive(Debug, Clone)]
@@ -247,16 +260,7 @@ impl ControlPlane {
     /// Serves a map change forwarded by another node to us as the leader.
     pub async fn handle_forwarded(&self, req: ControlRequest) -> PeerReply {
         let res = match self.leader() {
-            Ok(Leader::Me) => match req {
-                ControlRequest::CreateTable(spec) => self
-                    .leader_create_table(spec)
-                    .await
-                    .map(|(v, t)| (v, Some(t))),
-                ControlRequest::DropTable(name) => self
-                    .write(MapCommand::DropTable { name })
-                    .await
-                    .map(|v| (v, None)),
-            },
+            Ok(Leader::Me) => self.leader_request(req).await,
             Ok(Leader::Other { node_id, .. }) => Err(format!(
                 "{} is not the Raft leader any more ({node_id} is); retry",
                 self.inner.node_id
@@ -549,6 +553,178 @@ impl ControlPlane {
         if metrics.state == ServerState::Leader {
             self.register_nodes(&peers).await;
             self.keep_voters(&peers, &metrics).await;
+            self.heal(&snapshot).await;
+        }
+    }
+
+    /// Commits one shard configuration change (on the leader).
+    async fn commit_change(&self, c: failover::Change) -> Result<u64, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.write(MapCommand::SetReplicas {
+            table: c.table,
+            shard: c.shard,
+            expect_epoch: c.expect_epoch,
+            primary: c.primary,
+            backups: c.backups,
+            learners: c.learners,
+            moves: c.moves,
+            what: c.what,
+            why: c.why,
+            at_unix_ms: now,
+        })
+        .await
+    }
+
+    /// An operator's change to one shard (promote, move, remove a copy).
+    pub async fn manual(&self, table: String, shard: u32, op: ManualOp) -> Result<u64, String> {
+        self.on_leader(ControlRequest::Manual { table, shard, op })
+            .await
+    }
+
+    /// Marks a node draining (its copies move away) or active again.
+    pub async fn set_node_state(&self, node_id: String, state: NodeState) -> Result<u64, String> {
+        if !self.map().nodes.contains_key(&node_id) {
+            return Err(format!("node {node_id:?} is not in the cluster map"));
+        }
+        self.on_leader(ControlRequest::SetNodeState { node_id, state })
+            .await
+    }
+
+    /// Runs a request on the leader (here, or forwarded) and waits until this
+    /// node has applied its result.
+    async fn on_leader(&self, req: ControlRequest) -> Result<u64, String> {
+        match self.leader()? {
+            Leader::Me => self.leader_request(req).await.map(|(v, _)| v),
+            Leader::Other { node_id, addr } => {
+                let (v, _) = self.forward(node_id, addr, req).await?;
+                self.wait_for_version(v).await;
+                Ok(v)
+            }
+        }
+    }
+
+    /// Serves a control request as the leader.
+    async fn leader_request(&self, req: ControlRequest) -> Result<(u64, Option<Table>), String> {
+        match req {
+            ControlRequest::CreateTable(spec) => self
+                .leader_create_table(spec)
+                .await
+                .map(|(v, t)| (v, Some(t))),
+            ControlRequest::DropTable(name) => self
+                .write(MapCommand::DropTable { name })
+                .await
+                .map(|v| (v, None)),
+            ControlRequest::SetNodeState { node_id, state } => {
+                self.confirm_leadership().await?;
+                self.write(MapCommand::SetNodeState { node_id, state })
+                    .await
+                    .map(|v| (v, None))
+            }
+            ControlRequest::Manual { table, shard, op } => {
+                self.confirm_leadership().await?;
+                let map = self.map();
+                let snapshot = self.inner.membership.snapshot().await;
+                let health = self.health(&snapshot, &map).await;
+                let change = failover::manual(&map, &table, shard, &op, &health)?;
+                info!(shard = %format!("{table}/{shard}"), what = %change.what, "operator change");
+                self.commit_change(change).await.map(|v| (v, None))
+            }
+        }
+    }
+
+    /// What gossip says about the nodes of the map and their copies.
+    async fn health(&self, snapshot: &GossipSnapshot, map: &ClusterMap) -> Health {
+        let mut newest: BTreeMap<&str, &tstore_membership::view::NodeView> = BTreeMap::new();
+        for n in &snapshot.nodes {
+            let slot = newest.entry(&n.node_id).or_insert(n);
+            if n.generation > slot.generation {
+                *slot = n;
+            }
+        }
+        let mut health = Health::default();
+        let mut upkeep = self.inner.upkeep.lock().await;
+        upkeep
+            .not_live_since
+            .retain(|n, _| map.nodes.contains_key(n));
+        for (id, entry) in &map.nodes {
+            if entry.state == NodeState::Removed {
+                continue;
+            }
+            let status = if *id == self.inner.node_id {
+                Some(NodeStatus::Live)
+            } else {
+                newest.get(id.as_str()).map(|n| n.status)
+            };
+            match status {
+                Some(NodeStatus::Live) => {
+                    upkeep.not_live_since.remove(id);
+                    health.live.insert(id.clone());
+                }
+                Some(NodeStatus::Down | NodeStatus::Left) => {
+                    health.down.insert(id.clone());
+                }
+                Some(NodeStatus::Joining) | None => {
+                    let since = *upkeep
+                        .not_live_since
+                        .entry(id.clone())
+                        .or_insert_with(Instant::now);
+                    if since.elapsed() >= NOT_LIVE_LIMIT {
+                        health.down.insert(id.clone());
+                    }
+                }
+            }
+        }
+        for n in newest.values().filter(|n| n.status == NodeStatus::Live) {
+            for (k, v) in &n.keys {
+                let Some(shard) = k.strip_prefix("shard:") else {
+                    continue;
+                };
+                let Some((table, index)) = shard.rsplit_once('/') else {
+                    continue;
+                };
+                let (Ok(index), false) = (index.parse::<u32>(), v.deleted) else {
+                    continue;
+                };
+                if let Some((LocalRole::Learner, epoch, true)) = parse_gossip_value(&v.value) {
+                    health
+                        .ready
+                        .insert((table.to_owned(), index, n.node_id.clone(), epoch));
+                }
+            }
+        }
+        health
+    }
+
+    /// Failover and re-replication: commits what the failover planner says.
+    async fn heal(&self, snapshot: &GossipSnapshot) {
+        let map = self.map();
+        if map.tables.is_empty() {
+            return;
+        }
+        let health = self.health(snapshot, &map).await;
+        let changes = failover::plan(&map, &health, NEW_COPIES_PER_ROUND);
+        if changes.is_empty() {
+            return;
+        }
+        // Decide only with a majority behind us: a cut-off leader must not
+        // promote from its partial view (its writes would fail anyway).
+        if let Err(e) = self.confirm_leadership().await {
+            warn!(error = %e, "not healing shards");
+            return;
+        }
+        for c in changes {
+            let (shard, what, why) = (
+                format!("{}/{}", c.table, c.shard),
+                c.what.clone(),
+                c.why.clone(),
+            );
+            match self.commit_change(c).await {
+                Ok(v) => info!(%shard, %what, %why, map_version = v, "shard reconfigured"),
+                Err(e) => warn!(%shard, %what, error = %e, "shard change not committed"),
+            }
         }
     }
 

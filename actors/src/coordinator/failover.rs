@@ -48,6 +48,7 @@ pub struct Change {
     pub primary: NodeId,
     pub backups: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    pub moves: Vec<(NodeId, NodeId)>,
     pub what: String,
     pub why: String,
 }
@@ -88,7 +89,8 @@ pub fn plan(map: &ClusterMap, health: &Health, max_new_copies: usize) -> Vec<Cha
     let mut out = Vec::new();
     for t in map.tables.values() {
         for s in &t.shards {
-            if let Some(c) = plan_shard(map, t, s.index, &s.replicas, health, &mut load, &mut budget)
+            if let Some(c) =
+                plan_shard(map, t, s.index, &s.replicas, health, &mut load, &mut budget)
             {
                 out.push(c);
             }
@@ -121,6 +123,7 @@ fn plan_shard(
             primary,
             backups,
             learners,
+            moves: r.moves.clone(),
             what,
             why,
         })
@@ -164,12 +167,26 @@ fn plan_shard(
             ),
         );
     }
-    // 3. A learner caught up: it becomes a backup.
+    // 3. A learner caught up: it becomes a backup (replacing the copy it
+    // was moving, if any).
     if let Some(l) = r.learners.iter().find(|l| {
         health
             .ready
             .contains(&(t.spec.name.clone(), shard, (*l).clone(), r.epoch))
     }) {
+        let replaced = r.moves.iter().find(|(x, _)| x == l).map(|(_, m)| m);
+        if let Some(m) = replaced.filter(|m| r.backups.contains(m)) {
+            let mut backups: Vec<NodeId> = r.backups.iter().filter(|b| *b != m).cloned().collect();
+            backups.push(l.clone());
+            let learners = r.learners.iter().filter(|x| *x != l).cloned().collect();
+            return change(
+                r.primary.clone(),
+                backups,
+                learners,
+                format!("moved a copy from {m} to {l}"),
+                format!("learner {l} caught up with the primary"),
+            );
+        }
         let mut backups = r.backups.clone();
         backups.push(l.clone());
         let learners = r.learners.iter().filter(|x| *x != l).cloned().collect();
@@ -203,7 +220,11 @@ fn plan_shard(
             })
             .min_by_key(|n| {
                 let z = zone(n);
-                (!z.is_empty() && used.contains(z), load.copies(n), (*n).clone())
+                (
+                    !z.is_empty() && used.contains(z),
+                    load.copies(n),
+                    (*n).clone(),
+                )
             })?
             .clone();
         *budget -= 1;
@@ -232,7 +253,8 @@ fn plan_shard(
                 .filter(|b| !draining(map, b) && health.live.contains(*b))
                 .min_by_key(|b| (load.primaries(b), (*b).clone()))?
                 .clone();
-            let mut backups: Vec<NodeId> = r.backups.iter().filter(|b| **b != to).cloned().collect();
+            let mut backups: Vec<NodeId> =
+                r.backups.iter().filter(|b| **b != to).cloned().collect();
             backups.push(r.primary.clone());
             return change(
                 to.clone(),
@@ -307,6 +329,7 @@ mod tests {
                 primary: c.primary.clone(),
                 backups: c.backups.clone(),
                 learners: c.learners.clone(),
+                moves: c.moves.clone(),
                 what: c.what.clone(),
                 why: c.why.clone(),
                 at_unix_ms: 0,
@@ -330,7 +353,10 @@ mod tests {
         assert_eq!(c0.expect_epoch, 1);
         assert_eq!(c0.why, "primary n1 is down");
         // n2 already leads shard 1: n3 (fewer primaries) takes shard 0.
-        assert_eq!((c0.primary.as_str(), c0.backups.clone()), ("n3", vec!["n2".to_string()]));
+        assert_eq!(
+            (c0.primary.as_str(), c0.backups.clone()),
+            ("n3", vec!["n2".to_string()])
+        );
         assert_eq!(changes[1].what, "dropped n1");
         commit(&mut m, &changes);
         assert_eq!(m.tables["t"].shards[0].replicas.epoch, 2);
@@ -371,7 +397,9 @@ mod tests {
         let changes = plan(&m, &h, 1);
         assert_eq!(changes[0].what, "n4 is now a backup");
         assert!(
-            changes.iter().any(|c| c.shard == 1 && c.learners == vec!["n4".to_string()]),
+            changes
+                .iter()
+                .any(|c| c.shard == 1 && c.learners == vec!["n4".to_string()]),
             "{changes:?}"
         );
         commit(&mut m, &changes);
@@ -391,6 +419,56 @@ mod tests {
         let mut h = h;
         h.ready.insert(("t".into(), 0, "n4".into(), 1));
         assert!(plan(&m, &h, 4).is_empty());
+    }
+
+    #[test]
+    fn operator_moves_and_switchovers() {
+        let mut m = map(4, &[]);
+        let h = health(&["n1", "n2", "n3", "n4"], &[]);
+        let err = manual(
+            &m,
+            "t",
+            0,
+            &ManualOp::Move {
+                from: "n1".into(),
+                to: "n4".into(),
+            },
+            &h,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("n1 is the primary of t/0: promote another copy first"),
+            "{err}"
+        );
+        let c = manual(
+            &m,
+            "t",
+            0,
+            &ManualOp::Move {
+                from: "n2".into(),
+                to: "n4".into(),
+            },
+            &h,
+        )
+        .unwrap();
+        commit(&mut m, &[c]);
+        let mut h2 = h.clone();
+        h2.ready.insert(("t".into(), 0, "n4".into(), 2));
+        let c = plan(&m, &h2, 4);
+        assert_eq!(c[0].what, "moved a copy from n2 to n4");
+        commit(&mut m, &c);
+        let r = &m.tables["t"].shards[0].replicas;
+        assert_eq!(
+            (r.backups.clone(), r.moves.len()),
+            (vec!["n3".to_string(), "n4".to_string()], 0)
+        );
+
+        let c = manual(&m, "t", 0, &ManualOp::Promote { node: "n4".into() }, &h).unwrap();
+        commit(&mut m, &[c]);
+        let r = &m.tables["t"].shards[0].replicas;
+        assert_eq!(r.primary, "n4");
+        assert_eq!(r.backups, vec!["n3".to_string(), "n1".to_string()]);
+        assert!(manual(&m, "t", 0, &ManualOp::Promote { node: "n2".into() }, &h).is_err());
     }
 
     #[test]
@@ -421,5 +499,131 @@ mod tests {
         let s0 = &m.tables["t"].shards[0].replicas;
         assert!(!s0.holders().any(|n| n == "n1"));
         assert_eq!(s0.holders().count(), 3);
+    }
+}
+
+/// An operator's change to one shard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ManualOp {
+    /// Switch the primary to this backup (a clean handover: the old primary
+    /// becomes a backup and hands its lease over by answering the new one).
+    Promote { node: NodeId },
+    /// Move a backup's copy to another node (built as a learner first).
+    Move { from: NodeId, to: NodeId },
+    /// Drop a backup or learner now (it is re-created elsewhere if the
+    /// table's replication factor needs it).
+    RemoveReplica { node: NodeId },
+}
+
+/// The configuration change an operator's request makes, or why not.
+pub fn manual(
+    map: &ClusterMap,
+    table: &str,
+    shard: u32,
+    op: &ManualOp,
+    health: &Health,
+) -> Result<Change, String> {
+    let t = map
+        .tables
+        .get(table)
+        .ok_or_else(|| format!("table {table:?} does not exist"))?;
+    let s = t
+        .shards
+        .get(shard as usize)
+        .ok_or_else(|| format!("table {table:?} has shards 0..{}", t.shards.len()))?;
+    let r = &s.replicas;
+    let name = format!("{table}/{shard}");
+    let change = |primary: NodeId, backups, learners, moves, what, why: &str| Change {
+        table: table.to_owned(),
+        shard,
+        expect_epoch: r.epoch,
+        primary,
+        backups,
+        learners,
+        moves,
+        what,
+        why: why.to_owned(),
+    };
+    match op {
+        ManualOp::Promote { node } => {
+            if *node == r.primary {
+                return Err(format!("{node} already leads {name}"));
+            }
+            if !r.backups.contains(node) {
+                return Err(format!(
+                    "{node} is not a backup of {name} (backups: {})",
+                    r.backups.join(", ")
+                ));
+            }
+            if !health.live.contains(node) {
+                return Err(format!("{node} is not live"));
+            }
+            let mut backups: Vec<NodeId> =
+                r.backups.iter().filter(|b| *b != node).cloned().collect();
+            backups.push(r.primary.clone());
+            Ok(change(
+                node.clone(),
+                backups,
+                r.learners.clone(),
+                r.moves.clone(),
+                format!("handed primary over from {} to {node}", r.primary),
+                "operator: promote",
+            ))
+        }
+        ManualOp::Move { from, to } => {
+            if *from == r.primary {
+                return Err(format!(
+                    "{from} is the primary of {name}: promote another copy first (`promote {name} --node <backup>`)"
+                ));
+            }
+            if !r.backups.contains(from) {
+                return Err(format!("{from} holds no backup of {name}"));
+            }
+            if r.holders().any(|h| h == to) {
+                return Err(format!("{to} already holds a copy of {name}"));
+            }
+            match map.nodes.get(to) {
+                Some(e) if e.state == NodeState::Active => {}
+                Some(e) => return Err(format!("{to} is {}", e.state)),
+                None => return Err(format!("node {to:?} is not in the cluster")),
+            }
+            if !health.live.contains(to) {
+                return Err(format!("{to} is not live"));
+            }
+            let mut learners = r.learners.clone();
+            learners.push(to.clone());
+            let mut moves = r.moves.clone();
+            moves.push((to.clone(), from.clone()));
+            Ok(change(
+                r.primary.clone(),
+                r.backups.clone(),
+                learners,
+                moves,
+                format!("added learner {to} to replace {from}"),
+                "operator: move-shard",
+            ))
+        }
+        ManualOp::RemoveReplica { node } => {
+            if *node == r.primary {
+                return Err(format!(
+                    "{node} is the primary of {name}: promote another copy first"
+                ));
+            }
+            if !r.backups.contains(node) && !r.learners.contains(node) {
+                return Err(format!("{node} holds no copy of {name}"));
+            }
+            Ok(change(
+                r.primary.clone(),
+                r.backups.iter().filter(|b| *b != node).cloned().collect(),
+                r.learners.iter().filter(|b| *b != node).cloned().collect(),
+                r.moves
+                    .iter()
+                    .filter(|(l, m)| l != node && m != node)
+                    .cloned()
+                    .collect(),
+                format!("dropped {node}"),
+                "operator: remove-replica",
+            ))
+        }
     }
 }

@@ -345,7 +345,12 @@ impl ShardStore {
 
     /// Completes an installed snapshot: the copy holds everything up to
     /// `applied` (with no log before it) in `epoch`.
-    pub fn finish_install(&self, id: ShardId, applied: Seq, epoch: Epoch) -> Result<(), StoreError> {
+    pub fn finish_install(
+        &self,
+        id: ShardId,
+        applied: Seq,
+        epoch: Epoch,
+    ) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let m = ShardMeta {
             epoch,
@@ -480,7 +485,11 @@ mod tests {
         store.apply(id, 3, "id").unwrap();
         store.reconcile(id, 1, 2).unwrap();
         let m = store.meta(id).unwrap();
-        assert_eq!((m.logged, m.applied, m.epoch), (3, 3, 2), "never below applied");
+        assert_eq!(
+            (m.logged, m.applied, m.epoch),
+            (3, 3, 2),
+            "never below applied"
+        );
         assert!(store.log_range(id, 4, 5).unwrap().is_empty());
         store.append(id, &[entry(4, &put(40))]).unwrap();
 
@@ -488,14 +497,27 @@ mod tests {
         let mut meta = None;
         let mut chunks = Vec::new();
         let rows = store
-            .snapshot(id, 1, |m| { meta = Some(m); true }, |c| { chunks.push(c); true })
+            .snapshot(
+                id,
+                1,
+                |m| {
+                    meta = Some(m);
+                    true
+                },
+                |c| {
+                    chunks.push(c);
+                    true
+                },
+            )
             .unwrap();
         assert_eq!(rows, 3);
         assert_eq!(chunks.len(), 3, "one row per chunk at 1 byte a chunk");
         for c in &chunks {
             store.install_rows(copy, c).unwrap();
         }
-        store.finish_install(copy, meta.unwrap().applied, 2).unwrap();
+        store
+            .finish_install(copy, meta.unwrap().applied, 2)
+            .unwrap();
         assert_eq!(store.checksum(copy).unwrap(), store.checksum(id).unwrap());
         assert_eq!(store.meta(copy).unwrap().logged, 3);
     }

@@ -40,7 +40,6 @@ use serde::{Deserialize, Serialize};
 pub use backup::Backup;
 pub use primary::{Primary, ProposeError};
 
-
 use crate::cluster_map::NodeId;
 
 /// Sequence number of a log entry within a shard (1, 2, 3, ...).
@@ -151,7 +150,10 @@ pub enum Effect {
     },
     /// Reconciled with the new epoch's primary: delete every log entry after
     /// `keep` (never below what is applied) and record the epoch.
-    Reconciled { keep: Seq, epoch: Epoch },
+    Reconciled {
+        keep: Seq,
+        epoch: Epoch,
+    },
     /// Send `to` the Prepare `msg` with the durable log entries
     /// `from..=upto` as its entries (a learner or backup behind the entries
     /// the primary keeps in memory).

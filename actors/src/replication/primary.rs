@@ -47,6 +47,9 @@ pub struct Primary {
     history: EpochHistory,
     /// No writes or strong reads before this time (the old primary's lease).
     not_before: Millis,
+    /// In a handover, the previous primary, now our backup: once it answers
+    /// in our epoch it has stopped serving, and `not_before` is lifted.
+    handover_from: Option<NodeId>,
     last_seq: Seq,
     /// Our own log is durable up to here.
     persisted: Seq,
@@ -86,6 +89,7 @@ impl Primary {
             history: EpochHistory::of(committed, &inherited),
             unacked: inherited.into(),
             not_before,
+            handover_from: None,
             last_seq,
             persisted: last_seq,
             committed,
@@ -102,6 +106,15 @@ impl Primary {
 
     pub fn last_seq(&self) -> Seq {
         self.last_seq
+    }
+
+    /// A clean handover: `old` (the previous primary, a backup of this
+    /// epoch) lifts the wait for its lease by answering us.
+    pub fn with_handover_from(mut self, old: NodeId) -> Self {
+        if self.peers.get(&old).is_some_and(|p| p.voting) {
+            self.handover_from = Some(old);
+        }
+        self
     }
 
     /// How far each learner has logged (for progress reports).
@@ -221,6 +234,11 @@ impl Primary {
                 logged,
                 echo,
             } if epoch == self.epoch => {
+                if self.handover_from.as_deref() == Some(from) {
+                    // The old primary is our backup now: its lease is over.
+                    self.not_before = 0;
+                    self.handover_from = None;
+                }
                 let Some(peer) = self.peers.get_mut(from) else {
                     return vec![];
                 };

@@ -317,7 +317,11 @@ impl World {
             s
         };
         let new_lead = BACKUPS[pick % BACKUPS.len()].to_string();
-        let other = BACKUPS.iter().find(|b| **b != new_lead).unwrap().to_string();
+        let other = BACKUPS
+            .iter()
+            .find(|b| **b != new_lead)
+            .unwrap()
+            .to_string();
         let applied = self.applied.get(&new_lead).copied().unwrap_or(0);
         let last = logged(self, &new_lead);
         let inherited: Vec<LogEntry> = self.logs[&new_lead]
@@ -455,6 +459,39 @@ fn a_promoted_primary_waits_out_the_old_lease() {
 }
 
 #[test]
+fn a_clean_handover_needs_no_lease_wait() {
+    // b1 takes over from p, which stays as a backup of epoch 2.
+    let mut old = Backup::new(2, "b1".into(), 0, 0, Some(vec![]));
+    let mut new = Primary::new(2, &["p".into(), "b2".into()], &[], 0, vec![], cfg(), 1500)
+        .with_handover_from("p".into());
+    assert!(
+        new.propose(vec![1], 0).is_err(),
+        "waits while p may still lead"
+    );
+    let hb = new.on_tick(100);
+    let to_p = hb
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Send { to, msg } if to == "p" => Some(msg),
+            _ => None,
+        })
+        .unwrap();
+    let answer = old.on_message("b1", to_p);
+    let ack = answer
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Send { msg, .. } => Some(msg),
+            _ => None,
+        })
+        .unwrap();
+    new.on_message("p", ack, 110);
+    assert!(
+        new.propose(vec![1], 120).is_ok(),
+        "p answered in epoch 2: no wait"
+    );
+}
+
+#[test]
 fn a_learner_far_behind_is_fed_from_the_log_and_never_counts_for_commits() {
     let mut w = World::new();
     for i in 0..40u8 {
@@ -466,7 +503,8 @@ fn a_learner_far_behind_is_fed_from_the_log_and_never_counts_for_commits() {
     let backups: Vec<String> = BACKUPS.iter().map(|b| b.to_string()).collect();
     let committed = w.primary.committed();
     w.primary = Primary::new(1, &backups, &["l".into()], committed, vec![], cfg(), 0);
-    w.backups.insert("l".into(), Backup::new(1, P.into(), 0, 0, None));
+    w.backups
+        .insert("l".into(), Backup::new(1, P.into(), 0, 0, None));
     w.logs.insert("l".into(), BTreeMap::new());
     w.disks.insert("l".into(), VecDeque::new());
     w.settle();

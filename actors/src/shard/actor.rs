@@ -26,12 +26,12 @@ use tstore_membership::Membership;
 use tstore_transport::Endpoint;
 
 use super::{LocalCopy, LocalRole, ShardKey};
-use crate::cluster_map::SplitKey;
+use crate::cluster_map::{NodeId, SplitKey};
 use crate::control::ControlPlane;
 use crate::data::ops::{Op, OpResult, RowRecord};
 use crate::data::store::{ShardId, ShardStore};
 use crate::replication::{Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReplMsg, Seq};
-use crate::wire::{PeerMessage, PeerReply, SnapshotPart};
+use crate::wire::{CopyStatus, PeerMessage, PeerReply, SnapshotPart};
 
 /// The gossip key a copy is published under.
 pub fn gossip_key(key: &ShardKey) -> String {
@@ -182,7 +182,7 @@ impl CopyActor {
         };
         if !learner {
             // A restarted backup's hello is sent once the actor runs.
-            let _ = actor.configure(false);
+            let _ = actor.configure(false, None);
         }
         actor
     }
@@ -190,7 +190,7 @@ impl CopyActor {
     /// Builds the state machine for the current configuration from what is
     /// durable here. `led_before`: this copy was the primary of the previous
     /// epoch (no other lease to wait out).
-    fn configure(&mut self, led_before: bool) -> Vec<Effect> {
+    fn configure(&mut self, led_before: bool, old_primary: Option<NodeId>) -> Vec<Effect> {
         let epoch = self.copy.replicas.epoch;
         let built = (|| -> Result<(Role, Vec<Effect>), crate::data::store::StoreError> {
             let meta = self.env.store.meta(self.id)?;
@@ -209,7 +209,7 @@ impl CopyActor {
                     } else {
                         self.primary_contact + self.env.lease.grace
                     };
-                    let p = Primary::new(
+                    let mut p = Primary::new(
                         epoch,
                         &self.copy.replicas.backups,
                         &self.copy.replicas.learners,
@@ -218,6 +218,9 @@ impl CopyActor {
                         self.env.lease,
                         not_before,
                     );
+                    if let Some(old) = old_primary {
+                        p = p.with_handover_from(old);
+                    }
                     (Role::Primary(p), vec![])
                 }
                 LocalRole::Backup | LocalRole::Learner => {
@@ -273,7 +276,10 @@ impl CopyActor {
                     .map_err(|e| e.to_string())?
             };
             let st = store.clone();
-            blocking(Box::new(move || st.drop_shard(id).map_err(|e| e.to_string()))).await?;
+            blocking(Box::new(move || {
+                st.drop_shard(id).map_err(|e| e.to_string())
+            }))
+            .await?;
             let mut stream = endpoint
                 .request_stream::<_, PeerReply>(addr, &req)
                 .await
@@ -318,7 +324,7 @@ impl CopyActor {
         ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| match res {
             Ok((applied, rows, bytes)) => {
                 info!(shard = %act.key, applied, rows, bytes, ms = started.elapsed().as_millis() as u64, "snapshot installed; following the log");
-                let fx = act.configure(false);
+                let fx = act.configure(false, None);
                 act.run(fx, ctx);
                 act.publish(ctx);
             }
@@ -338,6 +344,11 @@ impl CopyActor {
             (_, LocalRole::Learner) => format!("{base} copying"),
             _ => base,
         }
+    }
+
+    /// This node's id.
+    fn copy_me(&self) -> String {
+        self.env.membership.identity().node_id.clone()
     }
 
     fn fail(&mut self, why: String) {
@@ -504,6 +515,7 @@ impl Handler<Reconfigure> for CopyActor {
             info!(shard = %self.key, epoch = copy.replicas.epoch, from = %self.copy.role, to = %copy.role, "role changed");
         }
         let led_before = matches!(self.role, Role::Primary(_));
+        let old_primary = Some(self.copy.replicas.primary.clone()).filter(|p| *p != self.copy_me());
         // A primary that stays primary keeps its waiting writes: they are
         // in its log and commit in the new epoch under the same seq.
         if !(led_before && copy.role == LocalRole::Primary) {
@@ -520,7 +532,7 @@ impl Handler<Reconfigure> for CopyActor {
             return; // the snapshot being copied stays valid
         }
         self.flush(ctx);
-        let effects = self.configure(led_before);
+        let effects = self.configure(led_before, old_primary);
         self.run(effects, ctx);
         self.publish(ctx);
     }
@@ -665,6 +677,37 @@ impl Handler<ScanShard> for CopyActor {
             .map_err(|e| format!("shard {} scan failed: {e}", self.key));
         debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
         res
+    }
+}
+
+/// The copy's replication state.
+#[derive(Message)]
+#[rtype(result = "CopyStatus")]
+pub struct GetStatus {
+    pub checksum: bool,
+}
+
+impl Handler<GetStatus> for CopyActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, GetStatus { checksum }: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        let meta = self.env.store.meta(self.id).unwrap_or_default();
+        let state = match (&self.failed, &self.role) {
+            (Some(why), _) => format!("failed: {why}"),
+            (None, Role::Installing) => "copying".into(),
+            (None, _) => "serving".into(),
+        };
+        let checksum = (checksum && !matches!(self.role, Role::Installing))
+            .then(|| self.env.store.checksum(self.id).ok())
+            .flatten();
+        MessageResult(CopyStatus {
+            role: self.copy.role.to_string(),
+            epoch: self.copy.replicas.epoch,
+            logged: meta.logged,
+            applied: meta.applied,
+            state,
+            checksum,
+        })
     }
 }
 
