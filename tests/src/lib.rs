@@ -7,6 +7,8 @@
 //! process it started. On a failed wait the error carries the tail of each
 //! node's log.
 
+pub mod load;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tstore_membership::{Member, NodeStatus};
 use tstore_node::client::AdminClient;
+use tstore_node::cluster_map::{Table, TableSpec};
 use tstore_node::wire::ClusterStatus;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
@@ -256,6 +259,123 @@ impl Cluster {
             "{via} did not see {what} within {limit:?}; last view: {last}\n{}",
             self.logs()
         ))
+    }
+
+    /// Starts `ids` (the first three bootstrap the control plane, the rest
+    /// join through them) and waits for a leader with three voters and for
+    /// every node to be registered in the map.
+    pub async fn start_formed(&mut self, ids: &[&str]) {
+        let first: Vec<&str> = ids.iter().take(3).copied().collect();
+        for id in ids {
+            let seeds: Vec<&str> = first.iter().filter(|s| *s != id).copied().collect();
+            if first.contains(id) {
+                self.start_with(id, &seeds, &["--bootstrap-expect", "3"]);
+            } else {
+                self.start(id, &seeds);
+            }
+        }
+        let n = ids.len();
+        self.poll(
+            "a formed control plane",
+            Duration::from_secs(40),
+            || async {
+                let s = self.status(ids[0]).await?;
+                let client = self.client(ids[0]).await?;
+                let members = client.members().await.map_err(|e| e.to_string())?.1;
+                client.close().await;
+                Ok((s.leader.is_some()
+                    && s.voters.len() == 3
+                    && members
+                        .iter()
+                        .filter(|m| m.status == NodeStatus::Live)
+                        .count()
+                        == n)
+                    .then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Creates a table through `via`, retrying while the cluster registers
+    /// its nodes, and waits until every copy serves.
+    pub async fn create_table(&self, via: &str, spec: TableSpec) -> Table {
+        let name = spec.name.clone();
+        let (table, _) = self
+            .poll(
+                &format!("create table {name}"),
+                Duration::from_secs(30),
+                || {
+                    let spec = spec.clone();
+                    async move {
+                        let client = self.client(via).await?;
+                        let r = client.create_table(spec).await;
+                        client.close().await;
+                        Ok(r.ok().map(|(_, t)| t))
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        self.wait_healthy(via, &name, Duration::from_secs(30))
+            .await
+            .unwrap();
+        table
+    }
+
+    /// Waits until every shard of `table` has its full replication factor,
+    /// no copy being built, and every member serving the same rows (same
+    /// applied position and checksum). Returns the map's table and the time
+    /// it took.
+    pub async fn wait_healthy(
+        &self,
+        via: &str,
+        table: &str,
+        limit: Duration,
+    ) -> Result<(Table, Duration), String> {
+        self.poll(&format!("{table} healthy and identical"), limit, || async {
+            let client = self.client(via).await?;
+            let res = async {
+                let (_, t) = client.describe(table).await.map_err(|e| e.to_string())?;
+                let copies = client
+                    .copies(table, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for s in &t.shards {
+                    let r = &s.replicas;
+                    if r.members().count() != t.spec.replicas as usize || !r.learners.is_empty() {
+                        return Err(format!("{table}/{} is {r:?}", s.index));
+                    }
+                    let mut seen = None;
+                    for m in r.members() {
+                        let c = copies
+                            .iter()
+                            .find(|c| c.shard == s.index && c.node == *m)
+                            .ok_or(format!("{table}/{} on {m}: no report", s.index))?;
+                        let st = c.status.as_ref().map_err(|e| e.clone())?;
+                        if st.state != "serving" {
+                            return Err(format!("{table}/{} on {m}: {}", s.index, st.state));
+                        }
+                        let sig = (st.applied, st.checksum);
+                        match seen {
+                            None => seen = Some(sig),
+                            Some(x) if x == sig => {}
+                            Some(x) => {
+                                return Err(format!(
+                                    "{table}/{}: copies differ ({x:?} vs {m} {sig:?})",
+                                    s.index
+                                ))
+                            }
+                        }
+                    }
+                }
+                Ok(t)
+            }
+            .await;
+            client.close().await;
+            res.map(Some)
+        })
+        .await
     }
 
     /// The last lines of every node's log.

@@ -24,6 +24,8 @@ pub enum ProposeError {
 struct Peer {
     /// A backup (counts for commits and the lease) or a learner (does not).
     voting: bool,
+    /// Has acknowledged something in this epoch (so it has reconciled).
+    answered: bool,
     /// Every entry up to this is durable on the backup.
     acked: Seq,
     /// Send time of the newest message the backup answered.
@@ -117,6 +119,19 @@ impl Primary {
         self
     }
 
+    /// A primary staying primary into a new epoch keeps what it knew of the
+    /// backups that stay: their last answers still bound the lease (none of
+    /// them can have followed anyone else meanwhile), so strong reads do
+    /// not pause at every reconfiguration.
+    pub fn carry_lease_from(mut self, previous: &Primary) -> Self {
+        for (id, peer) in self.peers.iter_mut() {
+            if let Some(old) = previous.peers.get(id).filter(|p| p.voting) {
+                peer.heard_at = old.heard_at;
+            }
+        }
+        self
+    }
+
     /// How far each learner has logged (for progress reports).
     pub fn learner_progress(&self) -> impl Iterator<Item = (&NodeId, Seq)> {
         self.peers
@@ -137,7 +152,7 @@ impl Primary {
 
     /// What a peer that has not answered in this epoch needs to reconcile.
     fn history_for(&self, peer: &Peer) -> Option<EpochHistory> {
-        peer.heard_at.is_none().then(|| self.history.clone())
+        (!peer.answered).then(|| self.history.clone())
     }
 
     fn voters(&self) -> impl Iterator<Item = (&NodeId, &Peer)> {
@@ -205,7 +220,7 @@ impl Primary {
                 continue;
             }
             peer.sent_at = Some(now);
-            let history = peer.heard_at.is_none().then(|| self.history.clone());
+            let history = (!peer.answered).then(|| self.history.clone());
             effects.push(Effect::Send {
                 to: id.clone(),
                 msg: ReplMsg::Prepare {
@@ -242,6 +257,7 @@ impl Primary {
                 let Some(peer) = self.peers.get_mut(from) else {
                     return vec![];
                 };
+                peer.answered = true;
                 let logged = logged.min(self.last_seq);
                 let advanced = logged > peer.acked;
                 if advanced {

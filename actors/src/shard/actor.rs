@@ -221,6 +221,9 @@ impl CopyActor {
                     if let Some(old) = old_primary {
                         p = p.with_handover_from(old);
                     }
+                    if let Role::Primary(previous) = &self.role {
+                        p = p.carry_lease_from(previous);
+                    }
                     (Role::Primary(p), vec![])
                 }
                 LocalRole::Backup | LocalRole::Learner => {
