@@ -234,11 +234,15 @@ impl Handler<Route> for NodeActor {
 
     fn handle(&mut self, Route(req): Route, _: &mut Context<Self>) -> Self::Result {
         let Some(control) = &self.control else {
-            return Box::pin(async { DataReply::Error("the node is still starting".into()) });
+            return Box::pin(async {
+                DataReply::Error(crate::wire::DataError::unavailable(
+                    "the node is still starting",
+                ))
+            });
         };
         let router = Router {
             me: self.identity.node_id.clone(),
-            map: control.map(),
+            control: control.clone(),
             local: self
                 .copies
                 .iter()

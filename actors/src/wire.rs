@@ -160,6 +160,69 @@ pub enum DataRequest {
     Copies { table: String, checksums: bool },
 }
 
+/// What kind of failure a data request met; it decides whether a retry is
+/// safe and the CLI's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request itself is wrong (bad JSON, missing or mistyped key, row
+    /// too large, unknown table): nothing was written; do not retry as is.
+    Invalid,
+    /// A condition did not hold (the row exists, does not exist, or is at
+    /// another version): nothing was written.
+    Conflict,
+    /// The shard could not take the request now (no primary yet, lease,
+    /// failover in progress): nothing was written; retry later.
+    Unavailable,
+    /// The write was sent but its outcome is not known (its primary failed
+    /// or changed while it was in flight): read before retrying it.
+    Unknown,
+}
+
+/// A failed data request: its kind and a message naming what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct DataError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl DataError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unknown, message)
+    }
+}
+
+impl From<crate::data::ops::OpError> for DataError {
+    fn from(e: crate::data::ops::OpError) -> Self {
+        use crate::data::ops::OpError;
+        fn kind(e: &OpError) -> ErrorKind {
+            match e {
+                OpError::Exists { .. }
+                | OpError::NotFound { .. }
+                | OpError::VersionMismatch { .. } => ErrorKind::Conflict,
+                OpError::InvalidRow(_) | OpError::Key(_) => ErrorKind::Invalid,
+                OpError::Batch { cause, .. } => kind(cause),
+            }
+        }
+        Self::new(kind(&e), e.to_string())
+    }
+}
+
 /// Answers to data requests.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DataReply {
@@ -168,7 +231,7 @@ pub enum DataReply {
     Rows(Vec<(SplitKey, RowRecord)>),
     Status(CopyStatus),
     Copies(Vec<CopyReport>),
-    Error(String),
+    Error(DataError),
 }
 
 /// The control plane's Raft RPCs.

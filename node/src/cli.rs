@@ -153,6 +153,8 @@ pub enum AdminCommand {
         #[arg(long)]
         verify: bool,
     },
+    /// Which shard holds a key, and which nodes hold that shard.
+    Locate { table: String, key: String },
     /// The coordinator's recent decisions: what, why, when, epoch.
     Events {
         /// Show only the newest N.
@@ -288,8 +290,25 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            exit_code(&e)
         }
+    }
+}
+
+/// Exit codes: 1 any other failure (connection, configuration, files),
+/// 2 bad command line (clap), and for a failed read or write:
+/// 3 invalid request, 4 condition failed, 5 unavailable (nothing written;
+/// retry later), 6 outcome unknown (read before retrying).
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    use tstore_actors::wire::ErrorKind;
+    match e.downcast_ref::<crate::client::ClientError>() {
+        Some(crate::client::ClientError::Data(d)) => match d.kind {
+            ErrorKind::Invalid => 3,
+            ErrorKind::Conflict => 4,
+            ErrorKind::Unavailable => 5,
+            ErrorKind::Unknown => 6,
+        },
+        _ => 1,
     }
 }
 
@@ -459,6 +478,29 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 print!(
                     "{}",
                     output::table_with_copies(version, &table, &copies, verify)
+                );
+            }
+        }
+        AdminCommand::Locate { table, key } => {
+            let (_, t) = client.describe(&table).await?;
+            let s = &t.shards[t.shard_of(&SplitKey::parse(&key)) as usize];
+            let r = &s.replicas;
+            if json {
+                print_json(&serde_json::json!({
+                    "table": table, "shard": s.index, "primary": r.primary,
+                    "backups": r.backups, "learners": r.learners, "epoch": r.epoch
+                }))?;
+            } else {
+                println!(
+                    "{table}/{} (primary {}, backups {}, epoch {})",
+                    s.index,
+                    r.primary,
+                    if r.backups.is_empty() {
+                        "-".into()
+                    } else {
+                        r.backups.join(",")
+                    },
+                    r.epoch
                 );
             }
         }

@@ -19,7 +19,7 @@ use tstore_actors::coordinator::failover::ManualOp;
 use tstore_actors::data::ops::{OpResult, RowRecord};
 use tstore_actors::shard::actor::ReadMode;
 use tstore_actors::wire::{
-    AdminReply, AdminRequest, ClusterStatus, CopyReport, DataReply, DataRequest,
+    AdminReply, AdminRequest, ClusterStatus, CopyReport, DataError, DataReply, DataRequest,
 };
 use tstore_membership::{GossipChange, GossipSnapshot, Member};
 use tstore_transport::certs::CertDir;
@@ -38,6 +38,10 @@ pub enum ClientError {
     /// The node refused or failed the request; the text says why.
     #[error("{0}")]
     Server(String),
+    /// A read or write failed; its kind says whether it was applied and
+    /// whether a retry is safe.
+    #[error(transparent)]
+    Data(#[from] DataError),
     #[error("the node answered {0}, which does not fit the request")]
     Unexpected(&'static str),
 }
@@ -186,7 +190,7 @@ impl AdminClient {
 
     async fn data(&self, req: DataRequest) -> Result<DataReply, ClientError> {
         match self.call(&AdminRequest::Data(req)).await? {
-            AdminReply::Data(DataReply::Error(e)) => Err(ClientError::Server(e)),
+            AdminReply::Data(DataReply::Error(e)) => Err(ClientError::Data(e)),
             AdminReply::Data(reply) => Ok(reply),
             other => Err(ClientError::Unexpected(reply_kind(&other))),
         }

@@ -51,6 +51,21 @@ pub enum Op {
     Batch(Vec<Op>),
 }
 
+impl Op {
+    /// Applying it twice leaves the same rows as applying it once (a
+    /// router may resend it when its primary changes mid-flight).
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Op::Put { .. }
+            | Op::Delete {
+                if_version: None, ..
+            } => true,
+            Op::Batch(ops) => ops.iter().all(Op::is_idempotent),
+            _ => false,
+        }
+    }
+}
+
 /// Why an operation wrote nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum OpError {

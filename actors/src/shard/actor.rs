@@ -31,7 +31,7 @@ use crate::control::ControlPlane;
 use crate::data::ops::{Op, OpResult, RowRecord};
 use crate::data::store::{ShardId, ShardStore};
 use crate::replication::{Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReplMsg, Seq};
-use crate::wire::{CopyStatus, PeerMessage, PeerReply, SnapshotPart};
+use crate::wire::{CopyStatus, DataError, PeerMessage, PeerReply, SnapshotPart};
 
 /// The gossip key a copy is published under.
 pub fn gossip_key(key: &ShardKey) -> String {
@@ -99,7 +99,7 @@ pub struct Replicate {
 
 /// A client write, to the primary.
 #[derive(Message)]
-#[rtype(result = "Result<OpResult, String>")]
+#[rtype(result = "Result<OpResult, DataError>")]
 pub struct Write(pub Op);
 
 /// How a read may be served.
@@ -137,7 +137,7 @@ enum Role {
     Installing,
 }
 
-type Reply = oneshot::Sender<Result<OpResult, String>>;
+type Reply = oneshot::Sender<Result<OpResult, DataError>>;
 
 /// A copy of one shard on this node.
 pub struct CopyActor {
@@ -357,7 +357,10 @@ impl CopyActor {
     fn fail(&mut self, why: String) {
         warn!(shard = %self.key, error = %why, "shard copy failed; refusing work");
         for (_, reply) in self.waiting.drain() {
-            let _ = reply.send(Err(format!("shard {} unavailable: {why}", self.key)));
+            let _ = reply.send(Err(DataError::unknown(format!(
+                "shard {} failed before the write committed ({why}); its outcome is unknown",
+                self.key
+            ))));
         }
         self.failed = Some(why);
     }
@@ -468,7 +471,7 @@ impl CopyActor {
             Ok(results) => {
                 for (seq, res) in results {
                     if let Some(reply) = self.waiting.remove(&seq) {
-                        let _ = reply.send(res.map_err(|e| e.to_string()));
+                        let _ = reply.send(res.map_err(DataError::from));
                     }
                 }
             }
@@ -523,10 +526,10 @@ impl Handler<Reconfigure> for CopyActor {
         // in its log and commit in the new epoch under the same seq.
         if !(led_before && copy.role == LocalRole::Primary) {
             for (_, reply) in self.waiting.drain() {
-                let _ = reply.send(Err(format!(
+                let _ = reply.send(Err(DataError::unknown(format!(
                     "shard {} was reconfigured (epoch {}) before the write committed; its outcome is unknown",
                     self.key, copy.replicas.epoch
-                )));
+                ))));
             }
         }
         self.copy = copy;
@@ -547,10 +550,10 @@ impl Handler<StopCopy> for CopyActor {
     fn handle(&mut self, stop: StopCopy, _: &mut Context<Self>) -> Self::Result {
         info!(shard = %self.key, drop_data = stop.drop_data, "shard copy stopped");
         for (_, reply) in self.waiting.drain() {
-            let _ = reply.send(Err(format!(
-                "shard {} moved away from this node; retry",
+            let _ = reply.send(Err(DataError::unknown(format!(
+                "shard {} moved away from this node before the write committed; its outcome is unknown",
                 self.key
-            )));
+            ))));
         }
         if stop.drop_data {
             if let Err(e) = self.env.store.drop_shard(self.id) {
@@ -591,19 +594,19 @@ impl Handler<Replicate> for CopyActor {
 }
 
 impl Handler<Write> for CopyActor {
-    type Result = ResponseFuture<Result<OpResult, String>>;
+    type Result = ResponseFuture<Result<OpResult, DataError>>;
 
     fn handle(&mut self, Write(op): Write, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(e) = self.unavailable() {
-            return Box::pin(async move { Err(e) });
+            return Box::pin(async move { Err(DataError::unavailable(e)) });
         }
         let Role::Primary(p) = &mut self.role else {
             let primary = self.copy.replicas.primary.clone();
             let key = self.key.clone();
             return Box::pin(async move {
-                Err(format!(
+                Err(DataError::unavailable(format!(
                     "shard {key} is not led here (primary is {primary}); retry"
-                ))
+                )))
             });
         };
         let bytes = postcard::to_stdvec(&op).expect("encodable");
@@ -614,13 +617,15 @@ impl Handler<Write> for CopyActor {
                 self.run(effects, ctx);
                 Box::pin(async move {
                     rx.await.unwrap_or_else(|_| {
-                        Err("the shard stopped before the write committed".into())
+                        Err(DataError::unknown(
+                            "the shard copy stopped before the write committed; its outcome is unknown",
+                        ))
                     })
                 })
             }
             Err(e) => {
                 let msg = format!("shard {} unavailable: {e}", self.key);
-                Box::pin(async move { Err(msg) })
+                Box::pin(async move { Err(DataError::unavailable(msg)) })
             }
         }
     }

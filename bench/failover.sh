@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Write unavailability after kill -9 of a shard primary, tstore beside Redis
+# Cluster, measured the same way on this machine:
+#   from the kill to the first successful write of a key owned by the killed
+#   primary, probing with one CLI write every ~20 ms (each probe is a new
+#   process and connection, for both systems).
+# tstore: 4 nodes (`tstore demo`), a table of 8 shards x 3 copies holding
+# ROWS rows of ~100 bytes; also reports how long until every shard is back at
+# 3 copies (re-replication onto the survivors).
+# Redis: 3 masters + 3 replicas, cluster-node-timeout 1000 ms.
+# RUNS runs each (default 5); prints every run, then median and max.
+# Needs a release build (cargo build --release) and redis-server/redis-tools
+# (installed with apt-get when missing). Every process started is stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-5}
+ROWS=${ROWS:-20000}
+T=target/release/tstore
+work=$(mktemp -d /tmp/tstore-failover.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  pkill -9 -f "$work" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+stats() { # name, values...
+  local name=$1; shift
+  printf '%s\n' "$@" | sort -n | awk -v n="$name" '{a[NR]=$1} END {
+    m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2;
+    printf "%s: median %d ms, max %d ms over %d runs\n", n, m, a[NR], NR }'
+}
+
+[ -x "$T" ] || cargo build --release -q
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+
+python3 - "$ROWS" >"$work/rows.jsonl" <<'EOF'
+import sys
+for i in range(int(sys.argv[1])):
+    print('{"id": %d, "payload": "%s"}' % (i, "x" * 80))
+EOF
+
+tstore_unavail=(); tstore_heal=(); redis_unavail=()
+for run in $(seq 1 "$RUNS"); do
+  d="$work/t$run"; port=$((7900 + run * 10))
+  $T demo --dir "$d" --nodes 4 --base-port $port >"$work/demo$run.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 150); do grep -q "pids:" "$work/demo$run.log" && break; sleep 0.2; done
+  A=("$T" admin --node "127.0.0.1:$port" --certs "$d/certs")
+  for _ in $(seq 1 50); do "${A[@]}" create-table fo --key id --shards 8 --replicas 3 >/dev/null 2>&1 && break; sleep 0.2; done
+  sleep 1
+  "${A[@]}" import fo "$work/rows.jsonl" --concurrency 64 >/dev/null 2>&1
+  key=7
+  primary=$("${A[@]}" --output json locate fo $key | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"])')
+  pid=$(grep -o "pids:.*" "$work/demo$run.log" | tr ' ' '\n' | grep "^$primary=" | cut -d= -f2)
+  probe=("$T" admin --node "127.0.0.1:$((port + 3))" --certs "$d/certs")
+  [ "$primary" = n4 ] && probe=("${A[@]}")
+  start=$(now_ms)
+  kill -9 "$pid"
+  until "${probe[@]}" put fo "{\"id\":$key,\"run\":$run}" >/dev/null 2>&1; do sleep 0.02; done
+  up=$(now_ms)
+  until "${probe[@]}" --output json describe fo 2>/dev/null |
+    python3 -c 'import json,sys; sys.exit(any(h["state"] != "healthy" for h in json.load(sys.stdin)["health"]))'; do sleep 0.2; done
+  healed=$(now_ms)
+  echo "tstore run $run: killed primary $primary of key $key; writes back after $((up - start)) ms; 3 copies of every shard ($ROWS rows) after $((healed - start)) ms"
+  tstore_unavail+=($((up - start))); tstore_heal+=($((healed - start)))
+  kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
+  pkill -9 -f "$d" 2>/dev/null || true
+done
+
+for run in $(seq 1 "$RUNS"); do
+  base=$((7100 + run * 10)); ports=(); rpids=()
+  for i in 0 1 2 3 4 5; do
+    p=$((base + i)); ports+=($p); mkdir -p "$work/r$run/$p"
+    redis-server --port $p --cluster-enabled yes --cluster-node-timeout 1000 \
+      --cluster-config-file "$work/r$run/$p/nodes.conf" --dir "$work/r$run/$p" \
+      --appendonly no --save "" >"$work/r$run/$p.log" 2>&1 &
+    rpids+=($!); pids+=($!)
+  done
+  sleep 1
+  yes yes | redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 >/dev/null
+  until [ "$(redis-cli -p $base cluster info | tr -d '\r' | grep cluster_state)" = "cluster_state:ok" ]; do sleep 0.2; done
+  sleep 2
+  key=k7
+  slot=$(redis-cli -p $base cluster keyslot $key | tr -d '\r')
+  master=$(redis-cli -p $base cluster nodes | tr -d '\r' | awk -v s=$slot '$3 ~ /master/ {for (i=9;i<=NF;i++) {split($i,r,"-"); if (s>=r[1] && s<=(r[2]==""?r[1]:r[2])) print $2}}' | cut -d@ -f1 | cut -d: -f2)
+  other=$base; [ "$master" = "$base" ] && other=$((base + 1))
+  mpid=${rpids[$((master - base))]}
+  redis-cli -c -p $other set $key before >/dev/null
+  start=$(now_ms)
+  kill -9 $mpid
+  until [ "$(redis-cli -c -p $other set $key run$run 2>/dev/null | tr -d '\r')" = "OK" ]; do sleep 0.02; done
+  up=$(now_ms)
+  echo "redis run $run: killed master :$master of $key; writes back after $((up - start)) ms"
+  redis_unavail+=($((up - start)))
+  for p in "${rpids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+done
+
+echo
+stats "tstore write unavailability after kill -9 of a primary" "${tstore_unavail[@]}"
+stats "tstore time to full replication ($ROWS rows)" "${tstore_heal[@]}"
+stats "Redis Cluster write unavailability (cluster-node-timeout 1000)" "${redis_unavail[@]}"
