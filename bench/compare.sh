@@ -61,6 +61,6 @@ for p in "${ports[@]}"; do
   pids+=($!)
 done
 sleep 1
-yes yes | redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 >/dev/null
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
 sleep 2
 redis-benchmark --cluster -p 7001 -t set,get -n "$OPS" -c "$CONC" -d "$SIZE" -q

@@ -81,7 +81,7 @@ for run in $(seq 1 "$RUNS"); do
     rpids+=($!); pids+=($!)
   done
   sleep 1
-  yes yes | redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 >/dev/null
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
   until [ "$(redis-cli -p $base cluster info | tr -d '\r' | grep cluster_state)" = "cluster_state:ok" ]; do sleep 0.2; done
   sleep 2
   key=k7
