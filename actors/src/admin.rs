@@ -15,7 +15,7 @@ use tstore_membership::{view, Membership};
 
 use crate::control::ControlPlane;
 use crate::node::{NodeActor, Route};
-use crate::wire::{AdminReply, AdminRequest};
+use crate::wire::{AdminReply, AdminRequest, DataError, DataReply, ErrorKind};
 
 /// At most this many gossip watches at once per node.
 pub const MAX_WATCHES: usize = 64;
@@ -75,12 +75,32 @@ impl Handler<AdminCall> for AdminActor {
             AdminRequest::Data(req) => {
                 let node = self.node.clone();
                 stream::once(async move {
-                    match node.send(Route(req)).await {
-                        Ok(reply) => AdminReply::Data(reply),
-                        Err(e) => AdminReply::Error(format!("node unavailable: {e}")),
-                    }
+                    AdminReply::Data(node.send(Route(req)).await.unwrap_or_else(|e| {
+                        DataReply::Error(DataError::unavailable(format!(
+                            "the node is shutting down: {e}"
+                        )))
+                    }))
                 })
                 .boxed()
+            }
+            AdminRequest::Route { table } => {
+                let map = self.control.map();
+                let reply = match map.tables.get(&table) {
+                    Some(t) => AdminReply::Route {
+                        map_version: map.version,
+                        table: t.clone(),
+                        nodes: map
+                            .nodes
+                            .iter()
+                            .map(|(id, n)| (id.clone(), n.addr.clone()))
+                            .collect(),
+                    },
+                    None => AdminReply::Data(DataReply::Error(DataError::new(
+                        ErrorKind::NoTable,
+                        no_such_table(&table, &map),
+                    ))),
+                };
+                stream::once(async move { reply }).boxed()
             }
             AdminRequest::Cluster => {
                 let control = self.control.clone();

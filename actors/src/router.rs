@@ -14,11 +14,12 @@ use tstore_transport::{Endpoint, TransportError};
 
 use crate::cluster_map::{ClusterMap, KeyRange, Sharding, SplitKey, Table};
 use crate::control::ControlPlane;
-use crate::data::ops::{check_row, Op};
+use crate::data::ops::{check_row, Op, MAX_BATCH};
 use crate::shard::actor::{CopyActor, GetStatus, Read, ReadMode, ScanShard, Write};
 use crate::shard::ShardKey;
 use crate::wire::{
-    CopyReport, DataError, DataReply, DataRequest, ErrorKind, PeerMessage, PeerReply, ShardRequest,
+    BatchOp, CopyReport, DataError, DataReply, DataRequest, ErrorKind, PeerMessage, PeerReply,
+    ShardRequest,
 };
 
 /// Most rows one scan returns.
@@ -29,6 +30,9 @@ pub const MAX_SCAN: usize = 10_000;
 /// lease): a failover is ridden out inside one client request.
 pub const RETRY_FOR: Duration = Duration::from_secs(8);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long a routed request waits for this node's map to reach the
+/// client's epoch.
+const MAP_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// What routing one request needs.
 pub struct Router {
@@ -45,15 +49,18 @@ fn err(e: DataError) -> DataReply {
 
 fn table_in<'a>(map: &'a ClusterMap, name: &str) -> Result<&'a Table, DataError> {
     map.tables.get(name).ok_or_else(|| {
-        DataError::invalid(if map.tables.is_empty() {
-            format!("table {name:?} does not exist (there are no tables)")
-        } else {
-            let names: Vec<&str> = map.tables.keys().map(String::as_str).collect();
-            format!(
-                "table {name:?} does not exist (tables: {})",
-                names.join(", ")
-            )
-        })
+        DataError::new(
+            ErrorKind::NoTable,
+            if map.tables.is_empty() {
+                format!("table {name:?} does not exist (there are no tables)")
+            } else {
+                let names: Vec<&str> = map.tables.keys().map(String::as_str).collect();
+                format!(
+                    "table {name:?} does not exist (tables: {})",
+                    names.join(", ")
+                )
+            },
+        )
     })
 }
 
@@ -72,12 +79,13 @@ impl Router {
             DataRequest::Put { table, row } => {
                 let t = table_in(&map, &table)?;
                 let (key, _) = check_row(&row, &t.spec.key).map_err(DataError::from)?;
-                self.write(&table, key.clone(), Op::Put { key, row }).await
+                self.write(t.shard_of(&key), &table, Op::Put { key, row })
+                    .await
             }
             DataRequest::Insert { table, row } => {
                 let t = table_in(&map, &table)?;
                 let (key, _) = check_row(&row, &t.spec.key).map_err(DataError::from)?;
-                self.write(&table, key.clone(), Op::Insert { key, row })
+                self.write(t.shard_of(&key), &table, Op::Insert { key, row })
                     .await
             }
             DataRequest::Update {
@@ -86,26 +94,33 @@ impl Router {
                 patch,
                 if_version,
             } => {
-                table_in(&map, &table)?;
+                let t = table_in(&map, &table)?;
+                check_patch(&patch)?;
                 let op = Op::Update {
                     key: key.clone(),
                     patch,
                     if_version,
                 };
-                self.write(&table, key, op).await
+                self.write(t.shard_of(&key), &table, op).await
             }
             DataRequest::Delete {
                 table,
                 key,
                 if_version,
             } => {
-                table_in(&map, &table)?;
+                let t = table_in(&map, &table)?;
                 let op = Op::Delete {
                     key: key.clone(),
                     if_version,
                 };
-                self.write(&table, key, op).await
+                self.write(t.shard_of(&key), &table, op).await
             }
+            DataRequest::Batch { table, ops } => {
+                let t = table_in(&map, &table)?;
+                let (shard, op) = batch_op(t, ops)?;
+                self.write(shard, &table, op).await
+            }
+            DataRequest::Routed { epoch, request } => self.routed(epoch, request).await,
             DataRequest::Get { table, key, mode } => {
                 let shard = table_in(&map, &table)?.shard_of(&key);
                 let t2 = table.clone();
@@ -188,19 +203,33 @@ impl Router {
         }
     }
 
-    /// The node that serves reads of a shard in `mode`, from `map`.
-    fn reader(&self, map: &ClusterMap, table: &str, shard: u32, mode: ReadMode) -> Option<String> {
+    /// The node that serves reads of a shard in `mode`, from `map`: the
+    /// primary for strong reads (and for any read once a copy here could not
+    /// serve it), else this node's own copy when it holds one.
+    fn reader(
+        &self,
+        map: &ClusterMap,
+        table: &str,
+        shard: u32,
+        mode: ReadMode,
+        local_failed: bool,
+    ) -> Option<String> {
         let set = &map.tables.get(table)?.shards.get(shard as usize)?.replicas;
         Some(match mode {
-            ReadMode::Strong => set.primary.clone(),
-            ReadMode::Replica if set.members().any(|m| *m == self.me) => self.me.clone(),
-            ReadMode::Replica => set.primary.clone(),
+            ReadMode::Replica | ReadMode::AtLeast(_)
+                if !local_failed && set.members().any(|m| *m == self.me) =>
+            {
+                self.me.clone()
+            }
+            _ => set.primary.clone(),
         })
     }
 
     /// Reads from the copy that serves `mode`, riding out a failover: a
-    /// refusal is retried for up to [`RETRY_FOR`], and a read waiting on a
-    /// primary that the map replaces is resent to the new one.
+    /// refusal is retried for up to [`RETRY_FOR`] (a copy here that is not
+    /// in sync, or behind the session, hands the read to the primary), and
+    /// a read waiting on a primary that the map replaces is resent to the
+    /// new one.
     async fn read(
         &self,
         table: &str,
@@ -209,16 +238,27 @@ impl Router {
         build: impl Fn(u32) -> ShardRequest,
     ) -> Result<DataReply, DataError> {
         let started = Instant::now();
+        let mut local_failed = false;
         loop {
             let map = self.control.map();
-            let node = self.reader(&map, table, shard, mode).ok_or_else(|| {
-                DataError::invalid(format!("table {table:?} changed while being read"))
-            })?;
+            let node = self
+                .reader(&map, table, shard, mode, local_failed)
+                .ok_or_else(|| {
+                    DataError::new(
+                        ErrorKind::NoTable,
+                        format!("table {table:?} was dropped while being read"),
+                    )
+                })?;
+            let primary = node != self.me
+                || map.tables[table].shards[shard as usize].replicas.primary == self.me;
             let reply = tokio::select! {
                 r = self.call(&node, build(shard), false) => r,
-                _ = self.moved(table, shard, &node), if mode == ReadMode::Strong => continue,
+                _ = self.moved(table, shard, &node), if primary => continue,
             };
             match reply {
+                DataReply::Error(e) if e.kind == ErrorKind::Unavailable && !primary => {
+                    local_failed = true;
+                }
                 DataReply::Error(e)
                     if e.kind == ErrorKind::Unavailable && started.elapsed() < RETRY_FOR =>
                 {
@@ -229,18 +269,101 @@ impl Router {
         }
     }
 
+    /// Serves a request the client routed itself at `epoch`: refused as
+    /// stale when this node's map has moved past that epoch (the client
+    /// refreshes and resends), held briefly when this node's map is the one
+    /// behind, then served like any other request of that shard.
+    async fn routed(&self, epoch: u64, request: ShardRequest) -> Result<DataReply, DataError> {
+        let (table, shard) = request.shard();
+        let (table, shard) = (table.to_owned(), shard);
+        let deadline = Instant::now() + MAP_CATCH_UP;
+        let mut versions = self.control.watch_version();
+        let map = loop {
+            let map = self.control.map();
+            let t = table_in(&map, &table)?;
+            let Some(s) = t.shards.get(shard as usize) else {
+                return Err(DataError::invalid(format!(
+                    "table {table:?} has no shard {shard} (it has {})",
+                    t.shards.len()
+                )));
+            };
+            let here = s.replicas.epoch;
+            if here > epoch {
+                return Err(DataError::new(
+                    ErrorKind::Stale,
+                    format!(
+                        "{table}/{shard} is at epoch {here} (primary {}), the request was routed at epoch {epoch}: refresh the map",
+                        s.replicas.primary
+                    ),
+                ));
+            }
+            if here == epoch {
+                break map;
+            }
+            // Our map is behind the client's: wait for it to catch up.
+            if tokio::time::timeout_at(deadline.into(), versions.changed())
+                .await
+                .is_err()
+            {
+                return Err(DataError::unavailable(format!(
+                    "node {} has not yet seen epoch {epoch} of {table}/{shard} (it is at {here}); retry",
+                    self.me
+                )));
+            }
+        };
+        let t = table_in(&map, &table)?;
+        match request {
+            ShardRequest::Write { op, .. } => {
+                check_op(t, shard, &op)?;
+                self.write(shard, &table, op).await
+            }
+            ShardRequest::Get { key, mode, .. } => {
+                if t.shard_of(&key) != shard {
+                    return Err(not_in_shard(&table, shard, &key, t));
+                }
+                let t2 = table.clone();
+                self.read(&table, shard, mode, move |shard| ShardRequest::Get {
+                    table: t2.clone(),
+                    shard,
+                    key: key.clone(),
+                    mode,
+                })
+                .await
+            }
+            ShardRequest::Scan {
+                from,
+                to,
+                limit,
+                mode,
+                ..
+            } => {
+                let limit = limit.min(MAX_SCAN);
+                let t2 = table.clone();
+                self.read(&table, shard, mode, move |shard| ShardRequest::Scan {
+                    table: t2.clone(),
+                    shard,
+                    from: from.clone(),
+                    to: to.clone(),
+                    limit,
+                    mode,
+                })
+                .await
+            }
+            status @ ShardRequest::Status { .. } => Ok(self.call(&self.me, status, false).await),
+        }
+    }
+
     /// Sends a write to the shard's primary. A refusal (nothing applied) is
     /// retried for up to [`RETRY_FOR`] against the primary the map names
     /// then. If the map replaces the primary while the write is in flight,
     /// an idempotent write (put, unconditional delete) is resent to the new
     /// one; any other gets an `Unknown` answer, since it may have committed.
-    async fn write(&self, table: &str, key: SplitKey, op: Op) -> Result<DataReply, DataError> {
+    async fn write(&self, shard: u32, table: &str, op: Op) -> Result<DataReply, DataError> {
         let idempotent = op.is_idempotent();
         let started = Instant::now();
         loop {
             let map = self.control.map();
             let t = table_in(&map, table)?;
-            let shard = t.shard_of(&key);
             let primary = t.shards[shard as usize].replicas.primary.clone();
             let req = ShardRequest::Write {
                 table: table.to_owned(),
@@ -320,8 +443,113 @@ impl Router {
     }
 }
 
+fn not_in_shard(table: &str, shard: u32, key: &SplitKey, t: &Table) -> DataError {
+    DataError::invalid(format!(
+        "key {key} belongs to {table}/{}, not {table}/{shard}",
+        t.shard_of(key)
+    ))
+}
+
+/// An update's patch must be a JSON object (checked again at apply time).
+fn check_patch(patch: &str) -> Result<(), DataError> {
+    match serde_json::from_str::<serde_json::Value>(patch) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(DataError::invalid("an update must be a JSON object")),
+        Err(e) => Err(DataError::invalid(format!("update is not JSON: {e}"))),
+    }
+}
+
+/// Checks a write before it is logged: rows parse and carry their key, and
+/// every key is in `shard`.
+fn check_op(t: &Table, shard: u32, op: &Op) -> Result<(), DataError> {
+    let table = &t.spec.name;
+    let key = match op {
+        Op::Put { key, row } | Op::Insert { key, row } => {
+            let (row_key, _) = check_row(row, &t.spec.key).map_err(DataError::from)?;
+            if &row_key != key {
+                return Err(DataError::invalid(format!(
+                    "the row's key {row_key} does not match the key {key} it was sent with"
+                )));
+            }
+            key
+        }
+        Op::Update { key, patch, .. } => {
+            check_patch(patch)?;
+            key
+        }
+        Op::Delete { key, .. } => key,
+        Op::Batch(ops) => {
+            if ops.len() > MAX_BATCH {
+                return Err(DataError::invalid(format!(
+                    "a batch of {} operations exceeds the limit of {MAX_BATCH}",
+                    ops.len()
+                )));
+            }
+            if ops.iter().any(|o| matches!(o, Op::Batch(_))) {
+                return Err(DataError::invalid("a batch cannot hold a batch"));
+            }
+            return ops.iter().try_for_each(|o| check_op(t, shard, o));
+        }
+    };
+    if t.shard_of(key) != shard {
+        return Err(not_in_shard(table, shard, key, t));
+    }
+    Ok(())
+}
+
+/// Turns a client's batch into one logged operation on the one shard all
+/// its keys belong to.
+fn batch_op(t: &Table, ops: Vec<BatchOp>) -> Result<(u32, Op), DataError> {
+    if ops.is_empty() {
+        return Err(DataError::invalid("a batch needs at least one operation"));
+    }
+    let mut out = Vec::with_capacity(ops.len());
+    for (i, b) in ops.into_iter().enumerate() {
+        let at = |e: DataError| DataError::new(e.kind, format!("batch operation {i}: {e}"));
+        out.push(match b {
+            BatchOp::Put { row } => {
+                let (key, _) = check_row(&row, &t.spec.key).map_err(|e| at(e.into()))?;
+                Op::Put { key, row }
+            }
+            BatchOp::Insert { row } => {
+                let (key, _) = check_row(&row, &t.spec.key).map_err(|e| at(e.into()))?;
+                Op::Insert { key, row }
+            }
+            BatchOp::Update {
+                key,
+                patch,
+                if_version,
+            } => {
+                check_patch(&patch).map_err(at)?;
+                Op::Update {
+                    key,
+                    patch,
+                    if_version,
+                }
+            }
+            BatchOp::Delete { key, if_version } => Op::Delete { key, if_version },
+        });
+    }
+    let shard = t.shard_of(out[0].key().expect("not a batch"));
+    for op in &out {
+        let key = op.key().expect("not a batch");
+        if t.shard_of(key) != shard {
+            return Err(DataError::invalid(format!(
+                "a batch is atomic within one shard: key {} is in {}/{shard}, key {key} in {}/{}",
+                out[0].key().expect("not a batch"),
+                t.spec.name,
+                t.spec.name,
+                t.shard_of(key)
+            )));
+        }
+    }
+    let op = Op::Batch(out);
+    check_op(t, shard, &op)?;
+    Ok((shard, op))
+}
+
 /// Whether a shard can hold keys in `[from, to)`.
-fn may_hold(
+pub fn may_hold(
     sharding: &Sharding,
     range: &KeyRange,
     from: Option<&SplitKey>,
@@ -348,14 +576,9 @@ pub async fn serve_local(
     local: &BTreeMap<ShardKey, Addr<CopyActor>>,
     req: ShardRequest,
 ) -> DataReply {
-    let (table, shard) = match &req {
-        ShardRequest::Write { table, shard, .. }
-        | ShardRequest::Get { table, shard, .. }
-        | ShardRequest::Scan { table, shard, .. }
-        | ShardRequest::Status { table, shard, .. } => (table.clone(), *shard),
-    };
+    let (table, shard) = req.shard();
     let key = ShardKey {
-        table,
+        table: table.to_owned(),
         index: shard,
     };
     let Some(copy) = local.get(&key) else {

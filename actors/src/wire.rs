@@ -100,6 +100,18 @@ pub enum ShardRequest {
     },
 }
 
+impl ShardRequest {
+    /// The table and shard the request is for.
+    pub fn shard(&self) -> (&str, u32) {
+        match self {
+            ShardRequest::Write { table, shard, .. }
+            | ShardRequest::Get { table, shard, .. }
+            | ShardRequest::Scan { table, shard, .. }
+            | ShardRequest::Status { table, shard, .. } => (table, *shard),
+        }
+    }
+}
+
 /// One shard copy's replication state, as the copy reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyStatus {
@@ -158,14 +170,41 @@ pub enum DataRequest {
     },
     /// Every copy of every shard of a table, asked for its state.
     Copies { table: String, checksums: bool },
+    /// Several writes applied all or nothing; every key must be in one shard.
+    Batch { table: String, ops: Vec<BatchOp> },
+    /// A request the client routed itself, from its cached map, to a node
+    /// holding the shard at configuration `epoch`. Served (forwarded if
+    /// need be) only if the contacted node's map has the shard at that
+    /// epoch; an older epoch gets a [`ErrorKind::Stale`] answer.
+    Routed { epoch: u64, request: ShardRequest },
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOp {
+    Put {
+        row: String,
+    },
+    Insert {
+        row: String,
+    },
+    Update {
+        key: SplitKey,
+        patch: String,
+        if_version: Option<u64>,
+    },
+    Delete {
+        key: SplitKey,
+        if_version: Option<u64>,
+    },
 }
 
 /// What kind of failure a data request met; it decides whether a retry is
-/// safe and the CLI's exit code.
+/// safe and the CLI's exit code. New kinds go at the end (wire order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
-    /// The request itself is wrong (bad JSON, missing or mistyped key, row
-    /// too large, unknown table): nothing was written; do not retry as is.
+    /// The request itself is wrong (not JSON, not an object, a batch across
+    /// shards): nothing was written; do not retry as is.
     Invalid,
     /// A condition did not hold (the row exists, does not exist, or is at
     /// another version): nothing was written.
@@ -176,6 +215,30 @@ pub enum ErrorKind {
     /// The write was sent but its outcome is not known (its primary failed
     /// or changed while it was in flight): read before retrying it.
     Unknown,
+    /// The row (or the row an update makes) is larger than the limit.
+    TooLarge,
+    /// The key column is missing, or of a type a key cannot have.
+    BadKey,
+    /// The table does not exist.
+    NoTable,
+    /// The client routed by a map older than the contacted node's: nothing
+    /// was done; refresh the map and resend.
+    Stale,
+}
+
+impl ErrorKind {
+    /// The `tstore` CLI's exit code for a request that failed this way.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Invalid => 3,
+            ErrorKind::Conflict => 4,
+            ErrorKind::Unavailable | ErrorKind::Stale => 5,
+            ErrorKind::Unknown => 6,
+            ErrorKind::TooLarge => 7,
+            ErrorKind::BadKey => 8,
+            ErrorKind::NoTable => 9,
+        }
+    }
 }
 
 /// A failed data request: its kind and a message naming what was wrong.
@@ -215,7 +278,9 @@ impl From<crate::data::ops::OpError> for DataError {
                 OpError::Exists { .. }
                 | OpError::NotFound { .. }
                 | OpError::VersionMismatch { .. } => ErrorKind::Conflict,
-                OpError::InvalidRow(_) | OpError::Key(_) => ErrorKind::Invalid,
+                OpError::InvalidRow(_) => ErrorKind::Invalid,
+                OpError::TooLarge(_) => ErrorKind::TooLarge,
+                OpError::Key(_) => ErrorKind::BadKey,
                 OpError::Batch { cause, .. } => kind(cause),
             }
         }
@@ -303,6 +368,11 @@ pub enum AdminRequest {
         shard: u32,
         op: ManualOp,
     },
+    /// What a client needs to route a table's keys itself: the table and
+    /// the address of every node of the map.
+    Route {
+        table: String,
+    },
 }
 
 /// The control plane as one node sees it.
@@ -357,4 +427,10 @@ pub enum AdminReply {
         events: Vec<MapEvent>,
     },
     Error(String),
+    /// Answer to [`AdminRequest::Route`]: node ids with their addresses.
+    Route {
+        map_version: u64,
+        table: Table,
+        nodes: Vec<(String, String)>,
+    },
 }

@@ -1,9 +1,12 @@
 //! `tstore bench`: a load generator against a running cluster.
 //!
-//! `--concurrency` workers share a few client sessions (QUIC connections
-//! carry many concurrent requests) and run `--ops` operations in total, each
-//! a durable replicated write (put) or a strong read (get) of a random key,
-//! in the ratio `--mix`. Latencies go into HDR histograms; the report gives
+//! `--concurrency` workers share a few clients (QUIC connections carry many
+//! concurrent requests) and run `--ops` operations in total, each a durable
+//! replicated write (put) or a read (get, `--read strong|replica|session`)
+//! of a random key, in the ratio `--mix`. By default the clients are routing
+//! clients ([`Client`]: each key straight to its shard's primary or a
+//! replica); `--through-node` sends everything to `--node` instead, which
+//! forwards (the cost of one more hop). Latencies go into HDR histograms; the report gives
 //! ops/s, p50/p99/p99.9 per operation and the error count, as text or JSON.
 //! Every worker stops when the operations are done or `--max-seconds` passes.
 
@@ -19,7 +22,37 @@ use serde::Serialize;
 use tstore_actors::cluster_map::{Sharding, SplitKey, TableSpec};
 use tstore_actors::shard::actor::ReadMode;
 
-use crate::client::AdminClient;
+use crate::client::{AdminClient, ClientError};
+use crate::data_client::{Client, Consistency};
+
+/// One of the clients the workers share.
+enum Conn {
+    Direct(Client),
+    Node(AdminClient),
+}
+
+impl Conn {
+    async fn put(&self, table: &str, row: &str) -> Result<(), ClientError> {
+        match self {
+            Conn::Direct(c) => c.put(table, row).await.map(|_| ()),
+            Conn::Node(c) => c.put(table, row).await.map(|_| ()),
+        }
+    }
+
+    async fn get(&self, table: &str, key: u64, read: Consistency) -> Result<(), ClientError> {
+        let key = SplitKey::Int(key as i64);
+        match self {
+            Conn::Direct(c) => c.get(table, key, read).await.map(|_| ()),
+            Conn::Node(c) => {
+                let mode = match read {
+                    Consistency::Strong => ReadMode::Strong,
+                    _ => ReadMode::Replica,
+                };
+                c.get(table, key, mode).await.map(|_| ())
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -44,9 +77,15 @@ pub struct BenchArgs {
     /// Operations in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Client sessions (QUIC connections) the workers share.
+    /// Clients the workers share (each keeps one QUIC connection per node it uses).
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// How reads are served.
+    #[arg(long, value_enum, default_value_t = crate::cli::Read::Strong)]
+    pub read: crate::cli::Read,
+    /// Send every request to `--node`, which routes it, instead of routing in the client.
+    #[arg(long)]
+    pub through_node: bool,
     /// Bytes of payload per row.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
@@ -112,6 +151,9 @@ pub struct Report {
     pub concurrency: usize,
     pub value_size: usize,
     pub write_percent: u32,
+    /// `direct` (the routing client) or `through-node`.
+    pub routing: &'static str,
+    pub read_mode: String,
     pub write: OpStats,
     pub read: OpStats,
     pub first_error: Option<String>,
@@ -157,13 +199,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} ops in {:.2}s: {:.0} ops/s (concurrency {}, {} B values, {}% writes)",
+            "{} ops in {:.2}s: {:.0} ops/s (concurrency {}, {} B values, {}% writes, {} reads, routing {})",
             report.ops,
             report.seconds,
             report.ops_per_sec,
             report.concurrency,
             report.value_size,
-            report.write_percent
+            report.write_percent,
+            report.read_mode,
+            report.routing
         );
         for (name, s) in [("write", &report.write), ("read", &report.read)] {
             if s.count + s.errors > 0 {
@@ -186,15 +230,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
-    let mut clients = Vec::new();
-    for _ in 0..args.connections {
-        clients.push(Arc::new(
-            AdminClient::connect(args.node, &args.certs, &args.client_name)
-                .await
-                .with_context(|| format!("connecting to {}", args.node))?,
-        ));
-    }
-    let (_, tables) = clients[0].tables().await?;
+    let admin = AdminClient::connect(args.node, &args.certs, &args.client_name)
+        .await
+        .with_context(|| format!("connecting to {}", args.node))?;
+    let (_, tables) = admin.tables().await?;
     if !tables.iter().any(|t| t.spec.name == args.table) {
         // A cluster that just formed may not have registered every node yet:
         // retry for a little while.
@@ -208,7 +247,7 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
         };
         let mut attempt = 0;
         loop {
-            match clients[0].create_table(spec.clone()).await {
+            match admin.create_table(spec.clone()).await {
                 Ok(_) => break,
                 Err(e) if attempt < 40 => {
                     attempt += 1;
@@ -221,6 +260,16 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
         // Let every node start its copies.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        let conn = if args.through_node {
+            Conn::Node(AdminClient::connect(args.node, &args.certs, &args.client_name).await?)
+        } else {
+            Conn::Direct(Client::connect(&[args.node], &args.certs, &args.client_name).await?)
+        };
+        clients.push(Arc::new(conn));
+    }
+    let read: Consistency = args.read.into();
     let payload: Arc<str> = "x".repeat(args.value_size).into();
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     if !args.no_preload {
@@ -269,12 +318,9 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
                 let write = (rng.next() % 100) < u64::from(write_percent);
                 let t0 = Instant::now();
                 let res = if write {
-                    client.put(&table, &row(key, &payload)).await.map(|_| ())
+                    client.put(&table, &row(key, &payload)).await
                 } else {
-                    client
-                        .get(&table, SplitKey::Int(key as i64), ReadMode::Strong)
-                        .await
-                        .map(|_| ())
+                    client.get(&table, key, read).await
                 };
                 let us = t0.elapsed().as_micros() as u64;
                 match (res, write) {
@@ -309,16 +355,25 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
     let seconds = started.elapsed().as_secs_f64();
     let ok = wh.len() + rh.len();
     for c in clients {
-        if let Ok(c) = Arc::try_unwrap(c) {
-            c.close().await;
+        match Arc::try_unwrap(c) {
+            Ok(Conn::Direct(c)) => c.close().await,
+            Ok(Conn::Node(c)) => c.close().await,
+            Err(_) => {}
         }
     }
+    admin.close().await;
     Ok(Report {
         ops: ok,
         seconds,
         ops_per_sec: ok as f64 / seconds,
         concurrency: args.concurrency,
         value_size: args.value_size,
+        routing: if args.through_node {
+            "through-node"
+        } else {
+            "direct"
+        },
+        read_mode: format!("{:?}", args.read).to_lowercase(),
         write_percent,
         write: stats(&wh, werr),
         read: stats(&rh, rerr),

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use tstore_transport::certs::CertDir;
@@ -13,11 +14,12 @@ use tstore_transport::Role;
 
 use tstore_actors::cluster_map::{NodeState, Sharding, SplitKey, TableSpec};
 use tstore_actors::coordinator::failover::ManualOp;
-use tstore_actors::data::ops::RowRecord;
-use tstore_actors::shard::actor::ReadMode;
+use tstore_actors::data::ops::{OpResult, RowRecord};
+use tstore_actors::wire::BatchOp;
 
 use crate::client::{AdminClient, WatchItem};
 use crate::config::NodeOptions;
+use crate::data_client::{Client, Consistency, SessionToken};
 use crate::{demo, output, run};
 
 #[derive(Debug, Parser)]
@@ -97,6 +99,11 @@ pub struct AdminArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// A session file for read-your-writes across commands: row commands
+    /// load the session token from it and save it back; `--read session`
+    /// then sees every write made with the same file.
+    #[arg(long, env = "TSTORE_SESSION")]
+    pub session: Option<PathBuf>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -223,6 +230,14 @@ pub enum AdminCommand {
         #[arg(long)]
         if_version: Option<u64>,
     },
+    /// Several writes in one shard, all or nothing: `batch user '[{"put":{"id":1,"n":"A"}},
+    /// {"update":{"key":1,"patch":{"n":"B"},"if_version":4}},{"delete":{"key":9}}]'`.
+    Batch {
+        table: String,
+        /// A JSON array of `{"put": ROW}`, `{"insert": ROW}`,
+        /// `{"update": {"key": K, "patch": {..}, "if_version": V}}`, `{"delete": {"key": K, "if_version": V}}`.
+        ops: String,
+    },
     /// Bulk-load rows from a JSON-lines file (one JSON object per line), with a progress bar.
     Import {
         table: String,
@@ -250,15 +265,18 @@ pub enum AdminCommand {
 pub enum Read {
     /// From the shard's primary under its lease: sees every acknowledged write.
     Strong,
-    /// From any copy (this node's if it holds one): may lag slightly.
+    /// From any in-sync copy: may lag slightly.
     Replica,
+    /// From an in-sync copy that has every write of the session (`--session FILE`), else the primary.
+    Session,
 }
 
-impl From<Read> for ReadMode {
+impl From<Read> for Consistency {
     fn from(r: Read) -> Self {
         match r {
-            Read::Strong => ReadMode::Strong,
-            Read::Replica => ReadMode::Replica,
+            Read::Strong => Consistency::Strong,
+            Read::Replica => Consistency::Replica,
+            Read::Session => Consistency::Session,
         }
     }
 }
@@ -300,14 +318,8 @@ pub fn main() -> i32 {
 /// 3 invalid request, 4 condition failed, 5 unavailable (nothing written;
 /// retry later), 6 outcome unknown (read before retrying).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
-    use tstore_actors::wire::ErrorKind;
     match e.downcast_ref::<crate::client::ClientError>() {
-        Some(crate::client::ClientError::Data(d)) => match d.kind {
-            ErrorKind::Invalid => 3,
-            ErrorKind::Conflict => 4,
-            ErrorKind::Unavailable => 5,
-            ErrorKind::Unknown => 6,
-        },
+        Some(crate::client::ClientError::Data(d)) => d.kind.exit_code(),
         _ => 1,
     }
 }
@@ -385,6 +397,19 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    if matches!(
+        args.command,
+        AdminCommand::Put { .. }
+            | AdminCommand::Insert { .. }
+            | AdminCommand::Update { .. }
+            | AdminCommand::Delete { .. }
+            | AdminCommand::Batch { .. }
+            | AdminCommand::Get { .. }
+            | AdminCommand::Scan { .. }
+            | AdminCommand::Import { .. }
+    ) {
+        return rows(args).await;
+    }
     let client = AdminClient::connect(args.node, &args.certs, &args.client_name).await?;
     let json = args.output == Output::Json;
     match args.command {
@@ -591,6 +616,73 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 .await?;
             done(json, v, &format!("dropped {node}'s copy of {shard}"))?;
         }
+        AdminCommand::Put { .. }
+        | AdminCommand::Insert { .. }
+        | AdminCommand::Update { .. }
+        | AdminCommand::Delete { .. }
+        | AdminCommand::Batch { .. }
+        | AdminCommand::Get { .. }
+        | AdminCommand::Scan { .. }
+        | AdminCommand::Import { .. } => unreachable!("served by rows()"),
+        AdminCommand::Gossip { watch: true } => {
+            let mut watch = client.watch_gossip().await?;
+            while let Some(item) = tokio::select! {
+                item = watch.next() => item?,
+                _ = tokio::signal::ctrl_c() => None,
+            } {
+                match item {
+                    WatchItem::Snapshot(s) if json => print_json(&s)?,
+                    WatchItem::Snapshot(s) => {
+                        print!("{}", output::gossip(&s));
+                        println!("-- watching for changes (Ctrl-C to stop) --");
+                    }
+                    WatchItem::Changes {
+                        at_unix_ms,
+                        changes,
+                    } if json => print_json(
+                        &serde_json::json!({ "at_unix_ms": at_unix_ms, "changes": changes }),
+                    )?,
+                    WatchItem::Changes {
+                        at_unix_ms,
+                        changes,
+                    } => print!("{}", output::changes(at_unix_ms, &changes)),
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// Row commands, through the routing client: each key goes straight to the
+/// node serving its shard. With `--session FILE` the session token is
+/// loaded before and saved after.
+async fn rows(args: AdminArgs) -> anyhow::Result<()> {
+    let client = Client::connect(&[args.node], &args.certs, &args.client_name).await?;
+    if let Some(path) = &args.session {
+        if path.exists() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the session file {}", path.display()))?;
+            let token: SessionToken = serde_json::from_str(&text).with_context(|| {
+                format!("the session file {} is not a session token", path.display())
+            })?;
+            client.resume_session(token);
+        }
+    }
+    let json = args.output == Output::Json;
+    let result = rows_command(&client, args.command, json).await;
+    if let Some(path) = &args.session {
+        std::fs::write(path, serde_json::to_string(&client.session())?)
+            .with_context(|| format!("writing the session file {}", path.display()))?;
+    }
+    client.close().await;
+    result
+}
+
+async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> anyhow::Result<()> {
+    match command {
         AdminCommand::Put { table, row } => {
             let version = client.put(&table, &row).await?;
             if json {
@@ -676,7 +768,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             file,
             concurrency,
         } => {
-            let report = crate::import::run(&client, &table, &file, concurrency.max(1)).await?;
+            let report = crate::import::run(client, &table, &file, concurrency.max(1)).await?;
             if json {
                 print_json(&report)?;
             } else {
@@ -695,34 +787,80 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 anyhow::bail!("{} rows were not imported", report.failed.len());
             }
         }
-        AdminCommand::Gossip { watch: true } => {
-            let mut watch = client.watch_gossip().await?;
-            while let Some(item) = tokio::select! {
-                item = watch.next() => item?,
-                _ = tokio::signal::ctrl_c() => None,
-            } {
-                match item {
-                    WatchItem::Snapshot(s) if json => print_json(&s)?,
-                    WatchItem::Snapshot(s) => {
-                        print!("{}", output::gossip(&s));
-                        println!("-- watching for changes (Ctrl-C to stop) --");
+        AdminCommand::Batch { table, ops } => {
+            let ops = parse_batch(&ops)?;
+            let results = client.batch(&table, ops).await?;
+            if json {
+                print_json(&serde_json::json!({ "results": results }))?;
+            } else {
+                for (i, r) in results.iter().enumerate() {
+                    match r {
+                        OpResult::Written { version } => println!("{i}: ok (version {version})"),
+                        OpResult::Deleted { .. } => println!("{i}: deleted"),
+                        OpResult::Batch(_) => println!("{i}: ok"),
                     }
-                    WatchItem::Changes {
-                        at_unix_ms,
-                        changes,
-                    } if json => print_json(
-                        &serde_json::json!({ "at_unix_ms": at_unix_ms, "changes": changes }),
-                    )?,
-                    WatchItem::Changes {
-                        at_unix_ms,
-                        changes,
-                    } => print!("{}", output::changes(at_unix_ms, &changes)),
                 }
-                use std::io::Write;
-                std::io::stdout().flush()?;
             }
         }
+        _ => unreachable!("not a row command"),
     }
-    client.close().await;
     Ok(())
+}
+
+/// Parses the `batch` command's JSON array.
+pub fn parse_batch(text: &str) -> anyhow::Result<Vec<BatchOp>> {
+    let items: Vec<serde_json::Value> = serde_json::from_str(text)
+        .context("a batch is a JSON array of operations, e.g. [{\"put\":{\"id\":1}}]")?;
+    let key = |v: &serde_json::Value, i: usize| -> anyhow::Result<SplitKey> {
+        match v.get("key") {
+            Some(serde_json::Value::Number(n)) if n.is_i64() => {
+                Ok(SplitKey::Int(n.as_i64().expect("checked")))
+            }
+            Some(serde_json::Value::String(s)) => Ok(SplitKey::Str(s.clone())),
+            _ => anyhow::bail!("batch operation {i}: \"key\" must be an integer or a string"),
+        }
+    };
+    let version = |v: &serde_json::Value, i: usize| -> anyhow::Result<Option<u64>> {
+        match v.get("if_version") {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(n) => n.as_u64().map(Some).ok_or_else(|| {
+                anyhow::anyhow!("batch operation {i}: \"if_version\" must be a whole number")
+            }),
+        }
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let obj = item.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "batch operation {i} must be an object with one of put, insert, update, delete"
+                )
+            })?;
+            let (op, body) = obj.iter().next().expect("one entry");
+            Ok(match op.as_str() {
+                "put" => BatchOp::Put {
+                    row: body.to_string(),
+                },
+                "insert" => BatchOp::Insert {
+                    row: body.to_string(),
+                },
+                "update" => BatchOp::Update {
+                    key: key(body, i)?,
+                    patch: body
+                        .get("patch")
+                        .ok_or_else(|| anyhow::anyhow!("batch operation {i}: update needs \"patch\""))?
+                        .to_string(),
+                    if_version: version(body, i)?,
+                },
+                "delete" => BatchOp::Delete {
+                    key: key(body, i)?,
+                    if_version: version(body, i)?,
+                },
+                other => anyhow::bail!(
+                    "batch operation {i}: unknown operation {other:?} (use put, insert, update, delete)"
+                ),
+            })
+        })
+        .collect()
 }

@@ -75,6 +75,7 @@ fn reply_kind(r: &AdminReply) -> &'static str {
         AdminReply::Data(_) => "a data reply",
         AdminReply::Events { .. } => "an event list",
         AdminReply::Error(_) => "an error",
+        AdminReply::Route { .. } => "a route",
     }
 }
 

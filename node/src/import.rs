@@ -1,5 +1,5 @@
 //! `tstore admin ... import`: bulk-loads a JSON-lines file, one row per line,
-//! `concurrency` puts at a time, with a progress bar on stderr. A bad line is
+//! `concurrency` puts at a time (each sent straight to its shard's primary), with a progress bar on stderr. A bad line is
 //! reported with its number and reason and the rest still load; the command
 //! fails at the end if any line did not.
 
@@ -12,7 +12,7 @@ use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::client::AdminClient;
+use crate::data_client::Client;
 
 #[derive(Debug, Serialize)]
 pub struct ImportReport {
@@ -24,7 +24,7 @@ pub struct ImportReport {
 }
 
 pub async fn run(
-    client: &AdminClient,
+    client: &Client,
     table: &str,
     file: &Path,
     concurrency: usize,

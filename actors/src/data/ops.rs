@@ -52,6 +52,17 @@ pub enum Op {
 }
 
 impl Op {
+    /// The row the operation writes; `None` for a batch.
+    pub fn key(&self) -> Option<&SplitKey> {
+        match self {
+            Op::Put { key, .. }
+            | Op::Insert { key, .. }
+            | Op::Update { key, .. }
+            | Op::Delete { key, .. } => Some(key),
+            Op::Batch(_) => None,
+        }
+    }
+
     /// Applying it twice leaves the same rows as applying it once (a
     /// router may resend it when its primary changes mid-flight).
     pub fn is_idempotent(&self) -> bool {
@@ -83,6 +94,8 @@ pub enum OpError {
     },
     #[error("invalid row: {0}")]
     InvalidRow(String),
+    #[error("row too large: {0}")]
+    TooLarge(String),
     #[error("{0}")]
     Key(String),
     #[error("batch failed at operation {index}: {cause}")]
@@ -98,8 +111,13 @@ impl From<KeyError> for OpError {
 /// The outcome of one applied operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
-    Written { version: u64 },
-    Deleted,
+    Written {
+        version: u64,
+    },
+    /// The row was deleted by entry `seq`.
+    Deleted {
+        seq: u64,
+    },
     Batch(Vec<OpResult>),
 }
 
@@ -109,8 +127,8 @@ pub type Writes = BTreeMap<SplitKey, Option<RowRecord>>;
 /// Parses and checks a row for `key_column`; returns its key.
 pub fn check_row(json: &str, key_column: &str) -> Result<(SplitKey, serde_json::Value), OpError> {
     if json.len() > MAX_ROW_BYTES {
-        return Err(OpError::InvalidRow(format!(
-            "row of {} bytes exceeds the limit of {MAX_ROW_BYTES} bytes",
+        return Err(OpError::TooLarge(format!(
+            "{} bytes exceeds the limit of {MAX_ROW_BYTES} bytes",
             json.len()
         )));
     }
@@ -208,8 +226,8 @@ fn eval_into(
             }
             let json = row.to_string();
             if json.len() > MAX_ROW_BYTES {
-                return Err(OpError::InvalidRow(format!(
-                    "updated row of {} bytes exceeds the limit of {MAX_ROW_BYTES} bytes",
+                return Err(OpError::TooLarge(format!(
+                    "the updated row of {} bytes exceeds the limit of {MAX_ROW_BYTES} bytes",
                     json.len()
                 )));
             }
@@ -227,7 +245,7 @@ fn eval_into(
                 });
             }
             writes.insert(key.clone(), None);
-            Ok(OpResult::Deleted)
+            Ok(OpResult::Deleted { seq })
         }
         Op::Batch(ops) => {
             if ops.len() > MAX_BATCH {
@@ -359,7 +377,7 @@ mod tests {
                 },
                 8
             ),
-            Ok(OpResult::Deleted)
+            Ok(OpResult::Deleted { seq: 8 })
         );
         assert_eq!(
             apply(

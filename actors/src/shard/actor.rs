@@ -107,8 +107,14 @@ pub struct Write(pub Op);
 pub enum ReadMode {
     /// From the primary, under a valid lease: linearizable.
     Strong,
-    /// From any copy: may lag the primary by its commit lag.
+    /// From any in-sync copy (a backup that heard from its primary within
+    /// the lease, or the primary under its lease): may lag the primary by
+    /// its commit lag.
     Replica,
+    /// Read-your-writes: from an in-sync copy that has applied at least
+    /// entry `n` of the shard's log (the client's session token), else from
+    /// the primary.
+    AtLeast(u64),
 }
 
 /// A point read.
@@ -156,6 +162,8 @@ pub struct CopyActor {
     /// `now_ms()` when the configured primary last sent us something: a
     /// promoted primary waits out the old lease from there.
     primary_contact: Millis,
+    /// When a backup last heard from its primary at its own epoch.
+    in_sync_at: Option<Millis>,
     /// The gossip value last published.
     published: String,
 }
@@ -178,6 +186,7 @@ impl CopyActor {
             waiting: HashMap::new(),
             failed: None,
             primary_contact: 0,
+            in_sync_at: None,
             published: String::new(),
         };
         if !learner {
@@ -246,6 +255,8 @@ impl CopyActor {
         match built {
             Ok((role, effects)) => {
                 self.role = role;
+                // In sync again only once the primary of this epoch speaks.
+                self.in_sync_at = None;
                 effects
             }
             Err(e) => {
@@ -581,6 +592,9 @@ impl Handler<Replicate> for CopyActor {
             Role::Backup(b) => {
                 if from == self.copy.replicas.primary {
                     self.primary_contact = now_ms();
+                    if matches!(&msg, ReplMsg::Prepare { epoch, .. } if *epoch == b.epoch()) {
+                        self.in_sync_at = Some(self.primary_contact);
+                    }
                 }
                 b.on_message(&from, msg)
             }
@@ -632,31 +646,57 @@ impl Handler<Write> for CopyActor {
 }
 
 impl CopyActor {
+    /// Whether this copy may serve a read in `mode` now. A copy serves only
+    /// while it knows it is current: the primary while its lease holds, a
+    /// backup while its primary has sent it a message of its own epoch
+    /// within the lease. So a copy cut off from its shard, or restarted with
+    /// an old map, never serves rows of an epoch it missed.
     fn check_read(&self, mode: ReadMode) -> Result<(), String> {
         if let Some(e) = self.unavailable() {
             return Err(e);
         }
+        let now = now_ms();
         match (&self.role, mode) {
-            (Role::Primary(p), ReadMode::Strong) => {
-                if p.lease_valid(now_ms()) {
+            (Role::Installing, _) => Err(format!(
+                "shard {} is still being copied to this node; read from the primary",
+                self.key
+            )),
+            (Role::Primary(p), _) => {
+                if p.lease_valid(now) {
                     Ok(())
                 } else {
                     Err(format!(
-                        "shard {} refuses strong reads: primary lease not held at epoch {}",
+                        "shard {} refuses reads: primary lease not held at epoch {}",
                         self.key,
                         p.epoch()
                     ))
                 }
             }
-            (Role::Installing, _) => Err(format!(
-                "shard {} is still being copied to this node; read from the primary",
-                self.key
-            )),
             (Role::Backup(_), ReadMode::Strong) => Err(format!(
                 "shard {} is not led here (primary is {}); strong reads go to the primary",
                 self.key, self.copy.replicas.primary
             )),
-            (_, ReadMode::Replica) => Ok(()),
+            (Role::Backup(b), ReadMode::Replica | ReadMode::AtLeast(_)) => {
+                let fresh = self
+                    .in_sync_at
+                    .is_some_and(|at| now.saturating_sub(at) <= self.env.lease.lease);
+                if !fresh {
+                    return Err(format!(
+                        "shard {} copy here is not in sync (no word from primary {} at epoch {} within the lease); read from the primary",
+                        self.key,
+                        self.copy.replicas.primary,
+                        b.epoch()
+                    ));
+                }
+                match mode {
+                    ReadMode::AtLeast(n) if b.applied() < n => Err(format!(
+                        "shard {} copy here has applied entry {} of {n} the session needs; read from the primary",
+                        self.key,
+                        b.applied()
+                    )),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }

@@ -1,0 +1,343 @@
+//! The routing client (`tstore_node::data_client::Client`) and the row
+//! commands of the CLI, against three real processes: direct routing with a
+//! cached map that goes stale, batches, read-your-writes sessions, and one
+//! distinct error kind (and CLI exit code) per kind of bad input.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tstore_node::client::ClientError;
+use tstore_node::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_node::data::{BatchOp, ErrorKind, OpResult};
+use tstore_node::data_client::{Client, Consistency};
+use tstore_node::ManualOp;
+use tstore_tests::{tstore_binary, Cluster};
+
+const ALL: [&str; 3] = ["n1", "n2", "n3"];
+
+fn user() -> TableSpec {
+    TableSpec {
+        name: "user".into(),
+        key: "id".into(),
+        sharding: Sharding::Hash { shards: 4 },
+        replicas: 3,
+    }
+}
+
+fn kind(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorKind {
+    match r {
+        Err(ClientError::Data(e)) => e.kind,
+        other => panic!("expected a data error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
+    let mut c = Cluster::new();
+    c.start_formed(&ALL).await;
+    let table = c.create_table("n1", user()).await;
+    let client = Client::connect(&[c.addr("n2")], c.certs().path(), "admin")
+        .await
+        .unwrap();
+
+    // Writes and strong reads, routed by the client.
+    let v1 = client
+        .put("user", r#"{"id":1,"name":"Alice","age":25}"#)
+        .await
+        .unwrap();
+    client
+        .insert("user", r#"{"id":2,"name":"Bob","age":30}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(client.insert("user", r#"{"id":2,"name":"Bobby"}"#).await),
+        ErrorKind::Conflict
+    );
+    let v2 = client
+        .update("user", SplitKey::Int(1), r#"{"age":26}"#, Some(v1))
+        .await
+        .unwrap();
+    assert!(v2 > v1);
+    assert_eq!(
+        kind(
+            client
+                .update("user", SplitKey::Int(1), r#"{"age":27}"#, Some(v1))
+                .await
+        ),
+        ErrorKind::Conflict,
+        "a stale --if-version must fail"
+    );
+    let alice = client
+        .get("user", SplitKey::Int(1), Consistency::Strong)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice.version, v2);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&alice.json).unwrap(),
+        serde_json::json!({"id":1,"name":"Alice","age":26})
+    );
+
+    // The cached map goes stale: switch the primary of Alice's shard over.
+    let shard = table.shard_of(&SplitKey::Int(1));
+    let (_, now) = c
+        .client("n1")
+        .await
+        .unwrap()
+        .describe("user")
+        .await
+        .unwrap();
+    let backup = now.shards[shard as usize].replicas.backups[0].clone();
+    c.client("n1")
+        .await
+        .unwrap()
+        .shard_op("user", shard, ManualOp::Promote { node: backup })
+        .await
+        .unwrap();
+    let v3 = client
+        .update("user", SplitKey::Int(1), r#"{"age":27}"#, Some(v2))
+        .await
+        .expect("a write routed by a stale map is refreshed and resent");
+    assert!(v3 > v2);
+
+    // A batch is atomic within one shard.
+    let same: Vec<i64> = (10..1000)
+        .filter(|k| table.shard_of(&SplitKey::Int(*k)) == shard)
+        .take(2)
+        .collect();
+    let results = client
+        .batch(
+            "user",
+            vec![
+                BatchOp::Put {
+                    row: format!(r#"{{"id":{},"name":"x"}}"#, same[0]),
+                },
+                BatchOp::Insert {
+                    row: format!(r#"{{"id":{},"name":"y"}}"#, same[1]),
+                },
+                BatchOp::Update {
+                    key: SplitKey::Int(1),
+                    patch: r#"{"age":28}"#.into(),
+                    if_version: Some(v3),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(matches!(results[2], OpResult::Written { version } if version > v3));
+    // A failed condition inside a batch writes nothing of it.
+    let before = client
+        .get("user", SplitKey::Int(same[0]), Consistency::Strong)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kind(
+            client
+                .batch(
+                    "user",
+                    vec![
+                        BatchOp::Put {
+                            row: format!(r#"{{"id":{},"name":"changed"}}"#, same[0]),
+                        },
+                        BatchOp::Insert {
+                            row: format!(r#"{{"id":{},"name":"again"}}"#, same[1]),
+                        },
+                    ],
+                )
+                .await
+        ),
+        ErrorKind::Conflict
+    );
+    let after = client
+        .get("user", SplitKey::Int(same[0]), Consistency::Strong)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before, after, "a failed batch must write nothing");
+    // Keys of two shards cannot share a batch.
+    let other = (10..1000)
+        .find(|k| table.shard_of(&SplitKey::Int(*k)) != shard)
+        .unwrap();
+    assert_eq!(
+        kind(
+            client
+                .batch(
+                    "user",
+                    vec![
+                        BatchOp::Put {
+                            row: format!(r#"{{"id":{},"name":"a"}}"#, same[0]),
+                        },
+                        BatchOp::Put {
+                            row: format!(r#"{{"id":{other},"name":"b"}}"#),
+                        },
+                    ],
+                )
+                .await
+        ),
+        ErrorKind::Invalid
+    );
+
+    // Read-your-writes: every session read right after a write sees it,
+    // whichever copy serves it.
+    for i in 0..60i64 {
+        let key = 5000 + i;
+        let version = client
+            .put("user", &format!(r#"{{"id":{key},"n":{i}}}"#))
+            .await
+            .unwrap();
+        let got = client
+            .get("user", SplitKey::Int(key), Consistency::Session)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("session read of {key} missed the write"));
+        assert_eq!(got.version, version, "session read of {key} is stale");
+    }
+    // A fresh client carrying the session token sees them too.
+    let other_client = Client::connect(&[c.addr("n3")], c.certs().path(), "admin")
+        .await
+        .unwrap();
+    other_client.resume_session(client.session());
+    let last = other_client
+        .get("user", SplitKey::Int(5059), Consistency::Session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&last.json).unwrap()["n"],
+        59
+    );
+    // Scans merge the shards in key order.
+    let rows = other_client
+        .scan(
+            "user",
+            Some(SplitKey::Int(5000)),
+            Some(SplitKey::Int(5060)),
+            100,
+            Consistency::Session,
+        )
+        .await
+        .unwrap();
+    let keys: Vec<SplitKey> = rows.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, (5000..5060).map(SplitKey::Int).collect::<Vec<_>>());
+
+    // Each kind of bad input has its own kind, and nothing is written.
+    assert_eq!(
+        kind(client.put("user", r#"{"id":7,"name":"#).await),
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        kind(client.put("user", r#"{"name":"nokey"}"#).await),
+        ErrorKind::BadKey
+    );
+    assert_eq!(
+        kind(client.put("user", r#"{"id":[1],"name":"x"}"#).await),
+        ErrorKind::BadKey
+    );
+    let big = format!(r#"{{"id":8,"blob":"{}"}}"#, "x".repeat(70_000));
+    assert_eq!(kind(client.put("user", &big).await), ErrorKind::TooLarge);
+    assert_eq!(
+        kind(client.put("nosuch", r#"{"id":1}"#).await),
+        ErrorKind::NoTable
+    );
+    for key in [7, 8] {
+        assert!(client
+            .get("user", SplitKey::Int(key), Consistency::Strong)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    client.close().await;
+    other_client.close().await;
+}
+
+/// The row commands as a user types them: exit codes per kind of failure,
+/// batches, and a session file giving read-your-writes across commands.
+#[tokio::test]
+async fn row_commands_exit_with_one_code_per_kind_of_failure() {
+    let mut c = Cluster::new();
+    c.start_formed(&ALL).await;
+    c.create_table("n1", user()).await;
+    let session = c.dir().join("session.json");
+    let cli = |args: &[&str]| {
+        let out = Command::new(tstore_binary())
+            .arg("admin")
+            .arg("--node")
+            .arg(c.addr("n3").to_string())
+            .arg("--certs")
+            .arg(c.certs().path())
+            .arg("--session")
+            .arg(&session)
+            .args(args)
+            .output()
+            .expect("run tstore");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (code, out, err) = cli(args);
+        assert_eq!(code, 0, "tstore admin {args:?}: {err}");
+        out
+    };
+    ok(&["put", "user", r#"{"id":1,"name":"Alice","age":25}"#]);
+    ok(&["insert", "user", r#"{"id":2,"name":"Bob","age":30}"#]);
+    let out = ok(&["get", "user", "2", "--read", "session"]);
+    assert!(out.contains(r#""name":"Bob""#), "{out}");
+    let token: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&session).unwrap()).unwrap();
+    assert!(
+        token.as_object().is_some_and(|t| !t.is_empty()),
+        "the session file holds the token: {token}"
+    );
+    let out = ok(&[
+        "batch",
+        "user",
+        r#"[{"update":{"key":1,"patch":{"age":26}}},{"delete":{"key":1}}]"#,
+    ]);
+    assert!(out.contains("0: ok") && out.contains("1: deleted"), "{out}");
+
+    for (args, code, says) in [
+        (
+            vec!["insert", "user", r#"{"id":2,"name":"Bob"}"#],
+            4,
+            "already exists",
+        ),
+        (vec!["put", "user", r#"{"id":3,"#], 3, "not JSON"),
+        (vec!["put", "user", r#"{"name":"x"}"#], 8, "id"),
+        (vec!["put", "nosuch", r#"{"id":3}"#], 9, "does not exist"),
+        (
+            vec![
+                "update",
+                "user",
+                "2",
+                r#"{"age":31}"#,
+                "--if-version",
+                "999",
+            ],
+            4,
+            "expected version 999",
+        ),
+        (
+            vec!["batch", "user", r#"[{"upsert":{}}]"#],
+            1,
+            "unknown operation",
+        ),
+        (vec!["get", "user", "99"], 1, "does not exist"),
+    ] {
+        let (got, _, err) = cli(&args);
+        assert_eq!(got, code, "tstore admin {args:?} exited {got}: {err}");
+        assert!(err.contains(says), "tstore admin {args:?}: {err}");
+    }
+    let big = format!(r#"{{"id":4,"blob":"{}"}}"#, "x".repeat(70_000));
+    let (got, _, err) = cli(&["put", "user", &big]);
+    assert_eq!(got, 7, "{err}");
+    assert!(err.contains("row too large"), "{err}");
+    // The node kept serving through all of it.
+    let out = ok(&["scan", "user"]);
+    assert!(out.contains("(1 rows)"), "{out}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
