@@ -20,7 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tstore_membership::{Member, NodeStatus};
 use tstore_node::client::AdminClient;
-use tstore_node::cluster_map::{Table, TableSpec};
+use tstore_node::cluster_map::{NodeState, Table, TableSpec};
 use tstore_node::wire::ClusterStatus;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
@@ -262,8 +262,9 @@ impl Cluster {
     }
 
     /// Starts `ids` (the first three bootstrap the control plane, the rest
-    /// join through them) and waits for a leader with three voters and for
-    /// every node to be registered in the map.
+    /// join through them) and waits for a leader with three voters, every
+    /// node live in gossip, and every node registered in the map (so a table
+    /// created next may place copies on any of them).
     pub async fn start_formed(&mut self, ids: &[&str]) {
         let first: Vec<&str> = ids.iter().take(3).copied().collect();
         for id in ids {
@@ -291,6 +292,28 @@ impl Cluster {
                         .count()
                         == n)
                     .then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+        // Live in gossip is not enough for a node to receive copies: the
+        // coordinator must have registered it in the map. Marking a node
+        // active is refused for an unregistered node and changes nothing
+        // for a registered active one.
+        self.poll(
+            "every node registered in the map",
+            Duration::from_secs(30),
+            || async {
+                let client = self.client(ids[0]).await?;
+                let mut res = Ok(Some(()));
+                for id in ids {
+                    if let Err(e) = client.set_node_state(id, NodeState::Active).await {
+                        res = Err(format!("{id}: {e}"));
+                        break;
+                    }
+                }
+                client.close().await;
+                res
             },
         )
         .await
