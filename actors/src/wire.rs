@@ -121,7 +121,9 @@ pub struct CopyStatus {
     /// Durable log end, and what the rows reflect.
     pub logged: u64,
     pub applied: u64,
-    /// `serving`, `copying` (a learner fetching its snapshot), or `failed: <why>`.
+    /// `serving`; `copying: R rows, B bytes so far` (a learner fetching its
+    /// snapshot); `no lease: refusing writes` (a primary whose backups have
+    /// not all answered within the lease); or `failed: <why>`.
     pub state: String,
     /// Of the rows (keys, versions, content); comparable across nodes.
     pub checksum: Option<u64>,

@@ -104,9 +104,11 @@ pub fn table(map_version: u64, t: &Table) -> String {
     out
 }
 
-/// A shard's health from its copies' reports: `healthy`, `recovering` (a
-/// copy is being built), `under-replicated`, or `unavailable` (its primary
-/// does not answer or failed); with the largest backup lag in entries.
+/// A shard's health from its copies' reports: `healthy`; `recovering` (a
+/// copy is being built); `under-replicated` (fewer members than the table's
+/// factor, or a member that does not answer); or `unavailable` (its primary
+/// does not answer, failed, or has no lease); with the largest lag in
+/// entries of a backup or learner behind the primary.
 pub fn shard_health(t: &Table, shard: u32, reports: &[CopyReport]) -> (&'static str, u64) {
     let s = &t.shards[shard as usize];
     let of = |n: &str| {
@@ -122,12 +124,15 @@ pub fn shard_health(t: &Table, shard: u32, reports: &[CopyReport]) -> (&'static 
         .replicas
         .backups
         .iter()
-        .map(|b| of(b).map_or(0, |c| primary.applied.saturating_sub(c.applied)))
+        .chain(&s.replicas.learners)
+        .filter_map(|b| of(b))
+        .map(|c| primary.applied.saturating_sub(c.applied))
         .max()
         .unwrap_or(0);
+    let silent = s.replicas.backups.iter().any(|b| of(b).is_none());
     let state = if !s.replicas.learners.is_empty() {
         "recovering"
-    } else if s.replicas.members().count() < t.spec.replicas as usize {
+    } else if silent || s.replicas.members().count() < t.spec.replicas as usize {
         "under-replicated"
     } else {
         "healthy"
@@ -196,6 +201,23 @@ pub fn table_with_copies(
         ],
         &rows,
     ));
+    let busy: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            let st = r.status.as_ref().ok()?;
+            (st.state != "serving").then(|| {
+                format!(
+                    "  {}/{} on {} ({}): {}",
+                    t.spec.name, r.shard, r.node, st.role, st.state
+                )
+            })
+        })
+        .collect();
+    if !busy.is_empty() {
+        out.push_str("copies not serving:\n");
+        out.push_str(&busy.join("\n"));
+        out.push('\n');
+    }
     let unreachable: Vec<String> = reports
         .iter()
         .filter_map(|r| {

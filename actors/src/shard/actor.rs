@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -164,6 +165,8 @@ pub struct CopyActor {
     primary_contact: Millis,
     /// When a backup last heard from its primary at its own epoch.
     in_sync_at: Option<Millis>,
+    /// Rows and bytes of the snapshot being installed, so far.
+    copied: Arc<(AtomicU64, AtomicU64)>,
     /// The gossip value last published.
     published: String,
 }
@@ -187,6 +190,7 @@ impl CopyActor {
             failed: None,
             primary_contact: 0,
             in_sync_at: None,
+            copied: Arc::default(),
             published: String::new(),
         };
         if !learner {
@@ -283,6 +287,8 @@ impl CopyActor {
         };
         info!(shard = %self.key, %primary, epoch, "copying a snapshot from the primary");
         let started = Instant::now();
+        let progress = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        self.copied = progress.clone();
         let fetch = async move {
             let blocking = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
                 tokio::task::spawn_blocking(f)
@@ -309,11 +315,14 @@ impl CopyActor {
                         applied = Some(a)
                     }
                     Some(PeerReply::Snapshot(SnapshotPart::Rows(chunk))) => {
-                        rows += chunk.len() as u64;
-                        bytes += chunk
+                        let chunk_bytes = chunk
                             .iter()
                             .map(|(k, v)| (k.len() + v.len()) as u64)
                             .sum::<u64>();
+                        rows += chunk.len() as u64;
+                        bytes += chunk_bytes;
+                        progress.0.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        progress.1.fetch_add(chunk_bytes, Ordering::Relaxed);
                         let st = store.clone();
                         blocking(Box::new(move || {
                             st.install_rows(id, &chunk).map_err(|e| e.to_string())
@@ -742,7 +751,14 @@ impl Handler<GetStatus> for CopyActor {
         let meta = self.env.store.meta(self.id).unwrap_or_default();
         let state = match (&self.failed, &self.role) {
             (Some(why), _) => format!("failed: {why}"),
-            (None, Role::Installing) => "copying".into(),
+            (None, Role::Installing) => format!(
+                "copying: {} rows, {} bytes so far",
+                self.copied.0.load(Ordering::Relaxed),
+                self.copied.1.load(Ordering::Relaxed)
+            ),
+            (None, Role::Primary(p)) if !p.lease_valid(now_ms()) => {
+                "no lease: refusing writes".into()
+            }
             (None, _) => "serving".into(),
         };
         let checksum = (checksum && !matches!(self.role, Role::Installing))
