@@ -8,6 +8,7 @@
 //! node's log.
 
 pub mod load;
+pub mod partition;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

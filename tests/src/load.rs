@@ -110,9 +110,21 @@ impl Load {
         writers: usize,
         max_writes: usize,
     ) -> Self {
+        Self::start_writers(nodes, certs, table, 0..writers, max_writes)
+    }
+
+    /// [`Load::start`] with the writers numbered `ids`, so that loads
+    /// running side by side write disjoint keys.
+    pub fn start_writers(
+        nodes: Vec<SocketAddr>,
+        certs: PathBuf,
+        table: &str,
+        ids: std::ops::Range<usize>,
+        max_writes: usize,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let nonce = nonce();
-        let writers = (0..writers)
+        let writers = ids
             .map(|w| {
                 let (nodes, certs, table, stop) =
                     (nodes.clone(), certs.clone(), table.to_owned(), stop.clone());

@@ -1,0 +1,101 @@
+//! Network partitions between nodes of one test cluster, made with
+//! `iptables` on the loopback interface.
+//!
+//! Every node of a [`crate::Cluster`] listens on one UDP port of the
+//! cluster's own loopback address and sends all its peer traffic (gossip,
+//! Raft, replication) from that port, while clients dial from ephemeral
+//! ports. So a DROP rule matching (source port, destination port) cuts two
+//! nodes apart and leaves every client session to either of them working:
+//! exactly a partition between servers. Rules go in the receiver's INPUT
+//! chain (silent loss; a DROP in OUTPUT makes `sendto` fail instead) and
+//! match this cluster's address only, so parallel tests are not touched.
+//! Dropping the [`Partition`] deletes its rules, also when a test fails.
+//! Needs root and the `iptables` command (`.ci/run` installs it).
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+/// DROP rules in force until dropped.
+pub struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+fn rule(from: SocketAddr, to: SocketAddr) -> Vec<String> {
+    [
+        "INPUT",
+        "-p",
+        "udp",
+        "-s",
+        &from.ip().to_string(),
+        "--sport",
+        &from.port().to_string(),
+        "-d",
+        &to.ip().to_string(),
+        "--dport",
+        &to.port().to_string(),
+        "-j",
+        "DROP",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn iptables(action: &str, rule: &[String]) -> Result<(), String> {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .arg(action)
+        .args(rule)
+        .output()
+        .map_err(|e| format!("cannot run iptables (install it; tests need root): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables {action} {} failed: {}",
+            rule.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Partition {
+    /// Cuts `node` off from every one of `others`, both ways.
+    pub fn isolate(node: SocketAddr, others: &[SocketAddr]) -> Result<Self, String> {
+        let mut links = Vec::new();
+        for &o in others {
+            links.push((node, o));
+            links.push((o, node));
+        }
+        Self::drop_links(&links)
+    }
+
+    /// Drops every packet from `from` to `to` (one way).
+    pub fn one_way(from: SocketAddr, to: &[SocketAddr]) -> Result<Self, String> {
+        let links: Vec<_> = to.iter().map(|&t| (from, t)).collect();
+        Self::drop_links(&links)
+    }
+
+    fn drop_links(links: &[(SocketAddr, SocketAddr)]) -> Result<Self, String> {
+        let mut p = Partition { rules: Vec::new() };
+        for &(from, to) in links {
+            let r = rule(from, to);
+            iptables("-I", &r)?;
+            p.rules.push(r);
+        }
+        Ok(p)
+    }
+
+    /// Removes the rules (the same as dropping the partition).
+    pub fn heal(self) {}
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for r in self.rules.drain(..) {
+            if let Err(e) = iptables("-D", &r) {
+                eprintln!("could not remove a partition rule: {e}");
+            }
+        }
+    }
+}
