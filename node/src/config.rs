@@ -80,6 +80,9 @@ pub struct NodeOptions {
     /// Bytes per second a snapshot is sent to one new copy; 0 is unthrottled [default: 67108864].
     #[arg(long)]
     pub recovery_bytes_per_sec: Option<u64>,
+    /// Copies moved (or primaries handed over) at once to rebalance the cluster, e.g. onto a node that joins; 0 disables rebalancing [default: 2].
+    #[arg(long)]
+    pub rebalance_max_moves: Option<usize>,
 }
 
 /// A node's fully resolved configuration.
@@ -96,6 +99,9 @@ pub struct NodeConfig {
     pub lease: LeaseConfig,
     pub recovery_rate: u64,
 }
+
+/// Largest `rebalance_max_moves`.
+pub const MAX_REBALANCE_MOVES: usize = 64;
 
 /// Default snapshot throughput to one new copy: 64 MiB/s.
 pub const DEFAULT_RECOVERY_RATE: u64 = 64 << 20;
@@ -159,6 +165,7 @@ impl NodeOptions {
                 .replication_heartbeat_ms
                 .or(file.replication_heartbeat_ms),
             recovery_bytes_per_sec: self.recovery_bytes_per_sec.or(file.recovery_bytes_per_sec),
+            rebalance_max_moves: self.rebalance_max_moves.or(file.rebalance_max_moves),
         }
     }
 
@@ -214,6 +221,12 @@ impl NodeOptions {
                 return Err(invalid("voter_replace_after_secs", s, "must be at least 1"));
             }
             control.voter_replace_after = Duration::from_secs(s);
+        }
+        if let Some(n) = self.rebalance_max_moves {
+            if n > MAX_REBALANCE_MOVES {
+                return Err(invalid("rebalance_max_moves", n, "must be 0..=64"));
+            }
+            control.rebalance_max_moves = n;
         }
         membership.profile = NodeProfile {
             zone: self.zone.filter(|z| !z.is_empty()),
@@ -295,6 +308,31 @@ mod tests {
         assert_eq!(cfg.membership.seeds, vec!["127.0.0.1:9001"]);
         assert_eq!(cfg.membership.gossip_interval, Duration::from_millis(100));
         assert_eq!(cfg.certs, PathBuf::from("certs"));
+        assert_eq!(cfg.control.rebalance_max_moves, 2);
+    }
+
+    #[test]
+    fn rebalance_max_moves_from_the_file_or_a_flag_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "rebalance_max_moves = 0\n").unwrap();
+        let file = NodeOptions::from_file(&path).unwrap();
+        let cfg = NodeOptions::default().over(file.clone()).resolve().unwrap();
+        assert_eq!(cfg.control.rebalance_max_moves, 0, "0 disables rebalancing");
+        let flags = NodeOptions {
+            rebalance_max_moves: Some(5),
+            ..Default::default()
+        };
+        let cfg = flags.over(file).resolve().unwrap();
+        assert_eq!(cfg.control.rebalance_max_moves, 5);
+        let err = NodeOptions {
+            rebalance_max_moves: Some(65),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "rebalance_max_moves = 65: must be 0..=64");
     }
 
     #[test]

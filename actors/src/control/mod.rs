@@ -35,6 +35,7 @@ use tstore_transport::Endpoint;
 use crate::cluster_map::{ClusterMap, MapCommand, NodeState, Table, TableSpec};
 use crate::coordinator::failover::{self, Health, ManualOp};
 use crate::coordinator::placement::{self, Candidate, Load};
+use crate::coordinator::rebalance;
 use crate::coordinator::voters::{self, Bootstrap, GroupView, VoterChange};
 use crate::shard::actor::parse_gossip_value;
 use crate::shard::LocalRole;
@@ -64,6 +65,9 @@ pub struct ControlSettings {
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// Rebalancing changes in flight at once, cluster-wide; 0 disables
+    /// rebalancing (`coordinator::rebalance`).
+    pub rebalance_max_moves: usize,
 }
 
 impl Default for ControlSettings {
@@ -76,6 +80,7 @@ impl Default for ControlSettings {
             heartbeat: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(600),
             election_timeout_max: Duration::from_millis(1200),
+            rebalance_max_moves: 2,
         }
     }
 }
@@ -698,14 +703,18 @@ impl ControlPlane {
         health
     }
 
-    /// Failover and re-replication: commits what the failover planner says.
+    /// Failover and re-replication: commits what the failover planner says;
+    /// when it has nothing to do, what the rebalancer says.
     async fn heal(&self, snapshot: &GossipSnapshot) {
         let map = self.map();
         if map.tables.is_empty() {
             return;
         }
         let health = self.health(snapshot, &map).await;
-        let changes = failover::plan(&map, &health, NEW_COPIES_PER_ROUND);
+        let mut changes = failover::plan(&map, &health, NEW_COPIES_PER_ROUND);
+        if changes.is_empty() {
+            changes = rebalance::plan(&map, &health, self.inner.settings.rebalance_max_moves);
+        }
         if changes.is_empty() {
             return;
         }

@@ -5,4 +5,5 @@
 pub mod actor;
 pub mod failover;
 pub mod placement;
+pub mod rebalance;
 pub mod voters;
