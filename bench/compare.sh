@@ -38,8 +38,13 @@ target/release/tstore bench --node 127.0.0.1:7901 --certs "$work/tstore/certs" -
   --concurrency "$CONC" --value-size "$SIZE" --keys 10000 --mix write:100 --no-preload
 target/release/tstore bench --node 127.0.0.1:7901 --certs "$work/tstore/certs" --ops "$OPS" \
   --concurrency "$CONC" --value-size "$SIZE" --keys 10000 --mix read:100 --no-preload
+target/release/tstore bench --node 127.0.0.1:7901 --certs "$work/tstore/certs" --ops "$OPS" \
+  --concurrency "$CONC" --value-size "$SIZE" --keys 10000 --mix read:100 --no-preload --read replica
+echo "== tstore, every request sent to one node that routes it (one more hop)"
+target/release/tstore bench --node 127.0.0.1:7901 --certs "$work/tstore/certs" --ops "$OPS" \
+  --concurrency "$CONC" --value-size "$SIZE" --keys 10000 --mix write:50,read:50 --no-preload --through-node
 
-echo "== etcd: 3 members, durable writes (etcdctl check perf, load s: 50 clients)"
+echo "== etcd: 3 members, durable writes (etcdctl check perf --load=xl: as many writes as it takes, 1000 clients)"
 cluster="e1=http://127.0.0.1:2380,e2=http://127.0.0.1:2382,e3=http://127.0.0.1:2384"
 for i in 1 2 3; do
   peer=$((2378 + 2 * i)); client=$((2377 + 2 * i))
@@ -50,7 +55,7 @@ for i in 1 2 3; do
   pids+=($!)
 done
 sleep 3
-ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:2379,127.0.0.1:2381,127.0.0.1:2383 check perf --load=s || true
+ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:2379,127.0.0.1:2381,127.0.0.1:2383 check perf --load=xl 2>&1 | tr '\r' '\n' | grep -v ' / 60' || true
 
 echo "== Redis Cluster: 3 masters + 3 replicas, GET/SET, $CONC clients, $SIZE-byte values"
 ports=(7001 7002 7003 7004 7005 7006)

@@ -73,6 +73,9 @@ pub struct ClientOptions {
     /// How long one attempt waits for its answer before the client looks
     /// for a new route.
     pub attempt_timeout: Duration,
+    /// How long a QUIC handshake with a node may take. Short: a node that
+    /// does not answer quickly is routed around (another node forwards).
+    pub connect_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -80,6 +83,7 @@ impl Default for ClientOptions {
         Self {
             retry_for: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_millis(750),
         }
     }
 }
@@ -189,6 +193,7 @@ impl Client {
         }
         let limits = Limits {
             request_timeout: self.options.attempt_timeout,
+            connect_timeout: self.options.connect_timeout,
             ..Limits::default()
         };
         let s = Arc::new(ClientSession::connect(addr, &self.identity, limits).await?);

@@ -87,7 +87,9 @@ async fn a_joining_node_gets_its_share_of_copies_and_primaries() {
     let (copies, primaries) = loads(&t, &all);
     eprintln!("n4 balanced {took:?} after it started: copies {copies:?}, primaries {primaries:?}");
     let report = load.finish().await;
-    let lost = lost_writes(&client, "rb", &report.acked).await.unwrap();
+    let check = lost_writes(&client, "rb", &report.acked).await.unwrap();
+    assert!(check.examined >= report.acked.len());
+    let lost = check.lost;
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged writes lost: {:?}\n{}",
