@@ -23,6 +23,7 @@ use tstore_transport::{Endpoint, Limits, Remote, Role, TlsIdentity, TransportErr
 use crate::admin::AdminActor;
 use crate::control::{ControlPlane, ControlSettings};
 use crate::coordinator::actor::CoordinatorActor;
+use crate::data::committer::Committer;
 use crate::data::store::ShardStore;
 use crate::replication::LeaseConfig;
 use crate::router::{serve_local, Router};
@@ -172,9 +173,12 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         control: control.clone(),
         rate: recovery_rate,
     };
+    let committer =
+        Committer::start(store.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
     node.do_send(AttachControl(CopyEnv {
         membership: membership.clone(),
         store,
+        committer,
         endpoint: endpoint.clone(),
         control: control.clone(),
         lease: lease.unwrap_or_default(),

@@ -8,8 +8,10 @@
 //! - `shard-meta`: prefix → [`ShardMeta`] (epoch, logged, applied).
 //!
 //! Group commit: `append` takes many entries and `apply` many committed
-//! entries, each in one write transaction, so durable throughput is not one
-//! fsync per write. A transaction that fails (disk full) leaves the store as
+//! entries, each in one write transaction, and [`ShardStore::commit_batch`]
+//! does the appends and applies of many shards in one transaction (the
+//! node's [`super::committer::Committer`] feeds it), so durable throughput is
+//! not one fsync per write, nor one per shard. A transaction that fails (disk full) leaves the store as
 //! it was, and the error is returned to the caller: the write fails, the store
 //! does not.
 
@@ -79,6 +81,26 @@ pub enum StoreError {
     Corrupt { what: &'static str, cause: String },
     #[error("log gap: shard has entries up to {logged}, got entry {got}")]
     Gap { logged: Seq, got: Seq },
+    #[error("group commit failed: {0}")]
+    Batch(String),
+}
+
+/// One shard's share of a group commit: entries to append to its log, then
+/// committed entries to apply (up to a sequence number, with the table's key
+/// column).
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub id: ShardId,
+    pub entries: Vec<LogEntry>,
+    pub apply: Option<(Seq, String)>,
+}
+
+/// What a [`Work`] did: the new end of the log if it appended, and the
+/// results of the entries it applied.
+#[derive(Debug, Default)]
+pub struct Done {
+    pub logged: Option<Seq>,
+    pub applied: Vec<Applied>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -149,7 +171,18 @@ impl ShardStore {
     /// new `logged`. Entries at or below `logged` are skipped (duplicates).
     pub fn append(&self, id: ShardId, entries: &[LogEntry]) -> Result<Seq, StoreError> {
         let mut wtxn = self.env.write_txn()?;
-        let mut m = self.meta_in(&wtxn, id)?;
+        let logged = self.append_in(&mut wtxn, id, entries)?;
+        wtxn.commit()?;
+        Ok(logged)
+    }
+
+    fn append_in(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        id: ShardId,
+        entries: &[LogEntry],
+    ) -> Result<Seq, StoreError> {
+        let mut m = self.meta_in(wtxn, id)?;
         for e in entries {
             if e.seq <= m.logged {
                 continue;
@@ -161,11 +194,10 @@ impl ShardStore {
                 });
             }
             self.log
-                .put(&mut wtxn, &id.key(&e.seq.to_be_bytes()), &encode(e))?;
+                .put(wtxn, &id.key(&e.seq.to_be_bytes()), &encode(e))?;
             m.logged = e.seq;
         }
-        self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
-        wtxn.commit()?;
+        self.meta.put(wtxn, &id.prefix(), &encode(&m))?;
         Ok(m.logged)
     }
 
@@ -178,11 +210,23 @@ impl ShardStore {
         key_column: &str,
     ) -> Result<Vec<Applied>, StoreError> {
         let mut wtxn = self.env.write_txn()?;
-        let mut m = self.meta_in(&wtxn, id)?;
+        let results = self.apply_in(&mut wtxn, id, upto, key_column)?;
+        wtxn.commit()?;
+        Ok(results)
+    }
+
+    fn apply_in(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        id: ShardId,
+        upto: Seq,
+        key_column: &str,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let mut m = self.meta_in(wtxn, id)?;
         let upto = upto.min(m.logged);
         let mut results = Vec::new();
         for seq in m.applied + 1..=upto {
-            let entry: LogEntry = match self.log.get(&wtxn, &id.key(&seq.to_be_bytes()))? {
+            let entry: LogEntry = match self.log.get(wtxn, &id.key(&seq.to_be_bytes()))? {
                 Some(b) => decode("log entry", b)?,
                 None => {
                     return Err(StoreError::Gap {
@@ -193,7 +237,7 @@ impl ShardStore {
             };
             let op: Op = decode("operation", &entry.op)?;
             let (res, writes) = {
-                let txn: &heed::RoTxn = &wtxn;
+                let txn: &heed::RoTxn = wtxn;
                 let lookup = |k: &SplitKey| -> Option<RowRecord> {
                     self.rows
                         .get(txn, &id.key(&k.encode()))
@@ -206,18 +250,68 @@ impl ShardStore {
             for (key, w) in writes {
                 let k = id.key(&key.encode());
                 match w {
-                    Some(r) => self.rows.put(&mut wtxn, &k, &encode(&r))?,
+                    Some(r) => self.rows.put(wtxn, &k, &encode(&r))?,
                     None => {
-                        self.rows.delete(&mut wtxn, &k)?;
+                        self.rows.delete(wtxn, &k)?;
                     }
                 }
             }
             results.push((seq, res));
         }
         m.applied = m.applied.max(upto);
-        self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
-        wtxn.commit()?;
+        self.meta.put(wtxn, &id.prefix(), &encode(&m))?;
         Ok(results)
+    }
+
+    /// Group commit across shards: carries out every piece of `work` (an
+    /// append, then an apply, of one shard each) in one write transaction,
+    /// so one fsync makes all of them durable. Each piece runs in a nested
+    /// transaction: one that fails leaves nothing behind and gets its own
+    /// error, the others still commit. If the commit itself fails (disk
+    /// full), every piece gets the error and nothing is written.
+    pub fn commit_batch(&self, work: &[Work]) -> Vec<Result<Done, StoreError>> {
+        let run = || -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+            let mut wtxn = self.env.write_txn()?;
+            let mut out = Vec::with_capacity(work.len());
+            for w in work {
+                let mut nested = self.env.nested_write_txn(&mut wtxn)?;
+                let done = (|| {
+                    let logged = if w.entries.is_empty() {
+                        None
+                    } else {
+                        Some(self.append_in(&mut nested, w.id, &w.entries)?)
+                    };
+                    let applied = match &w.apply {
+                        Some((upto, key_column)) => {
+                            self.apply_in(&mut nested, w.id, *upto, key_column)?
+                        }
+                        None => Vec::new(),
+                    };
+                    Ok(Done { logged, applied })
+                })();
+                match done {
+                    Ok(d) => {
+                        nested.commit()?;
+                        out.push(Ok(d));
+                    }
+                    Err(e) => {
+                        nested.abort();
+                        out.push(Err(e));
+                    }
+                }
+            }
+            wtxn.commit()?;
+            Ok(out)
+        };
+        match run() {
+            Ok(out) => out,
+            Err(e) => {
+                let msg = e.to_string();
+                work.iter()
+                    .map(|_| Err(StoreError::Batch(msg.clone())))
+                    .collect()
+            }
+        }
     }
 
     pub fn get(&self, id: ShardId, key: &SplitKey) -> Result<Option<RowRecord>, StoreError> {

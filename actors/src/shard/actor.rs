@@ -29,8 +29,9 @@ use tstore_transport::Endpoint;
 use super::{LocalCopy, LocalRole, ShardKey};
 use crate::cluster_map::{NodeId, SplitKey};
 use crate::control::ControlPlane;
+use crate::data::committer::Committer;
 use crate::data::ops::{Op, OpResult, RowRecord};
-use crate::data::store::{ShardId, ShardStore};
+use crate::data::store::{Done, ShardId, ShardStore, StoreError, Work};
 use crate::replication::{Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReplMsg, Seq};
 use crate::wire::{CopyStatus, DataError, PeerMessage, PeerReply, SnapshotPart};
 
@@ -58,6 +59,8 @@ pub fn now_ms() -> Millis {
 pub struct CopyEnv {
     pub membership: Arc<Membership>,
     pub store: ShardStore,
+    /// The node's group commit (writes `store`).
+    pub committer: Committer,
     pub endpoint: Endpoint,
     pub control: ControlPlane,
     pub lease: LeaseConfig,
@@ -156,6 +159,8 @@ pub struct CopyActor {
     /// Entries handed to the disk and not yet written (group commit).
     to_persist: Vec<LogEntry>,
     flush_scheduled: bool,
+    /// Entries committed and not yet applied, up to here.
+    pending_apply: Option<Seq>,
     /// Clients waiting for their entry to commit.
     waiting: HashMap<Seq, Reply>,
     /// A storage failure stopped this copy; it refuses work until restarted.
@@ -186,6 +191,7 @@ impl CopyActor {
             env,
             to_persist: Vec::new(),
             flush_scheduled: false,
+            pending_apply: None,
             waiting: HashMap::new(),
             failed: None,
             primary_contact: 0,
@@ -410,12 +416,7 @@ impl CopyActor {
             match e {
                 Effect::Persist(entries) => {
                     self.to_persist.extend(entries);
-                    if !self.flush_scheduled {
-                        self.flush_scheduled = true;
-                        // Everything proposed before the next turn of the
-                        // actor shares one transaction.
-                        ctx.run_later(Duration::ZERO, |act, ctx| act.flush(ctx));
-                    }
+                    self.schedule_flush(ctx);
                 }
                 Effect::Send { to, msg } => match self.addr_of(&to) {
                     Some(addr) => {
@@ -459,7 +460,10 @@ impl CopyActor {
                     }
                     debug!(shard = %self.key, keep, epoch, "log reconciled with the primary");
                 }
-                Effect::Commit { upto } => self.apply(upto),
+                Effect::Commit { upto } => {
+                    self.pending_apply = Some(self.pending_apply.unwrap_or(0).max(upto));
+                    self.schedule_flush(ctx);
+                }
                 Effect::FetchMap { seen } => {
                     debug!(shard = %self.key, seen, mine = self.copy.replicas.epoch, "newer epoch seen; waiting for the map")
                 }
@@ -467,35 +471,81 @@ impl CopyActor {
         }
     }
 
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        self.flush_scheduled = false;
-        if self.to_persist.is_empty() || self.failed.is_some() {
-            return;
-        }
-        let entries = std::mem::take(&mut self.to_persist);
-        match self.env.store.append(self.id, &entries) {
-            Ok(logged) => {
-                let effects = match &mut self.role {
-                    Role::Primary(p) => p.on_persisted(logged),
-                    Role::Backup(b) => b.on_persisted(logged),
-                    Role::Installing => vec![],
-                };
-                self.run(effects, ctx);
-            }
-            Err(e) => self.fail(format!("log write failed: {e}")),
+    /// Everything proposed, received or committed before the next turn of
+    /// the actor goes into one group commit.
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(Duration::ZERO, |act, ctx| act.flush(ctx));
         }
     }
 
-    fn apply(&mut self, upto: Seq) {
-        match self.env.store.apply(self.id, upto, &self.copy.key_column) {
-            Ok(results) => {
-                for (seq, res) in results {
+    fn take_work(&mut self) -> Option<Work> {
+        if self.failed.is_some() || (self.to_persist.is_empty() && self.pending_apply.is_none()) {
+            return None;
+        }
+        Some(Work {
+            id: self.id,
+            entries: std::mem::take(&mut self.to_persist),
+            apply: self
+                .pending_apply
+                .take()
+                .map(|upto| (upto, self.copy.key_column.clone())),
+        })
+    }
+
+    /// Hands the pending log entries and applies to the node's committer
+    /// and pauses this copy's mailbox until they are durable; the actor
+    /// thread serves the other copies meanwhile, whose work joins the same
+    /// transaction.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.flush_scheduled = false;
+        let Some(work) = self.take_work() else {
+            return;
+        };
+        let done = self.env.committer.submit(work);
+        ctx.wait(
+            done.into_actor(self)
+                .map(|res, act, ctx| act.flushed(res, ctx)),
+        );
+    }
+
+    /// The same, done here and now: before a reconfiguration reads the
+    /// store to build the next state machine.
+    fn flush_now(&mut self, ctx: &mut Context<Self>) {
+        // Bounded: a flush can add one more (an apply the persist unlocked).
+        for _ in 0..4 {
+            let Some(work) = self.take_work() else {
+                return;
+            };
+            let res = self
+                .env
+                .store
+                .commit_batch(std::slice::from_ref(&work))
+                .pop()
+                .expect("one result per piece of work");
+            self.flushed(res, ctx);
+        }
+    }
+
+    fn flushed(&mut self, res: Result<Done, StoreError>, ctx: &mut Context<Self>) {
+        match res {
+            Ok(done) => {
+                for (seq, res) in done.applied {
                     if let Some(reply) = self.waiting.remove(&seq) {
                         let _ = reply.send(res.map_err(DataError::from));
                     }
                 }
+                if let Some(logged) = done.logged {
+                    let effects = match &mut self.role {
+                        Role::Primary(p) => p.on_persisted(logged),
+                        Role::Backup(b) => b.on_persisted(logged),
+                        Role::Installing => vec![],
+                    };
+                    self.run(effects, ctx);
+                }
             }
-            Err(e) => self.fail(format!("apply failed: {e}")),
+            Err(e) => self.fail(format!("log write failed: {e}")),
         }
     }
 
@@ -557,7 +607,7 @@ impl Handler<Reconfigure> for CopyActor {
             self.publish(ctx);
             return; // the snapshot being copied stays valid
         }
-        self.flush(ctx);
+        self.flush_now(ctx);
         let effects = self.configure(led_before, old_primary);
         self.run(effects, ctx);
         self.publish(ctx);
@@ -697,14 +747,24 @@ impl CopyActor {
                         b.epoch()
                     ));
                 }
-                match mode {
-                    ReadMode::AtLeast(n) if b.applied() < n => Err(format!(
-                        "shard {} copy here has applied entry {} of {n} the session needs; read from the primary",
-                        self.key,
-                        b.applied()
-                    )),
-                    _ => Ok(()),
+                let ReadMode::AtLeast(n) = mode else {
+                    return Ok(());
+                };
+                // What the rows hold, not what the state machine has
+                // committed: applies are written by the group commit.
+                let applied = self
+                    .env
+                    .store
+                    .meta(self.id)
+                    .map_err(|e| format!("shard {} read failed: {e}", self.key))?
+                    .applied;
+                if applied < n {
+                    return Err(format!(
+                        "shard {} copy here has applied entry {applied} of {n} the session needs; read from the primary",
+                        self.key
+                    ));
                 }
+                Ok(())
             }
         }
     }
