@@ -110,7 +110,7 @@ impl Handler<AdminCall> for AdminActor {
                 let map = self.control.map();
                 let reply = AdminReply::Tables {
                     map_version: map.version,
-                    tables: map.tables.into_values().collect(),
+                    tables: map.tables.values().cloned().collect(),
                 };
                 stream::once(async move { reply }).boxed()
             }
@@ -139,7 +139,7 @@ impl Handler<AdminCall> for AdminActor {
                 let map = self.control.map();
                 let reply = AdminReply::Events {
                     map_version: map.version,
-                    events: map.events.into_iter().collect(),
+                    events: map.events.iter().cloned().collect(),
                 };
                 stream::once(async move { reply }).boxed()
             }

@@ -154,6 +154,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         inbox,
         control: None,
         copies: BTreeMap::new(),
+        local: Arc::default(),
         copy_env: None,
         left: false,
     }
@@ -207,6 +208,9 @@ pub struct NodeActor {
     control: Option<ControlPlane>,
     /// The shard copies this node holds, as the committed map gives them.
     copies: Copies,
+    /// The copies' addresses, shared with every request being routed;
+    /// rebuilt when the copies change.
+    local: Arc<BTreeMap<ShardKey, Addr<CopyActor>>>,
     /// What the copies share; set once the control plane is attached.
     copy_env: Option<CopyEnv>,
     left: bool,
@@ -247,11 +251,7 @@ impl Handler<Route> for NodeActor {
         let router = Router {
             me: self.identity.node_id.clone(),
             control: control.clone(),
-            local: self
-                .copies
-                .iter()
-                .map(|(k, (_, a))| (k.clone(), a.clone()))
-                .collect(),
+            local: self.local.clone(),
             endpoint: self.endpoint.clone(),
         };
         Box::pin(async move { router.route(req).await })
@@ -300,6 +300,12 @@ impl StreamHandler<u64> for NodeActor {
                 }
             }
         }
+        self.local = Arc::new(
+            self.copies
+                .iter()
+                .map(|(k, (_, a))| (k.clone(), a.clone()))
+                .collect(),
+        );
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}
@@ -393,11 +399,7 @@ impl Handler<PeerCall> for NodeActor {
                 }
             }),
             PeerMessage::Data(req) => {
-                let local: BTreeMap<ShardKey, Addr<CopyActor>> = self
-                    .copies
-                    .iter()
-                    .map(|(k, (_, a))| (k.clone(), a.clone()))
-                    .collect();
+                let local = self.local.clone();
                 Box::pin(async move { PeerReply::Data(serve_local(&local, req).await) })
             }
             PeerMessage::Repl { .. } => {

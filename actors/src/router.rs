@@ -39,7 +39,7 @@ pub struct Router {
     pub me: String,
     /// The committed map, read afresh at every attempt.
     pub control: ControlPlane,
-    pub local: BTreeMap<ShardKey, Addr<CopyActor>>,
+    pub local: std::sync::Arc<BTreeMap<ShardKey, Addr<CopyActor>>>,
     pub endpoint: Endpoint,
 }
 

@@ -229,8 +229,8 @@ impl ControlPlane {
         })
     }
 
-    /// This node's copy of the committed map.
-    pub fn map(&self) -> ClusterMap {
+    /// This node's copy of the committed map (shared, not copied).
+    pub fn map(&self) -> Arc<ClusterMap> {
         self.inner.state.read().unwrap().map.clone()
     }
 

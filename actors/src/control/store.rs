@@ -210,7 +210,9 @@ impl RaftLogStorage<MapRaft> for LogStore {
 pub struct MapState {
     pub last_applied: Option<LogId<NodeId>>,
     pub last_membership: StoredMembership<NodeId, RaftNode>,
-    pub map: ClusterMap,
+    /// Shared with every reader: a data request takes a reference, not a
+    /// copy (the map holds every table and the event log).
+    pub map: Arc<ClusterMap>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -314,7 +316,9 @@ impl RaftStateMachine<MapRaft> for StateMachine {
             next.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Ok(next.map.version),
-                EntryPayload::Normal(cmd) => next.map.apply(&cmd).map(|()| next.map.version),
+                EntryPayload::Normal(cmd) => Arc::make_mut(&mut next.map)
+                    .apply(&cmd)
+                    .map(|()| next.map.version),
                 EntryPayload::Membership(m) => {
                     next.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     Ok(next.map.version)
