@@ -25,6 +25,12 @@ cleanup() {
 }
 trap cleanup EXIT
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# Gives up (and fails the script) after LIMIT_S seconds: every wait is bounded.
+LIMIT_S=${LIMIT_S:-120}
+deadline() { echo $(($(now_ms) + LIMIT_S * 1000)); }
+check() { # deadline, what
+  if [ "$(now_ms)" -gt "$1" ]; then echo "gave up after ${LIMIT_S}s waiting for $2" >&2; exit 1; fi
+}
 stats() { # name, values...
   local name=$1; shift
   printf '%s\n' "$@" | sort -n | awk -v n="$name" '{a[NR]=$1} END {
@@ -52,7 +58,7 @@ for run in $(seq 1 "$RUNS"); do
   A=("$T" admin --node "127.0.0.1:$port" --certs "$d/certs")
   for _ in $(seq 1 50); do "${A[@]}" create-table fo --key id --shards 8 --replicas 3 >/dev/null 2>&1 && break; sleep 0.2; done
   sleep 1
-  "${A[@]}" import fo "$work/rows.jsonl" --concurrency 64 >/dev/null 2>&1
+  "${A[@]}" import fo "$work/rows.jsonl" --concurrency 64 >/dev/null
   key=7
   primary=$("${A[@]}" --output json locate fo $key | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"])')
   pid=$(grep -o "pids:.*" "$work/demo$run.log" | tr ' ' '\n' | grep "^$primary=" | cut -d= -f2)
@@ -60,9 +66,11 @@ for run in $(seq 1 "$RUNS"); do
   [ "$primary" = n4 ] && probe=("${A[@]}")
   start=$(now_ms)
   kill -9 "$pid"
-  until "${probe[@]}" put fo "{\"id\":$key,\"run\":$run}" >/dev/null 2>&1; do sleep 0.02; done
+  dl=$(deadline)
+  until "${probe[@]}" put fo "{\"id\":$key,\"run\":$run}" >/dev/null 2>&1; do check "$dl" "a write after the kill"; sleep 0.02; done
   up=$(now_ms)
-  until "${probe[@]}" --output json describe fo 2>/dev/null |
+  dl=$(deadline)
+  until check "$dl" "full replication" && "${probe[@]}" --output json describe fo 2>/dev/null |
     python3 -c 'import json,sys; sys.exit(any(h["state"] != "healthy" for h in json.load(sys.stdin)["health"]))'; do sleep 0.2; done
   healed=$(now_ms)
   echo "tstore run $run: killed primary $primary of key $key; writes back after $((up - start)) ms; 3 copies of every shard ($ROWS rows) after $((healed - start)) ms"
@@ -82,7 +90,8 @@ for run in $(seq 1 "$RUNS"); do
   done
   sleep 1
   redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
-  until [ "$(redis-cli -p $base cluster info | tr -d '\r' | grep cluster_state)" = "cluster_state:ok" ]; do sleep 0.2; done
+  dl=$(deadline)
+  until [ "$(redis-cli -p $base cluster info | tr -d '\r' | grep cluster_state)" = "cluster_state:ok" ]; do check "$dl" "the Redis cluster"; sleep 0.2; done
   sleep 2
   key=k7
   slot=$(redis-cli -p $base cluster keyslot $key | tr -d '\r')
@@ -92,7 +101,8 @@ for run in $(seq 1 "$RUNS"); do
   redis-cli -c -p $other set $key before >/dev/null
   start=$(now_ms)
   kill -9 $mpid
-  until [ "$(redis-cli -c -p $other set $key run$run 2>/dev/null | tr -d '\r')" = "OK" ]; do sleep 0.02; done
+  dl=$(deadline)
+  until [ "$(redis-cli -c -p $other set $key run$run 2>/dev/null | tr -d '\r')" = "OK" ]; do check "$dl" "a Redis write after the kill"; sleep 0.02; done
   up=$(now_ms)
   echo "redis run $run: killed master :$master of $key; writes back after $((up - start)) ms"
   redis_unavail+=($((up - start)))

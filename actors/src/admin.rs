@@ -14,7 +14,6 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tstore_membership::{view, Membership};
 
 use crate::control::ControlPlane;
-use crate::node::{NodeActor, Route};
 use crate::wire::{AdminReply, AdminRequest, DataError, DataReply, ErrorKind};
 
 /// At most this many gossip watches at once per node.
@@ -23,7 +22,6 @@ pub const MAX_WATCHES: usize = 64;
 pub struct AdminActor {
     membership: Arc<Membership>,
     control: ControlPlane,
-    node: Addr<NodeActor>,
     watch_interval: Duration,
     watches: Arc<AtomicUsize>,
 }
@@ -32,13 +30,11 @@ impl AdminActor {
     pub fn new(
         membership: Arc<Membership>,
         control: ControlPlane,
-        node: Addr<NodeActor>,
         watch_interval: Duration,
     ) -> Self {
         Self {
             membership,
             control,
-            node,
             watch_interval,
             watches: Arc::default(),
         }
@@ -72,17 +68,14 @@ impl Handler<AdminCall> for AdminActor {
                 stream::once(async move { AdminReply::Gossip(membership.snapshot().await) }).boxed()
             }
             AdminRequest::WatchGossip => self.watch(membership),
-            AdminRequest::Data(req) => {
-                let node = self.node.clone();
-                stream::once(async move {
-                    AdminReply::Data(node.send(Route(req)).await.unwrap_or_else(|e| {
-                        DataReply::Error(DataError::unavailable(format!(
-                            "the node is shutting down: {e}"
-                        )))
-                    }))
-                })
-                .boxed()
-            }
+            // Reads and writes are routed by the node's service straight
+            // to the shard copies (`service::Routing`), not through here.
+            AdminRequest::Data(_) => stream::once(async {
+                AdminReply::Data(DataReply::Error(DataError::unavailable(
+                    "data requests are served by the node's router, not the admin actor",
+                )))
+            })
+            .boxed(),
             AdminRequest::Route { table } => {
                 let map = self.control.map();
                 let reply = match map.tables.get(&table) {

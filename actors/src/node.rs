@@ -26,11 +26,10 @@ use crate::coordinator::actor::CoordinatorActor;
 use crate::data::committer::Committer;
 use crate::data::store::ShardStore;
 use crate::replication::LeaseConfig;
-use crate::router::{serve_local, Router};
+use crate::router::{serve_local, LocalCopies};
 use crate::service::NodeService;
 use crate::shard::actor::{Copies, CopyActor, CopyEnv, Reconfigure, Replicate, StopCopy};
 use crate::shard::{self, LocalChange, LocalCopy, ShardKey};
-use crate::wire::{DataReply, DataRequest};
 use crate::wire::{PeerMessage, PeerReply};
 
 /// Inbound one-way messages may queue this deep in the node's mailbox.
@@ -147,6 +146,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     let (membership, inbox) = Membership::start(&identity, addr, membership, link).await?;
     let membership = Arc::new(membership);
     // Gossip must flow before Raft starts: Raft RPCs and gossip share the endpoint.
+    let local = LocalCopies::default();
     let node = NodeActor {
         identity: identity.clone(),
         endpoint: endpoint.clone(),
@@ -154,7 +154,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         inbox,
         control: None,
         copies: BTreeMap::new(),
-        local: Arc::default(),
+        local: local.clone(),
         copy_env: None,
         left: false,
     }
@@ -184,12 +184,18 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         control: control.clone(),
         lease: lease.unwrap_or_default(),
     }));
-    let admin = AdminActor::new(membership, control.clone(), node.clone(), watch_interval).start();
-    CoordinatorActor::new(control).start();
+    let admin = AdminActor::new(membership, control.clone(), watch_interval).start();
+    CoordinatorActor::new(control.clone()).start();
     endpoint.serve(Arc::new(NodeService {
         node: node.clone(),
         admin,
         snapshots,
+        routing: crate::service::Routing {
+            me: identity.node_id.clone(),
+            control: control.clone(),
+            local,
+            endpoint: endpoint.clone(),
+        },
     }));
     info!(node_id = %identity.node_id, generation = identity.generation, %addr, "node serving");
     Ok(NodeHandle {
@@ -210,7 +216,7 @@ pub struct NodeActor {
     copies: Copies,
     /// The copies' addresses, shared with every request being routed;
     /// rebuilt when the copies change.
-    local: Arc<BTreeMap<ShardKey, Addr<CopyActor>>>,
+    local: LocalCopies,
     /// What the copies share; set once the control plane is attached.
     copy_env: Option<CopyEnv>,
     left: bool,
@@ -229,32 +235,6 @@ impl Handler<AttachControl> for NodeActor {
         ctx.add_stream(WatchStream::new(env.control.watch_version()));
         self.control = Some(env.control.clone());
         self.copy_env = Some(env);
-    }
-}
-
-/// A client read or write to route to the right shard copy.
-#[derive(Message)]
-#[rtype(result = "DataReply")]
-pub struct Route(pub DataRequest);
-
-impl Handler<Route> for NodeActor {
-    type Result = ResponseFuture<DataReply>;
-
-    fn handle(&mut self, Route(req): Route, _: &mut Context<Self>) -> Self::Result {
-        let Some(control) = &self.control else {
-            return Box::pin(async {
-                DataReply::Error(crate::wire::DataError::unavailable(
-                    "the node is still starting",
-                ))
-            });
-        };
-        let router = Router {
-            me: self.identity.node_id.clone(),
-            control: control.clone(),
-            local: self.local.clone(),
-            endpoint: self.endpoint.clone(),
-        };
-        Box::pin(async move { router.route(req).await })
     }
 }
 
@@ -300,7 +280,7 @@ impl StreamHandler<u64> for NodeActor {
                 }
             }
         }
-        self.local = Arc::new(
+        *self.local.write().expect("local copies lock") = Arc::new(
             self.copies
                 .iter()
                 .map(|(k, (_, a))| (k.clone(), a.clone()))
@@ -399,7 +379,7 @@ impl Handler<PeerCall> for NodeActor {
                 }
             }),
             PeerMessage::Data(req) => {
-                let local = self.local.clone();
+                let local = self.local.read().expect("local copies lock").clone();
                 Box::pin(async move { PeerReply::Data(serve_local(&local, req).await) })
             }
             PeerMessage::Repl { .. } => {

@@ -7,6 +7,7 @@
 //! in key order.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -34,12 +35,17 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// client's epoch.
 const MAP_CATCH_UP: Duration = Duration::from_secs(1);
 
+/// The addresses of this node's shard copies, published by the NodeActor
+/// whenever they change and read by every request being routed (from the
+/// transport's tasks, not through the actor).
+pub type LocalCopies = Arc<RwLock<Arc<BTreeMap<ShardKey, Addr<CopyActor>>>>>;
+
 /// What routing one request needs.
 pub struct Router {
     pub me: String,
     /// The committed map, read afresh at every attempt.
     pub control: ControlPlane,
-    pub local: std::sync::Arc<BTreeMap<ShardKey, Addr<CopyActor>>>,
+    pub local: Arc<BTreeMap<ShardKey, Addr<CopyActor>>>,
     pub endpoint: Endpoint,
 }
 

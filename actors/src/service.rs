@@ -4,12 +4,13 @@
 use actix::Addr;
 use futures::stream::{self, BoxStream, StreamExt};
 use tracing::debug;
-use tstore_transport::{Remote, Service};
+use tstore_transport::{Endpoint, Remote, Service};
 
 use crate::admin::{AdminActor, AdminCall};
 use crate::control::ControlPlane;
 use crate::data::store::{ShardId, ShardStore};
 use crate::node::{InboundPeer, NodeActor, PeerCall};
+use crate::router::{serve_local, LocalCopies, Router};
 use crate::wire::{AdminReply, AdminRequest, PeerMessage, PeerReply, SnapshotPart};
 
 /// Rows per snapshot frame, by size (well under the frame limit).
@@ -19,6 +20,28 @@ pub(crate) struct NodeService {
     pub(crate) node: Addr<NodeActor>,
     pub(crate) admin: Addr<AdminActor>,
     pub(crate) snapshots: SnapshotSource,
+    pub(crate) routing: Routing,
+}
+
+/// What reads and writes need to be routed straight from the transport's
+/// tasks: they go to the shard copy actors without a stop at the admin or
+/// node actor, whose single thread they would otherwise queue on.
+pub(crate) struct Routing {
+    pub(crate) me: String,
+    pub(crate) control: ControlPlane,
+    pub(crate) local: LocalCopies,
+    pub(crate) endpoint: Endpoint,
+}
+
+impl Routing {
+    fn router(&self) -> Router {
+        Router {
+            me: self.me.clone(),
+            control: self.control.clone(),
+            local: self.local.read().expect("local copies lock").clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
 }
 
 /// Serves snapshots of the shards this node leads to learners.
@@ -99,9 +122,22 @@ impl Service for NodeService {
     }
 
     fn on_peer_request(&self, from: Remote, msg: PeerMessage) -> BoxStream<'static, PeerReply> {
-        if let PeerMessage::Snapshot { table, shard } = msg {
-            return self.snapshots.serve(table, shard);
-        }
+        let msg = match msg {
+            PeerMessage::Snapshot { table, shard } => return self.snapshots.serve(table, shard),
+            PeerMessage::Data(req) => {
+                let local = self
+                    .routing
+                    .local
+                    .read()
+                    .expect("local copies lock")
+                    .clone();
+                return stream::once(
+                    async move { PeerReply::Data(serve_local(&local, req).await) },
+                )
+                .boxed();
+            }
+            other => other,
+        };
         let node = self.node.clone();
         stream::once(async move {
             node.send(PeerCall { from, msg })
@@ -116,6 +152,10 @@ impl Service for NodeService {
         _from: Remote,
         req: AdminRequest,
     ) -> BoxStream<'static, AdminReply> {
+        if let AdminRequest::Data(req) = req {
+            let router = self.routing.router();
+            return stream::once(async move { AdminReply::Data(router.route(req).await) }).boxed();
+        }
         let admin = self.admin.clone();
         stream::once(async move { admin.send(AdminCall(req)).await })
             .flat_map(|res| match res {
