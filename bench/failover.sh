@@ -92,7 +92,15 @@ for run in $(seq 1 "$RUNS"); do
   redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
   dl=$(deadline)
   until [ "$(redis-cli -p $base cluster info | tr -d '\r' | grep cluster_state)" = "cluster_state:ok" ]; do check "$dl" "the Redis cluster"; sleep 0.2; done
-  sleep 2
+  # A replica that has not finished its first sync refuses to fail over.
+  dl=$(deadline)
+  for p in "${ports[@]}"; do
+    until info=$(redis-cli -p "$p" info replication | tr -d '\r') &&
+      { ! grep -q role:slave <<<"$info" || grep -q master_link_status:up <<<"$info"; }; do
+      check "$dl" "Redis replicas in sync"; sleep 0.2
+    done
+  done
+  sleep 1
   key=k7
   slot=$(redis-cli -p $base cluster keyslot $key | tr -d '\r')
   master=$(redis-cli -p $base cluster nodes | tr -d '\r' | awk -v s=$slot '$3 ~ /master/ {for (i=9;i<=NF;i++) {split($i,r,"-"); if (s>=r[1] && s<=(r[2]==""?r[1]:r[2])) print $2}}' | cut -d@ -f1 | cut -d: -f2)
