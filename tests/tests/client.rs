@@ -339,5 +339,58 @@ async fn row_commands_exit_with_one_code_per_kind_of_failure() {
     // The node kept serving through all of it.
     let out = ok(&["scan", "user"]);
     assert!(out.contains("(1 rows)"), "{out}");
+
+    // Bulk import: good lines load, a bad line is reported by its number,
+    // and the command fails at the end.
+    let file = c.dir().join("users.jsonl");
+    let mut lines: Vec<String> = (100..300)
+        .map(|i| format!(r#"{{"id":{i},"name":"user{i}"}}"#))
+        .collect();
+    lines.insert(57, r#"{"id":"#.into());
+    lines.insert(120, r#"{"name":"no key"}"#.into());
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let (code, out, err) = cli(&["--output", "json", "import", "user", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "an import with bad lines fails: {err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["imported"], 200, "{report}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{report}");
+    assert_eq!(failed[0][0], 58, "lines are numbered from 1: {report}");
+    assert_eq!(failed[1][0], 121, "{report}");
+    assert!(err.contains("2 rows were not imported"), "{err}");
+    let out = ok(&[
+        "scan", "user", "--from", "100", "--to", "300", "--limit", "1000",
+    ]);
+    assert!(out.contains("(200 rows)"), "{out}");
+
+    // The load generator: a short run, its JSON report.
+    let out = Command::new(tstore_binary())
+        .args(["bench", "--node"])
+        .arg(c.addr("n1").to_string())
+        .arg("--certs")
+        .arg(c.certs().path())
+        .args([
+            "--ops",
+            "400",
+            "--concurrency",
+            "8",
+            "--keys",
+            "50",
+            "--json",
+        ])
+        .args(["--mix", "write:50,read:50", "--read", "session"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ops"], 400, "{report}");
+    assert_eq!(report["write"]["errors"], 0, "{report}");
+    assert_eq!(report["read"]["errors"], 0, "{report}");
+    assert!(report["write"]["count"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["read"]["p99_us"].as_u64().unwrap() > 0, "{report}");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
