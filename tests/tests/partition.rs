@@ -124,6 +124,14 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
         "{victim} is not back in every shard: {healed:?}"
     );
     eprintln!("healed; every shard back at 3 identical copies {took:?} after the writers stopped");
+    // How the victim came back: a copy it still ran is discarded and copied
+    // afresh ("rejoining"), one it had stopped starts over as a learner.
+    let log = std::fs::read_to_string(c.log_path(&victim)).unwrap_or_default();
+    eprintln!(
+        "{victim}: {} copies rejoined in place and were re-copied, {} snapshots installed",
+        log.matches("rejoining as a learner").count(),
+        log.matches("snapshot installed").count()
+    );
 
     // Nothing the cut-off primary acknowledged during the partition: a write
     // sent to it once the cut was in place (a margin for writes already on

@@ -602,10 +602,26 @@ impl Handler<Reconfigure> for CopyActor {
                 ))));
             }
         }
+        // Copies are (re)added to a shard only as learners: a copy that was
+        // a member and comes back as a learner left the configuration and
+        // missed its epochs. It may hold entries no member has (a cut-off
+        // primary's uncommitted tail) below the new primary's commit point,
+        // where log reconciliation cannot see them: discard it, copy afresh.
+        let rejoining = copy.role == LocalRole::Learner && self.copy.role != LocalRole::Learner;
         self.copy = copy;
         if matches!(self.role, Role::Installing) {
             self.publish(ctx);
             return; // the snapshot being copied stays valid
+        }
+        if rejoining {
+            info!(shard = %self.key, epoch = self.copy.replicas.epoch, "rejoining as a learner: discarding this copy and copying the shard afresh");
+            self.to_persist.clear();
+            self.pending_apply = None;
+            self.in_sync_at = None;
+            self.role = Role::Installing;
+            self.publish(ctx);
+            self.install(ctx);
+            return;
         }
         self.flush_now(ctx);
         let effects = self.configure(led_before, old_primary);
