@@ -170,7 +170,8 @@ impl Handler<AdminCall> for AdminActor {
     }
 }
 
-fn no_such_table(name: &str, map: &crate::cluster_map::ClusterMap) -> String {
+/// `table "x" does not exist (tables: a, b)`.
+pub(crate) fn no_such_table(name: &str, map: &crate::cluster_map::ClusterMap) -> String {
     if map.tables.is_empty() {
         format!("table {name:?} does not exist (there are no tables)")
     } else {

@@ -54,20 +54,9 @@ fn err(e: DataError) -> DataReply {
 }
 
 fn table_in<'a>(map: &'a ClusterMap, name: &str) -> Result<&'a Table, DataError> {
-    map.tables.get(name).ok_or_else(|| {
-        DataError::new(
-            ErrorKind::NoTable,
-            if map.tables.is_empty() {
-                format!("table {name:?} does not exist (there are no tables)")
-            } else {
-                let names: Vec<&str> = map.tables.keys().map(String::as_str).collect();
-                format!(
-                    "table {name:?} does not exist (tables: {})",
-                    names.join(", ")
-                )
-            },
-        )
-    })
+    map.tables
+        .get(name)
+        .ok_or_else(|| DataError::new(ErrorKind::NoTable, crate::admin::no_such_table(name, map)))
 }
 
 impl Router {

@@ -568,19 +568,7 @@ impl ControlPlane {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        self.write(MapCommand::SetReplicas {
-            table: c.table,
-            shard: c.shard,
-            expect_epoch: c.expect_epoch,
-            primary: c.primary,
-            backups: c.backups,
-            learners: c.learners,
-            moves: c.moves,
-            what: c.what,
-            why: c.why,
-            at_unix_ms: now,
-        })
-        .await
+        self.write(c.into_command(now)).await
     }
 
     /// An operator's change to one shard (promote, move, remove a copy).

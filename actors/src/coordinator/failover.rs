@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster_map::{ClusterMap, NodeId, NodeState, ReplicaSet, Table};
+use crate::cluster_map::{ClusterMap, MapCommand, NodeId, NodeState, ReplicaSet, Table};
 
 /// What the coordinator knows beyond the map.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +51,24 @@ pub struct Change {
     pub moves: Vec<(NodeId, NodeId)>,
     pub what: String,
     pub why: String,
+}
+
+impl Change {
+    /// The map command that commits the change, stamped `at_unix_ms`.
+    pub fn into_command(self, at_unix_ms: u64) -> MapCommand {
+        MapCommand::SetReplicas {
+            table: self.table,
+            shard: self.shard,
+            expect_epoch: self.expect_epoch,
+            primary: self.primary,
+            backups: self.backups,
+            learners: self.learners,
+            moves: self.moves,
+            what: self.what,
+            why: self.why,
+            at_unix_ms,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -281,9 +299,9 @@ fn plan_shard(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::cluster_map::{MapCommand, Sharding, TableSpec};
+    use crate::cluster_map::{Sharding, TableSpec};
 
     fn map(nodes: usize, zones: &[&str]) -> ClusterMap {
         let mut m = ClusterMap::default();
@@ -320,21 +338,9 @@ mod tests {
     }
 
     /// Commits the changes the way the coordinator does.
-    fn commit(m: &mut ClusterMap, changes: &[Change]) {
+    pub(crate) fn commit(m: &mut ClusterMap, changes: &[Change]) {
         for c in changes {
-            m.apply(&MapCommand::SetReplicas {
-                table: c.table.clone(),
-                shard: c.shard,
-                expect_epoch: c.expect_epoch,
-                primary: c.primary.clone(),
-                backups: c.backups.clone(),
-                learners: c.learners.clone(),
-                moves: c.moves.clone(),
-                what: c.what.clone(),
-                why: c.why.clone(),
-                at_unix_ms: 0,
-            })
-            .unwrap();
+            m.apply(&c.clone().into_command(0)).unwrap();
         }
     }
 

@@ -410,23 +410,7 @@ mod tests {
         }
     }
 
-    fn commit(m: &mut ClusterMap, changes: &[Change]) {
-        for c in changes {
-            m.apply(&MapCommand::SetReplicas {
-                table: c.table.clone(),
-                shard: c.shard,
-                expect_epoch: c.expect_epoch,
-                primary: c.primary.clone(),
-                backups: c.backups.clone(),
-                learners: c.learners.clone(),
-                moves: c.moves.clone(),
-                what: c.what.clone(),
-                why: c.why.clone(),
-                at_unix_ms: 0,
-            })
-            .unwrap();
-        }
-    }
+    use crate::coordinator::failover::tests::commit;
 
     fn in_flight(m: &ClusterMap) -> usize {
         shards(m).map(|(_, _, r)| r.moves.len()).sum()
