@@ -231,7 +231,7 @@ pub enum AdminCommand {
         if_version: Option<u64>,
     },
     /// Several writes in one shard, all or nothing: `batch user '[{"put":{"id":1,"n":"A"}},
-    /// {"update":{"key":1,"patch":{"n":"B"},"if_version":4}},{"delete":{"key":9}}]'`.
+    /// {"update":{"key":1,"patch":{"n":"B"}}}]'` (`locate` tells which keys share a shard).
     Batch {
         table: String,
         /// A JSON array of `{"put": ROW}`, `{"insert": ROW}`,
@@ -660,6 +660,10 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
 /// node serving its shard. With `--session FILE` the session token is
 /// loaded before and saved after.
 async fn rows(args: AdminArgs) -> anyhow::Result<()> {
+    // Bad input is reported before anything is dialed.
+    if let AdminCommand::Batch { ops, .. } = &args.command {
+        parse_batch(ops)?;
+    }
     let client = Client::connect(&[args.node], &args.certs, &args.client_name).await?;
     if let Some(path) = &args.session {
         if path.exists() {
@@ -807,8 +811,16 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
     Ok(())
 }
 
-/// Parses the `batch` command's JSON array.
+/// Parses the `batch` command's JSON array; a bad one is an `Invalid`
+/// request (exit code 3), like any other malformed row command.
 pub fn parse_batch(text: &str) -> anyhow::Result<Vec<BatchOp>> {
+    parse_batch_ops(text).map_err(|e| {
+        crate::client::ClientError::Data(tstore_actors::wire::DataError::invalid(format!("{e:#}")))
+            .into()
+    })
+}
+
+fn parse_batch_ops(text: &str) -> anyhow::Result<Vec<BatchOp>> {
     let items: Vec<serde_json::Value> = serde_json::from_str(text)
         .context("a batch is a JSON array of operations, e.g. [{\"put\":{\"id\":1}}]")?;
     let key = |v: &serde_json::Value, i: usize| -> anyhow::Result<SplitKey> {

@@ -485,6 +485,17 @@ impl Client {
                 other => other,
             })?);
         }
+        let route = self.route(table).await?;
+        let mut keys = out.iter().filter_map(Op::key);
+        if let Some(first) = keys.next() {
+            let shard = route.table.shard_of(first);
+            if let Some(other) = keys.find(|k| route.table.shard_of(k) != shard) {
+                return Err(ClientError::Data(DataError::invalid(format!(
+                    "a batch is atomic within one shard: key {first} is in {table}/{shard}, key {other} in {table}/{}",
+                    route.table.shard_of(other)
+                ))));
+            }
+        }
         match self.write(table, Op::Batch(out)).await? {
             OpResult::Batch(results) => Ok(results),
             _ => Err(ClientError::Unexpected(

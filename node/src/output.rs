@@ -161,12 +161,21 @@ pub fn table_with_copies(
             let (state, lag) = shard_health(t, s.index, reports);
             let mut copies = String::new();
             if verify {
-                let sums: Vec<Option<u64>> = reports
+                let sums: Vec<Option<(u64, u64)>> = reports
                     .iter()
                     .filter(|r| r.shard == s.index && s.replicas.members().any(|m| *m == r.node))
-                    .map(|r| r.status.as_ref().ok().and_then(|c| c.checksum))
+                    .map(|r| {
+                        let c = r.status.as_ref().ok()?;
+                        Some((c.applied, c.checksum?))
+                    })
                     .collect();
-                copies = if sums.iter().all(|c| c.is_some() && *c == sums[0]) {
+                // Copies at different log positions are not comparable yet
+                // (a backup applies the last entries at the next heartbeat).
+                copies = if sums.iter().any(Option::is_none) {
+                    "unknown".into()
+                } else if sums.iter().any(|c| c.map(|c| c.0) != sums[0].map(|c| c.0)) {
+                    "catching-up".into()
+                } else if sums.iter().all(|c| *c == sums[0]) {
                     "identical".into()
                 } else {
                     "DIFFER".into()

@@ -323,8 +323,19 @@ async fn row_commands_exit_with_one_code_per_kind_of_failure() {
         ),
         (
             vec!["batch", "user", r#"[{"upsert":{}}]"#],
-            1,
+            3,
             "unknown operation",
+        ),
+        (
+            // Eight keys over four shards: they span more than one.
+            vec![
+                "batch",
+                "user",
+                r#"[{"put":{"id":11}},{"put":{"id":12}},{"put":{"id":13}},{"put":{"id":14}},
+                    {"put":{"id":15}},{"put":{"id":16}},{"put":{"id":17}},{"put":{"id":18}}]"#,
+            ],
+            3,
+            "atomic within one shard",
         ),
         (vec!["get", "user", "99"], 1, "does not exist"),
     ] {

@@ -579,8 +579,14 @@ impl ControlPlane {
 
     /// Marks a node draining (its copies move away) or active again.
     pub async fn set_node_state(&self, node_id: String, state: NodeState) -> Result<u64, String> {
-        if !self.map().nodes.contains_key(&node_id) {
+        let map = self.map();
+        if !map.nodes.contains_key(&node_id) {
             return Err(format!("node {node_id:?} is not in the cluster map"));
+        }
+        if state == NodeState::Draining {
+            if let Some(why) = failover::drain_blocker(&map, &node_id) {
+                return Err(why);
+            }
         }
         self.on_leader(ControlRequest::SetNodeState { node_id, state })
             .await

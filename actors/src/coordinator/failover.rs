@@ -100,6 +100,31 @@ impl Load {
     }
 }
 
+/// Why `node` cannot be drained: some table holding a copy on it keeps
+/// more copies per shard than the other active nodes can hold, so the drain
+/// could never finish. `None` when it can.
+pub fn drain_blocker(map: &ClusterMap, node: &str) -> Option<String> {
+    let others: Vec<&str> = map
+        .nodes
+        .iter()
+        .filter(|(id, n)| id.as_str() != node && n.state == NodeState::Active)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    map.tables.values().find_map(|t| {
+        let held = t.shards.iter().any(|s| s.replicas.holders().any(|h| h == node));
+        (held && others.len() < t.spec.replicas as usize).then(|| {
+            format!(
+                "cannot drain {node}: table {:?} keeps {} copies of each shard and only {} other active node{} ({}) could hold them; add a node first",
+                t.spec.name,
+                t.spec.replicas,
+                others.len(),
+                if others.len() == 1 { "" } else { "s" },
+                if others.is_empty() { "none".to_owned() } else { others.join(", ") }
+            )
+        })
+    })
+}
+
 /// The changes to commit now.
 pub fn plan(map: &ClusterMap, health: &Health, max_new_copies: usize) -> Vec<Change> {
     let mut load = Load::of(map);
@@ -327,6 +352,30 @@ pub(crate) mod tests {
         })
         .unwrap();
         m
+    }
+
+    #[test]
+    fn a_drain_that_could_never_finish_is_refused() {
+        let mut m = map(3, &[]);
+        let why = drain_blocker(&m, "n2").unwrap();
+        assert_eq!(
+            why,
+            "cannot drain n2: table \"t\" keeps 3 copies of each shard and only 2 other active nodes (n1, n3) could hold them; add a node first"
+        );
+        m.apply(&MapCommand::RegisterNode {
+            node_id: "n4".into(),
+            addr: String::new(),
+            zone: String::new(),
+        })
+        .unwrap();
+        assert_eq!(drain_blocker(&m, "n2"), None);
+        // A node already draining is no home for copies either.
+        m.apply(&MapCommand::SetNodeState {
+            node_id: "n4".into(),
+            state: NodeState::Draining,
+        })
+        .unwrap();
+        assert!(drain_blocker(&m, "n2").is_some());
     }
 
     fn health(live: &[&str], down: &[&str]) -> Health {
