@@ -87,15 +87,27 @@ async fn sees_table(c: &Cluster, via: &str, expected: &Table) {
     .unwrap();
 }
 
+/// Creates a table through `via`. A control plane that has just formed may
+/// not have registered every node in the map yet ("only N nodes can take
+/// them"): that one refusal is retried, for a bounded time; any other
+/// answer is returned as it is.
 async fn create(c: &Cluster, via: &str, spec: TableSpec) -> Result<Table, String> {
-    let client = c.client(via).await?;
-    let res = client
-        .create_table(spec)
-        .await
-        .map(|(_, t)| t)
-        .map_err(|e| e.to_string());
-    client.close().await;
-    res
+    let started = std::time::Instant::now();
+    loop {
+        let client = c.client(via).await?;
+        let res = client
+            .create_table(spec.clone())
+            .await
+            .map(|(_, t)| t)
+            .map_err(|e| e.to_string());
+        client.close().await;
+        match res {
+            Err(e) if e.contains("nodes can take them") && started.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 #[tokio::test]
