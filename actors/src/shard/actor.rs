@@ -737,15 +737,32 @@ impl CopyActor {
                 self.key
             )),
             (Role::Primary(p), _) => {
-                if p.lease_valid(now) {
-                    Ok(())
-                } else {
-                    Err(format!(
+                if !p.lease_valid(now) {
+                    return Err(format!(
                         "shard {} refuses reads: primary lease not held at epoch {}",
                         self.key,
                         p.epoch()
-                    ))
+                    ));
                 }
+                // Linearizable only once the rows hold everything committed:
+                // applies are written by the group commit a turn after the
+                // commit point moves (a promoted primary's inherited entries,
+                // acknowledged by its predecessor, included).
+                let applied = self
+                    .env
+                    .store
+                    .meta(self.id)
+                    .map_err(|e| format!("shard {} read failed: {e}", self.key))?
+                    .applied;
+                if applied < p.committed() {
+                    return Err(format!(
+                        "shard {} is applying entries {}..={}; retry",
+                        self.key,
+                        applied + 1,
+                        p.committed()
+                    ));
+                }
+                Ok(())
             }
             (Role::Backup(_), ReadMode::Strong) => Err(format!(
                 "shard {} is not led here (primary is {}); strong reads go to the primary",
