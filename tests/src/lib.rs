@@ -321,6 +321,36 @@ impl Cluster {
         .unwrap();
     }
 
+    /// Waits until `via`'s map holds no copy of `table` on `node` (the
+    /// coordinator dropped it from every configuration); returns how long
+    /// it waited.
+    pub async fn wait_without(
+        &self,
+        via: &str,
+        table: &str,
+        node: &str,
+        limit: Duration,
+    ) -> Result<Duration, String> {
+        let client = self.client(via).await?;
+        let res = self
+            .poll(
+                &format!("every shard of {table} without {node}"),
+                limit,
+                || async {
+                    let (_, t) = client.describe(table).await.map_err(|e| e.to_string())?;
+                    Ok((!t
+                        .shards
+                        .iter()
+                        .any(|s| s.replicas.holders().any(|h| h == node)))
+                    .then_some(()))
+                },
+            )
+            .await
+            .map(|(_, took)| took);
+        client.close().await;
+        res
+    }
+
     /// Creates a table through `via`, retrying while the cluster registers
     /// its nodes, and waits until every copy serves.
     pub async fn create_table(&self, via: &str, spec: TableSpec) -> Table {

@@ -256,19 +256,8 @@ async fn a_killed_backup_is_dropped_then_rebuilt_when_it_returns() {
     // Writes keep being acknowledged with the victim gone.
     let client = c.client(others[0]).await.unwrap();
     let (_, t) = client.describe("b").await.unwrap();
-    let (_, took) = c
-        .poll(
-            "every shard without the dead node",
-            Duration::from_secs(20),
-            || async {
-                let (_, t) = client.describe("b").await.map_err(|e| e.to_string())?;
-                Ok((!t
-                    .shards
-                    .iter()
-                    .any(|s| s.replicas.holders().any(|h| *h == victim)))
-                .then_some(()))
-            },
-        )
+    let took = c
+        .wait_without(others[0], "b", &victim, Duration::from_secs(20))
         .await
         .unwrap();
     let dropped = Instant::now();

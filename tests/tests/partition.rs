@@ -80,20 +80,9 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
     // The majority replaces the victim in every configuration.
     let via = others[0];
     let client = c.client(via).await.unwrap();
-    c.poll(
-        "the majority's map without the cut-off node",
-        Duration::from_secs(30),
-        || async {
-            let (_, t) = client.describe("part").await.map_err(|e| e.to_string())?;
-            Ok((!t
-                .shards
-                .iter()
-                .any(|s| s.replicas.holders().any(|h| *h == victim)))
-            .then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    c.wait_without(via, "part", &victim, Duration::from_secs(30))
+        .await
+        .unwrap();
     let replaced_at = Instant::now();
     eprintln!(
         "{victim} (primary of {led:?}) cut off; out of every configuration {:?} later",
