@@ -118,14 +118,7 @@ impl Router {
             DataRequest::Routed { epoch, request } => self.routed(epoch, request).await,
             DataRequest::Get { table, key, mode } => {
                 let shard = table_in(&map, &table)?.shard_of(&key);
-                let t2 = table.clone();
-                self.read(&table, shard, mode, move |shard| ShardRequest::Get {
-                    table: t2.clone(),
-                    shard,
-                    key: key.clone(),
-                    mode,
-                })
-                .await
+                self.get(table, shard, key, mode).await
             }
             DataRequest::Scan {
                 table,
@@ -264,6 +257,24 @@ impl Router {
         }
     }
 
+    /// A point read of `key` in `table/shard`.
+    async fn get(
+        &self,
+        table: String,
+        shard: u32,
+        key: SplitKey,
+        mode: ReadMode,
+    ) -> Result<DataReply, DataError> {
+        let t = table.clone();
+        self.read(&table, shard, mode, move |shard| ShardRequest::Get {
+            table: t.clone(),
+            shard,
+            key: key.clone(),
+            mode,
+        })
+        .await
+    }
+
     /// Serves a request the client routed itself at `epoch`: refused as
     /// stale when this node's map has moved past that epoch (the client
     /// refreshes and resends), held briefly when this node's map is the one
@@ -316,14 +327,7 @@ impl Router {
                 if t.shard_of(&key) != shard {
                     return Err(not_in_shard(&table, shard, &key, t));
                 }
-                let t2 = table.clone();
-                self.read(&table, shard, mode, move |shard| ShardRequest::Get {
-                    table: t2.clone(),
-                    shard,
-                    key: key.clone(),
-                    mode,
-                })
-                .await
+                self.get(table, shard, key, mode).await
             }
             ShardRequest::Scan {
                 from,

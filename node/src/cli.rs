@@ -260,6 +260,23 @@ pub enum AdminCommand {
     },
 }
 
+impl AdminCommand {
+    /// Reads and writes of rows, served through the routing client.
+    pub fn is_row_command(&self) -> bool {
+        matches!(
+            self,
+            AdminCommand::Put { .. }
+                | AdminCommand::Insert { .. }
+                | AdminCommand::Update { .. }
+                | AdminCommand::Delete { .. }
+                | AdminCommand::Batch { .. }
+                | AdminCommand::Get { .. }
+                | AdminCommand::Scan { .. }
+                | AdminCommand::Import { .. }
+        )
+    }
+}
+
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Read {
@@ -397,17 +414,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 async fn admin(args: AdminArgs) -> anyhow::Result<()> {
-    if matches!(
-        args.command,
-        AdminCommand::Put { .. }
-            | AdminCommand::Insert { .. }
-            | AdminCommand::Update { .. }
-            | AdminCommand::Delete { .. }
-            | AdminCommand::Batch { .. }
-            | AdminCommand::Get { .. }
-            | AdminCommand::Scan { .. }
-            | AdminCommand::Import { .. }
-    ) {
+    if args.command.is_row_command() {
         return rows(args).await;
     }
     let client = AdminClient::connect(args.node, &args.certs, &args.client_name).await?;
@@ -616,14 +623,6 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 .await?;
             done(json, v, &format!("dropped {node}'s copy of {shard}"))?;
         }
-        AdminCommand::Put { .. }
-        | AdminCommand::Insert { .. }
-        | AdminCommand::Update { .. }
-        | AdminCommand::Delete { .. }
-        | AdminCommand::Batch { .. }
-        | AdminCommand::Get { .. }
-        | AdminCommand::Scan { .. }
-        | AdminCommand::Import { .. } => unreachable!("served by rows()"),
         AdminCommand::Gossip { watch: true } => {
             let mut watch = client.watch_gossip().await?;
             while let Some(item) = tokio::select! {
@@ -651,6 +650,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 std::io::stdout().flush()?;
             }
         }
+        row => unreachable!("{row:?} is a row command, served by rows()"),
     }
     client.close().await;
     Ok(())

@@ -721,6 +721,16 @@ impl Handler<Write> for CopyActor {
 }
 
 impl CopyActor {
+    /// The last entry the rows reflect (what the group commit has applied,
+    /// which may trail the state machine's commit point by a turn).
+    fn applied(&self) -> Result<Seq, String> {
+        self.env
+            .store
+            .meta(self.id)
+            .map(|m| m.applied)
+            .map_err(|e| format!("shard {} read failed: {e}", self.key))
+    }
+
     /// Whether this copy may serve a read in `mode` now. A copy serves only
     /// while it knows it is current: the primary while its lease holds, a
     /// backup while its primary has sent it a message of its own epoch
@@ -748,12 +758,7 @@ impl CopyActor {
                 // applies are written by the group commit a turn after the
                 // commit point moves (a promoted primary's inherited entries,
                 // acknowledged by its predecessor, included).
-                let applied = self
-                    .env
-                    .store
-                    .meta(self.id)
-                    .map_err(|e| format!("shard {} read failed: {e}", self.key))?
-                    .applied;
+                let applied = self.applied()?;
                 if applied < p.committed() {
                     return Err(format!(
                         "shard {} is applying entries {}..={}; retry",
@@ -785,12 +790,7 @@ impl CopyActor {
                 };
                 // What the rows hold, not what the state machine has
                 // committed: applies are written by the group commit.
-                let applied = self
-                    .env
-                    .store
-                    .meta(self.id)
-                    .map_err(|e| format!("shard {} read failed: {e}", self.key))?
-                    .applied;
+                let applied = self.applied()?;
                 if applied < n {
                     return Err(format!(
                         "shard {} copy here has applied entry {applied} of {n} the session needs; read from the primary",
