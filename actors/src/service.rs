@@ -8,7 +8,7 @@ use tstore_transport::{Endpoint, Remote, Service};
 
 use crate::admin::{AdminActor, AdminCall};
 use crate::control::ControlPlane;
-use crate::data::store::{ShardId, ShardStore};
+use crate::data::store::{ChunkKind, ShardId, ShardStore};
 use crate::node::{InboundPeer, NodeActor, PeerCall};
 use crate::router::{serve_local, LocalCopies, Router};
 use crate::wire::{AdminReply, AdminRequest, PeerMessage, PeerReply, SnapshotPart};
@@ -80,10 +80,11 @@ impl SnapshotSource {
             let header = |m: crate::data::store::ShardMeta| {
                 tx.blocking_send(PeerReply::Snapshot(SnapshotPart::Header {
                     applied: m.applied,
+                    clock: m.clock,
                 }))
                 .is_ok()
             };
-            let chunk = |rows: Vec<(Vec<u8>, Vec<u8>)>| {
+            let chunk = |kind: ChunkKind, rows: Vec<(Vec<u8>, Vec<u8>)>| {
                 sent += rows
                     .iter()
                     .map(|(k, v)| (k.len() + v.len()) as u64)
@@ -94,8 +95,11 @@ impl SnapshotSource {
                         std::thread::sleep(wait);
                     }
                 }
-                tx.blocking_send(PeerReply::Snapshot(SnapshotPart::Rows(rows)))
-                    .is_ok()
+                let part = match kind {
+                    ChunkKind::Rows => SnapshotPart::Rows(rows),
+                    ChunkKind::Sessions => SnapshotPart::Sessions(rows),
+                };
+                tx.blocking_send(PeerReply::Snapshot(part)).is_ok()
             };
             let end = match store.snapshot(id, SNAPSHOT_CHUNK, header, chunk) {
                 Ok(_) => PeerReply::Snapshot(SnapshotPart::End),

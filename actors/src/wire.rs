@@ -15,6 +15,7 @@ use crate::cluster_map::{MapEvent, NodeState, SplitKey, Table, TableSpec};
 use crate::control::types::MapRaft;
 use crate::coordinator::failover::ManualOp;
 use crate::data::ops::{Op, OpResult, RowRecord};
+use crate::data::sessions::{RequestId, SessionClock};
 use crate::replication::ReplMsg;
 use crate::shard::actor::ReadMode;
 
@@ -42,15 +43,20 @@ pub enum PeerMessage {
     Snapshot { table: String, shard: u32 },
 }
 
-/// One frame of a snapshot stream: a header, row chunks, the end.
+/// One frame of a snapshot stream: a header, row chunks, client session
+/// chunks, the end.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SnapshotPart {
-    /// The rows that follow reflect every entry up to `applied`.
+    /// The rows and sessions that follow reflect every entry up to
+    /// `applied`; `clock` is the shard's session clock there.
     Header {
         applied: u64,
+        clock: SessionClock,
     },
     /// Raw `(encoded key, row)` pairs.
     Rows(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Raw `(client id, client record)` pairs (see `data::sessions`).
+    Sessions(Vec<(Vec<u8>, Vec<u8>)>),
     End,
 }
 
@@ -73,9 +79,12 @@ pub enum PeerReply {
 /// A read or write addressed to one shard copy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ShardRequest {
+    /// A write, with the identity that makes it exactly-once: every resend
+    /// of it carries the same `id`.
     Write {
         table: String,
         shard: u32,
+        id: RequestId,
         op: Op,
     },
     Get {
@@ -137,47 +146,18 @@ pub struct CopyReport {
     pub status: Result<CopyStatus, String>,
 }
 
-/// Client reads and writes (ALPN `tstore-client/1`), routed by the contacted
-/// node to the shard that owns the key.
+/// Client reads and writes (ALPN `tstore-client/1`). Row requests come
+/// routed by the client ([`DataRequest::Routed`]): there is one request
+/// format per operation, carrying the shard's epoch and, for a write, its
+/// request identity.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DataRequest {
-    /// Create or replace a row (JSON object text).
-    Put { table: String, row: String },
-    /// Create a row; fails if its key exists.
-    Insert { table: String, row: String },
-    /// Merge columns into a row, optionally only at a given version.
-    Update {
-        table: String,
-        key: SplitKey,
-        patch: String,
-        if_version: Option<u64>,
-    },
-    Delete {
-        table: String,
-        key: SplitKey,
-        if_version: Option<u64>,
-    },
-    Get {
-        table: String,
-        key: SplitKey,
-        mode: ReadMode,
-    },
-    /// Rows with `from <= key < to` in key order (merged across shards).
-    Scan {
-        table: String,
-        from: Option<SplitKey>,
-        to: Option<SplitKey>,
-        limit: usize,
-        mode: ReadMode,
-    },
     /// Every copy of every shard of a table, asked for its state.
     Copies { table: String, checksums: bool },
-    /// Several writes applied all or nothing; every key must be in one shard.
-    Batch { table: String, ops: Vec<BatchOp> },
     /// A request the client routed itself, from its cached map, to a node
-    /// holding the shard at configuration `epoch`. Served (forwarded if
-    /// need be) only if the contacted node's map has the shard at that
-    /// epoch; an older epoch gets a [`ErrorKind::Stale`] answer.
+    /// holding the shard at configuration `epoch`. Served (forwarded at
+    /// most once if need be) only if the contacted node's map has the shard
+    /// at that epoch; an older epoch gets a [`ErrorKind::Stale`] answer.
     Routed { epoch: u64, request: ShardRequest },
 }
 
@@ -226,6 +206,10 @@ pub enum ErrorKind {
     /// The client routed by a map older than the contacted node's: nothing
     /// was done; refresh the map and resend.
     Stale,
+    /// The write's client session was forgotten by the shard (idle longer
+    /// than its time to live, or a request it reported complete): it was not
+    /// applied now and may have been applied before; do not resend it.
+    Expired,
 }
 
 impl ErrorKind {
@@ -235,7 +219,7 @@ impl ErrorKind {
             ErrorKind::Invalid => 3,
             ErrorKind::Conflict => 4,
             ErrorKind::Unavailable | ErrorKind::Stale => 5,
-            ErrorKind::Unknown => 6,
+            ErrorKind::Unknown | ErrorKind::Expired => 6,
             ErrorKind::TooLarge => 7,
             ErrorKind::BadKey => 8,
             ErrorKind::NoTable => 9,
@@ -284,6 +268,7 @@ impl From<crate::data::ops::OpError> for DataError {
                 OpError::TooLarge(_) => ErrorKind::TooLarge,
                 OpError::Key(_) => ErrorKind::BadKey,
                 OpError::Batch { cause, .. } => kind(cause),
+                OpError::Expired(_) => ErrorKind::Expired,
             }
         }
         Self::new(kind(&e), e.to_string())
@@ -429,9 +414,12 @@ pub enum AdminReply {
         events: Vec<MapEvent>,
     },
     Error(String),
-    /// Answer to [`AdminRequest::Route`]: node ids with their addresses.
+    /// Answer to [`AdminRequest::Route`]: node ids with their addresses,
+    /// and the node's wall clock (a client stamps its session id in the
+    /// cluster's time, see `data::sessions`).
     Route {
         map_version: u64,
+        now_unix_ms: u64,
         table: Table,
         nodes: Vec<(String, String)>,
     },

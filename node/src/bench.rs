@@ -3,10 +3,9 @@
 //! `--concurrency` workers share a few clients (QUIC connections carry many
 //! concurrent requests) and run `--ops` operations in total, each a durable
 //! replicated write (put) or a read (get, `--read strong|replica|session`)
-//! of a random key, in the ratio `--mix`. By default the clients are routing
-//! clients ([`Client`]: each key straight to its shard's primary or a
-//! replica); `--through-node` sends everything to `--node` instead, which
-//! forwards (the cost of one more hop). Latencies go into HDR histograms; the report gives
+//! of a random key, in the ratio `--mix`. The clients are routing clients
+//! ([`Client`]: each key straight to its shard's primary or a replica), as
+//! the CLI's. Latencies go into HDR histograms; the report gives
 //! ops/s, p50/p99/p99.9 per operation and the error count, as text or JSON.
 //! Every worker stops when the operations are done or `--max-seconds` passes.
 
@@ -20,39 +19,9 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tstore_actors::cluster_map::{Sharding, SplitKey, TableSpec};
-use tstore_actors::shard::actor::ReadMode;
 
-use crate::client::{AdminClient, ClientError};
+use crate::client::AdminClient;
 use crate::data_client::{Client, Consistency};
-
-/// One of the clients the workers share.
-enum Conn {
-    Direct(Client),
-    Node(AdminClient),
-}
-
-impl Conn {
-    async fn put(&self, table: &str, row: &str) -> Result<(), ClientError> {
-        match self {
-            Conn::Direct(c) => c.put(table, row).await.map(|_| ()),
-            Conn::Node(c) => c.put(table, row).await.map(|_| ()),
-        }
-    }
-
-    async fn get(&self, table: &str, key: u64, read: Consistency) -> Result<(), ClientError> {
-        let key = SplitKey::Int(key as i64);
-        match self {
-            Conn::Direct(c) => c.get(table, key, read).await.map(|_| ()),
-            Conn::Node(c) => {
-                let mode = match read {
-                    Consistency::Strong => ReadMode::Strong,
-                    _ => ReadMode::Replica,
-                };
-                c.get(table, key, mode).await.map(|_| ())
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -83,9 +52,6 @@ pub struct BenchArgs {
     /// How reads are served.
     #[arg(long, value_enum, default_value_t = crate::cli::Read::Strong)]
     pub read: crate::cli::Read,
-    /// Send every request to `--node`, which routes it, instead of routing in the client.
-    #[arg(long)]
-    pub through_node: bool,
     /// Bytes of payload per row.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
@@ -151,8 +117,6 @@ pub struct Report {
     pub concurrency: usize,
     pub value_size: usize,
     pub write_percent: u32,
-    /// `direct` (the routing client) or `through-node`.
-    pub routing: &'static str,
     pub read_mode: String,
     pub write: OpStats,
     pub read: OpStats,
@@ -199,7 +163,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} ops in {:.2}s: {:.0} ops/s (concurrency {}, {} B values, {}% writes, {} reads, routing {})",
+            "{} ops in {:.2}s: {:.0} ops/s (concurrency {}, {} B values, {}% writes, {} reads)",
             report.ops,
             report.seconds,
             report.ops_per_sec,
@@ -207,7 +171,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.value_size,
             report.write_percent,
             report.read_mode,
-            report.routing
         );
         for (name, s) in [("write", &report.write), ("read", &report.read)] {
             if s.count + s.errors > 0 {
@@ -262,11 +225,7 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
     }
     let mut clients = Vec::new();
     for _ in 0..args.connections {
-        let conn = if args.through_node {
-            Conn::Node(AdminClient::connect(args.node, &args.certs, &args.client_name).await?)
-        } else {
-            Conn::Direct(Client::connect(&[args.node], &args.certs, &args.client_name).await?)
-        };
+        let conn = Client::connect(&[args.node], &args.certs, &args.client_name).await?;
         clients.push(Arc::new(conn));
     }
     let read: Consistency = args.read.into();
@@ -318,9 +277,10 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
                 let write = (rng.next() % 100) < u64::from(write_percent);
                 let t0 = Instant::now();
                 let res = if write {
-                    client.put(&table, &row(key, &payload)).await
+                    client.put(&table, &row(key, &payload)).await.map(|_| ())
                 } else {
-                    client.get(&table, key, read).await
+                    let key = SplitKey::Int(key as i64);
+                    client.get(&table, key, read).await.map(|_| ())
                 };
                 let us = t0.elapsed().as_micros() as u64;
                 match (res, write) {
@@ -355,10 +315,8 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
     let seconds = started.elapsed().as_secs_f64();
     let ok = wh.len() + rh.len();
     for c in clients {
-        match Arc::try_unwrap(c) {
-            Ok(Conn::Direct(c)) => c.close().await,
-            Ok(Conn::Node(c)) => c.close().await,
-            Err(_) => {}
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.close().await
         }
     }
     admin.close().await;
@@ -368,11 +326,6 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
         ops_per_sec: ok as f64 / seconds,
         concurrency: args.concurrency,
         value_size: args.value_size,
-        routing: if args.through_node {
-            "through-node"
-        } else {
-            "direct"
-        },
         read_mode: format!("{:?}", args.read).to_lowercase(),
         write_percent,
         write: stats(&wh, werr),

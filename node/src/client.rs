@@ -16,7 +16,7 @@ use std::path::Path;
 use tstore_actors::cluster_map::SplitKey;
 use tstore_actors::cluster_map::{MapEvent, NodeState, Table, TableSpec};
 use tstore_actors::coordinator::failover::ManualOp;
-use tstore_actors::data::ops::{OpResult, RowRecord};
+use tstore_actors::data::ops::RowRecord;
 use tstore_actors::shard::actor::ReadMode;
 use tstore_actors::wire::{
     AdminReply, AdminRequest, ClusterStatus, CopyReport, DataError, DataReply, DataRequest,
@@ -24,6 +24,8 @@ use tstore_actors::wire::{
 use tstore_membership::{GossipChange, GossipSnapshot, Member};
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity, TransportError};
+
+use crate::data_client::{Client, ClientOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -61,6 +63,9 @@ pub enum WatchItem {
 /// A session with one node's admin service.
 pub struct AdminClient {
     session: ClientSession,
+    addr: SocketAddr,
+    identity: TlsIdentity,
+    rows: tokio::sync::OnceCell<Client>,
 }
 
 fn reply_kind(r: &AdminReply) -> &'static str {
@@ -108,6 +113,9 @@ impl AdminClient {
         };
         Ok(Self {
             session: ClientSession::connect(addr, identity, limits).await?,
+            addr,
+            identity: identity.clone(),
+            rows: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -197,33 +205,31 @@ impl AdminClient {
         }
     }
 
-    async fn written(&self, req: DataRequest) -> Result<OpResult, ClientError> {
-        match self.data(req).await? {
-            DataReply::Written(r) => Ok(r),
-            _ => Err(ClientError::Unexpected("a read reply to a write")),
-        }
+    /// The routing client for this client's row methods, connected on
+    /// first use through the same node.
+    async fn rows(&self) -> Result<&Client, ClientError> {
+        self.rows
+            .get_or_try_init(|| async {
+                Client::connect_with(
+                    &[self.addr],
+                    self.identity.clone(),
+                    ClientOptions::default(),
+                )
+                .await
+            })
+            .await
     }
 
     /// Creates or replaces a row (a JSON object); returns its new version.
+    /// Row methods go through the routing client ([`Client`]), which owns
+    /// retries and gives every write its request identity.
     pub async fn put(&self, table: &str, row: &str) -> Result<u64, ClientError> {
-        version_of(
-            self.written(DataRequest::Put {
-                table: table.into(),
-                row: row.into(),
-            })
-            .await?,
-        )
+        self.rows().await?.put(table, row).await
     }
 
     /// Creates a row; fails if its key exists. Returns its version.
     pub async fn insert(&self, table: &str, row: &str) -> Result<u64, ClientError> {
-        version_of(
-            self.written(DataRequest::Insert {
-                table: table.into(),
-                row: row.into(),
-            })
-            .await?,
-        )
+        self.rows().await?.insert(table, row).await
     }
 
     /// Merges columns into a row, only at `if_version` when given; returns the new version.
@@ -234,15 +240,10 @@ impl AdminClient {
         patch: &str,
         if_version: Option<u64>,
     ) -> Result<u64, ClientError> {
-        version_of(
-            self.written(DataRequest::Update {
-                table: table.into(),
-                key,
-                patch: patch.into(),
-                if_version,
-            })
-            .await?,
-        )
+        self.rows()
+            .await?
+            .update(table, key, patch, if_version)
+            .await
     }
 
     /// Deletes a row, only at `if_version` when given.
@@ -252,13 +253,7 @@ impl AdminClient {
         key: SplitKey,
         if_version: Option<u64>,
     ) -> Result<(), ClientError> {
-        self.written(DataRequest::Delete {
-            table: table.into(),
-            key,
-            if_version,
-        })
-        .await
-        .map(|_| ())
+        self.rows().await?.delete(table, key, if_version).await
     }
 
     /// Reads a row.
@@ -268,17 +263,7 @@ impl AdminClient {
         key: SplitKey,
         mode: ReadMode,
     ) -> Result<Option<RowRecord>, ClientError> {
-        match self
-            .data(DataRequest::Get {
-                table: table.into(),
-                key,
-                mode,
-            })
-            .await?
-        {
-            DataReply::Row(r) => Ok(r),
-            _ => Err(ClientError::Unexpected("not a row")),
-        }
+        self.rows().await?.get_mode(table, key, mode).await
     }
 
     /// Rows with `from <= key < to` in key order, at most `limit`.
@@ -290,19 +275,10 @@ impl AdminClient {
         limit: usize,
         mode: ReadMode,
     ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
-        match self
-            .data(DataRequest::Scan {
-                table: table.into(),
-                from,
-                to,
-                limit,
-                mode,
-            })
+        self.rows()
             .await?
-        {
-            DataReply::Rows(r) => Ok(r),
-            _ => Err(ClientError::Unexpected("not rows")),
-        }
+            .scan_mode(table, from, to, limit, mode)
+            .await
     }
 
     /// Every copy of every shard of `table` with its replication state
@@ -383,14 +359,10 @@ impl AdminClient {
     }
 
     pub async fn close(self) {
+        if let Some(rows) = self.rows.into_inner() {
+            rows.close().await;
+        }
         self.session.close().await
-    }
-}
-
-fn version_of(r: OpResult) -> Result<u64, ClientError> {
-    match r {
-        OpResult::Written { version } => Ok(version),
-        _ => Err(ClientError::Unexpected("a result without a version")),
     }
 }
 

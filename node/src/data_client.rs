@@ -8,12 +8,17 @@
 //! routed by. A node whose map has moved past that epoch answers `Stale`
 //! without doing anything; the client then refreshes its map and resends.
 //!
-//! Retries are safe by construction: a request refused before it was applied
-//! (`Unavailable`, `Stale`, a connection that could not be made) is resent
-//! for up to [`ClientOptions::retry_for`]; a write whose outcome is unknown
-//! (its node went away after it was sent) is resent only if applying it
-//! twice changes nothing (a put, an unconditional delete), and otherwise
-//! reported as `Unknown`.
+//! The client alone owns retries; nodes forward a request at most once and
+//! otherwise answer `Stale`, `Unavailable` or `Unknown`. Every write carries
+//! a request identity (this client's id, a sequence number, and the lowest
+//! sequence number it still waits for; see `tstore_actors::data::sessions`),
+//! the same on every resend, and the shard applies a request once and
+//! answers a resend with the first outcome. So any write may be resent:
+//! one refused (`Unavailable`, `Stale`, a connection that could not be
+//! made) or whose outcome is unknown (its node went away after it was sent)
+//! is resent for up to [`ClientOptions::retry_for`] with backoff. A write
+//! reported `Unknown` is one for which no attempt got an answer within that
+//! budget after one may have been applied.
 //!
 //! Read-your-writes: the client keeps a session token, the highest log entry
 //! it has written or read per shard. A [`Consistency::Session`] read is
@@ -32,16 +37,20 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 use tstore_actors::cluster_map::{SplitKey, Table};
-use tstore_actors::data::ops::{check_row, Op, OpResult, RowRecord};
+use tstore_actors::data::ops::{Op, OpResult, RowRecord};
+use tstore_actors::data::sessions::{ClientId, RequestId};
+use tstore_actors::data::validate::{batch_op, row_op, shard_of_write};
 use tstore_actors::router::{may_hold, MAX_SCAN};
 use tstore_actors::shard::actor::ReadMode;
 use tstore_actors::wire::{
@@ -71,19 +80,26 @@ pub struct ClientOptions {
     /// failover rides inside this).
     pub retry_for: Duration,
     /// How long one attempt waits for its answer before the client looks
-    /// for a new route.
+    /// for a new route. Short: a resent write is recognised by its identity,
+    /// so giving up on an attempt early costs a resend, not a double write.
     pub attempt_timeout: Duration,
     /// How long a QUIC handshake with a node may take. Short: a node that
     /// does not answer quickly is routed around (another node forwards).
     pub connect_timeout: Duration,
+    /// Send every request to the seed nodes only (the first one that has
+    /// not just failed), which forward it: for a client that can reach only
+    /// those nodes. Off by default: requests go straight to the node that
+    /// serves them.
+    pub pinned: bool,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             retry_for: Duration::from_secs(10),
-            attempt_timeout: Duration::from_secs(3),
+            attempt_timeout: Duration::from_millis(1500),
             connect_timeout: Duration::from_millis(750),
+            pinned: false,
         }
     }
 }
@@ -102,6 +118,37 @@ struct Route {
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// The identities of this client's write requests.
+#[derive(Default)]
+struct Ids {
+    /// The id new requests take; renewed before it is half the shards'
+    /// client time-to-live old.
+    current: Option<ClientId>,
+    next_seq: u64,
+    /// Requests sent and not yet finished, by id and sequence number.
+    in_flight: BTreeSet<(ClientId, u64)>,
+}
+
+/// Removes a request from the in-flight set when it finishes, however it
+/// finishes (also when its future is dropped).
+struct InFlight<'a> {
+    ids: &'a Mutex<Ids>,
+    id: RequestId,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut ids = self.ids.lock().expect("ids lock");
+        ids.in_flight.remove(&(self.id.client, self.id.seq));
+    }
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The routing client. Cheap to share behind an `Arc`; every method takes
 /// `&self` and may run concurrently.
 pub struct Client {
@@ -111,7 +158,17 @@ pub struct Client {
     sessions: Mutex<HashMap<SocketAddr, Arc<ClientSession>>>,
     routes: Mutex<HashMap<String, Arc<Route>>>,
     token: Mutex<SessionToken>,
+    ids: Mutex<Ids>,
+    /// The cluster's wall clock minus ours, from the last route fetched.
+    clock_offset_ms: AtomicI64,
+    /// Nodes that just failed an attempt, until when: requests for them go
+    /// through another node meanwhile (which answers `Stale` once the map
+    /// has moved on, or forwards).
+    suspects: Mutex<HashMap<SocketAddr, Instant>>,
 }
+
+/// How long a node that failed an attempt is routed around.
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
 
 impl Client {
     /// Connects with the client certificate `client-<name>` from a `tstore
@@ -148,6 +205,9 @@ impl Client {
             sessions: Mutex::default(),
             routes: Mutex::default(),
             token: Mutex::default(),
+            ids: Mutex::default(),
+            clock_offset_ms: AtomicI64::new(0),
+            suspects: Mutex::default(),
         };
         let mut last = None;
         for &seed in seeds {
@@ -240,8 +300,13 @@ impl Client {
             };
             match reply {
                 Ok(AdminReply::Route {
-                    table: t, nodes, ..
+                    table: t,
+                    nodes,
+                    now_unix_ms,
+                    ..
                 }) => {
+                    self.clock_offset_ms
+                        .store(now_unix_ms as i64 - wall_ms(), Ordering::Relaxed);
                     let nodes = nodes
                         .into_iter()
                         .filter_map(|(id, a)| Some((id, a.parse().ok()?)))
@@ -265,25 +330,58 @@ impl Client {
         Err(last)
     }
 
+    /// A new write request's identity, registered as in flight until the
+    /// returned guard is dropped.
+    fn begin_request(&self) -> InFlight<'_> {
+        let mut ids = self.ids.lock().expect("ids lock");
+        let now = (wall_ms() + self.clock_offset_ms.load(Ordering::Relaxed)).max(0) as u64;
+        let client = match ids.current {
+            Some(c) if c.is_fresh(now) => c,
+            _ => {
+                let nonce = std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish();
+                let c = ClientId::new(now, nonce);
+                ids.current = Some(c);
+                ids.next_seq = 1;
+                c
+            }
+        };
+        let seq = ids.next_seq;
+        ids.next_seq += 1;
+        ids.in_flight.insert((client, seq));
+        let first_incomplete = ids
+            .in_flight
+            .range((client, 0)..)
+            .next()
+            .map_or(seq, |&(_, s)| s);
+        InFlight {
+            ids: &self.ids,
+            id: RequestId {
+                client,
+                seq,
+                first_incomplete,
+            },
+        }
+    }
+
     /// Sends one shard request to the node that serves it, refreshing the
-    /// route and resending while that is safe. `write`: whether it changes
-    /// rows; `idempotent`: whether a resend of a write that may have been
-    /// applied is harmless.
+    /// route and resending within the retry budget. `read`: the read mode,
+    /// `None` for a write (which carries its identity, so resends are safe).
     async fn send(
         &self,
         table: &str,
         shard: u32,
         request: ShardRequest,
         read: Option<ReadMode>,
-        idempotent: bool,
     ) -> Result<DataReply, ClientError> {
         let write = read.is_none();
         let started = Instant::now();
+        // Some attempt of this write may have been applied: a final failure
+        // is then `Unknown`, never "not applied".
+        let mut maybe_applied = false;
         let mut pause = RETRY_PAUSE;
         let mut attempt = 0u32;
-        // A node that just failed us: the next attempt goes through another
-        // node, which forwards the request (and rides out a failover).
-        let mut avoid: Option<SocketAddr> = None;
         loop {
             attempt += 1;
             let route = self.route(table).await?;
@@ -311,9 +409,17 @@ impl Client {
                     "node {node} of {table}/{shard} has no known address"
                 ))));
             };
-            let addr = match avoid {
-                Some(a) if a == target => self.detour(&route, a).unwrap_or(target),
-                _ => target,
+            // A node that just failed us is reached through another node.
+            let addr = if self.options.pinned {
+                self.seeds
+                    .iter()
+                    .copied()
+                    .find(|a| !self.is_suspect(*a))
+                    .unwrap_or(self.seeds[0])
+            } else if self.is_suspect(target) {
+                self.detour(&route, target).unwrap_or(target)
+            } else {
+                target
             };
             let req = AdminRequest::Data(DataRequest::Routed {
                 epoch: s.replicas.epoch,
@@ -327,28 +433,45 @@ impl Client {
                     Ok(_) => return Err(ClientError::Unexpected("not a data reply")),
                     Err(e) => {
                         self.drop_session(addr);
-                        avoid = Some(addr);
+                        self.suspect(addr);
                         Err(sent_error(e, write))
                     }
                 },
                 Err(e) => {
                     self.drop_session(addr);
-                    avoid = Some(addr);
+                    self.suspect(addr);
                     Err(e)
                 }
             };
             let err = outcome.expect_err("replies returned above");
             let retry = match &err {
-                ClientError::Data(e) => match e.kind {
-                    ErrorKind::Stale | ErrorKind::Unavailable => true,
-                    ErrorKind::Unknown => idempotent,
-                    _ => false,
-                },
+                ClientError::Data(e) => matches!(
+                    e.kind,
+                    ErrorKind::Stale | ErrorKind::Unavailable | ErrorKind::Unknown
+                ),
                 ClientError::Transport(_) => true,
                 _ => false,
             };
+            maybe_applied |= matches!(&err, ClientError::Data(e) if e.kind == ErrorKind::Unknown);
             if !retry || started.elapsed() >= self.options.retry_for {
-                return Err(err);
+                return Err(match err {
+                    ClientError::Data(e)
+                        if maybe_applied
+                            && matches!(e.kind, ErrorKind::Stale | ErrorKind::Unavailable) =>
+                    {
+                        ClientError::Data(DataError::unknown(format!(
+                            "an attempt of this write may have been applied, and no later attempt got an answer within {:?}: its outcome is unknown (read the row before retrying); last: {e}",
+                            self.options.retry_for
+                        )))
+                    }
+                    ClientError::Transport(e) if maybe_applied => {
+                        ClientError::Data(DataError::unknown(format!(
+                            "an attempt of this write may have been applied, and no later attempt got an answer within {:?}: its outcome is unknown (read the row before retrying); last: {e}",
+                            self.options.retry_for
+                        )))
+                    }
+                    other => other,
+                });
             }
             debug!(%table, shard, %node, error = %err, "resending");
             self.forget(table);
@@ -359,11 +482,28 @@ impl Client {
         }
     }
 
-    /// Another node to send through than `avoid`: one already connected if
-    /// possible.
+    fn suspect(&self, addr: SocketAddr) {
+        let mut s = self.suspects.lock().expect("suspects lock");
+        s.insert(addr, Instant::now() + SUSPECT_FOR);
+    }
+
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        let mut s = self.suspects.lock().expect("suspects lock");
+        s.retain(|_, until| *until > Instant::now());
+        s.contains_key(&addr)
+    }
+
+    /// Another node to send through than `avoid`, not itself suspect: one
+    /// already connected if possible.
     fn detour(&self, route: &Route, avoid: SocketAddr) -> Option<SocketAddr> {
         let sessions = self.sessions.lock().expect("sessions lock");
-        let others = || route.nodes.values().copied().filter(move |a| *a != avoid);
+        let others = || {
+            route
+                .nodes
+                .values()
+                .copied()
+                .filter(move |a| *a != avoid && !self.is_suspect(*a))
+        };
         others()
             .find(|a| sessions.contains_key(a))
             .or_else(|| others().next())
@@ -371,23 +511,17 @@ impl Client {
 
     async fn write(&self, table: &str, op: Op) -> Result<OpResult, ClientError> {
         let route = self.route(table).await?;
-        let key = op.key().or_else(|| match &op {
-            Op::Batch(ops) => ops.first().and_then(Op::key),
-            _ => None,
-        });
-        let Some(key) = key else {
-            return Err(ClientError::Data(DataError::invalid(
-                "a batch needs at least one operation",
-            )));
-        };
-        let shard = route.table.shard_of(key);
-        let idempotent = op.is_idempotent();
-        let request = ShardRequest::Write {
+        let shard = shard_of_write(&route.table, &op)?;
+        let request = self.begin_request();
+        let req = ShardRequest::Write {
             table: table.to_owned(),
             shard,
+            id: request.id,
             op,
         };
-        match self.send(table, shard, request, None, idempotent).await? {
+        let reply = self.send(table, shard, req, None).await;
+        drop(request);
+        match reply? {
             DataReply::Written(r) => {
                 self.observe(table, shard, seq_of(&r));
                 Ok(r)
@@ -396,31 +530,25 @@ impl Client {
         }
     }
 
-    async fn key_column(&self, table: &str) -> Result<String, ClientError> {
-        Ok(self.route(table).await?.table.spec.key.clone())
-    }
-
-    fn row_op(
-        &self,
-        key_column: &str,
-        row: &str,
-        make: impl FnOnce(SplitKey, String) -> Op,
-    ) -> Result<Op, ClientError> {
-        let (key, _) = check_row(row, key_column).map_err(DataError::from)?;
-        Ok(make(key, row.to_owned()))
+    async fn table(&self, table: &str) -> Result<Table, ClientError> {
+        Ok(self.route(table).await?.table.clone())
     }
 
     /// Creates or replaces a row (a JSON object); returns its new version.
     pub async fn put(&self, table: &str, row: &str) -> Result<u64, ClientError> {
-        let col = self.key_column(table).await?;
-        let op = self.row_op(&col, row, |key, row| Op::Put { key, row })?;
+        let op = row_op(&self.table(table).await?, row, |key, row| Op::Put {
+            key,
+            row,
+        })?;
         version_of(self.write(table, op).await?)
     }
 
     /// Creates a row; fails with a `Conflict` if its key exists.
     pub async fn insert(&self, table: &str, row: &str) -> Result<u64, ClientError> {
-        let col = self.key_column(table).await?;
-        let op = self.row_op(&col, row, |key, row| Op::Insert { key, row })?;
+        let op = row_op(&self.table(table).await?, row, |key, row| Op::Insert {
+            key,
+            row,
+        })?;
         version_of(self.write(table, op).await?)
     }
 
@@ -459,44 +587,8 @@ impl Client {
         table: &str,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<OpResult>, ClientError> {
-        let col = self.key_column(table).await?;
-        let mut out = Vec::with_capacity(ops.len());
-        for (i, b) in ops.into_iter().enumerate() {
-            let op = match b {
-                BatchOp::Put { row } => self.row_op(&col, &row, |key, row| Op::Put { key, row }),
-                BatchOp::Insert { row } => {
-                    self.row_op(&col, &row, |key, row| Op::Insert { key, row })
-                }
-                BatchOp::Update {
-                    key,
-                    patch,
-                    if_version,
-                } => Ok(Op::Update {
-                    key,
-                    patch,
-                    if_version,
-                }),
-                BatchOp::Delete { key, if_version } => Ok(Op::Delete { key, if_version }),
-            };
-            out.push(op.map_err(|e| match e {
-                ClientError::Data(d) => {
-                    ClientError::Data(DataError::new(d.kind, format!("batch operation {i}: {d}")))
-                }
-                other => other,
-            })?);
-        }
-        let route = self.route(table).await?;
-        let mut keys = out.iter().filter_map(Op::key);
-        if let Some(first) = keys.next() {
-            let shard = route.table.shard_of(first);
-            if let Some(other) = keys.find(|k| route.table.shard_of(k) != shard) {
-                return Err(ClientError::Data(DataError::invalid(format!(
-                    "a batch is atomic within one shard: key {first} is in {table}/{shard}, key {other} in {table}/{}",
-                    route.table.shard_of(other)
-                ))));
-            }
-        }
-        match self.write(table, Op::Batch(out)).await? {
+        let op = batch_op(&self.table(table).await?, ops)?;
+        match self.write(table, op).await? {
             OpResult::Batch(results) => Ok(results),
             _ => Err(ClientError::Unexpected(
                 "a batch answered without its results",
@@ -519,15 +611,38 @@ impl Client {
         key: SplitKey,
         consistency: Consistency,
     ) -> Result<Option<RowRecord>, ClientError> {
+        self.get_with(table, key, &|shard| {
+            self.read_mode(table, shard, consistency)
+        })
+        .await
+    }
+
+    /// Reads a row in an explicit read mode (for a session position of
+    /// your own: `ReadMode::AtLeast(n)`).
+    pub async fn get_mode(
+        &self,
+        table: &str,
+        key: SplitKey,
+        mode: ReadMode,
+    ) -> Result<Option<RowRecord>, ClientError> {
+        self.get_with(table, key, &|_| mode).await
+    }
+
+    async fn get_with(
+        &self,
+        table: &str,
+        key: SplitKey,
+        mode_of: &(dyn Fn(u32) -> ReadMode + Sync),
+    ) -> Result<Option<RowRecord>, ClientError> {
         let shard = self.route(table).await?.table.shard_of(&key);
-        let mode = self.read_mode(table, shard, consistency);
+        let mode = mode_of(shard);
         let request = ShardRequest::Get {
             table: table.to_owned(),
             shard,
             key,
             mode,
         };
-        match self.send(table, shard, request, Some(mode), true).await? {
+        match self.send(table, shard, request, Some(mode)).await? {
             DataReply::Row(r) => {
                 if let Some(r) = &r {
                     self.observe(table, shard, r.version);
@@ -548,6 +663,32 @@ impl Client {
         limit: usize,
         consistency: Consistency,
     ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
+        self.scan_with(table, from, to, limit, &|shard| {
+            self.read_mode(table, shard, consistency)
+        })
+        .await
+    }
+
+    /// [`Client::scan`] in an explicit read mode.
+    pub async fn scan_mode(
+        &self,
+        table: &str,
+        from: Option<SplitKey>,
+        to: Option<SplitKey>,
+        limit: usize,
+        mode: ReadMode,
+    ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
+        self.scan_with(table, from, to, limit, &|_| mode).await
+    }
+
+    async fn scan_with(
+        &self,
+        table: &str,
+        from: Option<SplitKey>,
+        to: Option<SplitKey>,
+        limit: usize,
+        mode_of: &(dyn Fn(u32) -> ReadMode + Sync),
+    ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
         let route = self.route(table).await?;
         let limit = limit.min(MAX_SCAN);
         let shards: Vec<u32> = route
@@ -565,7 +706,7 @@ impl Client {
             .map(|s| s.index)
             .collect();
         let calls = shards.into_iter().map(|shard| {
-            let mode = self.read_mode(table, shard, consistency);
+            let mode = mode_of(shard);
             let request = ShardRequest::Scan {
                 table: table.to_owned(),
                 shard,
@@ -575,7 +716,7 @@ impl Client {
                 mode,
             };
             async move {
-                match self.send(table, shard, request, Some(mode), true).await? {
+                match self.send(table, shard, request, Some(mode)).await? {
                     DataReply::Rows(r) => {
                         if let Some(v) = r.iter().map(|(_, r)| r.version).max() {
                             self.observe(table, shard, v);

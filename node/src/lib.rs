@@ -31,6 +31,7 @@ pub use tstore_actors::coordinator::failover::ManualOp;
 /// Row types of the data API.
 pub mod data {
     pub use tstore_actors::data::ops::{OpResult, RowRecord};
+    pub use tstore_actors::data::sessions::{ClientId, RequestId, CLIENT_TTL_MS};
     pub use tstore_actors::shard::actor::ReadMode;
     pub use tstore_actors::wire::{BatchOp, DataError, ErrorKind};
 }

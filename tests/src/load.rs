@@ -8,11 +8,11 @@
 //! never write byte-identical rows: a write of a later load that is lost
 //! shows up as the earlier load's row.
 //!
-//! A writer retries a failed write (same key, same row: a put is idempotent
-//! in content) for up to [`RETRY_LIMIT`], reconnecting through the next node
-//! of its list when the transport fails. A write that never succeeds is
-//! recorded as unknown (it may or may not have been applied) and not counted
-//! as acknowledged. Every writer stops after `max_writes` or when told to.
+//! Writers use the routing client the CLI uses, with a retry budget of
+//! [`RETRY_LIMIT`]: it resends a write with its request identity (applied
+//! once however often it arrives) and routes around a dead node. A write it
+//! gives up on is recorded as unknown (it may or may not have been applied),
+//! not counted as acknowledged, and never resent as a new request. Every writer stops after `max_writes` or when told to.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,11 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
-use tstore_node::client::{AdminClient, ClientError};
+use tstore_node::client::AdminClient;
 use tstore_node::cluster_map::{SplitKey, Table};
 use tstore_node::data::{ReadMode, RowRecord};
+use tstore_node::data_client::{Client, ClientOptions};
+use tstore_transport::certs::CertDir;
+use tstore_transport::Role;
 
-/// How long one write is retried before it counts as unknown.
+/// How long the client retries one write before it counts as unknown.
 pub const RETRY_LIMIT: Duration = Duration::from_secs(20);
 
 /// Rows per page of [`scan_all`]: below the router's cap on one scan
@@ -113,6 +116,19 @@ impl Load {
         Self::start_writers(nodes, certs, table, 0..writers, max_writes)
     }
 
+    /// [`Load::start`] with clients that send every request through
+    /// `nodes` (`ClientOptions::pinned`), which forward it: a load that
+    /// reaches the cluster only through those nodes.
+    pub fn start_pinned(
+        nodes: Vec<SocketAddr>,
+        certs: PathBuf,
+        table: &str,
+        writers: usize,
+        max_writes: usize,
+    ) -> Self {
+        Self::spawn(nodes, certs, table, 0..writers, max_writes, true)
+    }
+
     /// [`Load::start`] with the writers numbered `ids`, so that loads
     /// running side by side write disjoint keys.
     pub fn start_writers(
@@ -122,13 +138,27 @@ impl Load {
         ids: std::ops::Range<usize>,
         max_writes: usize,
     ) -> Self {
+        Self::spawn(nodes, certs, table, ids, max_writes, false)
+    }
+
+    fn spawn(
+        nodes: Vec<SocketAddr>,
+        certs: PathBuf,
+        table: &str,
+        ids: std::ops::Range<usize>,
+        max_writes: usize,
+        pinned: bool,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let nonce = nonce();
         let writers = ids
             .map(|w| {
                 let (nodes, certs, table, stop) =
                     (nodes.clone(), certs.clone(), table.to_owned(), stop.clone());
-                tokio::spawn(writer(nodes, certs, table, w, max_writes, nonce, stop))
+                tokio::spawn(async move {
+                    let client = connect(&nodes, &certs, w, pinned).await;
+                    writer(client, table, w, max_writes, nonce, stop).await
+                })
             })
             .collect();
         Self {
@@ -158,31 +188,41 @@ impl Load {
     }
 }
 
-/// Connects to `nodes[start % len]`, else the next ones, for at most 30 s.
+/// A routing client that knows every node, `nodes[start % len]` first;
+/// tries for at most 30 s.
 async fn connect(
     nodes: &[SocketAddr],
     certs: &std::path::Path,
     start: usize,
-) -> (AdminClient, usize) {
-    let mut i = start;
+    pinned: bool,
+) -> Client {
+    let mut seeds = nodes.to_vec();
+    seeds.rotate_left(start % nodes.len());
+    let identity = CertDir::new(certs)
+        .identity(Role::Client, "admin")
+        .expect("the test cluster's client certificate");
+    let options = ClientOptions {
+        retry_for: RETRY_LIMIT,
+        pinned,
+        ..ClientOptions::default()
+    };
     let began = Instant::now();
     loop {
-        match AdminClient::connect(nodes[i % nodes.len()], certs, "admin").await {
-            Ok(c) => return (c, i),
+        match Client::connect_with(&seeds, identity.clone(), options.clone()).await {
+            Ok(c) => return c,
             Err(e) if began.elapsed() > Duration::from_secs(30) => {
                 panic!("no node of {nodes:?} accepted a connection in 30 s: {e}")
             }
-            Err(_) => {
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
 
+/// Puts keys one after another. The routing client owns the retries (with
+/// the write's identity, so a resend is applied once); a write it gives up
+/// on is recorded as unknown, never sent again as a new request.
 async fn writer(
-    nodes: Vec<SocketAddr>,
-    certs: PathBuf,
+    client: Client,
     table: String,
     w: usize,
     max_writes: usize,
@@ -190,46 +230,27 @@ async fn writer(
     stop: Arc<AtomicBool>,
 ) -> WriterLog {
     let mut log = WriterLog::default();
-    let (mut client, mut at) = connect(&nodes, &certs, w).await;
     for i in 0..max_writes {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let key = (w * 1_000_000 + i) as i64;
         let row = serde_json::json!({ "id": key, "w": w, "i": i, "load": nonce }).to_string();
-        let started = Instant::now();
-        let mut done = false;
-        while started.elapsed() < RETRY_LIMIT {
-            let tried = Instant::now();
-            let attempt = tokio::time::timeout(Duration::from_secs(10), client.put(&table, &row));
-            match attempt.await {
-                Ok(Ok(version)) => {
-                    let acked = Acked {
-                        row: row.clone(),
-                        version,
-                        tried,
-                        at: Instant::now(),
-                    };
-                    log.acked.push((key, acked));
-                    done = true;
-                    break;
-                }
-                Ok(Err(e)) => {
-                    log.errors.push((Instant::now(), e.to_string()));
-                    if matches!(e, ClientError::Transport(_)) {
-                        (client, at) = connect(&nodes, &certs, at + 1).await;
-                    }
-                }
-                Err(_) => {
-                    log.errors
-                        .push((Instant::now(), "no answer in 10 s".into()));
-                    (client, at) = connect(&nodes, &certs, at + 1).await;
-                }
+        let tried = Instant::now();
+        match client.put(&table, &row).await {
+            Ok(version) => log.acked.push((
+                key,
+                Acked {
+                    row,
+                    version,
+                    tried,
+                    at: Instant::now(),
+                },
+            )),
+            Err(e) => {
+                log.errors.push((Instant::now(), e.to_string()));
+                log.unknown.push(key);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if !done {
-            log.unknown.push(key);
         }
     }
     client.close().await;

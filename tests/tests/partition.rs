@@ -55,7 +55,7 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
         .map(|s| s.index)
         .collect();
     let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
-    let through_victim = Load::start(
+    let through_victim = Load::start_pinned(
         vec![c.addr(&victim)],
         c.certs().path().to_path_buf(),
         "part",
@@ -139,7 +139,8 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
         c.logs()
     );
     // ... and it was asked: writes sent through it were held across the
-    // takeover (its router keeps resending a refused write) and either
+    // takeover (the pinned client keeps resending a refused write through
+    // it, with the same request identity) and either
     // failed or were acknowledged only after the heal, by the new primary.
     let held = victim_report
         .acked

@@ -96,10 +96,19 @@ mod tests {
             key: crate::cluster_map::SplitKey::Int(id),
             row: format!(r#"{{"id":{id}}}"#),
         };
+        let cmd = crate::data::sessions::Command {
+            id: crate::data::sessions::RequestId {
+                client: crate::data::sessions::ClientId::new(1, id as u64),
+                seq,
+                first_incomplete: 1,
+            },
+            at_ms: 1,
+            op,
+        };
         LogEntry {
             epoch: 1,
             seq,
-            op: postcard::to_stdvec(&op).unwrap(),
+            op: postcard::to_stdvec(&cmd).unwrap(),
         }
     }
 

@@ -62,19 +62,6 @@ impl Op {
             Op::Batch(_) => None,
         }
     }
-
-    /// Applying it twice leaves the same rows as applying it once (a
-    /// router may resend it when its primary changes mid-flight).
-    pub fn is_idempotent(&self) -> bool {
-        match self {
-            Op::Put { .. }
-            | Op::Delete {
-                if_version: None, ..
-            } => true,
-            Op::Batch(ops) => ops.iter().all(Op::is_idempotent),
-            _ => false,
-        }
-    }
 }
 
 /// Why an operation wrote nothing.
@@ -100,6 +87,10 @@ pub enum OpError {
     Key(String),
     #[error("batch failed at operation {index}: {cause}")]
     Batch { index: usize, cause: Box<OpError> },
+    /// The request's client session is not known here any more (see
+    /// `data::sessions`): it was not applied now, and may have been before.
+    #[error("{0}")]
+    Expired(String),
 }
 
 impl From<KeyError> for OpError {

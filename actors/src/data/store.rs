@@ -5,7 +5,11 @@
 //! key range:
 //! - `shard-rows`: prefix + order-preserving key → row (postcard [`RowRecord`]);
 //! - `shard-log`: prefix + seq (big-endian) → replicated [`LogEntry`];
-//! - `shard-meta`: prefix → [`ShardMeta`] (epoch, logged, applied).
+//! - `shard-meta`: prefix → [`ShardMeta`] (epoch, logged, applied, the
+//!   shard's session clock);
+//! - `shard-sessions`: prefix + client id → [`ClientRecord`], what the shard
+//!   remembers of each client so a request is applied once
+//!   ([`super::sessions`]); written with the rows, copied with them.
 //!
 //! Group commit: `append` takes many entries and `apply` many committed
 //! entries, each in one write transaction, and [`ShardStore::commit_batch`]
@@ -21,7 +25,8 @@ use heed::types::Bytes;
 use heed::{Database, Env};
 use serde::{Deserialize, Serialize};
 
-use super::ops::{evaluate, Op, OpError, OpResult, RowRecord};
+use super::ops::{evaluate, OpError, OpResult, RowRecord};
+use super::sessions::{decide, ClientRecord, Command, SessionClock};
 use crate::cluster_map::SplitKey;
 use crate::replication::{Epoch, LogEntry, Seq};
 
@@ -71,6 +76,8 @@ pub struct ShardMeta {
     pub logged: Seq,
     /// Rows reflect every entry up to here.
     pub applied: Seq,
+    /// The shard's clock as of `applied` (client sessions expire by it).
+    pub clock: SessionClock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,17 +131,29 @@ pub struct ShardStore {
     rows: Db,
     log: Db,
     meta: Db,
+    sessions: Db,
+}
+
+/// What a chunk of a snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkKind {
+    Rows,
+    Sessions,
 }
 
 impl ShardStore {
     pub fn open(env: &Env) -> Result<Self, StoreError> {
         let wtxn = env.write_txn()?;
-        let (rows, log, meta) = env
+        let (rows, log, meta, sessions) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
                 let rows = opener.create_database::<Bytes, Bytes>(wtxn, Some("shard-rows"))?;
                 let log = opener.create_database::<Bytes, Bytes>(wtxn, Some("shard-log"))?;
                 let meta = opener.create_database::<Bytes, Bytes>(wtxn, Some("shard-meta"))?;
-                Ok(heed::CommitOrAbort::<_, ()>::Commit((rows, log, meta)))
+                let sessions =
+                    opener.create_database::<Bytes, Bytes>(wtxn, Some("shard-sessions"))?;
+                Ok(heed::CommitOrAbort::<_, ()>::Commit((
+                    rows, log, meta, sessions,
+                )))
             })?
             .unwrap_commit();
         Ok(Self {
@@ -142,6 +161,7 @@ impl ShardStore {
             rows,
             log,
             meta,
+            sessions,
         })
     }
 
@@ -235,8 +255,17 @@ impl ShardStore {
                     })
                 }
             };
-            let op: Op = decode("operation", &entry.op)?;
-            let (res, writes) = {
+            let cmd: Command = decode("command", &entry.op)?;
+            if m.clock.advance(cmd.at_ms) {
+                self.sweep_sessions(wtxn, id, &m.clock)?;
+            }
+            let session_key = id.key(&cmd.id.client.to_bytes());
+            let known: Option<ClientRecord> = match self.sessions.get(wtxn, &session_key)? {
+                Some(b) => Some(decode("client session", b)?),
+                None => None,
+            };
+            let mut writes = Default::default();
+            let (res, record) = decide(known, &cmd.id, &m.clock, || {
                 let txn: &heed::RoTxn = wtxn;
                 let lookup = |k: &SplitKey| -> Option<RowRecord> {
                     self.rows
@@ -245,8 +274,13 @@ impl ShardStore {
                         .flatten()
                         .and_then(|b| decode("row", b).ok())
                 };
-                evaluate(&op, seq, key_column, &lookup)
-            };
+                let (res, w) = evaluate(&cmd.op, seq, key_column, &lookup);
+                writes = w;
+                res
+            });
+            if let Some(record) = record {
+                self.sessions.put(wtxn, &session_key, &encode(&record))?;
+            }
             for (key, w) in writes {
                 let k = id.key(&key.encode());
                 match w {
@@ -261,6 +295,38 @@ impl ShardStore {
         m.applied = m.applied.max(upto);
         self.meta.put(wtxn, &id.prefix(), &encode(&m))?;
         Ok(results)
+    }
+
+    /// Deletes the records of clients idle past their time to live.
+    fn sweep_sessions(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        id: ShardId,
+        clock: &SessionClock,
+    ) -> Result<(), StoreError> {
+        let mut expired = Vec::new();
+        for item in self.sessions.prefix_iter(wtxn, &id.prefix())? {
+            let (k, v) = item?;
+            let r: ClientRecord = decode("client session", v)?;
+            if clock.expired(&r) {
+                expired.push(k.to_vec());
+            }
+        }
+        for k in expired {
+            self.sessions.delete(wtxn, &k)?;
+        }
+        Ok(())
+    }
+
+    /// How many clients the shard remembers (for status and tests).
+    pub fn session_count(&self, id: ShardId) -> Result<usize, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let mut n = 0;
+        for item in self.sessions.prefix_iter(&rtxn, &id.prefix())? {
+            item?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Group commit across shards: carries out every piece of `work` (an
@@ -392,57 +458,78 @@ impl ShardStore {
         Ok(())
     }
 
-    /// A consistent copy of a shard's rows for a new copy: `header` gets the
-    /// metadata (rows reflect exactly `applied`), then `chunk` gets batches
-    /// of raw `(key, row)` pairs of about `chunk_bytes`, all from one read
-    /// transaction. `chunk` returns false to stop early. Blocking: run it on
-    /// a thread of its own.
+    /// A consistent copy of a shard's state for a new copy: `header` gets
+    /// the metadata (rows and client sessions reflect exactly `applied`),
+    /// then `chunk` gets batches of raw `(key, value)` pairs of about
+    /// `chunk_bytes`, first the rows, then the client sessions, all from one
+    /// read transaction. `chunk` returns false to stop early. Returns the
+    /// number of rows. Blocking: run it on a thread of its own.
     pub fn snapshot(
         &self,
         id: ShardId,
         chunk_bytes: usize,
         header: impl FnOnce(ShardMeta) -> bool,
-        mut chunk: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> bool,
+        mut chunk: impl FnMut(ChunkKind, Vec<(Vec<u8>, Vec<u8>)>) -> bool,
     ) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
         if !header(self.meta_in(&rtxn, id)?) {
             return Ok(0);
         }
-        let (mut batch, mut size, mut rows) = (Vec::new(), 0usize, 0u64);
-        for item in self.rows.prefix_iter(&rtxn, &id.prefix())? {
-            let (k, v) = item?;
-            size += k.len() + v.len();
-            batch.push((k[12..].to_vec(), v.to_vec()));
-            rows += 1;
-            if size >= chunk_bytes {
-                if !chunk(std::mem::take(&mut batch)) {
-                    return Ok(rows);
+        let mut rows = 0u64;
+        for (kind, db) in [
+            (ChunkKind::Rows, &self.rows),
+            (ChunkKind::Sessions, &self.sessions),
+        ] {
+            let (mut batch, mut size) = (Vec::new(), 0usize);
+            for item in db.prefix_iter(&rtxn, &id.prefix())? {
+                let (k, v) = item?;
+                size += k.len() + v.len();
+                batch.push((k[12..].to_vec(), v.to_vec()));
+                if kind == ChunkKind::Rows {
+                    rows += 1;
                 }
-                size = 0;
+                if size >= chunk_bytes {
+                    if !chunk(kind, std::mem::take(&mut batch)) {
+                        return Ok(rows);
+                    }
+                    size = 0;
+                }
             }
-        }
-        if !batch.is_empty() {
-            chunk(batch);
+            if !batch.is_empty() && !chunk(kind, batch) {
+                return Ok(rows);
+            }
         }
         Ok(rows)
     }
 
-    /// Writes rows of a snapshot being installed (raw, from `snapshot`).
-    pub fn install_rows(&self, id: ShardId, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+    /// Writes rows or client sessions of a snapshot being installed (raw,
+    /// from `snapshot`).
+    pub fn install(
+        &self,
+        id: ShardId,
+        kind: ChunkKind,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let db = match kind {
+            ChunkKind::Rows => &self.rows,
+            ChunkKind::Sessions => &self.sessions,
+        };
         let mut wtxn = self.env.write_txn()?;
-        for (k, v) in rows {
-            self.rows.put(&mut wtxn, &id.key(k), v)?;
+        for (k, v) in pairs {
+            db.put(&mut wtxn, &id.key(k), v)?;
         }
         wtxn.commit()?;
         Ok(())
     }
 
     /// Completes an installed snapshot: the copy holds everything up to
-    /// `applied` (with no log before it) in `epoch`.
+    /// `applied` (with no log before it, and the shard clock `clock`) in
+    /// `epoch`.
     pub fn finish_install(
         &self,
         id: ShardId,
         applied: Seq,
+        clock: SessionClock,
         epoch: Epoch,
     ) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
@@ -450,6 +537,7 @@ impl ShardStore {
             epoch,
             logged: applied,
             applied,
+            clock,
         };
         self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
         wtxn.commit()?;
@@ -460,7 +548,7 @@ impl ShardStore {
     pub fn drop_shard(&self, id: ShardId) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let p = id.prefix();
-        for db in [&self.rows, &self.log] {
+        for db in [&self.rows, &self.log, &self.sessions] {
             let keys: Vec<Vec<u8>> = db
                 .prefix_iter(&wtxn, &p)?
                 .map(|r| r.map(|(k, _)| k.to_vec()))
@@ -474,16 +562,19 @@ impl ShardStore {
         Ok(())
     }
 
-    /// A checksum of a shard's rows (keys, versions, content), to compare
-    /// copies (on any node: the shard prefix is left out).
+    /// A checksum of a shard's rows (keys, versions, content) and client
+    /// sessions, to compare copies (on any node: the shard prefix is left
+    /// out).
     pub fn checksum(&self, id: ShardId) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for item in self.rows.prefix_iter(&rtxn, &id.prefix())? {
-            let (k, v) = item?;
-            for b in k[12..].iter().chain(v) {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        for db in [&self.rows, &self.sessions] {
+            for item in db.prefix_iter(&rtxn, &id.prefix())? {
+                let (k, v) = item?;
+                for b in k[12..].iter().chain(v) {
+                    h ^= u64::from(*b);
+                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
             }
         }
         Ok(h)
@@ -493,12 +584,31 @@ impl ShardStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::ops::Op;
+    use crate::data::sessions::{ClientId, RequestId};
 
+    const T0: u64 = 1_800_000_000_000;
+
+    /// An entry of a request of its own (client 1, request `seq`).
     fn entry(seq: Seq, op: &Op) -> LogEntry {
+        request(seq, seq, op)
+    }
+
+    /// Entry `seq` carrying client 1's request `request`.
+    fn request(seq: Seq, request: u64, op: &Op) -> LogEntry {
+        let cmd = Command {
+            id: RequestId {
+                client: ClientId::new(T0, 1),
+                seq: request,
+                first_incomplete: 1,
+            },
+            at_ms: T0 + seq,
+            op: op.clone(),
+        };
         LogEntry {
             epoch: 1,
             seq,
-            op: encode(op),
+            op: encode(&cmd),
         }
     }
 
@@ -528,13 +638,12 @@ mod tests {
             assert!(matches!(gap, StoreError::Gap { logged: 5, got: 7 }));
             let results = s.apply(a, 3, "id").unwrap();
             assert_eq!(results.len(), 3);
+            let m = s.meta(a).unwrap();
+            assert_eq!((m.epoch, m.logged, m.applied), (0, 5, 3));
             assert_eq!(
-                s.meta(a).unwrap(),
-                ShardMeta {
-                    epoch: 0,
-                    logged: 5,
-                    applied: 3
-                }
+                m.clock.now_ms,
+                T0 + 3,
+                "the clock of the last applied entry"
             );
             s.append(b, &[entry(1, &put(100))]).unwrap();
             s.apply(b, 1, "id").unwrap();
@@ -598,19 +707,28 @@ mod tests {
                     meta = Some(m);
                     true
                 },
-                |c| {
-                    chunks.push(c);
+                |kind, c| {
+                    chunks.push((kind, c));
                     true
                 },
             )
             .unwrap();
         assert_eq!(rows, 3);
-        assert_eq!(chunks.len(), 3, "one row per chunk at 1 byte a chunk");
-        for c in &chunks {
-            store.install_rows(copy, c).unwrap();
+        let kinds: Vec<ChunkKind> = chunks.iter().map(|c| c.0).collect();
+        assert_eq!(
+            kinds,
+            [ChunkKind::Rows; 3]
+                .into_iter()
+                .chain([ChunkKind::Sessions])
+                .collect::<Vec<_>>(),
+            "one row per chunk at 1 byte a chunk, then the client's session"
+        );
+        for (kind, c) in &chunks {
+            store.install(copy, *kind, c).unwrap();
         }
+        let meta = meta.unwrap();
         store
-            .finish_install(copy, meta.unwrap().applied, 2)
+            .finish_install(copy, meta.applied, meta.clock, 2)
             .unwrap();
         assert_eq!(store.checksum(copy).unwrap(), store.checksum(id).unwrap());
         assert_eq!(store.meta(copy).unwrap().logged, 3);
@@ -656,5 +774,106 @@ mod tests {
             })
             .collect();
         assert_eq!(sums[0], sums[1]);
+    }
+
+    #[test]
+    fn a_request_logged_twice_is_applied_once_on_every_copy_and_after_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let a = ShardId { table: 1, shard: 0 };
+        let put = |v: &str| Op::Put {
+            key: SplitKey::Int(6),
+            row: serde_json::json!({"id": 6, "v": v}).to_string(),
+        };
+        // Request 1 writes A (entry 1); request 2 writes B (entry 2); then
+        // request 1 is logged again (a resend, entry 3).
+        s.append(
+            a,
+            &[
+                request(1, 1, &put("A")),
+                request(2, 2, &put("B")),
+                request(3, 1, &put("A")),
+            ],
+        )
+        .unwrap();
+        let results = s.apply(a, 3, "id").unwrap();
+        assert_eq!(results[0].1, Ok(OpResult::Written { version: 1 }));
+        assert_eq!(
+            results[2].1,
+            Ok(OpResult::Written { version: 1 }),
+            "the resend gets the first outcome"
+        );
+        let row = s.get(a, &SplitKey::Int(6)).unwrap().unwrap();
+        assert_eq!(row.version, 2, "B stays: A is not applied a second time");
+        assert!(row.json.contains("\"B\""));
+        assert_eq!(s.session_count(a).unwrap(), 1);
+
+        // A copy made from a snapshot remembers request 1 as well.
+        let b = ShardId { table: 1, shard: 1 };
+        let mut meta = None;
+        s.snapshot(
+            a,
+            1 << 20,
+            |m| {
+                meta = Some(m);
+                true
+            },
+            |kind, c| {
+                s.install(b, kind, &c).unwrap();
+                true
+            },
+        )
+        .unwrap();
+        let meta = meta.unwrap();
+        s.finish_install(b, meta.applied, meta.clock, 1).unwrap();
+        assert_eq!(s.checksum(a).unwrap(), s.checksum(b).unwrap());
+        s.append(b, &[request(4, 1, &put("A"))]).unwrap();
+        assert_eq!(
+            s.apply(b, 4, "id").unwrap()[0].1,
+            Ok(OpResult::Written { version: 1 })
+        );
+        assert_eq!(s.get(b, &SplitKey::Int(6)).unwrap().unwrap().version, 2);
+    }
+
+    #[test]
+    fn idle_clients_are_swept_out_by_shard_time() {
+        use crate::data::sessions::CLIENT_TTL_MS;
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let a = ShardId { table: 1, shard: 0 };
+        s.append(a, &[entry(1, &put(1))]).unwrap();
+        s.apply(a, 1, "id").unwrap();
+        assert_eq!(s.session_count(a).unwrap(), 1);
+        // Another client writes long after: the first one is forgotten.
+        let later = Command {
+            id: RequestId {
+                client: ClientId::new(T0 + 2 * CLIENT_TTL_MS, 2),
+                seq: 1,
+                first_incomplete: 1,
+            },
+            at_ms: T0 + 2 * CLIENT_TTL_MS,
+            op: put(2),
+        };
+        s.append(
+            a,
+            &[LogEntry {
+                epoch: 1,
+                seq: 2,
+                op: encode(&later),
+            }],
+        )
+        .unwrap();
+        s.apply(a, 2, "id").unwrap();
+        assert_eq!(
+            s.session_count(a).unwrap(),
+            1,
+            "only the new client is left"
+        );
+        // A resend from the forgotten client is refused, not applied.
+        s.append(a, &[request(3, 1, &put(1))]).unwrap();
+        let res = s.apply(a, 3, "id").unwrap();
+        assert!(matches!(res[0].1, Err(OpError::Expired(_))), "{:?}", res[0]);
     }
 }

@@ -31,7 +31,8 @@ use crate::cluster_map::{NodeId, SplitKey};
 use crate::control::ControlPlane;
 use crate::data::committer::Committer;
 use crate::data::ops::{Op, OpResult, RowRecord};
-use crate::data::store::{Done, ShardId, ShardStore, StoreError, Work};
+use crate::data::sessions::{Command, RequestId};
+use crate::data::store::{ChunkKind, Done, ShardId, ShardStore, StoreError, Work};
 use crate::replication::{Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReplMsg, Seq};
 use crate::wire::{CopyStatus, DataError, PeerMessage, PeerReply, SnapshotPart};
 
@@ -52,6 +53,13 @@ const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 pub fn now_ms() -> Millis {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as Millis
+}
+
+/// The wall clock, unix ms (stamps logged writes for client sessions).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What every copy on a node shares.
@@ -101,10 +109,13 @@ pub struct Replicate {
     pub msg: ReplMsg,
 }
 
-/// A client write, to the primary.
+/// A client write, to the primary, with its request identity.
 #[derive(Message)]
 #[rtype(result = "Result<OpResult, DataError>")]
-pub struct Write(pub Op);
+pub struct Write {
+    pub id: RequestId,
+    pub op: Op,
+}
 
 /// How a read may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -316,35 +327,42 @@ impl CopyActor {
                     .await
                     .map_err(|_| format!("no snapshot data for {SNAPSHOT_PART_TIMEOUT:?}"))?
                     .map_err(|e| e.to_string())?;
-                match part {
-                    Some(PeerReply::Snapshot(SnapshotPart::Header { applied: a })) => {
-                        applied = Some(a)
+                let (kind, chunk) = match part {
+                    Some(PeerReply::Snapshot(SnapshotPart::Header { applied: a, clock })) => {
+                        applied = Some((a, clock));
+                        continue;
                     }
                     Some(PeerReply::Snapshot(SnapshotPart::Rows(chunk))) => {
-                        let chunk_bytes = chunk
-                            .iter()
-                            .map(|(k, v)| (k.len() + v.len()) as u64)
-                            .sum::<u64>();
-                        rows += chunk.len() as u64;
-                        bytes += chunk_bytes;
-                        progress.0.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        progress.1.fetch_add(chunk_bytes, Ordering::Relaxed);
-                        let st = store.clone();
-                        blocking(Box::new(move || {
-                            st.install_rows(id, &chunk).map_err(|e| e.to_string())
-                        }))
-                        .await?;
+                        (ChunkKind::Rows, chunk)
+                    }
+                    Some(PeerReply::Snapshot(SnapshotPart::Sessions(chunk))) => {
+                        (ChunkKind::Sessions, chunk)
                     }
                     Some(PeerReply::Snapshot(SnapshotPart::End)) => break,
                     Some(PeerReply::Refused(why)) => return Err(why),
                     Some(other) => return Err(format!("unexpected snapshot reply {other:?}")),
                     None => return Err("the snapshot stream ended early".into()),
+                };
+                let chunk_bytes = chunk
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>();
+                if kind == ChunkKind::Rows {
+                    rows += chunk.len() as u64;
+                    progress.0.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }
+                bytes += chunk_bytes;
+                progress.1.fetch_add(chunk_bytes, Ordering::Relaxed);
+                let st = store.clone();
+                blocking(Box::new(move || {
+                    st.install(id, kind, &chunk).map_err(|e| e.to_string())
+                }))
+                .await?;
             }
-            let applied = applied.ok_or("the snapshot had no header")?;
+            let (applied, clock) = applied.ok_or("the snapshot had no header")?;
             let st = store.clone();
             blocking(Box::new(move || {
-                st.finish_install(id, applied, epoch)
+                st.finish_install(id, applied, clock, epoch)
                     .map_err(|e| e.to_string())
             }))
             .await?;
@@ -685,7 +703,7 @@ impl Handler<Replicate> for CopyActor {
 impl Handler<Write> for CopyActor {
     type Result = ResponseFuture<Result<OpResult, DataError>>;
 
-    fn handle(&mut self, Write(op): Write, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Write { id, op }: Write, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(e) = self.unavailable() {
             return Box::pin(async move { Err(DataError::unavailable(e)) });
         }
@@ -698,7 +716,14 @@ impl Handler<Write> for CopyActor {
                 )))
             });
         };
-        let bytes = postcard::to_stdvec(&op).expect("encodable");
+        // The primary's wall clock stamps the entry: client sessions expire
+        // by the shard time these stamps make (see `data::sessions`).
+        let cmd = Command {
+            id,
+            at_ms: wall_ms(),
+            op,
+        };
+        let bytes = postcard::to_stdvec(&cmd).expect("encodable");
         match p.propose(bytes, now_ms()) {
             Ok((seq, effects)) => {
                 let (tx, rx) = oneshot::channel();
