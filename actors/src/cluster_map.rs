@@ -79,6 +79,11 @@ pub struct TableSpec {
     pub sharding: Sharding,
     /// Copies of each shard (primary included).
     pub replicas: u32,
+    /// Members a shard's configuration must have for its primary to take a
+    /// write (Kafka's `min.insync.replicas`): a write is acknowledged only
+    /// once at least this many copies hold it. 0 means the default,
+    /// `min(2, replicas)`; see [`TableSpec::min_copies`].
+    pub min_copies: u32,
 }
 
 /// The part of the key space a shard owns.
@@ -283,6 +288,19 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl TableSpec {
+    /// Copies that must hold a write before it is acknowledged: the
+    /// table's `min_copies`, or `min(2, replicas)` when it is 0. With the
+    /// default and 3 copies, a shard takes writes while 2 of its 3 copies
+    /// are members, and refuses them (reads go on) once only 1 is, rather
+    /// than acknowledge writes whose one copy's loss would lose them.
+    pub fn min_copies(&self) -> usize {
+        if self.min_copies == 0 {
+            self.replicas.min(2) as usize
+        } else {
+            self.min_copies as usize
+        }
+    }
+
     /// Checks the definition on its own (not against the map).
     pub fn validate(&self) -> Result<(), MapError> {
         if !valid_name(&self.name) {
@@ -301,6 +319,12 @@ impl TableSpec {
             return Err(MapError::InvalidTable(format!(
                 "replicas = {}: must be 1..={MAX_REPLICAS}",
                 self.replicas
+            )));
+        }
+        if self.min_copies > self.replicas {
+            return Err(MapError::InvalidTable(format!(
+                "min_copies = {}: must be at most replicas ({}); 0 picks min(2, replicas)",
+                self.min_copies, self.replicas
             )));
         }
         match &self.sharding {
@@ -634,6 +658,7 @@ mod tests {
             key: "id".into(),
             sharding: Sharding::Hash { shards: 2 },
             replicas: 2,
+            min_copies: 0,
         }
     }
 
@@ -715,6 +740,7 @@ mod tests {
                 splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
             },
             replicas: 1,
+            min_copies: 0,
         };
         m.apply(&MapCommand::CreateTable {
             spec,
@@ -736,6 +762,7 @@ mod tests {
                 splits: ["10", "5"].map(SplitKey::parse).to_vec(),
             },
             replicas: 1,
+            min_copies: 0,
         };
         let err = spec.validate().unwrap_err().to_string();
         assert_eq!(

@@ -159,7 +159,7 @@ mod tests {
             let splits: Vec<SplitKey> = splits.into_iter().collect();
             let n = splits.len() + 1;
             map.apply(&MapCommand::CreateTable {
-                spec: TableSpec { name: "t".into(), key: "k".into(), sharding: Sharding::Range { splits }, replicas: 1 },
+                spec: TableSpec { name: "t".into(), key: "k".into(), sharding: Sharding::Range { splits }, replicas: 1 , min_copies: 0},
                 placement: vec![("n1".into(), vec![]); n],
             }).unwrap();
             let t = &map.tables["t"];

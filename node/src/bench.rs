@@ -207,6 +207,7 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
                 shards: args.shards,
             },
             replicas: args.replicas,
+            min_copies: 0,
         };
         let mut attempt = 0;
         loop {

@@ -147,6 +147,10 @@ pub enum AdminCommand {
         /// Copies of each shard, primary included.
         #[arg(long, default_value_t = 3)]
         replicas: u32,
+        /// Copies that must hold a write before it is acknowledged; a shard
+        /// with fewer members refuses writes. Default: min(2, replicas).
+        #[arg(long)]
+        min_copies: Option<u32>,
     },
     /// Drop a table and all its shards.
     DropTable { name: String },
@@ -450,6 +454,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             shards,
             range_splits,
             replicas,
+            min_copies,
         } => {
             let sharding = match (shards, range_splits) {
                 (Some(shards), None) => Sharding::Hash { shards },
@@ -463,6 +468,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 key,
                 sharding,
                 replicas,
+                min_copies: min_copies.unwrap_or(0),
             };
             let (version, table) = client.create_table(spec).await?;
             if json {

@@ -75,15 +75,21 @@ pub fn tables(map_version: u64, tables: &[Table]) -> String {
     out
 }
 
-/// One table and its shards.
-pub fn table(map_version: u64, t: &Table) -> String {
-    let mut out = format!(
-        "table {} (key {:?}, {}, {} replicas; map version {map_version})\n",
+/// A table's first line: its definition and the map version.
+fn table_line(map_version: u64, t: &Table) -> String {
+    format!(
+        "table {} (key {:?}, {}, {} replicas, writes need {}; map version {map_version})\n",
         t.spec.name,
         t.spec.key,
         sharding(t),
-        t.spec.replicas
-    );
+        t.spec.replicas,
+        t.spec.min_copies()
+    )
+}
+
+/// One table and its shards.
+pub fn table(map_version: u64, t: &Table) -> String {
+    let mut out = table_line(map_version, t);
     let rows: Vec<[String; 5]> = t
         .shards
         .iter()
@@ -147,13 +153,7 @@ pub fn table_with_copies(
     reports: &[CopyReport],
     verify: bool,
 ) -> String {
-    let mut out = format!(
-        "table {} (key {:?}, {}, {} replicas; map version {map_version})\n",
-        t.spec.name,
-        t.spec.key,
-        sharding(t),
-        t.spec.replicas
-    );
+    let mut out = table_line(map_version, t);
     let rows: Vec<[String; 8]> = t
         .shards
         .iter()

@@ -21,6 +21,7 @@ fn user() -> TableSpec {
         key: "id".into(),
         sharding: Sharding::Hash { shards: 4 },
         replicas: 3,
+        min_copies: 0,
     }
 }
 

@@ -47,6 +47,7 @@ fn user_spec() -> TableSpec {
         key: "id".into(),
         sharding: Sharding::Hash { shards: 8 },
         replicas: 3,
+        min_copies: 0,
     }
 }
 
@@ -58,6 +59,7 @@ fn events_spec() -> TableSpec {
             splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
         },
         replicas: 2,
+        min_copies: 0,
     }
 }
 

@@ -80,6 +80,7 @@ async fn the_briefs_user_table_end_to_end() {
             key: "id".into(),
             sharding: Sharding::Hash { shards: 8 },
             replicas: 3,
+            min_copies: 0,
         },
     )
     .await;
@@ -182,6 +183,7 @@ async fn a_range_table_scans_in_key_order_across_shards() {
                 splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
             },
             replicas: 2,
+            min_copies: 0,
         },
     )
     .await;
@@ -235,6 +237,7 @@ async fn bad_input_is_refused_clearly_and_the_node_keeps_serving() {
             key: "id".into(),
             sharding: Sharding::Hash { shards: 4 },
             replicas: 3,
+            min_copies: 0,
         },
     )
     .await;

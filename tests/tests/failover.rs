@@ -28,6 +28,7 @@ fn spec(name: &str, shards: u32) -> TableSpec {
         key: "id".into(),
         sharding: Sharding::Hash { shards },
         replicas: 3,
+        min_copies: 0,
     }
 }
 

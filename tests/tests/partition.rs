@@ -9,6 +9,10 @@
 //! it); after the partition heals it follows the new epoch and is rebuilt;
 //! no acknowledged write is lost and every acknowledgement fits one history
 //! per shard.
+//!
+//! And one-way cuts: a node that can send but not hear (a primary, and the
+//! Raft leader) is replaced although gossip still sees it live, and writes
+//! go on on every shard while the cut lasts.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,7 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
             key: "id".into(),
             sharding: Sharding::Hash { shards: 6 },
             replicas: 3,
+            min_copies: 0,
         },
     )
     .await;
@@ -204,4 +209,119 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
         all.len(),
         victim_report.acked.len()
     );
+}
+
+/// Cuts `victim` off one way: it keeps sending (its gossip, heartbeats and
+/// prepares arrive), but hears nothing from the other nodes. Gossip keeps
+/// seeing it live, so only the primaries' reports of silent backups (and,
+/// when it leads Raft, its stopping of heartbeats) get it out of the way.
+async fn a_node_that_cannot_hear(victim_leads_raft: bool) {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    c.start_formed(&ids).await;
+    let table = "deaf";
+    c.create_table(
+        "n1",
+        TableSpec {
+            name: table.into(),
+            key: "id".into(),
+            sharding: Sharding::Hash { shards: 6 },
+            replicas: 3,
+            min_copies: 0,
+        },
+    )
+    .await;
+    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let (_, t) = c.client("n1").await.unwrap().describe(table).await.unwrap();
+    let victim = t
+        .shards
+        .iter()
+        .map(|s| s.replicas.primary.clone())
+        .find(|p| (*p == leader) == victim_leads_raft)
+        .expect("a primary that is (or is not) the Raft leader");
+    let led: Vec<u32> = t
+        .shards
+        .iter()
+        .filter(|s| s.replicas.primary == victim)
+        .map(|s| s.index)
+        .collect();
+    let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
+    let load = Load::start(
+        ids.iter().map(|n| c.addr(n)).collect(),
+        c.certs().path().to_path_buf(),
+        table,
+        6,
+        100_000,
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut cut = Vec::new();
+    for o in &others {
+        cut.push(Partition::one_way(c.addr(o), &[c.addr(&victim)]).expect("iptables rules"));
+    }
+    let cut_at = Instant::now();
+    // The others take the victim's primaries (and drop its copies).
+    let via = others[0];
+    let client = c.client(via).await.unwrap();
+    let mut moved = None;
+    for _ in 0..300 {
+        if let Ok((_, t)) = client.describe(table).await {
+            if t.shards.iter().all(|s| s.replicas.primary != victim) {
+                moved = Some(cut_at.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved = moved.unwrap_or_else(|| {
+        panic!(
+            "{victim} (cannot hear) still leads a shard 30 s after the cut\n{}",
+            c.logs()
+        )
+    });
+    // Keep the cut a little longer: writes go on meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let healed_at = Instant::now();
+    drop(cut);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.finish().await;
+    let (healed, _) = c
+        .wait_healthy(via, table, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Writes were acknowledged on every shard while the cut lasted,
+    // the victim's former shards included.
+    let firsts = first_ack_per_shard(&healed, &report, cut_at);
+    for s in 0..healed.shards.len() as u32 {
+        let first = firsts.get(&s).copied();
+        assert!(
+            first.is_some_and(|d| cut_at + d < healed_at),
+            "no write to {table}/{s} was acknowledged during the one-way cut: {firsts:?}\n{}",
+            c.logs()
+        );
+    }
+    let worst = led.iter().filter_map(|s| firsts.get(s)).max().copied();
+    eprintln!(
+        "{victim} (Raft leader: {victim_leads_raft}) cannot hear: it led {led:?}; no shard led by it {moved:?} after the cut; first write acknowledged after the cut per shard: {firsts:?} (the victim's shards: worst {worst:?})"
+    );
+    let check = lost_writes(&client, table, &report.acked).await.unwrap();
+    assert!(
+        check.lost.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}\n{}",
+        check.lost.len(),
+        report.acked.len(),
+        &check.lost[..check.lost.len().min(5)],
+        c.logs()
+    );
+    let violations = history_violations(&healed, report.acked.iter());
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[tokio::test]
+async fn a_primary_that_cannot_hear_is_replaced_and_writes_go_on() {
+    a_node_that_cannot_hear(false).await;
+}
+
+#[tokio::test]
+async fn a_raft_leader_that_cannot_hear_steps_aside_and_its_shards_move() {
+    a_node_that_cannot_hear(true).await;
 }

@@ -45,6 +45,7 @@ async fn a_joining_node_gets_its_share_of_copies_and_primaries() {
             key: "id".into(),
             sharding: Sharding::Hash { shards: 8 },
             replicas: 3,
+            min_copies: 0,
         },
     )
     .await;

@@ -36,6 +36,7 @@ use crate::cluster_map::{ClusterMap, MapCommand, NodeState, Table, TableSpec};
 use crate::coordinator::failover::{self, Health, ManualOp};
 use crate::coordinator::placement::{self, Candidate, Load};
 use crate::coordinator::rebalance;
+use crate::coordinator::silence::{cut_off_nodes, Reports, Silence, SilenceTracker};
 use crate::coordinator::voters::{self, Bootstrap, GroupView, VoterChange};
 use crate::shard::actor::parse_gossip_value;
 use crate::shard::LocalRole;
@@ -111,6 +112,10 @@ struct Upkeep {
     /// When each node of the map was first seen not live (joining, or
     /// unknown to gossip), for the failover planner.
     not_live_since: HashMap<String, Instant>,
+    /// Primaries' reports of silent backups, confirmed over rounds.
+    silence: SilenceTracker,
+    /// This leader stopped its heartbeats: no majority answered it.
+    heartbeats_off: bool,
 }
 
 /// A node that is neither live nor known down (joining, or unknown to this
@@ -119,6 +124,9 @@ struct Upkeep {
 const NOT_LIVE_LIMIT: Duration = Duration::from_secs(10);
 /// New copies started per coordinator round, cluster-wide.
 const NEW_COPIES_PER_ROUND: usize = 4;
+/// A leader no majority has answered for this long stops its heartbeats
+/// (see `ControlPlane::step_aside_if_unheard`).
+const QUORUM_LOST: Duration = Duration::from_millis(1000);
 
 /// A live node as gossip shows it.
 #[derive(Debug, Clone)]
@@ -555,6 +563,11 @@ impl ControlPlane {
             self.bootstrap(&peers).await;
             return;
         }
+        if self.step_aside_if_unheard(&metrics).await {
+            // Stepping aside: send nothing that would reset the followers'
+            // election timers (a leadership check is an AppendEntries).
+            return;
+        }
         if metrics.state == ServerState::Leader {
             self.register_nodes(&peers).await;
             self.keep_voters(&peers, &metrics).await;
@@ -676,6 +689,7 @@ impl ControlPlane {
                 }
             }
         }
+        let mut silent_now: Reports = Vec::new();
         for n in newest.values().filter(|n| n.status == NodeStatus::Live) {
             for (k, v) in &n.keys {
                 let Some(shard) = k.strip_prefix("shard:") else {
@@ -687,13 +701,39 @@ impl ControlPlane {
                 let (Ok(index), false) = (index.parse::<u32>(), v.deleted) else {
                     continue;
                 };
-                if let Some((LocalRole::Learner, epoch, true)) = parse_gossip_value(&v.value) {
-                    health
-                        .ready
-                        .insert((table.to_owned(), index, n.node_id.clone(), epoch));
+                let Some(copy) = parse_gossip_value(&v.value) else {
+                    continue;
+                };
+                match copy.role {
+                    LocalRole::Learner if copy.ready => {
+                        health.ready.insert((
+                            table.to_owned(),
+                            index,
+                            n.node_id.clone(),
+                            copy.epoch,
+                        ));
+                    }
+                    LocalRole::Primary if !copy.silent.is_empty() => {
+                        silent_now.push((
+                            (table.to_owned(), index),
+                            Silence {
+                                primary: n.node_id.clone(),
+                                epoch: copy.epoch,
+                                silent: copy.silent.into_iter().collect(),
+                            },
+                        ));
+                    }
+                    _ => {}
                 }
             }
         }
+        let now = crate::shard::actor::now_ms();
+        health.silent = upkeep.silence.observe(now, silent_now);
+        health.namings = upkeep.silence.namings(now);
+        for deaf in cut_off_nodes(map, &health.silent, &health.namings) {
+            upkeep.silence.suspect(&deaf, now);
+        }
+        health.suspect = upkeep.silence.suspects(now);
         health
     }
 
@@ -729,6 +769,37 @@ impl ControlPlane {
                 Err(e) => warn!(%shard, %what, error = %e, "shard change not committed"),
             }
         }
+    }
+
+    /// A leader that no majority has answered for [`QUORUM_LOST`] stops
+    /// sending heartbeats. A leader that can send but not hear (a one-way
+    /// partition) would otherwise keep its followers from ever electing
+    /// another: they hear its heartbeats, so their election timers never
+    /// fire, while it can commit nothing, and no shard change would ever be
+    /// committed again. Without its heartbeats they elect a leader among
+    /// themselves; it sends heartbeats again once a majority answers or it
+    /// has stepped down (on hearing the newer term). Safety does not depend
+    /// on heartbeats. Returns whether this leader is stepping aside.
+    async fn step_aside_if_unheard(&self, metrics: &openraft::RaftMetrics<u64, RaftNode>) -> bool {
+        let leader = metrics.state == ServerState::Leader;
+        let unheard = leader
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms > QUORUM_LOST.as_millis() as u64);
+        let mut upkeep = self.inner.upkeep.lock().await;
+        if unheard && !upkeep.heartbeats_off {
+            warn!(
+                ms_since_quorum = metrics.millis_since_quorum_ack,
+                "no majority of voters has answered this leader: stopping heartbeats so the others elect a leader"
+            );
+            self.inner.raft.runtime_config().heartbeat(false);
+            upkeep.heartbeats_off = true;
+        } else if !unheard && upkeep.heartbeats_off {
+            info!(leader, "heartbeats on again");
+            self.inner.raft.runtime_config().heartbeat(true);
+            upkeep.heartbeats_off = false;
+        }
+        upkeep.heartbeats_off
     }
 
     async fn bootstrap(&self, peers: &[Peer]) {

@@ -10,6 +10,11 @@
 //!    backup will do for safety (each holds every committed entry; the others
 //!    reconcile with it), and the new primary waits out the old lease itself;
 //! 2. **backup or learner down** → dropped, so writes need only live copies;
+//!    then, from what primaries report of backups that stopped answering
+//!    (see [`super::silence`]): a **deaf primary** (it hears none of its
+//!    backups, which others still hear) → a backup is promoted and the
+//!    primary dropped; **silent backups** → dropped. Neither silence rule
+//!    shrinks a configuration below the table's `min_copies`;
 //! 3. **a learner has caught up** (it says so in gossip, at the current
 //!    epoch) → it becomes a backup;
 //! 4. **fewer copies than the table's replication factor** and no learner
@@ -26,6 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::silence::{cut_off_nodes, Namings, ShardRef, Silence};
 use crate::cluster_map::{ClusterMap, MapCommand, NodeId, NodeState, ReplicaSet, Table};
 
 /// What the coordinator knows beyond the map.
@@ -37,6 +43,13 @@ pub struct Health {
     pub down: BTreeSet<NodeId>,
     /// Learners that report having caught up: (table, shard, node, epoch).
     pub ready: BTreeSet<(String, u32, NodeId, u64)>,
+    /// Confirmed reports of primaries about backups that stopped answering.
+    pub silent: BTreeMap<ShardRef, Silence>,
+    /// Nodes recently named silent: no new copy goes there and none is
+    /// promoted, until the suspicion expires.
+    pub suspect: BTreeSet<NodeId>,
+    /// Which nodes each primary named silent recently.
+    pub namings: Namings,
 }
 
 /// One configuration change for one shard.
@@ -130,11 +143,18 @@ pub fn plan(map: &ClusterMap, health: &Health, max_new_copies: usize) -> Vec<Cha
     let mut load = Load::of(map);
     let mut budget = max_new_copies;
     let mut out = Vec::new();
+    let deaf = cut_off_nodes(map, &health.silent, &health.namings);
     for t in map.tables.values() {
         for s in &t.shards {
-            if let Some(c) =
-                plan_shard(map, t, s.index, &s.replicas, health, &mut load, &mut budget)
-            {
+            let ctx = Ctx {
+                map,
+                t,
+                shard: s.index,
+                r: &s.replicas,
+                health,
+                deaf: &deaf,
+            };
+            if let Some(c) = plan_shard(&ctx, &mut load, &mut budget) {
                 out.push(c);
             }
         }
@@ -148,15 +168,25 @@ fn draining(map: &ClusterMap, n: &str) -> bool {
         .is_some_and(|e| e.state == NodeState::Draining)
 }
 
-fn plan_shard(
-    map: &ClusterMap,
-    t: &Table,
+/// What planning one shard looks at.
+struct Ctx<'a> {
+    map: &'a ClusterMap,
+    t: &'a Table,
     shard: u32,
-    r: &ReplicaSet,
-    health: &Health,
-    load: &mut Load,
-    budget: &mut usize,
-) -> Option<Change> {
+    r: &'a ReplicaSet,
+    health: &'a Health,
+    deaf: &'a BTreeSet<NodeId>,
+}
+
+fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> {
+    let Ctx {
+        map,
+        t,
+        shard,
+        r,
+        health,
+        deaf,
+    } = *ctx;
     let down = |n: &NodeId| health.down.contains(n);
     let change = |primary: NodeId, backups: Vec<NodeId>, learners: Vec<NodeId>, what, why| {
         Some(Change {
@@ -185,7 +215,14 @@ fn plan_shard(
         let new = live_backups
             .iter()
             .filter(|b| health.live.contains(*b))
-            .min_by_key(|b| (draining(map, b), load.primaries(b), (*b).clone()))?
+            .min_by_key(|b| {
+                (
+                    health.suspect.contains(*b),
+                    draining(map, b),
+                    load.primaries(b),
+                    (*b).clone(),
+                )
+            })?
             .clone();
         *load.primaries.entry(new.clone()).or_default() += 1;
         let backups = live_backups.into_iter().filter(|b| *b != new).collect();
@@ -209,6 +246,78 @@ fn plan_shard(
                 if gone.len() == 1 { "is" } else { "are" }
             ),
         );
+    }
+    let min_copies = t.spec.min_copies();
+    // 2b. The primary is cut off from the others while gossip still sees
+    // it live: promote a backup, drop the primary. The promoted copy waits
+    // out the old lease as after a crash.
+    if deaf.contains(&r.primary) && r.backups.len() >= min_copies {
+        {
+            let new = r
+                .backups
+                .iter()
+                .filter(|b| health.live.contains(*b) && !deaf.contains(*b))
+                .min_by_key(|b| {
+                    (
+                        health.suspect.contains(*b),
+                        draining(map, b),
+                        load.primaries(b),
+                        (*b).clone(),
+                    )
+                })?
+                .clone();
+            *load.primaries.entry(new.clone()).or_default() += 1;
+            let backups = r.backups.iter().filter(|b| **b != new).cloned().collect();
+            return change(
+                new.clone(),
+                backups,
+                r.learners.clone(),
+                format!("promoted {new} to primary (dropped {})", r.primary),
+                format!(
+                    "primary {} is cut off: the other nodes do not hear it or it does not hear them, though gossip sees it live",
+                    r.primary
+                ),
+            );
+        }
+    }
+    let report = health
+        .silent
+        .get(&(t.spec.name.clone(), shard))
+        .filter(|s| s.epoch == r.epoch && s.primary == r.primary);
+    if let Some(report) = report {
+        // 2c. Backups the primary does not hear: dropped, if the shard
+        // keeps min_copies members.
+        let silent: Vec<&NodeId> = r
+            .backups
+            .iter()
+            .filter(|b| report.silent.contains(*b))
+            .collect();
+        let members = 1 + r.backups.len();
+        if !deaf.contains(&r.primary) && !silent.is_empty() && members - silent.len() >= min_copies
+        {
+            let list = silent
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let backups = r
+                .backups
+                .iter()
+                .filter(|b| !report.silent.contains(*b))
+                .cloned()
+                .collect();
+            return change(
+                r.primary.clone(),
+                backups,
+                r.learners.clone(),
+                format!("dropped {list}"),
+                format!(
+                    "primary {} has not heard {list} within its lease (gossip still sees {})",
+                    r.primary,
+                    if silent.len() == 1 { "it" } else { "them" }
+                ),
+            );
+        }
     }
     // 3. A learner caught up: it becomes a backup (replacing the copy it
     // was moving, if any).
@@ -255,7 +364,7 @@ fn plan_shard(
         let pick = health
             .live
             .iter()
-            .filter(|n| !holders.contains(n))
+            .filter(|n| !holders.contains(n) && !health.suspect.contains(*n))
             .filter(|n| {
                 map.nodes
                     .get(*n)
@@ -344,6 +453,7 @@ pub(crate) mod tests {
                 key: "id".into(),
                 sharding: Sharding::Hash { shards: 2 },
                 replicas: 3,
+                min_copies: 0,
             },
             placement: vec![
                 ("n1".into(), vec!["n2".into(), "n3".into()]),
@@ -382,7 +492,7 @@ pub(crate) mod tests {
         Health {
             live: live.iter().map(|s| s.to_string()).collect(),
             down: down.iter().map(|s| s.to_string()).collect(),
-            ready: BTreeSet::new(),
+            ..Health::default()
         }
     }
 
@@ -391,6 +501,99 @@ pub(crate) mod tests {
         for c in changes {
             m.apply(&c.clone().into_command(0)).unwrap();
         }
+    }
+
+    fn silence(reports: &[(u32, &str, &[&str])]) -> BTreeMap<ShardRef, Silence> {
+        reports
+            .iter()
+            .map(|(shard, primary, silent)| {
+                (
+                    ("t".to_string(), *shard),
+                    Silence {
+                        primary: primary.to_string(),
+                        epoch: 1,
+                        silent: silent.iter().map(|s| s.to_string()).collect(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_that_cannot_hear_loses_its_primaries_and_its_backups() {
+        // n1 can send but not hear: gossip still sees it live. It hears
+        // neither backup of t/0; n2 does not hear it in t/1.
+        let mut m = map(3, &[]);
+        let mut h = health(&["n1", "n2", "n3"], &[]);
+        h.silent = silence(&[(0, "n1", &["n2", "n3"]), (1, "n2", &["n1"])]);
+        h.namings = [
+            (
+                "n1".to_string(),
+                ["n2".to_string(), "n3".to_string()].into(),
+            ),
+            ("n2".to_string(), ["n1".to_string()].into()),
+        ]
+        .into();
+        h.suspect = ["n1".to_string()].into();
+        let changes = plan(&m, &h, 4);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(changes[0].primary, "n3", "the backup leading nothing yet");
+        assert_eq!(changes[0].backups, vec!["n2".to_string()]);
+        assert!(changes[0].why.contains("is cut off"), "{}", changes[0].why);
+        assert_eq!(changes[1].primary, "n2");
+        assert_eq!(changes[1].backups, vec!["n3".to_string()]);
+        assert_eq!(changes[1].what, "dropped n1");
+        commit(&mut m, &changes);
+        // Under-replicated now, but the only node with room is suspect: no
+        // copy goes there while the suspicion lasts (no add/drop loop).
+        let mut h = health(&["n1", "n2", "n3"], &[]);
+        h.suspect = ["n1".to_string()].into();
+        assert!(plan(&m, &h, 4).is_empty());
+        // Once it is no longer suspect, it gets its copies back.
+        assert_eq!(plan(&m, &health(&["n1", "n2", "n3"], &[]), 4).len(), 2);
+    }
+
+    #[test]
+    fn a_node_two_primaries_named_is_failed_over_even_after_they_dropped_it() {
+        // n1 cannot hear, and its own reports never arrive. n2 named it and
+        // has already dropped it from t/1; n3 names it now (in no shard it
+        // leads here, but the naming counts).
+        let mut m = map(3, &[]);
+        let mut h = health(&["n1", "n2", "n3"], &[]);
+        h.namings = [
+            ("n2".to_string(), ["n1".to_string()].into()),
+            ("n3".to_string(), ["n1".to_string()].into()),
+        ]
+        .into();
+        let changes = plan(&m, &h, 4);
+        let c0 = changes.iter().find(|c| c.shard == 0).expect("t/0 moves");
+        assert_eq!(c0.primary, "n3");
+        assert!(!c0.backups.contains(&"n1".to_string()));
+        commit(&mut m, &changes);
+    }
+
+    #[test]
+    fn silence_never_shrinks_a_shard_below_min_copies() {
+        let mut m = map(3, &[]);
+        let mut h = health(&["n1", "n2", "n3"], &[]);
+        h.silent = silence(&[(0, "n1", &["n3"])]);
+        let changes = plan(&m, &h, 4);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].what, "dropped n3");
+        commit(&mut m, &changes);
+        // t/0 is {n1, n2} now; n2 goes silent too: dropping it would leave
+        // one copy (min_copies is 2 for 3 replicas), so nothing happens.
+        let mut h = health(&["n1", "n2", "n3"], &[]);
+        h.silent = BTreeMap::from([(
+            ("t".to_string(), 0),
+            Silence {
+                primary: "n1".into(),
+                epoch: 2,
+                silent: ["n2".to_string()].into(),
+            },
+        )]);
+        h.suspect = ["n3".to_string(), "n2".to_string()].into();
+        assert!(plan(&m, &h, 4).is_empty(), "{:?}", plan(&m, &h, 4));
     }
 
     #[test]

@@ -6,4 +6,5 @@ pub mod actor;
 pub mod failover;
 pub mod placement;
 pub mod rebalance;
+pub mod silence;
 pub mod voters;

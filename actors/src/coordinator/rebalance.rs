@@ -395,6 +395,7 @@ mod tests {
                     key: "id".into(),
                     sharding: Sharding::Hash { shards: *shards },
                     replicas: rf as u32,
+                    min_copies: 0,
                 },
                 placement,
             })
@@ -651,6 +652,7 @@ mod tests {
                 key: "id".into(),
                 sharding: Sharding::Hash { shards: 3 },
                 replicas: 2,
+                min_copies: 0,
             },
             placement: vec![
                 ("n3".into(), vec!["n1".into()]),
@@ -679,6 +681,7 @@ mod tests {
                 key: "id".into(),
                 sharding: Sharding::Hash { shards: 4 },
                 replicas: 2,
+                min_copies: 0,
             },
             placement: vec![
                 ("n1".into(), vec!["n2".into()]),

@@ -146,6 +146,7 @@ mod tests {
                 key: "id".into(),
                 sharding: Sharding::Hash { shards },
                 replicas: 1,
+                min_copies: 0,
             },
             shards: (0..shards)
                 .map(|i| Shard {

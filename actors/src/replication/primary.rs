@@ -18,6 +18,12 @@ pub enum ProposeError {
         backup: NodeId,
         silent_ms: Millis,
     },
+    #[error("only {members} of the {needed} copies a write needs are members at epoch {epoch}: writes are refused until a new copy has caught up")]
+    TooFewCopies {
+        epoch: Epoch,
+        members: usize,
+        needed: usize,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,6 +62,10 @@ pub struct Primary {
     /// Our own log is durable up to here.
     persisted: Seq,
     committed: Seq,
+    /// Members (this primary and its backups) a write needs.
+    min_copies: usize,
+    /// When this primary first saw the time (its first tick or proposal).
+    since: Option<Millis>,
 }
 
 impl Primary {
@@ -95,7 +105,37 @@ impl Primary {
             last_seq,
             persisted: last_seq,
             committed,
+            min_copies: 1,
+            since: None,
         }
+    }
+
+    /// Refuses writes while the configuration has fewer than `n` members
+    /// (this primary included): a write acknowledged by fewer copies would
+    /// be lost with one more failure.
+    pub fn with_min_copies(mut self, n: usize) -> Self {
+        self.min_copies = n;
+        self
+    }
+
+    /// Backups that have not answered a message sent within the lease,
+    /// once this primary has led for a whole lease (before that, none has
+    /// had the time). The coordinator reads these reports to tell a backup
+    /// that cannot hear (or be heard) from a primary that cannot hear.
+    pub fn silent_backups(&self, now: Millis) -> Vec<NodeId> {
+        let Some(since) = self.since else {
+            return vec![];
+        };
+        if now.saturating_sub(since) <= self.cfg.lease {
+            return vec![];
+        }
+        self.voters()
+            .filter(|(_, p)| {
+                p.heard_at
+                    .is_none_or(|t| now.saturating_sub(t) > self.cfg.lease)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -186,6 +226,15 @@ impl Primary {
             return Err(ProposeError::NotYet {
                 epoch: self.epoch,
                 wait_ms: self.not_before - now,
+            });
+        }
+        self.since.get_or_insert(now);
+        let members = 1 + self.voters().count();
+        if members < self.min_copies {
+            return Err(ProposeError::TooFewCopies {
+                epoch: self.epoch,
+                members,
+                needed: self.min_copies,
             });
         }
         let in_flight = (self.last_seq - self.committed) as usize;
@@ -285,6 +334,7 @@ impl Primary {
     /// Time passes: resend to backups that made no progress for a heartbeat
     /// period while behind, and heartbeat the idle ones.
     pub fn on_tick(&mut self, now: Millis) -> Vec<Effect> {
+        self.since.get_or_insert(now);
         let hb = self.cfg.heartbeat;
         let last = self.last_seq;
         let due: Vec<NodeId> = self
@@ -376,5 +426,65 @@ impl Primary {
             self.unacked.pop_front();
         }
         effects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn primary(backups: &[&str]) -> Primary {
+        let backups: Vec<NodeId> = backups.iter().map(|b| b.to_string()).collect();
+        Primary::new(1, &backups, &[], 0, vec![], LeaseConfig::default(), 0)
+    }
+
+    fn ack(p: &mut Primary, from: &str, logged: Seq, echo: Millis, now: Millis) {
+        p.on_message(
+            from,
+            ReplMsg::Ack {
+                epoch: 1,
+                logged,
+                echo,
+            },
+            now,
+        );
+    }
+
+    #[test]
+    fn a_configuration_below_min_copies_refuses_writes() {
+        let mut p = primary(&["b"]).with_min_copies(2);
+        assert!(p.propose(vec![], 0).is_ok());
+        let mut alone = primary(&[]).with_min_copies(2);
+        assert_eq!(
+            alone.propose(vec![], 0).unwrap_err(),
+            ProposeError::TooFewCopies {
+                epoch: 1,
+                members: 1,
+                needed: 2
+            }
+        );
+        assert!(
+            primary(&[]).propose(vec![], 0).is_ok(),
+            "min 1: a lone copy writes"
+        );
+    }
+
+    #[test]
+    fn backups_that_do_not_answer_within_the_lease_are_reported_silent() {
+        let lease = LeaseConfig::default().lease;
+        let mut p = primary(&["b", "c"]);
+        p.on_tick(0);
+        assert!(p.silent_backups(lease).is_empty(), "too early to tell");
+        ack(&mut p, "b", 0, lease, lease + 10);
+        ack(&mut p, "c", 0, lease, lease + 10);
+        assert!(p.silent_backups(lease + 20).is_empty());
+        // c keeps answering, b goes quiet.
+        ack(&mut p, "c", 0, 2 * lease, 2 * lease + 10);
+        assert_eq!(p.silent_backups(2 * lease + 50), vec!["b".to_string()]);
+        // A primary that hears nobody reports every backup.
+        assert_eq!(
+            p.silent_backups(4 * lease),
+            vec!["b".to_string(), "c".to_string()]
+        );
     }
 }

@@ -43,6 +43,9 @@ pub fn gossip_key(key: &ShardKey) -> String {
 
 /// What a learner publishes once it has everything the primary committed.
 pub const LEARNER_READY: &str = "ready";
+/// What a primary publishes before the backups it has not heard within
+/// the lease.
+pub const SILENT: &str = "silent=";
 
 /// How long a learner waits for the next part of a snapshot.
 const SNAPSHOT_PART_TIMEOUT: Duration = Duration::from_secs(15);
@@ -74,9 +77,19 @@ pub struct CopyEnv {
     pub lease: LeaseConfig,
 }
 
-/// Parses a copy's gossip value: role, epoch and, for a learner, whether it
-/// is ready.
-pub fn parse_gossip_value(v: &str) -> Option<(LocalRole, u64, bool)> {
+/// A copy's gossip value, parsed: `<role> e<epoch>`, then `ready` for a
+/// learner that has caught up, or `silent=<node>,...` for a primary with
+/// backups that did not answer within the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyGossip {
+    pub role: LocalRole,
+    pub epoch: u64,
+    pub ready: bool,
+    pub silent: Vec<NodeId>,
+}
+
+/// Parses a copy's gossip value.
+pub fn parse_gossip_value(v: &str) -> Option<CopyGossip> {
     let mut parts = v.split_whitespace();
     let role = match parts.next()? {
         "primary" => LocalRole::Primary,
@@ -85,7 +98,20 @@ pub fn parse_gossip_value(v: &str) -> Option<(LocalRole, u64, bool)> {
         _ => return None,
     };
     let epoch = parts.next()?.strip_prefix('e')?.parse().ok()?;
-    Some((role, epoch, parts.next() == Some(LEARNER_READY)))
+    let mut out = CopyGossip {
+        role,
+        epoch,
+        ready: false,
+        silent: vec![],
+    };
+    for p in parts {
+        if p == LEARNER_READY {
+            out.ready = true;
+        } else if let Some(list) = p.strip_prefix(SILENT) {
+            out.silent = list.split(',').map(str::to_owned).collect();
+        }
+    }
+    Some(out)
 }
 
 /// Replace the copy's configuration (new epoch, new members, new role).
@@ -248,6 +274,7 @@ impl CopyActor {
                         self.env.lease,
                         not_before,
                     );
+                    p = p.with_min_copies(self.copy.min_copies);
                     if let Some(old) = old_primary {
                         p = p.with_handover_from(old);
                     }
@@ -385,6 +412,14 @@ impl CopyActor {
     fn gossip_value(&self) -> String {
         let base = format!("{} e{}", self.copy.role, self.copy.replicas.epoch);
         match (&self.role, self.copy.role) {
+            (Role::Primary(p), LocalRole::Primary) => {
+                let silent = p.silent_backups(now_ms());
+                if silent.is_empty() {
+                    base
+                } else {
+                    format!("{base} {SILENT}{}", silent.join(","))
+                }
+            }
             (Role::Backup(b), LocalRole::Learner) if b.caught_up() => {
                 format!("{base} {LEARNER_READY}")
             }
@@ -595,6 +630,8 @@ impl Actor for CopyActor {
                 if let Role::Primary(p) = &mut act.role {
                     let effects = p.on_tick(now_ms());
                     act.run(effects, ctx);
+                    // Backups going silent (or answering again) show in gossip.
+                    act.publish(ctx);
                 }
             },
         );

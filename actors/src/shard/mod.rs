@@ -56,6 +56,8 @@ pub struct LocalCopy {
     /// The table's id in the map (its storage prefix) and key column.
     pub table_id: u64,
     pub key_column: String,
+    /// Members the configuration needs for the primary to take writes.
+    pub min_copies: usize,
 }
 
 /// One change to the copies running on this node.
@@ -88,6 +90,7 @@ pub fn wanted(map: &ClusterMap, me: &str) -> BTreeMap<ShardKey, LocalCopy> {
                     replicas: s.replicas.clone(),
                     table_id: t.id,
                     key_column: t.spec.key.clone(),
+                    min_copies: t.spec.min_copies(),
                 },
             )
         })
@@ -138,6 +141,7 @@ mod tests {
                 key: "id".into(),
                 sharding: Sharding::Hash { shards: 2 },
                 replicas: 2,
+                min_copies: 0,
             },
             placement: vec![
                 ("n1".into(), vec!["n2".into()]),
