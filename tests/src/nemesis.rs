@@ -351,6 +351,14 @@ impl RoundReport {
         for (kind, n) in self.check.by_kind() {
             let _ = write!(line, "; {n}× {kind}");
         }
+        let undecided: Vec<String> = self
+            .check
+            .undecided()
+            .map(|k| format!("key {} ({} steps)", k.key, k.steps))
+            .collect();
+        if !undecided.is_empty() {
+            let _ = write!(line, "; could not decide {}", undecided.join(", "));
+        }
         if let Some(d) = &self.copies_differ {
             let _ = write!(line, "; copies differ: {d}");
         }
@@ -464,6 +472,7 @@ impl Nemesis {
     pub async fn start(config: RunConfig) -> Self {
         let mut cluster = Cluster::new();
         let ids = vec!["n1", "n2", "n3"];
+        crate::partition::sweep(cluster.addr(ids[0]).ip());
         cluster.start_formed(&ids).await;
         Nemesis {
             cluster,
@@ -479,6 +488,7 @@ impl Nemesis {
     /// Replaces the cluster by a fresh one (after a round it did not heal from).
     pub async fn restart_cluster(&mut self) {
         let mut fresh = Cluster::new();
+        crate::partition::sweep(fresh.addr(self.ids[0]).ip());
         fresh.start_formed(&self.ids).await;
         self.cluster = fresh;
     }

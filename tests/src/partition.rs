@@ -14,7 +14,7 @@
 //! (`-m statistic --mode random`). Needs root and the `iptables` command
 //! (`.ci/run` installs it).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
 /// DROP rules in force until dropped.
@@ -142,6 +142,29 @@ impl Partition {
 
     /// Removes the rules (the same as dropping the partition).
     pub fn heal(self) {}
+}
+
+/// Deletes every INPUT rule for packets to `ip` (left by a test process
+/// killed before its guards ran), so that a cluster given the same loopback
+/// address starts whole. Returns how many rules it deleted.
+pub fn sweep(ip: IpAddr) -> usize {
+    let Ok(out) = Command::new("iptables")
+        .args(["-w", "-S", "INPUT"])
+        .output()
+    else {
+        return 0;
+    };
+    let mark = format!(" -d {ip}/32 ");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&mark))
+        .filter_map(|l| l.strip_prefix("-A INPUT "))
+        .filter(|rest| {
+            let mut rule = vec!["INPUT".to_owned()];
+            rule.extend(rest.split_whitespace().map(str::to_owned));
+            iptables("-D", &rule).is_ok()
+        })
+        .count()
 }
 
 impl Drop for Partition {
