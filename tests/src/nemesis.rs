@@ -1062,7 +1062,12 @@ impl Nemesis {
         let res = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
             history::write_jsonl(&dir.join("history.jsonl"), history)?;
-            std::fs::write(dir.join("report.txt"), report.full())?;
+            let recheck = format!(
+                "replay: {}\nrecheck: TSTORE_NEMESIS_HISTORY={} cargo test -p tstore-tests --test nemesis nemesis_recheck -- --ignored --nocapture\n",
+                report.replay(),
+                dir.join("history.jsonl").display()
+            );
+            std::fs::write(dir.join("report.txt"), report.full() + &recheck)?;
             for (id, from) in offsets {
                 let mut f = match std::fs::File::open(self.cluster.log_path(id)) {
                     Ok(f) => f,

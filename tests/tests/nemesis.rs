@@ -440,12 +440,21 @@ async fn nemesis_long() {
     assert_eq!(failed, 0, "{failed} of {rounds} rounds did not pass");
 }
 
-/// Checks a kept history again: `TSTORE_NEMESIS_HISTORY=path/history.jsonl`.
+/// Checks a kept history again: `TSTORE_NEMESIS_HISTORY=path/history.jsonl`
+/// (a relative path is taken from the workspace root).
 #[test]
 #[ignore = "run by hand on a kept history"]
 fn nemesis_recheck() {
-    let path = std::env::var("TSTORE_NEMESIS_HISTORY").expect("TSTORE_NEMESIS_HISTORY");
-    let h = read_jsonl(path.as_ref()).expect("a history");
+    let path =
+        PathBuf::from(std::env::var("TSTORE_NEMESIS_HISTORY").expect("TSTORE_NEMESIS_HISTORY"));
+    let path = if path.is_relative() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
+    } else {
+        path
+    };
+    let h = read_jsonl(&path).expect("a history");
     let c = check(&h, Limits::default());
     eprintln!("{} operations\n{}", h.len(), c.report());
     assert!(c.ok());
