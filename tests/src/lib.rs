@@ -7,7 +7,10 @@
 //! process it started. On a failed wait the error carries the tail of each
 //! node's log.
 
+pub mod history;
+pub mod linearizability;
 pub mod load;
+pub mod nemesis;
 pub mod partition;
 
 use std::collections::BTreeMap;
@@ -147,6 +150,11 @@ impl Cluster {
         cmd.args(extra);
         let child = cmd.spawn().expect("spawn tstore");
         self.procs.insert(id.to_owned(), Proc { child });
+    }
+
+    /// Whether node `id` was started and not killed or waited for since.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.procs.contains_key(id)
     }
 
     pub fn pid(&self, id: &str) -> Pid {
