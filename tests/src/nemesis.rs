@@ -767,6 +767,7 @@ impl Nemesis {
                 shards: self.config.shards,
             },
             replicas: self.config.replicas,
+            min_copies: 0,
         };
         let via = self.ids[0];
         let (t, _) = self
