@@ -162,6 +162,27 @@ pub fn plan(map: &ClusterMap, health: &Health, max_new_copies: usize) -> Vec<Cha
     out
 }
 
+/// The backup to promote among `candidates`: a live one, preferring one
+/// not suspect of silence, not draining, leading the fewest shards.
+fn promotion_choice<'a>(
+    map: &ClusterMap,
+    health: &Health,
+    load: &Load,
+    candidates: impl Iterator<Item = &'a NodeId>,
+) -> Option<NodeId> {
+    candidates
+        .filter(|b| health.live.contains(*b))
+        .min_by_key(|b| {
+            (
+                health.suspect.contains(*b),
+                draining(map, b),
+                load.primaries(b),
+                (*b).clone(),
+            )
+        })
+        .cloned()
+}
+
 fn draining(map: &ClusterMap, n: &str) -> bool {
     map.nodes
         .get(n)
@@ -212,18 +233,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
 
     // 1. The primary is down: promote a live backup.
     if down(&r.primary) {
-        let new = live_backups
-            .iter()
-            .filter(|b| health.live.contains(*b))
-            .min_by_key(|b| {
-                (
-                    health.suspect.contains(*b),
-                    draining(map, b),
-                    load.primaries(b),
-                    (*b).clone(),
-                )
-            })?
-            .clone();
+        let new = promotion_choice(map, health, load, live_backups.iter())?;
         *load.primaries.entry(new.clone()).or_default() += 1;
         let backups = live_backups.into_iter().filter(|b| *b != new).collect();
         return change(
@@ -252,33 +262,20 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
     // it live: promote a backup, drop the primary. The promoted copy waits
     // out the old lease as after a crash.
     if deaf.contains(&r.primary) && r.backups.len() >= min_copies {
-        {
-            let new = r
-                .backups
-                .iter()
-                .filter(|b| health.live.contains(*b) && !deaf.contains(*b))
-                .min_by_key(|b| {
-                    (
-                        health.suspect.contains(*b),
-                        draining(map, b),
-                        load.primaries(b),
-                        (*b).clone(),
-                    )
-                })?
-                .clone();
-            *load.primaries.entry(new.clone()).or_default() += 1;
-            let backups = r.backups.iter().filter(|b| **b != new).cloned().collect();
-            return change(
-                new.clone(),
-                backups,
-                r.learners.clone(),
-                format!("promoted {new} to primary (dropped {})", r.primary),
-                format!(
-                    "primary {} is cut off: the other nodes do not hear it or it does not hear them, though gossip sees it live",
-                    r.primary
-                ),
-            );
-        }
+        let candidates = r.backups.iter().filter(|b| !deaf.contains(*b));
+        let new = promotion_choice(map, health, load, candidates)?;
+        *load.primaries.entry(new.clone()).or_default() += 1;
+        let backups = r.backups.iter().filter(|b| **b != new).cloned().collect();
+        return change(
+            new.clone(),
+            backups,
+            r.learners.clone(),
+            format!("promoted {new} to primary (dropped {})", r.primary),
+            format!(
+                "primary {} is cut off: the other nodes do not hear it or it does not hear them, though gossip sees it live",
+                r.primary
+            ),
+        );
     }
     let report = health
         .silent
