@@ -278,8 +278,9 @@ async fn a_node_that_cannot_hear(victim_leads_raft: bool) {
             c.logs()
         )
     });
-    // Keep the cut a little longer: writes go on meanwhile.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Keep the cut a while longer (the promoted backups wait out the old
+    // lease, 1.5 s): writes go on meanwhile.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let healed_at = Instant::now();
     drop(cut);
     tokio::time::sleep(Duration::from_secs(1)).await;
