@@ -32,6 +32,9 @@ pub struct Backup {
     reconcile: Option<Vec<(Seq, Epoch)>>,
     /// Has accepted a Prepare of this epoch.
     heard: bool,
+    /// The primary said nothing commits without our ack any more (see
+    /// `ReplMsg::Prepare::counted`).
+    counted: bool,
 }
 
 impl Backup {
@@ -49,6 +52,7 @@ impl Backup {
         Self {
             reconcile,
             heard: false,
+            counted: false,
             epoch,
             primary,
             logged,
@@ -73,9 +77,14 @@ impl Backup {
     }
 
     /// Whether this copy has everything the primary had committed when it
-    /// last spoke (a learner ready to become a backup).
+    /// last spoke, and the primary commits nothing more without it (a
+    /// learner ready to become a backup: it will hold every acknowledged
+    /// entry when it is one, even if the primary dies first).
     pub fn caught_up(&self) -> bool {
-        self.heard && self.reconcile.is_none() && self.logged >= self.primary_committed
+        self.heard
+            && self.counted
+            && self.reconcile.is_none()
+            && self.logged >= self.primary_committed
     }
 
     /// Tells the primary where this copy stands (a learner that has just
@@ -94,6 +103,7 @@ impl Backup {
             entries,
             committed,
             sent_at,
+            counted,
         } = msg
         else {
             return vec![];
@@ -126,6 +136,7 @@ impl Backup {
             });
         }
         self.heard = true;
+        self.counted |= counted;
         self.last_sent_at = self.last_sent_at.max(sent_at);
         self.primary_committed = self.primary_committed.max(committed);
         for e in entries {

@@ -26,9 +26,15 @@
 //!   `(seq, epoch)` are the same entry, so afterwards every member's log is a
 //!   prefix of the primary's. A promoted primary serves strong reads only once
 //!   it has committed everything it inherited;
-//! - learners: a copy being built receives the log like a backup but counts
-//!   neither for commits nor for the lease; a learner far behind is fed from
-//!   the primary's durable log (`Effect::SendLog`).
+//! - learners: a copy being built receives the log like a backup but does
+//!   not count for the lease, nor for commits while it is behind; a learner
+//!   far behind is fed from the primary's durable log (`Effect::SendLog`).
+//!   Once it has every committed entry, the primary counts it for commits
+//!   (and tells it so): only then does it report itself ready, and the
+//!   coordinator makes it a backup. So a learner made a backup holds every
+//!   acknowledged entry, like every other member, even if the primary dies
+//!   before it hears of the change (judged on its own view of the commit
+//!   point, it could lack what was committed since it last heard).
 
 mod backup;
 mod primary;
@@ -119,6 +125,10 @@ pub enum ReplMsg {
         entries: Vec<LogEntry>,
         committed: Seq,
         sent_at: Millis,
+        /// Nothing commits any more without the receiver's ack: always so
+        /// for a backup, and for a learner once it has caught up. A learner
+        /// reports itself ready to become a backup only after hearing this.
+        counted: bool,
     },
     /// Backup → primary: every entry up to `logged` is durable here.
     Ack {

@@ -28,8 +28,13 @@ pub enum ProposeError {
 
 #[derive(Debug, Clone, Default)]
 struct Peer {
-    /// A backup (counts for commits and the lease) or a learner (does not).
+    /// A backup (counts for commits and the lease) or a learner (not for
+    /// the lease; for commits only once `counted`).
     voting: bool,
+    /// A learner that has had every committed entry: it counts for commits
+    /// from then on in this epoch (not for the lease), because the
+    /// coordinator may make it a backup at any moment on its word.
+    counted: bool,
     /// Has acknowledged something in this epoch (so it has reconciled).
     answered: bool,
     /// Every entry up to this is durable on the backup.
@@ -41,6 +46,13 @@ struct Peer {
     /// Last time its `acked` advanced or we resent to it; a backup behind
     /// for a heartbeat period since then gets the missing entries again.
     progress_at: Millis,
+}
+
+impl Peer {
+    /// Whether nothing commits without this peer's ack.
+    fn counts(&self) -> bool {
+        self.voting || self.counted
+    }
 }
 
 /// The primary of one shard in one epoch.
@@ -73,8 +85,9 @@ impl Primary {
     /// and is committed up to `committed`. Entries after `committed` that it
     /// inherited must be passed in `inherited` so they are replicated and
     /// committed first. `learners` receive the log without counting for
-    /// commits; `not_before` is when the old primary's lease has surely run
-    /// out (0 when this node already led the previous epoch).
+    /// the lease, nor for commits until they have caught up; `not_before`
+    /// is when the old primary's lease has surely run out (0 when this node
+    /// already led the previous epoch).
     pub fn new(
         epoch: Epoch,
         backups: &[NodeId],
@@ -278,6 +291,7 @@ impl Primary {
                     entries: vec![entry.clone()],
                     committed: self.committed,
                     sent_at: now,
+                    counted: peer.counts(),
                 },
             });
         }
@@ -303,6 +317,7 @@ impl Primary {
                     self.not_before = 0;
                     self.handover_from = None;
                 }
+                let committed = self.committed;
                 let Some(peer) = self.peers.get_mut(from) else {
                     return vec![];
                 };
@@ -312,6 +327,12 @@ impl Primary {
                 if advanced {
                     peer.acked = logged;
                     peer.progress_at = now;
+                }
+                // A learner with everything committed so far counts for
+                // commits from now on: once it says it is ready (it hears
+                // this first), it holds every entry acknowledged to a client.
+                if peer.acked >= committed {
+                    peer.counted = true;
                 }
                 peer.heard_at = Some(peer.heard_at.map_or(echo, |h| h.max(echo)).min(now));
                 let behind = peer.acked + 1 < self.mem_start();
@@ -376,6 +397,7 @@ impl Primary {
                     entries: vec![],
                     committed: self.committed,
                     sent_at: now,
+                    counted: peer.counts(),
                 },
             }];
         }
@@ -396,15 +418,19 @@ impl Primary {
                 entries,
                 committed: self.committed,
                 sent_at: now,
+                counted: peer.counts(),
             },
         }]
     }
 
-    /// Commits what is durable on the primary and on every backup.
+    /// Commits what is durable on the primary, on every backup and on
+    /// every learner that has caught up.
     fn advance(&mut self) -> Vec<Effect> {
         let everywhere = self
-            .voters()
-            .map(|(_, p)| p.acked)
+            .peers
+            .values()
+            .filter(|p| p.counts())
+            .map(|p| p.acked)
             .chain(std::iter::once(self.persisted))
             .min()
             .unwrap_or(self.persisted);

@@ -167,6 +167,17 @@ impl World {
     }
 
     fn check(&self) {
+        // A learner that says it is ready (the coordinator then makes it a
+        // backup, which may be promoted) holds every acknowledged entry.
+        if let Some(l) = self.backups.get("l").filter(|l| l.caught_up()) {
+            for (seq, e) in &self.acked {
+                assert_eq!(
+                    self.logs["l"].get(seq),
+                    Some(e),
+                    "learner l reports ready without acknowledged entry {seq} ({l:?})"
+                );
+            }
+        }
         // Anything applied anywhere was committed by some primary.
         let committed = self.acked.keys().last().copied().unwrap_or(0);
         for (name, b) in &self.backups {
@@ -298,10 +309,18 @@ impl World {
     /// (any member of the configuration will do: each has every committed
     /// entry) in epoch 2, and the other backup follows it.
     fn fail_over(&mut self, pick: usize) {
+        let new_lead = BACKUPS[pick % BACKUPS.len()];
+        let other = *BACKUPS.iter().find(|b| **b != new_lead).unwrap();
+        self.fail_over_to(new_lead, other, 2);
+    }
+
+    /// The primary crashes; the coordinator promotes `new_lead` in `epoch`,
+    /// and `other` follows it. Anyone else is out of the configuration.
+    fn fail_over_to(&mut self, new_lead: &str, other: &str, epoch: Epoch) {
         self.dead.insert(self.lead.clone());
         // The survivors' actors finish their pending disk writes before
         // they take the new configuration.
-        for b in BACKUPS {
+        for b in [new_lead, other] {
             while let Some(batch) = self.disks.get_mut(b).unwrap().pop_front() {
                 let log = self.logs.get_mut(b).unwrap();
                 for e in batch {
@@ -316,12 +335,7 @@ impl World {
             }
             s
         };
-        let new_lead = BACKUPS[pick % BACKUPS.len()].to_string();
-        let other = BACKUPS
-            .iter()
-            .find(|b| **b != new_lead)
-            .unwrap()
-            .to_string();
+        let (new_lead, other) = (new_lead.to_string(), other.to_string());
         let applied = self.applied.get(&new_lead).copied().unwrap_or(0);
         let last = logged(self, &new_lead);
         let inherited: Vec<LogEntry> = self.logs[&new_lead]
@@ -329,7 +343,7 @@ impl World {
             .map(|(_, e)| e.clone())
             .collect();
         self.primary = Primary::new(
-            2,
+            epoch,
             std::slice::from_ref(&other),
             &[],
             applied,
@@ -346,9 +360,69 @@ impl World {
         self.backups.clear();
         self.backups.insert(
             other.clone(),
-            Backup::new(2, new_lead.clone(), other_logged, other_applied, Some(tail)),
+            Backup::new(
+                epoch,
+                new_lead.clone(),
+                other_logged,
+                other_applied,
+                Some(tail),
+            ),
         );
         self.lead = new_lead;
+    }
+
+    /// The map adds learner `l` with an empty copy (it is fed from the
+    /// primary's durable log).
+    fn add_learner(&mut self, l: &str) {
+        let backups: Vec<String> = BACKUPS.iter().map(|b| b.to_string()).collect();
+        let committed = self.primary.committed();
+        self.primary = Primary::new(1, &backups, &[l.into()], committed, vec![], cfg(), 0);
+        self.backups
+            .insert(l.into(), Backup::new(1, P.into(), 0, 0, None));
+        self.logs.insert(l.into(), BTreeMap::new());
+        self.disks.insert(l.into(), VecDeque::new());
+    }
+
+    /// `n` heartbeat rounds with every message delivered.
+    fn heartbeats(&mut self, n: usize) {
+        for _ in 0..n {
+            self.apply(Step::Tick(60));
+            self.deliver_all_but(&[]);
+        }
+    }
+
+    /// Delivers every message in flight except those to `held` (they stay
+    /// in flight), and finishes every disk write of the live nodes, until
+    /// nothing moves.
+    fn deliver_all_but(&mut self, held: &[&str]) {
+        for _ in 0..100 {
+            let (kept, mut go): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net)
+                .into_iter()
+                .partition(|(_, to, _)| held.contains(&to.as_str()));
+            self.net = kept;
+            let disks_busy = self
+                .disks
+                .iter()
+                .any(|(n, d)| !d.is_empty() && !self.dead.contains(n));
+            if go.is_empty() && !disks_busy {
+                return;
+            }
+            for (from, to, msg) in go.drain(..) {
+                self.deliver(&from, &to, msg);
+            }
+            let nodes: Vec<String> = self
+                .disks
+                .keys()
+                .filter(|n| !self.dead.contains(*n))
+                .cloned()
+                .collect();
+            for (i, n) in nodes.iter().enumerate() {
+                while !self.disks[n].is_empty() {
+                    self.apply(Step::Disk(i));
+                }
+            }
+        }
+        panic!("messages kept flowing");
     }
 }
 
@@ -442,6 +516,31 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// A learner joins a faulty run: whenever it reports itself ready, it
+    /// holds every entry acknowledged so far (checked after every step),
+    /// and once faults stop it has everything.
+    #[test]
+    fn a_ready_learner_holds_every_acknowledged_entry(
+        before in proptest::collection::vec(step(), 0..100),
+        after in proptest::collection::vec(step(), 1..400),
+    ) {
+        let mut w = World::new();
+        for s in before {
+            w.apply(s);
+        }
+        w.settle();
+        w.add_learner("l");
+        for s in after {
+            w.apply(s);
+        }
+        w.settle();
+        prop_assert_eq!(&w.logs["l"], &w.logs[P]);
+    }
+}
+
 #[test]
 fn a_promoted_primary_waits_out_the_old_lease() {
     let mut w = World::new();
@@ -492,7 +591,7 @@ fn a_clean_handover_needs_no_lease_wait() {
 }
 
 #[test]
-fn a_learner_far_behind_is_fed_from_the_log_and_never_counts_for_commits() {
+fn a_learner_far_behind_is_fed_from_the_log_and_counts_for_commits_only_once_caught_up() {
     let mut w = World::new();
     for i in 0..40u8 {
         w.apply(Step::Propose(i));
@@ -500,23 +599,73 @@ fn a_learner_far_behind_is_fed_from_the_log_and_never_counts_for_commits() {
     }
     // A learner joins with an empty copy: entries 1..40 are no longer in
     // the primary's memory, so they come from its durable log.
-    let backups: Vec<String> = BACKUPS.iter().map(|b| b.to_string()).collect();
-    let committed = w.primary.committed();
-    w.primary = Primary::new(1, &backups, &["l".into()], committed, vec![], cfg(), 0);
-    w.backups
-        .insert("l".into(), Backup::new(1, P.into(), 0, 0, None));
-    w.logs.insert("l".into(), BTreeMap::new());
-    w.disks.insert("l".into(), VecDeque::new());
+    w.add_learner("l");
+    // While it copies, a silent learner holds nothing back.
+    w.dead.insert("l".into());
+    w.apply(Step::Propose(40));
+    w.deliver_all_but(&[]);
+    assert_eq!(w.primary.committed(), 41);
+    w.dead.remove("l");
     w.settle();
-    assert_eq!(w.backups["l"].applied(), 40);
+    w.heartbeats(2);
+    assert_eq!(w.backups["l"].applied(), 41);
     assert!(w.backups["l"].caught_up());
     assert_eq!(w.logs["l"], w.logs[P]);
-    // A silent learner does not stop commits or the lease.
+    // Caught up, it counts for commits (it is about to become a backup),
+    // but not for the lease: a silent learner then holds writes back until
+    // the coordinator drops it, and strong reads go on.
     w.dead.insert("l".into());
     w.apply(Step::Propose(99));
-    w.settle();
+    w.deliver_all_but(&[]);
     assert_eq!(w.primary.committed(), 41);
     assert!(w.primary.lease_valid(w.now));
+}
+
+/// The coordinator makes a learner a backup once the learner says it has
+/// caught up (gossip `ready`), and may promote it later like any backup:
+/// a rebalancing move onto a node that just came back, whose primary is
+/// killed. So everything the primary acknowledges after the learner said so
+/// must be on the learner. Here the primary's messages to the learner are
+/// still in flight when it takes one more write and is killed; the learner
+/// replaces b1 (epoch 2) and, leading no shard, is promoted (epoch 3).
+#[test]
+fn a_learner_that_reported_ready_holds_every_entry_acknowledged_since() {
+    let mut w = World::new();
+    for i in 0..5u8 {
+        w.apply(Step::Propose(i));
+        w.settle();
+    }
+    w.add_learner("l");
+    w.settle();
+    // Its ack shows the primary it has everything committed; the next
+    // heartbeat tells it that it counts now.
+    w.heartbeats(2);
+    assert!(
+        w.backups["l"].caught_up(),
+        "l reports ready: the coordinator makes it a backup"
+    );
+    // One more write; b1 and b2 log it, l has not received it yet.
+    w.apply(Step::Propose(5));
+    w.deliver_all_but(&["l"]);
+    for (seq, e) in &w.acked {
+        assert_eq!(
+            w.logs["l"].get(seq),
+            Some(e),
+            "entry {seq} was acknowledged after l reported ready, and l does not hold it"
+        );
+    }
+    // The move swaps l in for b1, the primary dies, l is promoted: every
+    // acknowledged entry survives, and b2 ends with l's log.
+    w.fail_over_to("l", "b2", 3);
+    w.settle();
+    for (seq, e) in &w.acked {
+        assert_eq!(
+            w.logs["l"].get(seq),
+            Some(e),
+            "acknowledged entry {seq} lost"
+        );
+    }
+    assert_eq!(w.logs["b2"], w.logs["l"]);
 }
 
 #[test]
