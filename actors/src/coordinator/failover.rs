@@ -282,31 +282,33 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
         .get(&(t.spec.name.clone(), shard))
         .filter(|s| s.epoch == r.epoch && s.primary == r.primary);
     if let Some(report) = report {
-        // 2c. Backups the primary does not hear: dropped, if the shard
-        // keeps min_copies members.
-        let silent: Vec<&NodeId> = r
-            .backups
-            .iter()
-            .filter(|b| report.silent.contains(*b))
-            .collect();
+        // 2c. Backups (and caught-up learners, which count for commits
+        // too) the primary does not hear: dropped; backups only if the
+        // shard keeps min_copies members.
+        let heard = |n: &&NodeId| !report.silent.contains(*n);
+        let mut silent: Vec<&NodeId> = r.learners.iter().filter(|n| !heard(n)).collect();
+        let silent_backups = r.backups.iter().filter(|n| !heard(n)).count();
         let members = 1 + r.backups.len();
-        if !deaf.contains(&r.primary) && !silent.is_empty() && members - silent.len() >= min_copies
-        {
+        let drop_backups = silent_backups > 0 && members - silent_backups >= min_copies;
+        if drop_backups {
+            silent.extend(r.backups.iter().filter(|n| !heard(n)));
+        }
+        if !deaf.contains(&r.primary) && !silent.is_empty() {
             let list = silent
                 .iter()
                 .map(|n| n.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
-            let backups = r
-                .backups
-                .iter()
-                .filter(|b| !report.silent.contains(*b))
-                .cloned()
-                .collect();
+            let keep = |set: &[NodeId]| -> Vec<NodeId> {
+                set.iter()
+                    .filter(|n| !silent.contains(n))
+                    .cloned()
+                    .collect()
+            };
             return change(
                 r.primary.clone(),
-                backups,
-                r.learners.clone(),
+                keep(&r.backups),
+                keep(&r.learners),
                 format!("dropped {list}"),
                 format!(
                     "primary {} has not heard {list} within its lease (gossip still sees {})",

@@ -131,7 +131,8 @@ impl Primary {
         self
     }
 
-    /// Backups that have not answered a message sent within the lease,
+    /// Backups (and caught-up learners) that have not answered a message
+    /// sent within the lease,
     /// once this primary has led for a whole lease (before that, none has
     /// had the time). The coordinator reads these reports to tell a backup
     /// that cannot hear (or be heard) from a primary that cannot hear.
@@ -142,7 +143,11 @@ impl Primary {
         if now.saturating_sub(since) <= self.cfg.lease {
             return vec![];
         }
-        self.voters()
+        // Caught-up learners count for commits: one gone silent holds
+        // writes back like a backup, so it is reported too.
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.counts())
             .filter(|(_, p)| {
                 p.heard_at
                     .is_none_or(|t| now.saturating_sub(t) > self.cfg.lease)
