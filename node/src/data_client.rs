@@ -11,7 +11,8 @@
 //! The client alone owns retries; nodes forward a request at most once and
 //! otherwise answer `Stale`, `Unavailable` or `Unknown`. Every write carries
 //! a request identity (this client's id, a sequence number, and the lowest
-//! sequence number it still waits for; see `tstore_actors::data::sessions`),
+//! sequence number it still waits for on that shard; see
+//! `tstore_actors::data::sessions`),
 //! the same on every resend, and the shard applies a request once and
 //! answers a resend with the first outcome. So any write may be resent:
 //! one refused (`Unavailable`, `Stale`, a connection that could not be
@@ -125,21 +126,26 @@ struct Ids {
     /// client time-to-live old.
     current: Option<ClientId>,
     next_seq: u64,
-    /// Requests sent and not yet finished, by id and sequence number.
-    in_flight: BTreeSet<(ClientId, u64)>,
+    /// Requests sent and not yet finished: (id, `table/shard`, sequence
+    /// number). A shard's "first incomplete" mark counts only requests to
+    /// it, so a request stuck on another shard (a failover) does not keep
+    /// this shard remembering every outcome meanwhile.
+    in_flight: BTreeSet<(ClientId, String, u64)>,
 }
 
 /// Removes a request from the in-flight set when it finishes, however it
 /// finishes (also when its future is dropped).
 struct InFlight<'a> {
     ids: &'a Mutex<Ids>,
+    shard: String,
     id: RequestId,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut ids = self.ids.lock().expect("ids lock");
-        ids.in_flight.remove(&(self.id.client, self.id.seq));
+        ids.in_flight
+            .remove(&(self.id.client, std::mem::take(&mut self.shard), self.id.seq));
     }
 }
 
@@ -330,9 +336,9 @@ impl Client {
         Err(last)
     }
 
-    /// A new write request's identity, registered as in flight until the
-    /// returned guard is dropped.
-    fn begin_request(&self) -> InFlight<'_> {
+    /// A new write request's identity for `table/shard`, registered as in
+    /// flight until the returned guard is dropped.
+    fn begin_request(&self, table: &str, shard: u32) -> InFlight<'_> {
         let mut ids = self.ids.lock().expect("ids lock");
         let now = (wall_ms() + self.clock_offset_ms.load(Ordering::Relaxed)).max(0) as u64;
         let client = match ids.current {
@@ -349,14 +355,17 @@ impl Client {
         };
         let seq = ids.next_seq;
         ids.next_seq += 1;
-        ids.in_flight.insert((client, seq));
+        let shard = format!("{table}/{shard}");
+        ids.in_flight.insert((client, shard.clone(), seq));
         let first_incomplete = ids
             .in_flight
-            .range((client, 0)..)
+            .range((client, shard.clone(), 0)..)
             .next()
-            .map_or(seq, |&(_, s)| s);
+            .filter(|(c, s, _)| *c == client && *s == shard)
+            .map_or(seq, |(_, _, s)| *s);
         InFlight {
             ids: &self.ids,
+            shard,
             id: RequestId {
                 client,
                 seq,
@@ -512,7 +521,7 @@ impl Client {
     async fn write(&self, table: &str, op: Op) -> Result<OpResult, ClientError> {
         let route = self.route(table).await?;
         let shard = shard_of_write(&route.table, &op)?;
-        let request = self.begin_request();
+        let request = self.begin_request(table, shard);
         let req = ShardRequest::Write {
             table: table.to_owned(),
             shard,

@@ -1,7 +1,8 @@
 //! Exactly-once writes: client sessions kept in a shard's replicated state.
 //!
 //! Every write carries a [`RequestId`]: the client's id, a sequence number
-//! of its own, and the lowest sequence number it still waits for. The shard
+//! of its own, and the lowest sequence number it still waits for on that
+//! shard. The shard
 //! keeps, per client, the outcome of every request it applied at or above
 //! that mark ([`ClientRecord`]). When a logged [`Command`] is applied, the
 //! copy first asks [`admit`]: a request seen before gets its first outcome
@@ -89,8 +90,9 @@ pub struct RequestId {
     pub client: ClientId,
     /// The client's sequence number for this request (1, 2, ...).
     pub seq: u64,
-    /// Every request of this client below this number has completed (the
-    /// client will never send them again): the shard may forget them.
+    /// Every request of this client to this shard below this number has
+    /// completed (the client will never send them again): the shard may
+    /// forget them.
     pub first_incomplete: u64,
 }
 
