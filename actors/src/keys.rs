@@ -153,6 +153,13 @@ mod tests {
         }
 
         #[test]
+        fn arbitrary_bytes_decode_only_to_the_key_that_encodes_to_them(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
+            if let Some(k) = SplitKey::decode(&bytes) {
+                prop_assert_eq!(k.encode(), bytes);
+            }
+        }
+
+        #[test]
         fn every_key_has_exactly_one_shard(k in key(), splits in proptest::collection::btree_set(key(), 1..6)) {
             let mut map = ClusterMap::default();
             map.apply(&MapCommand::RegisterNode { node_id: "n1".into(), addr: String::new(), zone: String::new() }).unwrap();

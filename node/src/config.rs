@@ -49,7 +49,7 @@ pub struct NodeOptions {
     /// Phi-accrual threshold above which a silent peer is marked down [default: 6].
     #[arg(long)]
     pub phi_threshold: Option<f64>,
-    /// Seconds a dead node stays in the gossip state before it is forgotten [default: 3600].
+    /// Seconds a dead node stays in the gossip state before it is forgotten, 1..=2592000 [default: 3600].
     #[arg(long)]
     pub dead_node_grace_secs: Option<u64>,
     /// Largest accepted network frame in bytes [default: 8388608].
@@ -65,13 +65,13 @@ pub struct NodeOptions {
     /// Wanted number of Raft voters; learners are promoted up to it [default: 3].
     #[arg(long)]
     pub voters: Option<usize>,
-    /// Seconds a voter may be down before a live learner replaces it [default: 30].
+    /// Seconds a voter may be down before a live learner replaces it, 1..=86400 [default: 30].
     #[arg(long)]
     pub voter_replace_after_secs: Option<u64>,
     /// A shard primary serves while every backup answered within this many ms [default: 1000].
     #[arg(long)]
     pub lease_ms: Option<u64>,
-    /// A promoted primary waits this long (ms) after it last heard the old one; must exceed lease_ms [default: 1500].
+    /// A promoted primary waits this long (ms) after it last heard the old one; must exceed lease_ms, at most 600000 [default: 1500].
     #[arg(long)]
     pub lease_grace_ms: Option<u64>,
     /// Replication heartbeat in ms; at most half of lease_ms [default: 100].
@@ -103,6 +103,13 @@ pub struct NodeConfig {
 /// Largest `rebalance_max_moves`.
 pub const MAX_REBALANCE_MOVES: usize = 64;
 
+/// Longest `dead_node_grace_secs`: 30 days. The grace is added to the
+/// clock when a node dies, which a value near `u64::MAX` overflows.
+pub const MAX_DEAD_NODE_GRACE_SECS: u64 = 30 * 24 * 3600;
+
+/// Longest `voter_replace_after_secs`: a day.
+pub const MAX_VOTER_REPLACE_AFTER_SECS: u64 = 24 * 3600;
+
 /// Default snapshot throughput to one new copy: 64 MiB/s.
 pub const DEFAULT_RECOVERY_RATE: u64 = 64 << 20;
 
@@ -132,10 +139,15 @@ impl NodeOptions {
             path: path.to_owned(),
             cause,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned(),
+            message,
         })
+    }
+
+    /// Parses options from TOML text; the error is the parser's message.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
     }
 
     /// `self` (flags) where set, else `file`.
@@ -185,8 +197,8 @@ impl NodeOptions {
             membership.phi_threshold = phi;
         }
         if let Some(s) = self.dead_node_grace_secs {
-            if s == 0 {
-                return Err(invalid("dead_node_grace_secs", s, "must be at least 1"));
+            if !(1..=MAX_DEAD_NODE_GRACE_SECS).contains(&s) {
+                return Err(invalid("dead_node_grace_secs", s, "must be 1..=2592000"));
             }
             membership.dead_node_grace_period = Duration::from_secs(s);
         }
@@ -217,8 +229,8 @@ impl NodeOptions {
             control.voters = v;
         }
         if let Some(s) = self.voter_replace_after_secs {
-            if s == 0 {
-                return Err(invalid("voter_replace_after_secs", s, "must be at least 1"));
+            if !(1..=MAX_VOTER_REPLACE_AFTER_SECS).contains(&s) {
+                return Err(invalid("voter_replace_after_secs", s, "must be 1..=86400"));
             }
             control.voter_replace_after = Duration::from_secs(s);
         }
@@ -361,5 +373,36 @@ mod tests {
             err,
             "lease settings: grace (1500 ms) must be longer than the lease (2000 ms)"
         );
+    }
+
+    /// Regression: durations that resolved but overflow the clock they are
+    /// added to (a node's time of death plus the grace, the last contact
+    /// with a primary plus the lease grace). The config fuzz target checks
+    /// that every resolved duration fits on the clock.
+    #[test]
+    fn durations_that_overflow_the_clock_are_refused() {
+        for (text, err) in [
+            (
+                "dead_node_grace_secs = 9223372036854775807",
+                "dead_node_grace_secs = 9223372036854775807: must be 1..=2592000",
+            ),
+            (
+                "voter_replace_after_secs = 9223372036854775807",
+                "voter_replace_after_secs = 9223372036854775807: must be 1..=86400",
+            ),
+            (
+                "lease_ms = 9223372036854775806\nlease_grace_ms = 9223372036854775807",
+                "lease settings: grace (9223372036854775807 ms) must be at most 600000 ms",
+            ),
+        ] {
+            let options = NodeOptions::parse(text).unwrap();
+            assert_eq!(options.resolve().unwrap_err().to_string(), err);
+        }
+        assert!(NodeOptions::parse(
+            "dead_node_grace_secs = 2592000\nvoter_replace_after_secs = 86400"
+        )
+        .unwrap()
+        .resolve()
+        .is_ok());
     }
 }

@@ -22,7 +22,8 @@ pub const WIRE_VERSION: u8 = 1;
 /// Default upper bound of one frame (8 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
 
-const HEADER_LEN: usize = 4;
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum FrameError {
     Version { got: u8 },
     #[error("undecodable message: {0}")]
     Decode(postcard::Error),
+    #[error("message nests deeper than {max} levels")]
+    TooDeep { max: usize },
     #[error("cannot encode message: {0}")]
     Encode(postcard::Error),
     #[error("stream ended in the middle of a frame")]
@@ -55,6 +58,7 @@ impl FrameError {
                 | FrameError::Empty
                 | FrameError::Version { .. }
                 | FrameError::Decode(_)
+                | FrameError::TooDeep { .. }
                 | FrameError::Truncated
         )
     }
@@ -73,13 +77,27 @@ pub fn encode<M: Serialize>(msg: &M, max: usize) -> Result<Vec<u8>, FrameError> 
     Ok(buf)
 }
 
-/// Decodes the body of a frame (the bytes after the length prefix).
+/// Decodes the body of a frame (the bytes after the length prefix); values
+/// nested deeper than [`crate::decode::MAX_DEPTH`] are refused.
 pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, FrameError> {
     let (&version, payload) = body.split_first().ok_or(FrameError::Empty)?;
     if version != WIRE_VERSION {
         return Err(FrameError::Version { got: version });
     }
-    postcard::from_bytes(payload).map_err(FrameError::Decode)
+    crate::decode::from_bytes(payload).map_err(|e| match e {
+        crate::decode::DecodeError::Postcard(e) => FrameError::Decode(e),
+        crate::decode::DecodeError::TooDeep { max } => FrameError::TooDeep { max },
+    })
+}
+
+/// The body length announced by a frame's length prefix, refused when it
+/// exceeds `max` (before anything is allocated for the body).
+pub fn body_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
 }
 
 /// Writes one frame holding `msg`.
@@ -108,10 +126,7 @@ pub async fn read<M: DeserializeOwned>(
             None => return Err(FrameError::Truncated),
         }
     }
-    let len = u32::from_be_bytes(header) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
+    let len = body_len(header, max)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| match e {
         quinn::ReadExactError::FinishedEarly(_) => FrameError::Truncated,
@@ -131,6 +146,7 @@ mod tests {
         Ping(u64),
         Text(String),
         Blob(Vec<u8>),
+        Nested(Vec<Msg>),
     }
 
     fn roundtrip(msg: &Msg) -> Msg {
@@ -174,7 +190,33 @@ mod tests {
         assert!(matches!(decode_body::<Msg>(&[]), Err(FrameError::Empty)));
     }
 
+    #[test]
+    fn refuses_deeply_nested_messages_by_name() {
+        // Msg::Nested with one element, 100,000 times: 200 KB that would
+        // overflow the stack if decoded by plain recursion.
+        let mut body = vec![WIRE_VERSION];
+        for _ in 0..100_000 {
+            body.extend_from_slice(&[3, 1]);
+        }
+        body.extend_from_slice(&[0, 7]);
+        let err = decode_body::<Msg>(&body).unwrap_err();
+        assert_eq!(err.to_string(), "message nests deeper than 64 levels");
+        assert!(err.is_protocol_violation());
+        let shallow = Msg::Nested(vec![Msg::Nested(vec![Msg::Ping(7)])]);
+        assert_eq!(roundtrip(&shallow), shallow);
+    }
+
     proptest! {
+        #[test]
+        fn the_length_prefix_is_held_to_the_limit(header in any::<[u8; HEADER_LEN]>(), max in 0usize..100_000) {
+            let len = u32::from_be_bytes(header) as usize;
+            match body_len(header, max) {
+                Ok(n) => prop_assert!(n == len && n <= max),
+                Err(FrameError::TooLarge { len: l, max: m }) => prop_assert!(l == len && m == max && l > max),
+                Err(e) => prop_assert!(false, "unexpected error {}", e),
+            }
+        }
+
         #[test]
         fn garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_body::<Msg>(&body);

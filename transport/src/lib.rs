@@ -7,7 +7,8 @@
 //! (node or client) decides which protocol its holder may speak.
 //!
 //! Messages are serde types, encoded with postcard inside length-prefixed,
-//! versioned frames with a hard size limit ([`frame`]). A request opens a
+//! versioned frames with a hard size limit ([`frame`]) and a bound on how
+//! deeply a decoded value may nest ([`decode`]). A request opens a
 //! bidirectional stream and reads back one or more reply frames; a one-way
 //! message is one frame on a unidirectional stream.
 //!
@@ -16,6 +17,7 @@
 //! tstore crate.
 
 pub mod certs;
+pub mod decode;
 mod endpoint;
 mod error;
 pub mod frame;

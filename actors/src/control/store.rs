@@ -58,7 +58,7 @@ fn encode<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
-    postcard::from_bytes(bytes).map_err(read_err)
+    tstore_transport::decode::from_bytes(bytes).map_err(read_err)
 }
 
 fn get_meta<T: DeserializeOwned>(env: &Env, db: MetaDb, key: &str) -> StoreResult<Option<T>> {

@@ -111,7 +111,7 @@ pub struct Done {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+    tstore_transport::decode::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
         what,
         cause: e.to_string(),
     })

@@ -200,11 +200,22 @@ impl Default for LeaseConfig {
     }
 }
 
+/// Longest grace period (and so lease and heartbeat) accepted: ten
+/// minutes. Longer would mean as long without a primary after a failure,
+/// and the millisecond clock readings they are added to must not overflow.
+pub const MAX_GRACE_MS: Millis = 600_000;
+
 impl LeaseConfig {
     /// The invariant that makes leases safe: an old primary's lease has
     /// expired before anyone may replace it, and heartbeats renew the lease
     /// several times per period.
     pub fn check(&self) -> Result<(), String> {
+        if self.grace > MAX_GRACE_MS {
+            return Err(format!(
+                "grace ({} ms) must be at most {MAX_GRACE_MS} ms",
+                self.grace
+            ));
+        }
         if self.grace <= self.lease {
             return Err(format!(
                 "grace ({} ms) must be longer than the lease ({} ms)",
@@ -272,5 +283,16 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.check().is_err());
+        // Regression: a grace near u64::MAX passed, and `last contact +
+        // grace` overflowed the millisecond clock.
+        let bad = LeaseConfig {
+            lease: u64::MAX - 1,
+            grace: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.check().unwrap_err(),
+            "grace (18446744073709551615 ms) must be at most 600000 ms"
+        );
     }
 }
