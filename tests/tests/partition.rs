@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use tstore_node::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_node::cluster_map::{Sharding, SplitKey, Table, TableSpec};
 use tstore_tests::load::{first_ack_per_shard, history_violations, lost_writes, Load};
 use tstore_tests::partition::Partition;
 use tstore_tests::Cluster;
@@ -47,18 +47,7 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
         .unwrap();
     // Cut off a primary that is not the Raft leader, so the majority side
     // keeps its leader and decides at once.
-    let victim = t
-        .shards
-        .iter()
-        .map(|s| s.replicas.primary.clone())
-        .find(|p| *p != leader)
-        .expect("some primary is not the leader");
-    let led: Vec<u32> = t
-        .shards
-        .iter()
-        .filter(|s| s.replicas.primary == victim)
-        .map(|s| s.index)
-        .collect();
+    let (victim, led) = primary_to_cut(&t, &leader, false);
     let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
     let through_victim = Load::start_pinned(
         vec![c.addr(&victim)],
@@ -211,6 +200,24 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
     );
 }
 
+/// A node leading some shards of `t` that is (or is not) the Raft
+/// `leader`, and the shards it leads.
+fn primary_to_cut(t: &Table, leader: &str, leads_raft: bool) -> (String, Vec<u32>) {
+    let victim = t
+        .shards
+        .iter()
+        .map(|s| s.replicas.primary.clone())
+        .find(|p| (p == leader) == leads_raft)
+        .expect("a primary that is (or is not) the Raft leader");
+    let led = t
+        .shards
+        .iter()
+        .filter(|s| s.replicas.primary == victim)
+        .map(|s| s.index)
+        .collect();
+    (victim, led)
+}
+
 /// Cuts `victim` off one way: it keeps sending (its gossip, heartbeats and
 /// prepares arrive), but hears nothing from the other nodes. Gossip keeps
 /// seeing it live, so only the primaries' reports of silent backups (and,
@@ -233,18 +240,7 @@ async fn a_node_that_cannot_hear(victim_leads_raft: bool) {
     .await;
     let leader = c.status("n1").await.unwrap().leader.unwrap();
     let (_, t) = c.client("n1").await.unwrap().describe(table).await.unwrap();
-    let victim = t
-        .shards
-        .iter()
-        .map(|s| s.replicas.primary.clone())
-        .find(|p| (*p == leader) == victim_leads_raft)
-        .expect("a primary that is (or is not) the Raft leader");
-    let led: Vec<u32> = t
-        .shards
-        .iter()
-        .filter(|s| s.replicas.primary == victim)
-        .map(|s| s.index)
-        .collect();
+    let (victim, led) = primary_to_cut(&t, &leader, victim_leads_raft);
     let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
     let load = Load::start(
         ids.iter().map(|n| c.addr(n)).collect(),
