@@ -132,9 +132,8 @@ impl Primary {
     }
 
     /// Backups (and caught-up learners) that have not answered a message
-    /// sent within the lease,
-    /// once this primary has led for a whole lease (before that, none has
-    /// had the time). The coordinator reads these reports to tell a backup
+    /// sent within the lease, once this primary has led for a whole lease
+    /// (before that, none has had the time). The coordinator reads these reports to tell a backup
     /// that cannot hear (or be heard) from a primary that cannot hear.
     pub fn silent_backups(&self, now: Millis) -> Vec<NodeId> {
         let Some(since) = self.since else {
