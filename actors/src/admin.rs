@@ -14,7 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tstore_membership::{view, Membership};
 
 use crate::control::ControlPlane;
-use crate::wire::{AdminReply, AdminRequest, DataError, DataReply, ErrorKind};
+use tstore_core::wire::{AdminReply, AdminRequest, DataError, DataReply, ErrorKind};
 
 /// At most this many gossip watches at once per node.
 pub const MAX_WATCHES: usize = 64;
@@ -172,7 +172,7 @@ impl Handler<AdminCall> for AdminActor {
 }
 
 /// `table "x" does not exist (tables: a, b)`.
-pub(crate) fn no_such_table(name: &str, map: &crate::cluster_map::ClusterMap) -> String {
+pub(crate) fn no_such_table(name: &str, map: &tstore_core::cluster_map::ClusterMap) -> String {
     if map.tables.is_empty() {
         format!("table {name:?} does not exist (there are no tables)")
     } else {

@@ -1,29 +1,30 @@
-//! tstore's actors.
+//! tstore's actors: the I/O shells around `tstore-core`'s decisions.
 //!
-//! - [`node::NodeActor`]: one per process. Owns the QUIC endpoint and the
-//!   gossip membership, routes inbound peer messages, reacts to liveness
-//!   events, and leaves the cluster politely on shutdown.
-//! - [`admin::AdminActor`]: serves client/operator sessions: the member list,
-//!   the raw gossip state, and a live stream of gossip changes.
+//! - [`node`]: the NodeActor, one per process: the QUIC endpoint, gossip
+//!   membership, the shard copies this node holds, shutdown.
+//! - [`shard`]: the actor holding one shard copy (primary, backup or
+//!   learner), driving `tstore_core::replication`'s state machines.
+//! - [`control`]: the control plane (Raft over the cluster map) and DDL.
+//! - [`coordinator`]: the coordinator's timer on the Raft leader.
+//! - [`router`]: serving the row requests a client routed itself.
+//! - [`admin`]: the client/operator service (members, gossip, tables, …).
+//! - [`data`]: shard storage on LMDB and the node's group commit.
+//! - [`storage`]: the node's LMDB environment.
+//! - [`peer`]: the node-to-node messages.
 //!
-//! The wire protocols spoken between nodes and with clients are in [`wire`].
-//! Actors are thin shells: the decisions they carry out live in plain types
-//! (in this crate's later modules, and in `tstore-membership`'s `view`).
-//!
-//! Uses `tstore-transport` and `tstore-membership`; used by the `tstore` binary.
+//! Decisions live in `tstore-core` (pure, no I/O); this crate carries them
+//! out. Uses `tstore-transport`, `tstore-membership` and `tstore-core`; used
+//! by the `tstore` binary.
 
 pub mod admin;
-pub mod cluster_map;
 pub mod control;
 pub mod coordinator;
 pub mod data;
-pub mod keys;
 pub mod node;
-pub mod replication;
+pub mod peer;
 pub mod router;
 mod service;
 pub mod shard;
 pub mod storage;
-pub mod wire;
 
 pub use node::{start_node, NodeHandle, NodeSettings, StartError};

@@ -25,12 +25,12 @@ use crate::control::{ControlPlane, ControlSettings};
 use crate::coordinator::actor::CoordinatorActor;
 use crate::data::committer::Committer;
 use crate::data::store::ShardStore;
-use crate::replication::LeaseConfig;
+use crate::peer::{PeerMessage, PeerReply};
 use crate::router::{serve_local, LocalCopies};
 use crate::service::NodeService;
 use crate::shard::actor::{Copies, CopyActor, CopyEnv, Reconfigure, Replicate, StopCopy};
-use crate::shard::{self, LocalChange, LocalCopy, ShardKey};
-use crate::wire::{PeerMessage, PeerReply};
+use tstore_core::replication::LeaseConfig;
+use tstore_core::shard::{self, LocalChange, LocalCopy, ShardKey};
 
 /// Inbound one-way messages may queue this deep in the node's mailbox.
 const MAILBOX_CAPACITY: usize = 4096;

@@ -20,19 +20,16 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use tstore_transport::{Endpoint, TransportError};
 
-use crate::cluster_map::{ClusterMap, KeyRange, Sharding, SplitKey, Table};
 use crate::control::ControlPlane;
-use crate::data::ops::Op;
-use crate::data::sessions::RequestId;
-use crate::data::validate::check_op;
-use crate::shard::actor::{CopyActor, GetStatus, Read, ReadMode, ScanShard, Write};
-use crate::shard::ShardKey;
-use crate::wire::{
-    CopyReport, DataError, DataReply, DataRequest, ErrorKind, PeerMessage, PeerReply, ShardRequest,
-};
-
-/// Most rows one scan returns.
-pub const MAX_SCAN: usize = 10_000;
+use crate::peer::{PeerMessage, PeerReply};
+use crate::shard::actor::{CopyActor, GetStatus, Read, ScanShard, Write};
+use tstore_core::cluster_map::{ClusterMap, Table};
+use tstore_core::data::ops::Op;
+use tstore_core::data::sessions::RequestId;
+use tstore_core::data::validate::check_op;
+use tstore_core::shard::ShardKey;
+use tstore_core::wire::{CopyReport, DataError, DataReply, DataRequest, ErrorKind, ShardRequest};
+use tstore_core::wire::{ReadMode, MAX_SCAN};
 
 /// How long a routed request waits for this node's map to reach the
 /// client's epoch.
@@ -290,29 +287,6 @@ impl Router {
                 "node {node} did not answer: {e}"
             ))),
         }
-    }
-}
-
-/// Whether a shard can hold keys in `[from, to)`.
-pub fn may_hold(
-    sharding: &Sharding,
-    range: &KeyRange,
-    from: Option<&SplitKey>,
-    to: Option<&SplitKey>,
-) -> bool {
-    match (sharding, range) {
-        (Sharding::Range { .. }, KeyRange::Range { start, end }) => {
-            let below_end = match (from, end) {
-                (Some(f), Some(e)) => f < e,
-                _ => true,
-            };
-            let above_start = match (to, start) {
-                (Some(t), Some(s)) => t > s,
-                _ => true,
-            };
-            below_end && above_start
-        }
-        _ => true,
     }
 }
 

@@ -10,8 +10,9 @@ use crate::admin::{AdminActor, AdminCall};
 use crate::control::ControlPlane;
 use crate::data::store::{ChunkKind, ShardId, ShardStore};
 use crate::node::{InboundPeer, NodeActor, PeerCall};
+use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
 use crate::router::{serve_local, LocalCopies, Router};
-use crate::wire::{AdminReply, AdminRequest, PeerMessage, PeerReply, SnapshotPart};
+use tstore_core::wire::{AdminReply, AdminRequest};
 
 /// Rows per snapshot frame, by size (well under the frame limit).
 const SNAPSHOT_CHUNK: usize = 256 * 1024;

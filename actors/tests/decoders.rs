@@ -11,15 +11,13 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tstore_actors::cluster_map::SplitKey;
-use tstore_actors::data::ops::{check_row, evaluate, Op, RowRecord};
-use tstore_actors::data::sessions::{ClientRecord, Command};
 use tstore_actors::data::store::ShardMeta;
-use tstore_actors::replication::{EpochHistory, LogEntry, ReplMsg};
-use tstore_actors::wire::{
-    AdminReply, AdminRequest, DataReply, DataRequest, PeerMessage, PeerReply, ShardRequest,
-    SnapshotPart,
-};
+use tstore_actors::peer::{PeerMessage, PeerReply, SnapshotPart};
+use tstore_core::cluster_map::SplitKey;
+use tstore_core::data::ops::{check_row, evaluate, Op, RowRecord};
+use tstore_core::data::sessions::{ClientRecord, Command};
+use tstore_core::replication::{EpochHistory, LogEntry, ReplMsg};
+use tstore_core::wire::{AdminReply, AdminRequest, DataReply, DataRequest, ShardRequest};
 use tstore_transport::decode::{self, DecodeError, MAX_DEPTH};
 use tstore_transport::frame::{self, FrameError, WIRE_VERSION};
 

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tstore_actors::wire::{AdminReply, AdminRequest};
+use tstore_core::wire::{AdminReply, AdminRequest};
 use tstore_fuzz::{roundtrip, select};
 
 fuzz_target!(|data: &[u8]| {

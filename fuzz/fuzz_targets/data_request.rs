@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tstore_actors::wire::{DataReply, DataRequest, ShardRequest};
+use tstore_core::wire::{DataReply, DataRequest, ShardRequest};
 use tstore_fuzz::{roundtrip, select};
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use tstore_actors::cluster_map::{KeyRange, SplitKey};
+use tstore_core::cluster_map::{KeyRange, SplitKey};
 
 #[derive(Debug, Arbitrary)]
 enum Key {
@@ -52,7 +52,7 @@ fn check(a: &SplitKey, b: &SplitKey, of: u32) {
     };
     match SplitKey::from_row(&json, "k") {
         Ok(k) => assert_eq!(&k, a),
-        Err(e) => assert!(ea.len() > tstore_actors::keys::MAX_KEY_BYTES, "{e}"),
+        Err(e) => assert!(ea.len() > tstore_core::keys::MAX_KEY_BYTES, "{e}"),
     }
 }
 

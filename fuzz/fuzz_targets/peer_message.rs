@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tstore_actors::wire::{PeerMessage, PeerReply};
+use tstore_actors::peer::{PeerMessage, PeerReply};
 use tstore_fuzz::{roundtrip, select};
 
 fuzz_target!(|data: &[u8]| {

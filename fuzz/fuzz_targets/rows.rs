@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tstore_actors::cluster_map::{ClusterMap, MapCommand, SplitKey, Table, TableSpec};
-use tstore_actors::data::ops::{check_row, evaluate, Op, RowRecord};
-use tstore_actors::data::validate;
+use tstore_core::cluster_map::{ClusterMap, MapCommand, SplitKey, Table, TableSpec};
+use tstore_core::data::ops::{check_row, evaluate, Op, RowRecord};
+use tstore_core::data::validate;
 
 const KEY: &str = "id";
 
@@ -114,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The text as the CLI's batch, made into one operation as the client
     // and the node do: each operation alone, then all at once.
-    if let Ok(batch) = tstore_node::cli::parse_batch(text) {
+    if let Ok(batch) = tstore_client::batch::parse_batch(text) {
         let table = TABLE.get_or_init(table);
         if let Ok(op) = validate::batch_op(table, batch) {
             if validate::shard_of_write(table, &op).is_ok() {

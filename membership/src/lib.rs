@@ -18,7 +18,9 @@ mod error;
 mod identity;
 mod link;
 mod membership;
-pub mod view;
+/// Gossip state as plain data; defined in `tstore-core` so clients can read it
+/// without linking chitchat.
+pub use tstore_core::view;
 
 pub use config::{MembershipConfig, NodeProfile};
 pub use error::MembershipError;

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tstore_actors::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_core::cluster_map::{Sharding, SplitKey, TableSpec};
 
-use crate::client::AdminClient;
-use crate::data_client::{Client, Consistency};
+use tstore_client::admin::AdminClient;
+use tstore_client::routing::{Client, Consistency};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {

@@ -12,15 +12,14 @@ use tracing_subscriber::EnvFilter;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
-use tstore_actors::cluster_map::{NodeState, Sharding, SplitKey, TableSpec};
-use tstore_actors::coordinator::failover::ManualOp;
-use tstore_actors::data::ops::{OpResult, RowRecord};
-use tstore_actors::wire::BatchOp;
+use tstore_core::cluster_map::{NodeState, Sharding, SplitKey, TableSpec};
+use tstore_core::coordinator::failover::ManualOp;
+use tstore_core::data::ops::{OpResult, RowRecord};
 
-use crate::client::{AdminClient, WatchItem};
 use crate::config::NodeOptions;
-use crate::data_client::{Client, Consistency, SessionToken};
 use crate::{demo, output, run};
+use tstore_client::admin::{AdminClient, ClientError, WatchItem};
+use tstore_client::routing::{Client, Consistency, SessionToken};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -339,8 +338,8 @@ pub fn main() -> i32 {
 /// 3 invalid request, 4 condition failed, 5 unavailable (nothing written;
 /// retry later), 6 outcome unknown (read before retrying).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
-    match e.downcast_ref::<crate::client::ClientError>() {
-        Some(crate::client::ClientError::Data(d)) => d.kind.exit_code(),
+    match e.downcast_ref::<tstore_client::admin::ClientError>() {
+        Some(tstore_client::admin::ClientError::Data(d)) => d.kind.exit_code(),
         _ => 1,
     }
 }
@@ -668,7 +667,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
 async fn rows(args: AdminArgs) -> anyhow::Result<()> {
     // Bad input is reported before anything is dialed.
     if let AdminCommand::Batch { ops, .. } = &args.command {
-        parse_batch(ops)?;
+        tstore_client::batch::parse_batch(ops).map_err(ClientError::Data)?;
     }
     let client = Client::connect(&[args.node], &args.certs, &args.client_name).await?;
     if let Some(path) = &args.session {
@@ -798,7 +797,7 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
             }
         }
         AdminCommand::Batch { table, ops } => {
-            let ops = parse_batch(&ops)?;
+            let ops = tstore_client::batch::parse_batch(&ops).map_err(ClientError::Data)?;
             let results = client.batch(&table, ops).await?;
             if json {
                 print_json(&serde_json::json!({ "results": results }))?;
@@ -815,70 +814,4 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
         _ => unreachable!("not a row command"),
     }
     Ok(())
-}
-
-/// Parses the `batch` command's JSON array; a bad one is an `Invalid`
-/// request (exit code 3), like any other malformed row command.
-pub fn parse_batch(text: &str) -> anyhow::Result<Vec<BatchOp>> {
-    parse_batch_ops(text).map_err(|e| {
-        crate::client::ClientError::Data(tstore_actors::wire::DataError::invalid(format!("{e:#}")))
-            .into()
-    })
-}
-
-fn parse_batch_ops(text: &str) -> anyhow::Result<Vec<BatchOp>> {
-    let items: Vec<serde_json::Value> = serde_json::from_str(text)
-        .context("a batch is a JSON array of operations, e.g. [{\"put\":{\"id\":1}}]")?;
-    let key = |v: &serde_json::Value, i: usize| -> anyhow::Result<SplitKey> {
-        match v.get("key") {
-            Some(serde_json::Value::Number(n)) if n.is_i64() => {
-                Ok(SplitKey::Int(n.as_i64().expect("checked")))
-            }
-            Some(serde_json::Value::String(s)) => Ok(SplitKey::Str(s.clone())),
-            _ => anyhow::bail!("batch operation {i}: \"key\" must be an integer or a string"),
-        }
-    };
-    let version = |v: &serde_json::Value, i: usize| -> anyhow::Result<Option<u64>> {
-        match v.get("if_version") {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(n) => n.as_u64().map(Some).ok_or_else(|| {
-                anyhow::anyhow!("batch operation {i}: \"if_version\" must be a whole number")
-            }),
-        }
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let obj = item.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "batch operation {i} must be an object with one of put, insert, update, delete"
-                )
-            })?;
-            let (op, body) = obj.iter().next().expect("one entry");
-            Ok(match op.as_str() {
-                "put" => BatchOp::Put {
-                    row: body.to_string(),
-                },
-                "insert" => BatchOp::Insert {
-                    row: body.to_string(),
-                },
-                "update" => BatchOp::Update {
-                    key: key(body, i)?,
-                    patch: body
-                        .get("patch")
-                        .ok_or_else(|| anyhow::anyhow!("batch operation {i}: update needs \"patch\""))?
-                        .to_string(),
-                    if_version: version(body, i)?,
-                },
-                "delete" => BatchOp::Delete {
-                    key: key(body, i)?,
-                    if_version: version(body, i)?,
-                },
-                other => anyhow::bail!(
-                    "batch operation {i}: unknown operation {other:?} (use put, insert, update, delete)"
-                ),
-            })
-        })
-        .collect()
 }

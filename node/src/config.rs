@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 use tstore_actors::control::ControlSettings;
-use tstore_actors::replication::LeaseConfig;
+use tstore_core::replication::LeaseConfig;
 use tstore_membership::{MembershipConfig, NodeProfile};
 use tstore_transport::Limits;
 

@@ -21,7 +21,7 @@ use tstore_membership::NodeStatus;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
-use crate::client::AdminClient;
+use tstore_client::admin::AdminClient;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {

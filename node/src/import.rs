@@ -12,7 +12,7 @@ use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::data_client::Client;
+use tstore_client::routing::Client;
 
 #[derive(Debug, Serialize)]
 pub struct ImportReport {

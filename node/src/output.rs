@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use tstore_actors::cluster_map::{MapEvent, Sharding, Table};
-use tstore_actors::wire::{ClusterStatus, CopyReport};
+use tstore_core::cluster_map::{MapEvent, Sharding, Table};
+use tstore_core::wire::{ClusterStatus, CopyReport};
 use tstore_membership::{GossipChange, GossipSnapshot, Member, NodeStatus};
 
 /// `HH:MM:SS.mmm` (UTC) of a unix time in milliseconds.

@@ -1,6 +1,6 @@
 //! Histories of operations for the linearizability checker
 //! ([`crate::linearizability`]): concurrent clients of the routing client
-//! (`tstore_node::data_client::Client`, the one the CLI uses) read and
+//! (`tstore_client::routing::Client`, the one the CLI uses) read and
 //! write a few hot keys of one table, and record every operation's
 //! invocation time, completion time and outcome.
 //!
@@ -35,10 +35,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tstore_node::client::ClientError;
-use tstore_node::cluster_map::SplitKey;
-use tstore_node::data::{BatchOp, ErrorKind, OpResult};
-use tstore_node::data_client::{Client, Consistency};
+use tstore_client::admin::ClientError;
+use tstore_client::cluster_map::SplitKey;
+use tstore_client::data::{BatchOp, ErrorKind, OpResult};
+use tstore_client::routing::{Client, Consistency};
 
 /// A small seeded PRNG (SplitMix64): client choices and nemesis schedules
 /// are functions of a printed seed.

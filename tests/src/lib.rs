@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tstore_client::admin::AdminClient;
+use tstore_client::cluster_map::{NodeState, Table, TableSpec};
+use tstore_client::wire::ClusterStatus;
 use tstore_membership::{Member, NodeStatus};
-use tstore_node::client::AdminClient;
-use tstore_node::cluster_map::{NodeState, Table, TableSpec};
-use tstore_node::wire::ClusterStatus;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 

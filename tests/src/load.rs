@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
-use tstore_node::client::AdminClient;
-use tstore_node::cluster_map::{SplitKey, Table};
-use tstore_node::data::{ReadMode, RowRecord};
-use tstore_node::data_client::{Client, ClientOptions};
+use tstore_client::admin::AdminClient;
+use tstore_client::cluster_map::{SplitKey, Table};
+use tstore_client::data::{ReadMode, RowRecord};
+use tstore_client::routing::{Client, ClientOptions};
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 

@@ -41,8 +41,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tstore_client::cluster_map::{Sharding, SplitKey, Table, TableSpec};
 use tstore_membership::NodeStatus;
-use tstore_node::cluster_map::{Sharding, SplitKey, Table, TableSpec};
 
 use crate::history::{self, Clock, Counts, Op, Rng, Workload};
 use crate::linearizability::{self, Check, Limits};

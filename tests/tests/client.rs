@@ -1,4 +1,4 @@
-//! The routing client (`tstore_node::data_client::Client`) and the row
+//! The routing client (`tstore_client::routing::Client`) and the row
 //! commands of the CLI, against three real processes: direct routing with a
 //! cached map that goes stale, batches, read-your-writes sessions, and one
 //! distinct error kind (and CLI exit code) per kind of bad input.
@@ -6,11 +6,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tstore_node::client::ClientError;
-use tstore_node::cluster_map::{Sharding, SplitKey, TableSpec};
-use tstore_node::data::{BatchOp, ErrorKind, OpResult};
-use tstore_node::data_client::{Client, Consistency};
-use tstore_node::ManualOp;
+use tstore_client::admin::ClientError;
+use tstore_client::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_client::data::{BatchOp, ErrorKind, OpResult};
+use tstore_client::routing::{Client, Consistency};
+use tstore_client::ManualOp;
 use tstore_tests::{tstore_binary, Cluster};
 
 const ALL: [&str; 3] = ["n1", "n2", "n3"];

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use tstore_client::admin::{AdminClient, WatchItem};
+use tstore_client::wire::AdminRequest;
 use tstore_membership::{GossipChange, NodeStatus};
-use tstore_node::client::{AdminClient, WatchItem};
-use tstore_node::wire::AdminRequest;
 use tstore_tests::{all_live, generation_of, status_of, Cluster};
 use tstore_transport::certs::CertDir;
 use tstore_transport::{Role, ALPN_CLIENT};

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tstore_node::cluster_map::{Sharding, SplitKey, Table, TableSpec};
-use tstore_node::wire::ClusterStatus;
+use tstore_client::cluster_map::{Sharding, SplitKey, Table, TableSpec};
+use tstore_client::wire::ClusterStatus;
 use tstore_tests::Cluster;
 
 const LIMIT: Duration = Duration::from_secs(30);

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use tstore_node::client::AdminClient;
-use tstore_node::cluster_map::{Sharding, SplitKey, TableSpec};
-use tstore_node::data::ReadMode;
+use tstore_client::admin::AdminClient;
+use tstore_client::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_client::data::ReadMode;
 use tstore_tests::Cluster;
 
 const LIMIT: Duration = Duration::from_secs(30);

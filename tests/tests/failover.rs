@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tstore_node::client::{AdminClient, ClientError};
-use tstore_node::cluster_map::{Sharding, SplitKey, TableSpec};
-use tstore_node::data::ReadMode;
+use tstore_client::admin::{AdminClient, ClientError};
+use tstore_client::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_client::data::ReadMode;
 use tstore_tests::load::{
     first_ack_per_shard, history_violations, lost_writes, nonce, scan_all, Acked, Load, LoadReport,
 };

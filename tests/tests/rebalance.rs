@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tstore_node::cluster_map::{Sharding, SplitKey, Table, TableSpec};
-use tstore_node::data::ReadMode;
+use tstore_client::cluster_map::{Sharding, SplitKey, Table, TableSpec};
+use tstore_client::data::ReadMode;
 use tstore_tests::load::{lost_writes, Load};
 use tstore_tests::Cluster;
 

@@ -32,16 +32,17 @@ use tstore_membership::view::KEY_ADDR;
 use tstore_membership::{GossipSnapshot, Membership, NodeStatus};
 use tstore_transport::Endpoint;
 
-use crate::cluster_map::{ClusterMap, MapCommand, NodeState, Table, TableSpec};
-use crate::coordinator::failover::{self, Health, ManualOp};
-use crate::coordinator::placement::{self, Candidate, Load};
-use crate::coordinator::rebalance;
-use crate::coordinator::silence::{cut_off_nodes, Reports, Silence, SilenceTracker};
-use crate::coordinator::voters::{self, Bootstrap, GroupView, VoterChange};
-use crate::shard::actor::parse_gossip_value;
-use crate::shard::LocalRole;
-use crate::wire::{ClusterStatus, ControlRequest, PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
+use crate::peer::{PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
 use store::{LogStore, MapState, StateMachine};
+use tstore_core::cluster_map::{ClusterMap, MapCommand, NodeState, Table, TableSpec};
+use tstore_core::coordinator::failover::{self, Health, ManualOp};
+use tstore_core::coordinator::placement::{self, Candidate, Load};
+use tstore_core::coordinator::rebalance;
+use tstore_core::coordinator::silence::{cut_off_nodes, Reports, Silence, SilenceTracker};
+use tstore_core::coordinator::voters::{self, Bootstrap, GroupView, VoterChange};
+use tstore_core::shard::parse_gossip_value;
+use tstore_core::shard::LocalRole;
+use tstore_core::wire::{ClusterStatus, ControlRequest};
 use types::{raft_id, Raft, RaftNode};
 
 /// Gossip key: the `--bootstrap-expect` a node was started with.

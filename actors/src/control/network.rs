@@ -17,7 +17,7 @@ use openraft::raft::{
 use tstore_transport::Endpoint;
 
 use super::types::{MapRaft, RaftNode};
-use crate::wire::{PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
+use crate::peer::{PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
 
 type Rpc<T, E = openraft::error::Infallible> =
     Result<T, RPCError<u64, RaftNode, RaftError<u64, E>>>;

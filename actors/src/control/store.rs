@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::types::{MapRaft, RaftNode};
-use crate::cluster_map::ClusterMap;
+use tstore_core::cluster_map::ClusterMap;
 
 type NodeId = u64;
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
@@ -393,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_map_and_the_log_survive_reopening() {
-        use crate::cluster_map::MapCommand;
+        use tstore_core::cluster_map::MapCommand;
         let dir = tempfile::tempdir().unwrap();
         let leader = openraft::CommittedLeaderId::new(1, 0);
         {

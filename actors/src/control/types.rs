@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_map::{MapCommand, MapError};
+use tstore_core::cluster_map::{MapCommand, MapError};
 
 /// A Raft member: the tstore node id and the address it serves on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

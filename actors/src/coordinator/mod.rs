@@ -1,10 +1,5 @@
-//! The coordinator: decides changes to the cluster map. Active only on the
-//! Raft leader. Its decisions are pure functions of (map, liveness) in the
-//! submodules; the actor proposes them through Raft.
+//! The coordinator's shell: the timer that runs a coordinator round on the
+//! Raft leader. Its decisions are the pure planners of
+//! `tstore_core::coordinator`.
 
 pub mod actor;
-pub mod failover;
-pub mod placement;
-pub mod rebalance;
-pub mod silence;
-pub mod voters;

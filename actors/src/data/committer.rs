@@ -87,18 +87,18 @@ fn run(store: ShardStore, rx: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::ops::Op;
     use crate::data::store::ShardId;
-    use crate::replication::LogEntry;
+    use tstore_core::data::ops::Op;
+    use tstore_core::replication::LogEntry;
 
     fn entry(seq: u64, id: i64) -> LogEntry {
         let op = Op::Put {
-            key: crate::cluster_map::SplitKey::Int(id),
+            key: tstore_core::cluster_map::SplitKey::Int(id),
             row: format!(r#"{{"id":{id}}}"#),
         };
-        let cmd = crate::data::sessions::Command {
-            id: crate::data::sessions::RequestId {
-                client: crate::data::sessions::ClientId::new(1, id as u64),
+        let cmd = tstore_core::data::sessions::Command {
+            id: tstore_core::data::sessions::RequestId {
+                client: tstore_core::data::sessions::ClientId::new(1, id as u64),
                 seq,
                 first_incomplete: 1,
             },
@@ -143,7 +143,10 @@ mod tests {
             let m = store.meta(*id).unwrap();
             assert_eq!((m.logged, m.applied), (2, 2));
             let row = store
-                .get(*id, &crate::cluster_map::SplitKey::Int(100 + i as i64))
+                .get(
+                    *id,
+                    &tstore_core::cluster_map::SplitKey::Int(100 + i as i64),
+                )
                 .unwrap()
                 .unwrap();
             assert_eq!(row.version, 2);

@@ -25,10 +25,10 @@ use heed::types::Bytes;
 use heed::{Database, Env};
 use serde::{Deserialize, Serialize};
 
-use super::ops::{evaluate, OpError, OpResult, RowRecord};
-use super::sessions::{decide, ClientRecord, Command, SessionClock};
-use crate::cluster_map::SplitKey;
-use crate::replication::{Epoch, LogEntry, Seq};
+use tstore_core::cluster_map::SplitKey;
+use tstore_core::data::ops::{evaluate, OpError, OpResult, RowRecord};
+use tstore_core::data::sessions::{decide, ClientRecord, Command, SessionClock};
+use tstore_core::replication::{Epoch, LogEntry, Seq};
 
 type Db = Database<'static, Bytes, Bytes>;
 
@@ -584,8 +584,8 @@ impl ShardStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::ops::Op;
-    use crate::data::sessions::{ClientId, RequestId};
+    use tstore_core::data::ops::Op;
+    use tstore_core::data::sessions::{ClientId, RequestId};
 
     const T0: u64 = 1_800_000_000_000;
 
@@ -838,7 +838,7 @@ mod tests {
 
     #[test]
     fn idle_clients_are_swept_out_by_shard_time() {
-        use crate::data::sessions::CLIENT_TTL_MS;
+        use tstore_core::data::sessions::CLIENT_TTL_MS;
         let dir = tempfile::tempdir().unwrap();
         let env = crate::storage::open_env(dir.path()).unwrap();
         let s = ShardStore::open(&env).unwrap();

@@ -4,7 +4,7 @@
 //! answers once every member has them. Where the node is a backup it runs
 //! [`Backup`] (the ReplicaActor role): it logs what the primary sends, acks,
 //! and applies what the primary committed. The replication decisions are the
-//! pure state machines of `crate::replication`; this actor does the I/O.
+//! pure state machines of `tstore_core::replication`; this actor does the I/O.
 //!
 //! Where the node is a learner (a copy being built) it first installs a
 //! snapshot streamed from the primary, then follows the log like a backup
@@ -26,26 +26,19 @@ use tracing::{debug, info, warn};
 use tstore_membership::Membership;
 use tstore_transport::Endpoint;
 
-use super::{LocalCopy, LocalRole, ShardKey};
-use crate::cluster_map::{NodeId, SplitKey};
 use crate::control::ControlPlane;
 use crate::data::committer::Committer;
-use crate::data::ops::{Op, OpResult, RowRecord};
-use crate::data::sessions::{Command, RequestId};
 use crate::data::store::{ChunkKind, Done, ShardId, ShardStore, StoreError, Work};
-use crate::replication::{Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReplMsg, Seq};
-use crate::wire::{CopyStatus, DataError, PeerMessage, PeerReply, SnapshotPart};
-
-/// The gossip key a copy is published under.
-pub fn gossip_key(key: &ShardKey) -> String {
-    format!("shard:{key}")
-}
-
-/// What a learner publishes once it has everything the primary committed.
-pub const LEARNER_READY: &str = "ready";
-/// What a primary publishes before the backups it has not heard within
-/// the lease.
-pub const SILENT: &str = "silent=";
+use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
+use tstore_core::cluster_map::{NodeId, SplitKey};
+use tstore_core::data::ops::{Op, OpResult, RowRecord};
+use tstore_core::data::sessions::{Command, RequestId};
+use tstore_core::replication::{
+    Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReplMsg, Seq,
+};
+use tstore_core::shard::{gossip_key, LocalCopy, LocalRole, ShardKey, LEARNER_READY, SILENT};
+use tstore_core::wire::ReadMode;
+use tstore_core::wire::{CopyStatus, DataError};
 
 /// How long a learner waits for the next part of a snapshot.
 const SNAPSHOT_PART_TIMEOUT: Duration = Duration::from_secs(15);
@@ -77,43 +70,6 @@ pub struct CopyEnv {
     pub lease: LeaseConfig,
 }
 
-/// A copy's gossip value, parsed: `<role> e<epoch>`, then `ready` for a
-/// learner that has caught up, or `silent=<node>,...` for a primary with
-/// backups that did not answer within the lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyGossip {
-    pub role: LocalRole,
-    pub epoch: u64,
-    pub ready: bool,
-    pub silent: Vec<NodeId>,
-}
-
-/// Parses a copy's gossip value.
-pub fn parse_gossip_value(v: &str) -> Option<CopyGossip> {
-    let mut parts = v.split_whitespace();
-    let role = match parts.next()? {
-        "primary" => LocalRole::Primary,
-        "backup" => LocalRole::Backup,
-        "learner" => LocalRole::Learner,
-        _ => return None,
-    };
-    let epoch = parts.next()?.strip_prefix('e')?.parse().ok()?;
-    let mut out = CopyGossip {
-        role,
-        epoch,
-        ready: false,
-        silent: vec![],
-    };
-    for p in parts {
-        if p == LEARNER_READY {
-            out.ready = true;
-        } else if let Some(list) = p.strip_prefix(SILENT) {
-            out.silent = list.split(',').map(str::to_owned).collect();
-        }
-    }
-    Some(out)
-}
-
 /// Replace the copy's configuration (new epoch, new members, new role).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -141,21 +97,6 @@ pub struct Replicate {
 pub struct Write {
     pub id: RequestId,
     pub op: Op,
-}
-
-/// How a read may be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ReadMode {
-    /// From the primary, under a valid lease: linearizable.
-    Strong,
-    /// From any in-sync copy (a backup that heard from its primary within
-    /// the lease, or the primary under its lease): may lag the primary by
-    /// its commit lag.
-    Replica,
-    /// Read-your-writes: from an in-sync copy that has applied at least
-    /// entry `n` of the shard's log (the client's session token), else from
-    /// the primary.
-    AtLeast(u64),
 }
 
 /// A point read.

@@ -635,6 +635,29 @@ impl ClusterMap {
     }
 }
 
+/// Whether a shard can hold keys in `[from, to)`.
+pub fn may_hold(
+    sharding: &Sharding,
+    range: &KeyRange,
+    from: Option<&SplitKey>,
+    to: Option<&SplitKey>,
+) -> bool {
+    match (sharding, range) {
+        (Sharding::Range { .. }, KeyRange::Range { start, end }) => {
+            let below_end = match (from, end) {
+                (Some(f), Some(e)) => f < e,
+                _ => true,
+            };
+            let above_start = match (to, start) {
+                (Some(t), Some(s)) => t > s,
+                _ => true,
+            };
+            below_end && above_start
+        }
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

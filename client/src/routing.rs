@@ -12,7 +12,7 @@
 //! otherwise answer `Stale`, `Unavailable` or `Unknown`. Every write carries
 //! a request identity (this client's id, a sequence number, and the lowest
 //! sequence number it still waits for on that shard; see
-//! `tstore_actors::data::sessions`),
+//! `tstore_core::data::sessions`),
 //! the same on every resend, and the shard applies a request once and
 //! answers a resend with the first outcome. So any write may be resent:
 //! one refused (`Unavailable`, `Stale`, a connection that could not be
@@ -28,9 +28,9 @@
 //! ([`Client::session`], [`Client::resume_session`]).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tstore_node::client::ClientError> {
-//! use tstore_node::data_client::{Client, Consistency};
-//! use tstore_node::cluster_map::SplitKey;
+//! # async fn demo() -> Result<(), tstore_client::admin::ClientError> {
+//! use tstore_client::routing::{Client, Consistency};
+//! use tstore_client::cluster_map::SplitKey;
 //! let seeds = ["127.0.0.1:7401".parse().unwrap()];
 //! let client = Client::connect(&seeds, "certs".as_ref(), "admin").await?;
 //! client.put("user", r#"{"id":1,"name":"Alice","age":25}"#).await?;
@@ -48,19 +48,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::debug;
-use tstore_actors::cluster_map::{SplitKey, Table};
-use tstore_actors::data::ops::{Op, OpResult, RowRecord};
-use tstore_actors::data::sessions::{ClientId, RequestId};
-use tstore_actors::data::validate::{batch_op, row_op, shard_of_write};
-use tstore_actors::router::{may_hold, MAX_SCAN};
-use tstore_actors::shard::actor::ReadMode;
-use tstore_actors::wire::{
+use tstore_core::cluster_map::may_hold;
+use tstore_core::cluster_map::{SplitKey, Table};
+use tstore_core::data::ops::{Op, OpResult, RowRecord};
+use tstore_core::data::sessions::{ClientId, RequestId};
+use tstore_core::data::validate::{batch_op, row_op, shard_of_write};
+use tstore_core::wire::ReadMode;
+use tstore_core::wire::MAX_SCAN;
+use tstore_core::wire::{
     AdminReply, AdminRequest, BatchOp, DataError, DataReply, DataRequest, ErrorKind, ShardRequest,
 };
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, Role, TlsIdentity, TransportError};
 
-use crate::client::ClientError;
+use crate::admin::ClientError;
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

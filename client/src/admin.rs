@@ -1,8 +1,8 @@
 //! The Rust client of a node's admin service.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tstore_node::client::ClientError> {
-//! use tstore_node::client::AdminClient;
+//! # async fn demo() -> Result<(), tstore_client::admin::ClientError> {
+//! use tstore_client::admin::AdminClient;
 //! let client = AdminClient::connect("127.0.0.1:7401".parse().unwrap(), "certs".as_ref(), "admin").await?;
 //! for m in client.members().await?.1 {
 //!     println!("{} {}", m.node_id, m.status);
@@ -13,19 +13,19 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use tstore_actors::cluster_map::SplitKey;
-use tstore_actors::cluster_map::{MapEvent, NodeState, Table, TableSpec};
-use tstore_actors::coordinator::failover::ManualOp;
-use tstore_actors::data::ops::RowRecord;
-use tstore_actors::shard::actor::ReadMode;
-use tstore_actors::wire::{
+use tstore_core::cluster_map::SplitKey;
+use tstore_core::cluster_map::{MapEvent, NodeState, Table, TableSpec};
+use tstore_core::coordinator::failover::ManualOp;
+use tstore_core::data::ops::RowRecord;
+use tstore_core::view::{GossipChange, GossipSnapshot, Member};
+use tstore_core::wire::ReadMode;
+use tstore_core::wire::{
     AdminReply, AdminRequest, ClusterStatus, CopyReport, DataError, DataReply, DataRequest,
 };
-use tstore_membership::{GossipChange, GossipSnapshot, Member};
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity, TransportError};
 
-use crate::data_client::{Client, ClientOptions};
+use crate::routing::{Client, ClientOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -1,79 +1,33 @@
-//! The messages nodes and clients exchange, one enum per protocol. Framed and
-//! versioned by `tstore_transport::frame` (bump `WIRE_VERSION` on an
-//! incompatible change).
+//! The messages clients exchange with nodes (ALPN `tstore-client/1`), and
+//! the control-plane changes nodes forward to the coordinator: one enum per
+//! protocol. Plain data: framed and versioned by `tstore_transport::frame`
+//! (bump `WIRE_VERSION` on an incompatible change). The node-to-node half
+//! (replication, Raft, snapshots) is `tstore_actors::peer`.
 
 use serde::{Deserialize, Serialize};
-use tstore_membership::{GossipChange, GossipSnapshot, Member};
-
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
 
 use crate::cluster_map::{MapEvent, NodeState, SplitKey, Table, TableSpec};
-use crate::control::types::MapRaft;
 use crate::coordinator::failover::ManualOp;
 use crate::data::ops::{Op, OpResult, RowRecord};
-use crate::data::sessions::{RequestId, SessionClock};
-use crate::replication::ReplMsg;
-use crate::shard::actor::ReadMode;
+use crate::data::sessions::RequestId;
+use crate::view::{GossipChange, GossipSnapshot, Member};
 
-/// Node-to-node messages (ALPN `tstore-peer/1`).
-#[derive(Debug, Serialize, Deserialize)]
-pub enum PeerMessage {
-    /// A chitchat envelope, one-way.
-    Gossip(Vec<u8>),
-    /// Liveness probe; answered with [`PeerReply::Pong`].
-    Ping,
-    /// A Raft RPC of the control plane.
-    Raft(RaftRpc),
-    /// A cluster-map change forwarded to the Raft leader (the coordinator).
-    Control(ControlRequest),
-    /// Replication between the members of a shard, one-way.
-    Repl {
-        table: String,
-        shard: u32,
-        msg: ReplMsg,
-    },
-    /// A client's read or write, forwarded to the node holding the shard copy.
-    Data(ShardRequest),
-    /// A learner asks the shard's primary for a snapshot of its rows;
-    /// answered by a stream of [`SnapshotPart`]s.
-    Snapshot { table: String, shard: u32 },
-}
+/// Most rows one scan returns.
+pub const MAX_SCAN: usize = 10_000;
 
-/// One frame of a snapshot stream: a header, row chunks, client session
-/// chunks, the end.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum SnapshotPart {
-    /// The rows and sessions that follow reflect every entry up to
-    /// `applied`; `clock` is the shard's session clock there.
-    Header {
-        applied: u64,
-        clock: SessionClock,
-    },
-    /// Raw `(encoded key, row)` pairs.
-    Rows(Vec<(Vec<u8>, Vec<u8>)>),
-    /// Raw `(client id, client record)` pairs (see `data::sessions`).
-    Sessions(Vec<(Vec<u8>, Vec<u8>)>),
-    End,
-}
-
-/// Replies to node-to-node requests.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum PeerReply {
-    Pong {
-        node_id: String,
-        generation: u64,
-    },
-    Raft(RaftRpcReply),
-    /// The map version that holds the change, and the table it created, or why not.
-    Control(Result<(u64, Option<Table>), String>),
-    Data(DataReply),
-    Snapshot(SnapshotPart),
-    /// The request is not one this node answers.
-    Refused(String),
+/// How a read may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadMode {
+    /// From the primary, under a valid lease: linearizable.
+    Strong,
+    /// From any in-sync copy (a backup that heard from its primary within
+    /// the lease, or the primary under its lease): may lag the primary by
+    /// its commit lag.
+    Replica,
+    /// Read-your-writes: from an in-sync copy that has applied at least
+    /// entry `n` of the shard's log (the client's session token), else from
+    /// the primary.
+    AtLeast(u64),
 }
 
 /// A read or write addressed to one shard copy.
@@ -284,22 +238,6 @@ pub enum DataReply {
     Status(CopyStatus),
     Copies(Vec<CopyReport>),
     Error(DataError),
-}
-
-/// The control plane's Raft RPCs.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum RaftRpc {
-    AppendEntries(AppendEntriesRequest<MapRaft>),
-    Vote(VoteRequest<u64>),
-    InstallSnapshot(InstallSnapshotRequest<MapRaft>),
-}
-
-/// Answers to [`RaftRpc`]s, with the receiving node's Raft error if any.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum RaftRpcReply {
-    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
-    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
 }
 
 /// Cluster-map changes that only the coordinator (the Raft leader) makes.

@@ -1,0 +1,10 @@
+//! The coordinator: decides changes to the cluster map. Active only on the
+//! Raft leader. Its decisions are pure functions of (map, liveness) in the
+//! submodules; the coordinator actor (`tstore_actors::coordinator`)
+//! proposes them through Raft.
+
+pub mod failover;
+pub mod placement;
+pub mod rebalance;
+pub mod silence;
+pub mod voters;

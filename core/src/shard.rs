@@ -1,0 +1,259 @@
+//! Shard copies on a node: which the map gives it, and how each copy
+//! publishes itself in gossip.
+//!
+//! [`plan`] is the pure decision: given the copies running here and the
+//! committed map, which to start, which to stop, which to reconfigure (a new
+//! epoch or a role change). The NodeActor carries it out every time the map
+//! version changes. [`parse_gossip_value`] reads back the value a copy
+//! publishes under [`gossip_key`]; the coordinator's health derivation reads
+//! it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster_map::{ClusterMap, NodeId, ReplicaSet};
+
+/// One shard of one table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShardKey {
+    pub table: String,
+    pub index: u32,
+}
+
+impl fmt::Display for ShardKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.table, self.index)
+    }
+}
+
+/// What this node is for a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LocalRole {
+    Primary,
+    Backup,
+    /// Being built: copies a snapshot from the primary, then follows its
+    /// log without counting for commits.
+    Learner,
+}
+
+impl fmt::Display for LocalRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LocalRole::Primary => "primary",
+            LocalRole::Backup => "backup",
+            LocalRole::Learner => "learner",
+        })
+    }
+}
+
+/// A copy as configured by the map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCopy {
+    pub role: LocalRole,
+    pub replicas: ReplicaSet,
+    /// The table's id in the map (its storage prefix) and key column.
+    pub table_id: u64,
+    pub key_column: String,
+    /// Members the configuration needs for the primary to take writes.
+    pub min_copies: usize,
+}
+
+/// One change to the copies running on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalChange {
+    Start(ShardKey, LocalCopy),
+    /// Same shard, new configuration (epoch or role changed).
+    Reconfigure(ShardKey, LocalCopy),
+    Stop(ShardKey),
+}
+
+/// The copies the map gives node `me`.
+pub fn wanted(map: &ClusterMap, me: &str) -> BTreeMap<ShardKey, LocalCopy> {
+    map.copies_of(me)
+        .map(|(t, s)| {
+            let role = if s.replicas.primary == me {
+                LocalRole::Primary
+            } else if s.replicas.backups.iter().any(|b| b == me) {
+                LocalRole::Backup
+            } else {
+                LocalRole::Learner
+            };
+            (
+                ShardKey {
+                    table: t.spec.name.clone(),
+                    index: s.index,
+                },
+                LocalCopy {
+                    role,
+                    replicas: s.replicas.clone(),
+                    table_id: t.id,
+                    key_column: t.spec.key.clone(),
+                    min_copies: t.spec.min_copies(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The changes that bring `running` to what `map` gives node `me`.
+pub fn plan(
+    running: &BTreeMap<ShardKey, LocalCopy>,
+    map: &ClusterMap,
+    me: &str,
+) -> Vec<LocalChange> {
+    let want = wanted(map, me);
+    let mut out = Vec::new();
+    for key in running.keys() {
+        if !want.contains_key(key) {
+            out.push(LocalChange::Stop(key.clone()));
+        }
+    }
+    for (key, copy) in want {
+        match running.get(&key) {
+            None => out.push(LocalChange::Start(key, copy)),
+            Some(have) if *have != copy => out.push(LocalChange::Reconfigure(key, copy)),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+// ---- How a copy publishes itself in gossip ----
+
+/// The gossip key a copy is published under.
+pub fn gossip_key(key: &ShardKey) -> String {
+    format!("shard:{key}")
+}
+
+/// What a learner publishes once it has everything the primary committed.
+pub const LEARNER_READY: &str = "ready";
+/// What a primary publishes before the backups it has not heard within
+/// the lease.
+pub const SILENT: &str = "silent=";
+
+/// A copy's gossip value, parsed: `<role> e<epoch>`, then `ready` for a
+/// learner that has caught up, or `silent=<node>,...` for a primary with
+/// backups that did not answer within the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyGossip {
+    pub role: LocalRole,
+    pub epoch: u64,
+    pub ready: bool,
+    pub silent: Vec<NodeId>,
+}
+
+/// Parses a copy's gossip value.
+pub fn parse_gossip_value(v: &str) -> Option<CopyGossip> {
+    let mut parts = v.split_whitespace();
+    let role = match parts.next()? {
+        "primary" => LocalRole::Primary,
+        "backup" => LocalRole::Backup,
+        "learner" => LocalRole::Learner,
+        _ => return None,
+    };
+    let epoch = parts.next()?.strip_prefix('e')?.parse().ok()?;
+    let mut out = CopyGossip {
+        role,
+        epoch,
+        ready: false,
+        silent: vec![],
+    };
+    for p in parts {
+        if p == LEARNER_READY {
+            out.ready = true;
+        } else if let Some(list) = p.strip_prefix(SILENT) {
+            out.silent = list.split(',').map(str::to_owned).collect();
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster_map::{MapCommand, Sharding, TableSpec};
+
+    fn map() -> ClusterMap {
+        let mut m = ClusterMap::default();
+        for n in ["n1", "n2"] {
+            m.apply(&MapCommand::RegisterNode {
+                node_id: n.into(),
+                addr: String::new(),
+                zone: String::new(),
+            })
+            .unwrap();
+        }
+        m.apply(&MapCommand::CreateTable {
+            spec: TableSpec {
+                name: "t".into(),
+                key: "id".into(),
+                sharding: Sharding::Hash { shards: 2 },
+                replicas: 2,
+                min_copies: 0,
+            },
+            placement: vec![
+                ("n1".into(), vec!["n2".into()]),
+                ("n2".into(), vec!["n1".into()]),
+            ],
+        })
+        .unwrap();
+        m
+    }
+
+    fn key(i: u32) -> ShardKey {
+        ShardKey {
+            table: "t".into(),
+            index: i,
+        }
+    }
+
+    #[test]
+    fn starts_what_the_map_gives_and_stops_what_it_takes() {
+        let m = map();
+        let changes = plan(&BTreeMap::new(), &m, "n1");
+        assert_eq!(changes.len(), 2);
+        assert!(
+            matches!(&changes[0], LocalChange::Start(k, c) if *k == key(0) && c.role == LocalRole::Primary)
+        );
+        assert!(
+            matches!(&changes[1], LocalChange::Start(k, c) if *k == key(1) && c.role == LocalRole::Backup)
+        );
+
+        let running = wanted(&m, "n1");
+        assert!(
+            plan(&running, &m, "n1").is_empty(),
+            "nothing to do when in line"
+        );
+
+        let mut dropped = m.clone();
+        dropped
+            .apply(&MapCommand::DropTable { name: "t".into() })
+            .unwrap();
+        assert_eq!(
+            plan(&running, &dropped, "n1"),
+            vec![LocalChange::Stop(key(0)), LocalChange::Stop(key(1))]
+        );
+    }
+
+    #[test]
+    fn a_new_epoch_reconfigures() {
+        let m = map();
+        let running = wanted(&m, "n2");
+        let mut next = m.clone();
+        let s = &mut next.tables.get_mut("t").unwrap().shards[0];
+        s.replicas.epoch += 1;
+        s.replicas.backups.clear();
+        let changes = plan(&running, &next, "n2");
+        assert_eq!(
+            changes,
+            vec![LocalChange::Stop(key(0))],
+            "n2 left shard 0's configuration"
+        );
+        let changes = plan(&wanted(&m, "n1"), &next, "n1");
+        assert!(
+            matches!(&changes[0], LocalChange::Reconfigure(k, c) if *k == key(0) && c.replicas.epoch == 2)
+        );
+    }
+}
