@@ -81,7 +81,7 @@ impl Handler<AdminCall> for AdminActor {
                 let reply = match map.tables.get(&table) {
                     Some(t) => AdminReply::Route {
                         map_version: map.version,
-                        now_unix_ms: crate::shard::actor::wall_ms(),
+                        now_unix_ms: crate::clock::wall_ms(),
                         table: t.clone(),
                         nodes: map
                             .nodes

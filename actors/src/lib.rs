@@ -5,18 +5,20 @@
 //! - [`shard`]: the actor holding one shard copy (primary, backup or
 //!   learner), driving `tstore_core::replication`'s state machines.
 //! - [`control`]: the control plane (Raft over the cluster map) and DDL.
-//! - [`coordinator`]: the coordinator's timer on the Raft leader.
+//! - [`coordinator`]: the coordinator: its timer, and one round of it.
 //! - [`router`]: serving the row requests a client routed itself.
 //! - [`admin`]: the client/operator service (members, gossip, tables, …).
 //! - [`data`]: shard storage on LMDB and the node's group commit.
 //! - [`storage`]: the node's LMDB environment.
 //! - [`peer`]: the node-to-node messages.
+//! - [`clock`]: the monotonic and wall clocks handed to the core.
 //!
 //! Decisions live in `tstore-core` (pure, no I/O); this crate carries them
 //! out. Uses `tstore-transport`, `tstore-membership` and `tstore-core`; used
 //! by the `tstore` binary.
 
 pub mod admin;
+pub mod clock;
 pub mod control;
 pub mod coordinator;
 pub mod data;

@@ -120,7 +120,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         recovery_rate,
     } = settings;
     // The replication clock starts with the process (see `now_ms`).
-    crate::shard::actor::now_ms();
+    crate::clock::now_ms();
     match tls.own_identity() {
         Some((Role::Node, name)) if name == identity.node_id => {}
         other => {

@@ -127,6 +127,13 @@ pub fn gossip_key(key: &ShardKey) -> String {
     format!("shard:{key}")
 }
 
+/// The table and shard index of a copy's gossip key, or `None` for any
+/// other key.
+pub fn parse_gossip_key(key: &str) -> Option<(&str, u32)> {
+    let (table, index) = key.strip_prefix("shard:")?.rsplit_once('/')?;
+    Some((table, index.parse().ok()?))
+}
+
 /// What a learner publishes once it has everything the primary committed.
 pub const LEARNER_READY: &str = "ready";
 /// What a primary publishes before the backups it has not heard within
@@ -174,6 +181,22 @@ pub fn parse_gossip_value(v: &str) -> Option<CopyGossip> {
 mod tests {
     use super::*;
     use crate::cluster_map::{MapCommand, Sharding, TableSpec};
+
+    #[test]
+    fn gossip_keys_and_values_read_back() {
+        let key = ShardKey {
+            table: "a/b".into(),
+            index: 7,
+        };
+        assert_eq!(parse_gossip_key(&gossip_key(&key)), Some(("a/b", 7)));
+        assert_eq!(parse_gossip_key("addr"), None);
+        assert_eq!(parse_gossip_key("shard:t/x"), None);
+        let v = parse_gossip_value("primary e3 silent=n2,n3").unwrap();
+        assert_eq!((v.role, v.epoch, v.ready), (LocalRole::Primary, 3, false));
+        assert_eq!(v.silent, vec!["n2".to_owned(), "n3".to_owned()]);
+        assert!(parse_gossip_value("learner e1 ready").unwrap().ready);
+        assert_eq!(parse_gossip_value("leader e1"), None);
+    }
 
     fn map() -> ClusterMap {
         let mut m = ClusterMap::default();

@@ -18,17 +18,16 @@ pub mod network;
 pub mod store;
 pub mod types;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use heed::Env;
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, StorageError};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use tstore_membership::view::KEY_ADDR;
 use tstore_membership::{GossipSnapshot, Membership, NodeStatus};
 use tstore_transport::Endpoint;
 
@@ -36,21 +35,10 @@ use crate::peer::{PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
 use store::{LogStore, MapState, StateMachine};
 use tstore_core::cluster_map::{ClusterMap, MapCommand, NodeState, Table, TableSpec};
 use tstore_core::coordinator::failover::{self, Health, ManualOp};
+use tstore_core::coordinator::health::{self, live_peers, HealthMemory, KEY_BOOTSTRAP_EXPECT};
 use tstore_core::coordinator::placement::{self, Candidate, Load};
-use tstore_core::coordinator::rebalance;
-use tstore_core::coordinator::silence::{cut_off_nodes, Reports, Silence, SilenceTracker};
-use tstore_core::coordinator::voters::{self, Bootstrap, GroupView, VoterChange};
-use tstore_core::shard::parse_gossip_value;
-use tstore_core::shard::LocalRole;
 use tstore_core::wire::{ClusterStatus, ControlRequest};
-use types::{raft_id, Raft, RaftNode};
-
-/// Gossip key: the `--bootstrap-expect` a node was started with.
-pub const KEY_BOOTSTRAP_EXPECT: &str = "bootstrap_expect";
-
-/// How long the set of bootstrapping nodes must stay the same before the
-/// smallest of them initializes Raft.
-const BOOTSTRAP_STABLE: Duration = Duration::from_secs(1);
+use types::{raft_id, Raft};
 
 /// Control-plane settings.
 #[derive(Debug, Clone)]
@@ -103,86 +91,36 @@ impl From<StorageError<u64>> for ControlError {
     }
 }
 
-/// What the coordinator remembers between rounds.
+/// What the coordinator remembers between rounds (`coordinator::round`).
 #[derive(Default)]
-struct Upkeep {
+pub(crate) struct Upkeep {
     /// The bootstrapping nodes last seen, and since when unchanged.
-    bootstrap_view: Option<(Vec<String>, Instant)>,
+    pub(crate) bootstrap_view: Option<(Vec<String>, Instant)>,
     /// When each voter was first seen down.
-    down_since: HashMap<String, Instant>,
-    /// When each node of the map was first seen not live (joining, or
-    /// unknown to gossip), for the failover planner.
-    not_live_since: HashMap<String, Instant>,
-    /// Primaries' reports of silent backups, confirmed over rounds.
-    silence: SilenceTracker,
+    pub(crate) down_since: HashMap<String, Instant>,
+    /// Health derivation's memory: nodes not live since when, and the
+    /// primaries' silence reports.
+    pub(crate) health: HealthMemory,
     /// This leader stopped its heartbeats: no majority answered it.
-    heartbeats_off: bool,
-}
-
-/// A node that is neither live nor known down (joining, or unknown to this
-/// leader's gossip, e.g. it died before this leader started) counts as down
-/// after this long.
-const NOT_LIVE_LIMIT: Duration = Duration::from_secs(10);
-/// New copies started per coordinator round, cluster-wide.
-const NEW_COPIES_PER_ROUND: usize = 4;
-/// A leader no majority has answered for this long stops its heartbeats
-/// (see `ControlPlane::step_aside_if_unheard`).
-const QUORUM_LOST: Duration = Duration::from_millis(1000);
-
-/// A live node as gossip shows it.
-#[derive(Debug, Clone)]
-struct Peer {
-    node_id: String,
-    addr: String,
-    zone: String,
-    bootstrap_expect: Option<usize>,
-}
-
-/// The live nodes (newest incarnation of each id) in a gossip snapshot.
-fn live_peers(snapshot: &GossipSnapshot) -> Vec<Peer> {
-    let mut newest: BTreeMap<&str, &tstore_membership::view::NodeView> = BTreeMap::new();
-    for n in &snapshot.nodes {
-        let slot = newest.entry(&n.node_id).or_insert(n);
-        if n.generation > slot.generation {
-            *slot = n;
-        }
-    }
-    newest
-        .into_values()
-        .filter(|n| n.status == NodeStatus::Live)
-        .map(|n| {
-            let key = |k: &str| {
-                n.keys
-                    .get(k)
-                    .filter(|v| !v.deleted)
-                    .map(|v| v.value.clone())
-            };
-            Peer {
-                node_id: n.node_id.clone(),
-                addr: key(KEY_ADDR).unwrap_or_else(|| n.gossip_addr.to_string()),
-                zone: key("zone").unwrap_or_default(),
-                bootstrap_expect: key(KEY_BOOTSTRAP_EXPECT).and_then(|v| v.parse().ok()),
-            }
-        })
-        .collect()
+    pub(crate) heartbeats_off: bool,
 }
 
 /// The control plane of one node.
 #[derive(Clone)]
 pub struct ControlPlane {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    node_id: String,
+pub(crate) struct Inner {
+    pub(crate) node_id: String,
     raft_id: u64,
-    raft: Raft,
+    pub(crate) raft: Raft,
     state: Arc<RwLock<MapState>>,
     version: watch::Receiver<u64>,
     endpoint: Endpoint,
-    membership: Arc<Membership>,
-    settings: ControlSettings,
-    upkeep: tokio::sync::Mutex<Upkeep>,
+    pub(crate) membership: Arc<Membership>,
+    pub(crate) settings: ControlSettings,
+    pub(crate) upkeep: tokio::sync::Mutex<Upkeep>,
 }
 
 enum Leader {
@@ -356,7 +294,7 @@ impl ControlPlane {
     /// Confirms, through a round of heartbeats, that this leader still has a
     /// majority, so a cut-off leader says so rather than deciding from a
     /// gossip view that only its side shares.
-    async fn confirm_leadership(&self) -> Result<(), String> {
+    pub(crate) async fn confirm_leadership(&self) -> Result<(), String> {
         let check = self.inner.raft.ensure_linearizable();
         match tokio::time::timeout(self.inner.settings.write_timeout, check).await {
             Ok(Ok(_)) => Ok(()),
@@ -418,7 +356,7 @@ impl ControlPlane {
 
     /// Proposes a command on this node (which must be the leader) and waits
     /// for it to be committed and applied.
-    async fn write(&self, cmd: MapCommand) -> Result<u64, String> {
+    pub(crate) async fn write(&self, cmd: MapCommand) -> Result<u64, String> {
         let write = self.inner.raft.client_write(cmd);
         match tokio::time::timeout(self.inner.settings.write_timeout, write).await {
             Err(_) => Err(format!(
@@ -553,36 +491,27 @@ impl ControlPlane {
         }
     }
 
-    /// One coordinator round: bootstrap if due; on the leader, register live
-    /// nodes in the map and keep the voter set.
-    pub async fn tick(&self) {
-        let snapshot = self.inner.membership.snapshot().await;
-        let peers = live_peers(&snapshot);
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        let formed = metrics.membership_config.membership().voter_ids().count() > 0;
-        if !formed {
-            self.bootstrap(&peers).await;
-            return;
-        }
-        if self.step_aside_if_unheard(&metrics).await {
-            // Stepping aside: send nothing that would reset the followers'
-            // election timers (a leadership check is an AppendEntries).
-            return;
-        }
-        if metrics.state == ServerState::Leader {
-            self.register_nodes(&peers).await;
-            self.keep_voters(&peers, &metrics).await;
-            self.heal(&snapshot).await;
-        }
-    }
-
     /// Commits one shard configuration change (on the leader).
-    async fn commit_change(&self, c: failover::Change) -> Result<u64, String> {
+    pub(crate) async fn commit_change(&self, c: failover::Change) -> Result<u64, String> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         self.write(c.into_command(now)).await
+    }
+
+    /// What gossip says about the nodes of the map and their copies
+    /// (`tstore_core::coordinator::health`), with what this node remembers
+    /// between rounds.
+    pub(crate) async fn health(&self, snapshot: &GossipSnapshot, map: &ClusterMap) -> Health {
+        let mut upkeep = self.inner.upkeep.lock().await;
+        health::derive(
+            &self.inner.node_id,
+            snapshot,
+            map,
+            &mut upkeep.health,
+            crate::clock::now_ms(),
+        )
     }
 
     /// An operator's change to one shard (promote, move, remove a copy).
@@ -644,290 +573,6 @@ impl ControlPlane {
                 let change = failover::manual(&map, &table, shard, &op, &health)?;
                 info!(shard = %format!("{table}/{shard}"), what = %change.what, "operator change");
                 self.commit_change(change).await.map(|v| (v, None))
-            }
-        }
-    }
-
-    /// What gossip says about the nodes of the map and their copies.
-    async fn health(&self, snapshot: &GossipSnapshot, map: &ClusterMap) -> Health {
-        let mut newest: BTreeMap<&str, &tstore_membership::view::NodeView> = BTreeMap::new();
-        for n in &snapshot.nodes {
-            let slot = newest.entry(&n.node_id).or_insert(n);
-            if n.generation > slot.generation {
-                *slot = n;
-            }
-        }
-        let mut health = Health::default();
-        let mut upkeep = self.inner.upkeep.lock().await;
-        upkeep
-            .not_live_since
-            .retain(|n, _| map.nodes.contains_key(n));
-        for (id, entry) in &map.nodes {
-            if entry.state == NodeState::Removed {
-                continue;
-            }
-            let status = if *id == self.inner.node_id {
-                Some(NodeStatus::Live)
-            } else {
-                newest.get(id.as_str()).map(|n| n.status)
-            };
-            match status {
-                Some(NodeStatus::Live) => {
-                    upkeep.not_live_since.remove(id);
-                    health.live.insert(id.clone());
-                }
-                Some(NodeStatus::Down | NodeStatus::Left) => {
-                    health.down.insert(id.clone());
-                }
-                Some(NodeStatus::Joining) | None => {
-                    let since = *upkeep
-                        .not_live_since
-                        .entry(id.clone())
-                        .or_insert_with(Instant::now);
-                    if since.elapsed() >= NOT_LIVE_LIMIT {
-                        health.down.insert(id.clone());
-                    }
-                }
-            }
-        }
-        let mut silent_now: Reports = Vec::new();
-        for n in newest.values().filter(|n| n.status == NodeStatus::Live) {
-            for (k, v) in &n.keys {
-                let Some(shard) = k.strip_prefix("shard:") else {
-                    continue;
-                };
-                let Some((table, index)) = shard.rsplit_once('/') else {
-                    continue;
-                };
-                let (Ok(index), false) = (index.parse::<u32>(), v.deleted) else {
-                    continue;
-                };
-                let Some(copy) = parse_gossip_value(&v.value) else {
-                    continue;
-                };
-                match copy.role {
-                    LocalRole::Learner if copy.ready => {
-                        health.ready.insert((
-                            table.to_owned(),
-                            index,
-                            n.node_id.clone(),
-                            copy.epoch,
-                        ));
-                    }
-                    LocalRole::Primary if !copy.silent.is_empty() => {
-                        silent_now.push((
-                            (table.to_owned(), index),
-                            Silence {
-                                primary: n.node_id.clone(),
-                                epoch: copy.epoch,
-                                silent: copy.silent.into_iter().collect(),
-                            },
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let now = crate::shard::actor::now_ms();
-        health.silent = upkeep.silence.observe(now, silent_now);
-        health.namings = upkeep.silence.namings(now);
-        for deaf in cut_off_nodes(map, &health.silent, &health.namings) {
-            upkeep.silence.suspect(&deaf, now);
-        }
-        health.suspect = upkeep.silence.suspects(now);
-        health
-    }
-
-    /// Failover and re-replication: commits what the failover planner says;
-    /// when it has nothing to do, what the rebalancer says.
-    async fn heal(&self, snapshot: &GossipSnapshot) {
-        let map = self.map();
-        if map.tables.is_empty() {
-            return;
-        }
-        let health = self.health(snapshot, &map).await;
-        let mut changes = failover::plan(&map, &health, NEW_COPIES_PER_ROUND);
-        if changes.is_empty() {
-            changes = rebalance::plan(&map, &health, self.inner.settings.rebalance_max_moves);
-        }
-        if changes.is_empty() {
-            return;
-        }
-        // Decide only with a majority behind us: a cut-off leader must not
-        // promote from its partial view (its writes would fail anyway).
-        if let Err(e) = self.confirm_leadership().await {
-            warn!(error = %e, "not healing shards");
-            return;
-        }
-        for c in changes {
-            let (shard, what, why) = (
-                format!("{}/{}", c.table, c.shard),
-                c.what.clone(),
-                c.why.clone(),
-            );
-            match self.commit_change(c).await {
-                Ok(v) => info!(%shard, %what, %why, map_version = v, "shard reconfigured"),
-                Err(e) => warn!(%shard, %what, error = %e, "shard change not committed"),
-            }
-        }
-    }
-
-    /// A leader that no majority has answered for [`QUORUM_LOST`] stops
-    /// sending heartbeats. A leader that can send but not hear (a one-way
-    /// partition) would otherwise keep its followers from ever electing
-    /// another: they hear its heartbeats, so their election timers never
-    /// fire, while it can commit nothing, and no shard change would ever be
-    /// committed again. Without its heartbeats they elect a leader among
-    /// themselves; it sends heartbeats again once a majority answers or it
-    /// has stepped down (on hearing the newer term). Safety does not depend
-    /// on heartbeats. Returns whether this leader is stepping aside.
-    async fn step_aside_if_unheard(&self, metrics: &openraft::RaftMetrics<u64, RaftNode>) -> bool {
-        let leader = metrics.state == ServerState::Leader;
-        let unheard = leader
-            && metrics
-                .millis_since_quorum_ack
-                .is_some_and(|ms| ms > QUORUM_LOST.as_millis() as u64);
-        let mut upkeep = self.inner.upkeep.lock().await;
-        if unheard && !upkeep.heartbeats_off {
-            warn!(
-                ms_since_quorum = metrics.millis_since_quorum_ack,
-                "no majority of voters has answered this leader: stopping heartbeats so the others elect a leader"
-            );
-            self.inner.raft.runtime_config().heartbeat(false);
-            upkeep.heartbeats_off = true;
-        } else if !unheard && upkeep.heartbeats_off {
-            info!(leader, "heartbeats on again");
-            self.inner.raft.runtime_config().heartbeat(true);
-            upkeep.heartbeats_off = false;
-        }
-        upkeep.heartbeats_off
-    }
-
-    async fn bootstrap(&self, peers: &[Peer]) {
-        let expect = self.inner.settings.bootstrap_expect;
-        if expect == 0 {
-            return;
-        }
-        let same: Vec<String> = peers
-            .iter()
-            .filter(|p| p.bootstrap_expect == Some(expect))
-            .map(|p| p.node_id.clone())
-            .collect();
-        let stable = {
-            let mut upkeep = self.inner.upkeep.lock().await;
-            match &upkeep.bootstrap_view {
-                Some((view, since)) if *view == same => since.elapsed() >= BOOTSTRAP_STABLE,
-                _ => {
-                    upkeep.bootstrap_view = Some((same.clone(), Instant::now()));
-                    false
-                }
-            }
-        };
-        match voters::bootstrap(&self.inner.node_id, expect, &same, stable) {
-            Bootstrap::Initialize(ids) => {
-                let nodes: BTreeMap<u64, RaftNode> = ids
-                    .iter()
-                    .filter_map(|id| peers.iter().find(|p| &p.node_id == id))
-                    .map(|p| {
-                        (
-                            raft_id(&p.node_id),
-                            RaftNode {
-                                node_id: p.node_id.clone(),
-                                addr: p.addr.clone(),
-                            },
-                        )
-                    })
-                    .collect();
-                info!(voters = ?ids, "bootstrapping the control plane");
-                match self.inner.raft.initialize(nodes).await {
-                    Ok(()) => info!("control plane initialized"),
-                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                        debug!("control plane already initialized")
-                    }
-                    Err(e) => warn!(error = %e, "bootstrap failed; will retry"),
-                }
-            }
-            other => debug!(?other, "bootstrap: waiting"),
-        }
-    }
-
-    async fn register_nodes(&self, peers: &[Peer]) {
-        let map = self.map();
-        for p in peers {
-            let known = map.nodes.get(&p.node_id);
-            if known.is_some_and(|n| n.addr == p.addr && n.zone == p.zone) {
-                continue;
-            }
-            let cmd = MapCommand::RegisterNode {
-                node_id: p.node_id.clone(),
-                addr: p.addr.clone(),
-                zone: p.zone.clone(),
-            };
-            match self.write(cmd).await {
-                Ok(v) => {
-                    info!(node_id = %p.node_id, map_version = v, "node registered in the cluster map")
-                }
-                Err(e) => warn!(node_id = %p.node_id, error = %e, "could not register node"),
-            }
-        }
-    }
-
-    async fn keep_voters(&self, peers: &[Peer], metrics: &openraft::RaftMetrics<u64, RaftNode>) {
-        let membership = metrics.membership_config.membership();
-        let name = |id: u64| membership.get_node(&id).map(|n| n.node_id.clone());
-        let live: BTreeSet<String> = peers.iter().map(|p| p.node_id.clone()).collect();
-        let voters: BTreeSet<String> = membership.voter_ids().filter_map(name).collect();
-        let learners: BTreeSet<String> = membership.learner_ids().filter_map(name).collect();
-        let down_for = {
-            let mut upkeep = self.inner.upkeep.lock().await;
-            upkeep
-                .down_since
-                .retain(|n, _| voters.contains(n) && !live.contains(n));
-            for v in voters.iter().filter(|v| !live.contains(*v)) {
-                upkeep
-                    .down_since
-                    .entry(v.clone())
-                    .or_insert_with(Instant::now);
-            }
-            upkeep
-                .down_since
-                .iter()
-                .map(|(n, t)| (n.clone(), t.elapsed()))
-                .collect()
-        };
-        let view = GroupView {
-            voters,
-            learners,
-            live,
-            down_for,
-        };
-        let s = &self.inner.settings;
-        match voters::plan_voters(&view, s.voters, s.voter_replace_after) {
-            None => {}
-            Some(VoterChange::AddLearners(ids)) => {
-                for id in ids {
-                    let Some(p) = peers.iter().find(|p| p.node_id == id) else {
-                        continue;
-                    };
-                    let node = RaftNode {
-                        node_id: p.node_id.clone(),
-                        addr: p.addr.clone(),
-                    };
-                    info!(node_id = %id, "adding node to the control plane as a learner");
-                    if let Err(e) = self.inner.raft.add_learner(raft_id(&id), node, false).await {
-                        warn!(node_id = %id, error = %e, "could not add learner");
-                    }
-                }
-            }
-            Some(VoterChange::SetVoters(set)) => {
-                info!(voters = ?set, "changing the voter set");
-                let ids: BTreeSet<u64> = set.iter().map(|n| raft_id(n)).collect();
-                let change = self.inner.raft.change_membership(ids, false);
-                match tokio::time::timeout(s.write_timeout, change).await {
-                    Ok(Ok(_)) => info!(voters = ?set, "voter set changed"),
-                    Ok(Err(e)) => warn!(error = %e, "voter change failed"),
-                    Err(_) => warn!("voter change not committed in time"),
-                }
             }
         }
     }

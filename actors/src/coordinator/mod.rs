@@ -1,5 +1,8 @@
-//! The coordinator's shell: the timer that runs a coordinator round on the
-//! Raft leader. Its decisions are the pure planners of
+//! The coordinator's shell: the actor whose timer runs a coordinator round
+//! on every node ([`actor`]), and the round itself ([`round`]): bootstrap,
+//! node registration, voter upkeep, failover, re-replication and
+//! rebalancing on the Raft leader. Its decisions are the pure planners of
 //! `tstore_core::coordinator`.
 
 pub mod actor;
+mod round;

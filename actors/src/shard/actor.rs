@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use tstore_membership::Membership;
 use tstore_transport::Endpoint;
 
+use crate::clock::{now_ms, wall_ms};
 use crate::control::ControlPlane;
 use crate::data::committer::Committer;
 use crate::data::store::{ChunkKind, Done, ShardId, ShardStore, StoreError, Work};
@@ -44,19 +45,6 @@ use tstore_core::wire::{CopyStatus, DataError};
 const SNAPSHOT_PART_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause before a failed snapshot is asked for again.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
-
-/// Milliseconds since this process started (monotonic).
-pub fn now_ms() -> Millis {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as Millis
-}
-
-/// The wall clock, unix ms (stamps logged writes for client sessions).
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What every copy on a node shares.
 #[derive(Clone)]

@@ -4,6 +4,7 @@
 //! proposes them through Raft.
 
 pub mod failover;
+pub mod health;
 pub mod placement;
 pub mod rebalance;
 pub mod silence;
