@@ -14,7 +14,10 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tstore_membership::{view, Membership};
 
 use crate::control::ControlPlane;
-use tstore_core::wire::{AdminReply, AdminRequest, DataError, DataReply, ErrorKind};
+use tstore_core::wire::{
+    AdminError, AdminErrorKind, AdminReply, AdminRequest, ControlError, DataError, DataReply,
+    ErrorKind,
+};
 
 /// At most this many gossip watches at once per node.
 pub const MAX_WATCHES: usize = 64;
@@ -91,7 +94,7 @@ impl Handler<AdminCall> for AdminActor {
                     },
                     None => AdminReply::Data(DataReply::Error(DataError::new(
                         ErrorKind::NoTable,
-                        no_such_table(&table, &map),
+                        ControlError::no_such_table(&table, &map).to_string(),
                     ))),
                 };
                 stream::once(async move { reply }).boxed()
@@ -115,7 +118,7 @@ impl Handler<AdminCall> for AdminActor {
                         map_version: map.version,
                         table: t.clone(),
                     },
-                    None => AdminReply::Error(no_such_table(&name, &map)),
+                    None => AdminReply::Error(ControlError::no_such_table(&name, &map).into()),
                 };
                 stream::once(async move { reply }).boxed()
             }
@@ -124,7 +127,7 @@ impl Handler<AdminCall> for AdminActor {
                 stream::once(async move {
                     match control.create_table(spec).await {
                         Ok((map_version, table)) => AdminReply::Table { map_version, table },
-                        Err(e) => AdminReply::Error(e),
+                        Err(e) => AdminReply::Error(e.into()),
                     }
                 })
                 .boxed()
@@ -142,7 +145,7 @@ impl Handler<AdminCall> for AdminActor {
                 stream::once(async move {
                     match control.set_node_state(node_id, state).await {
                         Ok(map_version) => AdminReply::Done { map_version },
-                        Err(e) => AdminReply::Error(e),
+                        Err(e) => AdminReply::Error(e.into()),
                     }
                 })
                 .boxed()
@@ -152,7 +155,7 @@ impl Handler<AdminCall> for AdminActor {
                 stream::once(async move {
                     match control.manual(table, shard, op).await {
                         Ok(map_version) => AdminReply::Done { map_version },
-                        Err(e) => AdminReply::Error(e),
+                        Err(e) => AdminReply::Error(e.into()),
                     }
                 })
                 .boxed()
@@ -162,25 +165,12 @@ impl Handler<AdminCall> for AdminActor {
                 stream::once(async move {
                     match control.drop_table(name).await {
                         Ok(map_version) => AdminReply::Done { map_version },
-                        Err(e) => AdminReply::Error(e),
+                        Err(e) => AdminReply::Error(e.into()),
                     }
                 })
                 .boxed()
             }
         })
-    }
-}
-
-/// `table "x" does not exist (tables: a, b)`.
-pub(crate) fn no_such_table(name: &str, map: &tstore_core::cluster_map::ClusterMap) -> String {
-    if map.tables.is_empty() {
-        format!("table {name:?} does not exist (there are no tables)")
-    } else {
-        let names: Vec<&str> = map.tables.keys().map(String::as_str).collect();
-        format!(
-            "table {name:?} does not exist (tables: {})",
-            names.join(", ")
-        )
     }
 }
 
@@ -205,8 +195,9 @@ impl AdminActor {
         if self.watches.fetch_add(1, Ordering::SeqCst) >= MAX_WATCHES {
             self.watches.fetch_sub(1, Ordering::SeqCst);
             return stream::once(async {
-                AdminReply::Error(format!(
-                    "this node already serves {MAX_WATCHES} gossip watches; try another node or later"
+                AdminReply::Error(AdminError::new(
+                    AdminErrorKind::Unavailable,
+                    format!("this node already serves {MAX_WATCHES} gossip watches; try another node or later"),
                 ))
             })
             .boxed();

@@ -70,7 +70,7 @@ pub enum StartError {
     #[error("cannot open shard storage: {0}")]
     Storage(String),
     #[error(transparent)]
-    Control(#[from] crate::control::ControlError),
+    Control(#[from] crate::control::ControlStartError),
     #[error("listening on {listen} (an unspecified address) needs --advertise with the address peers should use")]
     NoAdvertise { listen: SocketAddr },
 }

@@ -13,7 +13,7 @@ use openraft::raft::{
 use tstore_core::cluster_map::Table;
 use tstore_core::data::sessions::SessionClock;
 use tstore_core::replication::ReplMsg;
-use tstore_core::wire::{ControlRequest, DataReply, ShardRequest};
+use tstore_core::wire::{ControlError, ControlRequest, DataReply, ShardRequest};
 
 use crate::control::types::MapRaft;
 
@@ -67,7 +67,7 @@ pub enum PeerReply {
     },
     Raft(RaftRpcReply),
     /// The map version that holds the change, and the table it created, or why not.
-    Control(Result<(u64, Option<Table>), String>),
+    Control(Result<(u64, Option<Table>), ControlError>),
     Data(DataReply),
     Snapshot(SnapshotPart),
     /// The request is not one this node answers.

@@ -54,9 +54,12 @@ fn err(e: DataError) -> DataReply {
 }
 
 fn table_in<'a>(map: &'a ClusterMap, name: &str) -> Result<&'a Table, DataError> {
-    map.tables
-        .get(name)
-        .ok_or_else(|| DataError::new(ErrorKind::NoTable, crate::admin::no_such_table(name, map)))
+    map.tables.get(name).ok_or_else(|| {
+        DataError::new(
+            ErrorKind::NoTable,
+            tstore_core::wire::ControlError::no_such_table(name, map).to_string(),
+        )
+    })
 }
 
 impl Router {

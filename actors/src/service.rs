@@ -166,7 +166,10 @@ impl Service for NodeService {
             .flat_map(|res| match res {
                 Ok(replies) => replies,
                 Err(e) => stream::once(async move {
-                    AdminReply::Error(format!("admin service unavailable: {e}"))
+                    AdminReply::Error(tstore_core::wire::AdminError::new(
+                        tstore_core::wire::AdminErrorKind::Internal,
+                        format!("admin service unavailable: {e}"),
+                    ))
                 })
                 .boxed(),
             })

@@ -20,7 +20,8 @@ use tstore_core::data::ops::RowRecord;
 use tstore_core::view::{GossipChange, GossipSnapshot, Member};
 use tstore_core::wire::ReadMode;
 use tstore_core::wire::{
-    AdminReply, AdminRequest, ClusterStatus, CopyReport, DataError, DataReply, DataRequest,
+    AdminError, AdminReply, AdminRequest, ClusterStatus, CopyReport, DataError, DataReply,
+    DataRequest,
 };
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity, TransportError};
@@ -37,9 +38,14 @@ pub enum ClientError {
         dir: String,
         name: String,
     },
-    /// The node refused or failed the request; the text says why.
+    /// The node refused or failed an admin request; its kind says why (and
+    /// decides the CLI's exit code), `control` the control-plane cause.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The client could not make the request at all (no seed given, no
+    /// node to ask); the text says why.
     #[error("{0}")]
-    Server(String),
+    NoNode(String),
     /// A read or write failed; its kind says whether it was applied and
     /// whether a retry is safe.
     #[error(transparent)]
@@ -123,7 +129,7 @@ impl AdminClient {
     pub async fn members(&self) -> Result<(String, Vec<Member>), ClientError> {
         match self.session.request(&AdminRequest::Members).await? {
             AdminReply::Members { observer, members } => Ok((observer, members)),
-            AdminReply::Error(e) => Err(ClientError::Server(e)),
+            AdminReply::Error(e) => Err(ClientError::Admin(e)),
             other => Err(ClientError::Unexpected(reply_kind(&other))),
         }
     }
@@ -132,14 +138,14 @@ impl AdminClient {
     pub async fn gossip(&self) -> Result<GossipSnapshot, ClientError> {
         match self.session.request(&AdminRequest::Gossip).await? {
             AdminReply::Gossip(s) => Ok(s),
-            AdminReply::Error(e) => Err(ClientError::Server(e)),
+            AdminReply::Error(e) => Err(ClientError::Admin(e)),
             other => Err(ClientError::Unexpected(reply_kind(&other))),
         }
     }
 
     async fn call(&self, req: &AdminRequest) -> Result<AdminReply, ClientError> {
         match self.session.request(req).await? {
-            AdminReply::Error(e) => Err(ClientError::Server(e)),
+            AdminReply::Error(e) => Err(ClientError::Admin(e)),
             reply => Ok(reply),
         }
     }
@@ -384,7 +390,7 @@ impl GossipWatch {
                 at_unix_ms,
                 changes,
             })),
-            Some(AdminReply::Error(e)) => Err(ClientError::Server(e)),
+            Some(AdminReply::Error(e)) => Err(ClientError::Admin(e)),
             Some(other) => Err(ClientError::Unexpected(reply_kind(&other))),
         }
     }

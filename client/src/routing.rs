@@ -75,6 +75,37 @@ pub enum Consistency {
     Session,
 }
 
+impl Consistency {
+    /// Every consistency, by the name [`FromStr`](std::str::FromStr) reads.
+    pub const NAMES: [&'static str; 3] = ["strong", "replica", "session"];
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Consistency::Strong => "strong",
+            Consistency::Replica => "replica",
+            Consistency::Session => "session",
+        })
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strong" => Ok(Consistency::Strong),
+            "replica" => Ok(Consistency::Replica),
+            "session" => Ok(Consistency::Session),
+            other => Err(format!(
+                "unknown read consistency {other:?} (use {})",
+                Consistency::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 /// Tuning of a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -223,7 +254,7 @@ impl Client {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(ClientError::Server("no seed address given".into())))
+        Err(last.unwrap_or(ClientError::NoNode("no seed address given".into())))
     }
 
     /// The session token: what a [`Consistency::Session`] read must see.
@@ -294,7 +325,7 @@ impl Client {
                 candidates.push(*seed);
             }
         }
-        let mut last = ClientError::Server("no node to ask for the map".into());
+        let mut last = ClientError::NoNode("no node to ask for the map".into());
         for addr in candidates {
             let reply = match self.session_to(addr).await {
                 Ok(s) => s
@@ -326,7 +357,7 @@ impl Client {
                     return Ok(route);
                 }
                 Ok(AdminReply::Data(DataReply::Error(e))) => return Err(ClientError::Data(e)),
-                Ok(AdminReply::Error(e)) => return Err(ClientError::Server(e)),
+                Ok(AdminReply::Error(e)) => return Err(ClientError::Admin(e)),
                 Ok(_) => last = ClientError::Unexpected("not a route"),
                 Err(e) => {
                     self.drop_session(addr);
@@ -439,7 +470,7 @@ impl Client {
                 Ok(session) => match session.request::<_, AdminReply>(&req).await {
                     Ok(AdminReply::Data(DataReply::Error(e))) => Err(ClientError::Data(e)),
                     Ok(AdminReply::Data(reply)) => return Ok(reply),
-                    Ok(AdminReply::Error(e)) => return Err(ClientError::Server(e)),
+                    Ok(AdminReply::Error(e)) => return Err(ClientError::Admin(e)),
                     Ok(_) => return Err(ClientError::Unexpected("not a data reply")),
                     Err(e) => {
                         self.drop_session(addr);

@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_map::{MapEvent, NodeState, SplitKey, Table, TableSpec};
+use crate::cluster_map::{ClusterMap, MapError, MapEvent, NodeState, SplitKey, Table, TableSpec};
 use crate::coordinator::failover::ManualOp;
+use crate::coordinator::placement::PlacementError;
 use crate::data::ops::{Op, OpResult, RowRecord};
 use crate::data::sessions::RequestId;
 use crate::view::{GossipChange, GossipSnapshot, Member};
@@ -168,6 +169,12 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The `tstore` CLI's exit code for a request that failed this way.
+    ///
+    /// The CLI's exit codes, in one place: 0 success; 1 any other failure
+    /// (including [`AdminErrorKind::Internal`]); 2 a bad command line; 3
+    /// invalid request; 4 conflict; 5 unavailable or stale (retry later); 6
+    /// outcome unknown or session expired (read before retrying); 7 row too
+    /// large; 8 bad key; 9 no such table (or node).
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorKind::Invalid => 3,
@@ -226,6 +233,179 @@ impl From<crate::data::ops::OpError> for DataError {
             }
         }
         Self::new(kind(&e), e.to_string())
+    }
+}
+
+/// Why a change to the cluster map (DDL, drain, an operator's shard change)
+/// was not made. Typed so that callers act on the cause (retry, start more
+/// nodes, fix the request) without reading the message; it travels between
+/// nodes when a change is forwarded to the Raft leader, and reaches clients
+/// as an [`AdminError`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ControlError {
+    /// Raft has not been initialized: not enough nodes started with the
+    /// same `--bootstrap-expect` have met yet.
+    #[error("the control plane is not formed yet: start {need} nodes with --bootstrap-expect {need} (this node has {have})")]
+    NotFormed { need: usize, have: usize },
+    /// No leader is known or reachable; the message says which voters are
+    /// down.
+    #[error("{0}")]
+    NoLeader(String),
+    /// The leader could not confirm a majority, or the change was not
+    /// committed in time; the message says which voters are down.
+    #[error("{0}")]
+    NoQuorum(String),
+    /// Leadership moved while the change was being made; retry.
+    #[error("leadership moved (now {}); retry", leader.as_deref().unwrap_or("unknown"))]
+    LeaderMoved { leader: Option<String> },
+    /// Fewer nodes can take copies than the table wants.
+    #[error("the table wants {need} replicas but only {have} nodes can take them ({nodes}); start more nodes or lower --replicas")]
+    NotEnoughNodes {
+        need: usize,
+        have: usize,
+        nodes: String,
+    },
+    #[error("table {0:?} already exists")]
+    TableExists(String),
+    /// `known` lists the tables that do exist.
+    #[error("table {name:?} does not exist{}", if known.is_empty() { String::new() } else { format!(" (tables: {})", known.join(", ")) })]
+    NoSuchTable { name: String, known: Vec<String> },
+    #[error("node {0:?} is not in the cluster map")]
+    NoSuchNode(String),
+    /// The request is malformed (a bad table spec, an unknown shard).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request is well-formed but the cluster's state forbids it now
+    /// (draining the last node that can hold a copy, promoting a copy that
+    /// is not in sync).
+    #[error("{0}")]
+    Refused(String),
+    /// Raft or storage failed; the message says how.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ControlError {
+    /// `NoSuchTable`, listing the tables `map` has.
+    pub fn no_such_table(name: &str, map: &ClusterMap) -> Self {
+        ControlError::NoSuchTable {
+            name: name.to_owned(),
+            known: map.tables.keys().cloned().collect(),
+        }
+    }
+
+    /// The kind an admin client sees, which decides its exit code.
+    pub fn kind(&self) -> AdminErrorKind {
+        match self {
+            ControlError::NotFormed { .. }
+            | ControlError::NoLeader(_)
+            | ControlError::NoQuorum(_)
+            | ControlError::LeaderMoved { .. }
+            | ControlError::NotEnoughNodes { .. } => AdminErrorKind::Unavailable,
+            ControlError::TableExists(_) | ControlError::Refused(_) => AdminErrorKind::Conflict,
+            ControlError::NoSuchTable { .. } | ControlError::NoSuchNode(_) => {
+                AdminErrorKind::NotFound
+            }
+            ControlError::Invalid(_) => AdminErrorKind::Invalid,
+            ControlError::Internal(_) => AdminErrorKind::Internal,
+        }
+    }
+}
+
+impl From<MapError> for ControlError {
+    fn from(e: MapError) -> Self {
+        match e {
+            MapError::TableExists(t) => ControlError::TableExists(t),
+            MapError::NoSuchTable(name) => ControlError::NoSuchTable {
+                name,
+                known: vec![],
+            },
+            MapError::UnknownNode(n) => ControlError::NoSuchNode(n),
+            e @ (MapError::InvalidTable(_)
+            | MapError::InvalidSplits(_)
+            | MapError::InvalidPlacement(_)) => ControlError::Invalid(e.to_string()),
+            e @ (MapError::StaleEpoch { .. } | MapError::UnsafeChange { .. }) => {
+                ControlError::Refused(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<PlacementError> for ControlError {
+    fn from(e: PlacementError) -> Self {
+        match e {
+            PlacementError::NotEnoughNodes {
+                wanted,
+                available,
+                nodes,
+            } => ControlError::NotEnoughNodes {
+                need: wanted,
+                have: available,
+                nodes,
+            },
+        }
+    }
+}
+
+/// What kind of failure an admin request met; it decides the CLI's exit
+/// code. New kinds go at the end (wire order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminErrorKind {
+    /// The request is malformed: fix it.
+    Invalid,
+    /// The cluster's state forbids it (the table exists, a drain would
+    /// leave a shard without copies).
+    Conflict,
+    /// The control plane cannot decide now (no leader, no quorum, not
+    /// formed, too few nodes): retry later or start nodes.
+    Unavailable,
+    /// The table or node named does not exist.
+    NotFound,
+    /// Something failed inside the node; its log says more.
+    Internal,
+}
+
+impl AdminErrorKind {
+    /// The `tstore` CLI's exit code (see [`ErrorKind::exit_code`] for the
+    /// whole table).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            AdminErrorKind::Invalid => 3,
+            AdminErrorKind::Conflict => 4,
+            AdminErrorKind::Unavailable => 5,
+            AdminErrorKind::NotFound => 9,
+            AdminErrorKind::Internal => 1,
+        }
+    }
+}
+
+/// A failed admin request: its kind and a message naming what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
+    pub kind: AdminErrorKind,
+    pub message: String,
+    /// The control-plane cause, when there is one.
+    pub control: Option<ControlError>,
+}
+
+impl AdminError {
+    pub fn new(kind: AdminErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            control: None,
+        }
+    }
+}
+
+impl From<ControlError> for AdminError {
+    fn from(e: ControlError) -> Self {
+        Self {
+            kind: e.kind(),
+            message: e.to_string(),
+            control: Some(e),
+        }
     }
 }
 
@@ -351,7 +531,7 @@ pub enum AdminReply {
         map_version: u64,
         events: Vec<MapEvent>,
     },
-    Error(String),
+    Error(AdminError),
     /// Answer to [`AdminRequest::Route`]: node ids with their addresses,
     /// and the node's wall clock (a client stamps its session id in the
     /// cluster's time, see `data::sessions`).

@@ -50,8 +50,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
     /// How reads are served.
-    #[arg(long, value_enum, default_value_t = crate::cli::Read::Strong)]
-    pub read: crate::cli::Read,
+    #[arg(long, default_value_t = Consistency::Strong)]
+    pub read: Consistency,
     /// Bytes of payload per row.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
@@ -229,7 +229,7 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
         let conn = Client::connect(&[args.node], &args.certs, &args.client_name).await?;
         clients.push(Arc::new(conn));
     }
-    let read: Consistency = args.read.into();
+    let read = args.read;
     let payload: Arc<str> = "x".repeat(args.value_size).into();
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     if !args.no_preload {

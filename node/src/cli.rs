@@ -1,7 +1,7 @@
 //! The `tstore` command line.
 //!
-//! Exit codes: 0 success, 1 the command failed (the message says why),
-//! 2 bad usage (clap's message).
+//! Exit codes: 0 success, 2 bad usage (clap's message), 1 or 3-9 a failed
+//! command (see [`exit_code`]; the README lists them).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +86,15 @@ pub enum CertCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
+    #[command(flatten)]
+    pub options: AdminOptions,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// Where and as whom `tstore admin` connects, and how it prints.
+#[derive(Debug, clap::Args)]
+pub struct AdminOptions {
     /// Address of any node of the cluster.
     #[arg(long, env = "TSTORE_NODE", default_value = "127.0.0.1:7401")]
     pub node: SocketAddr,
@@ -103,8 +112,6 @@ pub struct AdminArgs {
     /// then sees every write made with the same file.
     #[arg(long, env = "TSTORE_SESSION")]
     pub session: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: AdminCommand,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -206,6 +213,15 @@ pub enum AdminCommand {
         #[arg(long)]
         node: String,
     },
+    /// Reads and writes of rows (put, insert, update, get, delete, batch,
+    /// import, scan), served through the routing client.
+    #[command(flatten)]
+    Row(RowCommand),
+}
+
+/// The row commands: one request each, through the routing client.
+#[derive(Debug, Subcommand)]
+pub enum RowCommand {
     /// Create or replace a row: `put user '{"id":1,"name":"Alice","age":25}'`.
     Put { table: String, row: String },
     /// Create a row; fails if its key exists.
@@ -223,8 +239,11 @@ pub enum AdminCommand {
     Get {
         table: String,
         key: String,
-        #[arg(long, value_enum, default_value_t = Read::Strong)]
-        read: Read,
+        /// strong (the primary, under its lease), replica (any in-sync
+        /// copy) or session (an in-sync copy with every write of the
+        /// session, else the primary).
+        #[arg(long, default_value_t = Consistency::Strong)]
+        read: Consistency,
     },
     /// Delete a row.
     Delete {
@@ -258,47 +277,12 @@ pub enum AdminCommand {
         to: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        #[arg(long, value_enum, default_value_t = Read::Strong)]
-        read: Read,
+        /// strong (the primary, under its lease), replica (any in-sync
+        /// copy) or session (an in-sync copy with every write of the
+        /// session, else the primary).
+        #[arg(long, default_value_t = Consistency::Strong)]
+        read: Consistency,
     },
-}
-
-impl AdminCommand {
-    /// Reads and writes of rows, served through the routing client.
-    pub fn is_row_command(&self) -> bool {
-        matches!(
-            self,
-            AdminCommand::Put { .. }
-                | AdminCommand::Insert { .. }
-                | AdminCommand::Update { .. }
-                | AdminCommand::Delete { .. }
-                | AdminCommand::Batch { .. }
-                | AdminCommand::Get { .. }
-                | AdminCommand::Scan { .. }
-                | AdminCommand::Import { .. }
-        )
-    }
-}
-
-/// How a read is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Read {
-    /// From the shard's primary under its lease: sees every acknowledged write.
-    Strong,
-    /// From any in-sync copy: may lag slightly.
-    Replica,
-    /// From an in-sync copy that has every write of the session (`--session FILE`), else the primary.
-    Session,
-}
-
-impl From<Read> for Consistency {
-    fn from(r: Read) -> Self {
-        match r {
-            Read::Strong => Consistency::Strong,
-            Read::Replica => Consistency::Replica,
-            Read::Session => Consistency::Session,
-        }
-    }
 }
 
 fn row_line(key: &SplitKey, r: &RowRecord) -> String {
@@ -333,13 +317,13 @@ pub fn main() -> i32 {
     }
 }
 
-/// Exit codes: 1 any other failure (connection, configuration, files),
-/// 2 bad command line (clap), and for a failed read or write:
-/// 3 invalid request, 4 condition failed, 5 unavailable (nothing written;
-/// retry later), 6 outcome unknown (read before retrying).
+/// The exit code for a failed command: a failed request's kind decides it
+/// (the table is at `tstore_core::wire::ErrorKind::exit_code`); 1 for any
+/// other failure (connection, configuration, files).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
-    match e.downcast_ref::<tstore_client::admin::ClientError>() {
-        Some(tstore_client::admin::ClientError::Data(d)) => d.kind.exit_code(),
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Data(d)) => d.kind.exit_code(),
+        Some(ClientError::Admin(a)) => a.kind.exit_code(),
         _ => 1,
     }
 }
@@ -416,13 +400,19 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn admin(args: AdminArgs) -> anyhow::Result<()> {
-    if args.command.is_row_command() {
-        return rows(args).await;
-    }
+async fn admin(
+    AdminArgs {
+        options: args,
+        command,
+    }: AdminArgs,
+) -> anyhow::Result<()> {
+    let command = match command {
+        AdminCommand::Row(row) => return rows(&args, row).await,
+        other => other,
+    };
     let client = AdminClient::connect(args.node, &args.certs, &args.client_name).await?;
     let json = args.output == Output::Json;
-    match args.command {
+    match command {
         AdminCommand::Members => {
             let (observer, members) = client.members().await?;
             if json {
@@ -655,7 +645,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 std::io::stdout().flush()?;
             }
         }
-        row => unreachable!("{row:?} is a row command, served by rows()"),
+        AdminCommand::Row(_) => {} // served by rows(), above
     }
     client.close().await;
     Ok(())
@@ -664,9 +654,9 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
 /// Row commands, through the routing client: each key goes straight to the
 /// node serving its shard. With `--session FILE` the session token is
 /// loaded before and saved after.
-async fn rows(args: AdminArgs) -> anyhow::Result<()> {
+async fn rows(args: &AdminOptions, command: RowCommand) -> anyhow::Result<()> {
     // Bad input is reported before anything is dialed.
-    if let AdminCommand::Batch { ops, .. } = &args.command {
+    if let RowCommand::Batch { ops, .. } = &command {
         tstore_client::batch::parse_batch(ops).map_err(ClientError::Data)?;
     }
     let client = Client::connect(&[args.node], &args.certs, &args.client_name).await?;
@@ -681,7 +671,7 @@ async fn rows(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     let json = args.output == Output::Json;
-    let result = rows_command(&client, args.command, json).await;
+    let result = rows_command(&client, command, json).await;
     if let Some(path) = &args.session {
         std::fs::write(path, serde_json::to_string(&client.session())?)
             .with_context(|| format!("writing the session file {}", path.display()))?;
@@ -690,9 +680,9 @@ async fn rows(args: AdminArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> anyhow::Result<()> {
+async fn rows_command(client: &Client, command: RowCommand, json: bool) -> anyhow::Result<()> {
     match command {
-        AdminCommand::Put { table, row } => {
+        RowCommand::Put { table, row } => {
             let version = client.put(&table, &row).await?;
             if json {
                 print_json(&serde_json::json!({ "version": version }))?;
@@ -700,7 +690,7 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
                 println!("ok (version {version})");
             }
         }
-        AdminCommand::Insert { table, row } => {
+        RowCommand::Insert { table, row } => {
             let version = client.insert(&table, &row).await?;
             if json {
                 print_json(&serde_json::json!({ "version": version }))?;
@@ -708,7 +698,7 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
                 println!("ok (version {version})");
             }
         }
-        AdminCommand::Update {
+        RowCommand::Update {
             table,
             key,
             patch,
@@ -723,7 +713,7 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
                 println!("ok (version {version})");
             }
         }
-        AdminCommand::Delete {
+        RowCommand::Delete {
             table,
             key,
             if_version,
@@ -737,15 +727,15 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
                 println!("deleted");
             }
         }
-        AdminCommand::Get { table, key, read } => {
+        RowCommand::Get { table, key, read } => {
             let key = SplitKey::parse(&key);
-            match client.get(&table, key.clone(), read.into()).await? {
+            match client.get(&table, key.clone(), read).await? {
                 Some(r) if json => print_json(&row_json(&key, &r))?,
                 Some(r) => println!("{}", row_line(&key, &r)),
                 None => anyhow::bail!("row {key} of table {table:?} does not exist"),
             }
         }
-        AdminCommand::Scan {
+        RowCommand::Scan {
             table,
             from,
             to,
@@ -758,7 +748,7 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
                     from.as_deref().map(SplitKey::parse),
                     to.as_deref().map(SplitKey::parse),
                     limit,
-                    read.into(),
+                    read,
                 )
                 .await?;
             for (k, r) in &rows {
@@ -772,7 +762,7 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
                 println!("({} rows)", rows.len());
             }
         }
-        AdminCommand::Import {
+        RowCommand::Import {
             table,
             file,
             concurrency,
@@ -796,7 +786,7 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
                 anyhow::bail!("{} rows were not imported", report.failed.len());
             }
         }
-        AdminCommand::Batch { table, ops } => {
+        RowCommand::Batch { table, ops } => {
             let ops = tstore_client::batch::parse_batch(&ops).map_err(ClientError::Data)?;
             let results = client.batch(&table, ops).await?;
             if json {
@@ -811,7 +801,6 @@ async fn rows_command(client: &Client, command: AdminCommand, json: bool) -> any
                 }
             }
         }
-        _ => unreachable!("not a row command"),
     }
     Ok(())
 }

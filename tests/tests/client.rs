@@ -339,6 +339,18 @@ async fn row_commands_exit_with_one_code_per_kind_of_failure() {
             "atomic within one shard",
         ),
         (vec!["get", "user", "99"], 1, "does not exist"),
+        // Admin requests exit by their kind too.
+        (
+            vec!["create-table", "user", "--key", "id"],
+            4,
+            "already exists",
+        ),
+        (
+            vec!["describe", "nosuch"],
+            9,
+            "does not exist (tables: user)",
+        ),
+        (vec!["drain", "n9"], 9, "not in the cluster map"),
     ] {
         let (got, _, err) = cli(&args);
         assert_eq!(got, code, "tstore admin {args:?} exited {got}: {err}");

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tstore_client::cluster_map::{Sharding, SplitKey, Table, TableSpec};
-use tstore_client::wire::ClusterStatus;
+use tstore_client::wire::{AdminError, AdminErrorKind, ClusterStatus, ControlError};
+use tstore_client::ClientError;
 use tstore_tests::Cluster;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -93,21 +94,22 @@ async fn sees_table(c: &Cluster, via: &str, expected: &Table) {
 /// not have registered every node in the map yet ("only N nodes can take
 /// them"): that one refusal is retried, for a bounded time; any other
 /// answer is returned as it is.
-async fn create(c: &Cluster, via: &str, spec: TableSpec) -> Result<Table, String> {
+async fn create(c: &Cluster, via: &str, spec: TableSpec) -> Result<Table, AdminError> {
     let started = std::time::Instant::now();
     loop {
-        let client = c.client(via).await?;
-        let res = client
-            .create_table(spec.clone())
-            .await
-            .map(|(_, t)| t)
-            .map_err(|e| e.to_string());
+        let client = c.client(via).await.expect("connect");
+        let res = client.create_table(spec.clone()).await.map(|(_, t)| t);
         client.close().await;
         match res {
-            Err(e) if e.contains("nodes can take them") && started.elapsed() < LIMIT => {
+            Err(ClientError::Admin(AdminError {
+                control: Some(ControlError::NotEnoughNodes { .. }),
+                ..
+            })) if started.elapsed() < LIMIT => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            other => return other,
+            Ok(t) => return Ok(t),
+            Err(ClientError::Admin(e)) => return Err(e),
+            Err(e) => panic!("create table through {via}: {e}"),
         }
     }
 }
@@ -159,15 +161,47 @@ async fn bootstrap_elects_one_leader_and_ddl_from_any_node_is_seen_everywhere() 
 
     // Clear refusals, and the node keeps serving.
     let err = create(&c, "n2", user_spec()).await.unwrap_err();
-    assert_eq!(err, "table \"user\" already exists");
+    assert_eq!(err.control, Some(ControlError::TableExists("user".into())));
+    assert_eq!(
+        (err.kind, err.to_string().as_str()),
+        (AdminErrorKind::Conflict, "table \"user\" already exists")
+    );
     let mut five = user_spec();
     five.name = "five".into();
     five.replicas = 5;
     let err = create(&c, "n1", five).await.unwrap_err();
-    assert!(err.contains("only 3 nodes can take them"), "{err}");
+    assert!(
+        matches!(
+            err.control,
+            Some(ControlError::NotEnoughNodes {
+                need: 5,
+                have: 3,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("only 3 nodes can take them"),
+        "{err}"
+    );
     let client = c.client("n2").await.unwrap();
-    let err = client.describe("nope").await.unwrap_err().to_string();
-    assert_eq!(err, "table \"nope\" does not exist (tables: events, user)");
+    let err = client.describe("nope").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "table \"nope\" does not exist (tables: events, user)"
+    );
+    assert!(
+        matches!(
+            err,
+            ClientError::Admin(AdminError {
+                kind: AdminErrorKind::NotFound,
+                control: Some(ControlError::NoSuchTable { .. }),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     let v = client.drop_table("events").await.unwrap();
     let (tables_version, tables) = client.tables().await.unwrap();
     assert!(tables_version >= v);
@@ -277,6 +311,15 @@ async fn a_minority_cannot_change_the_map_and_says_why() {
     let started = std::time::Instant::now();
     let err = create(&c, "n1", events_spec()).await.unwrap_err();
     println!("minority refused after {:?}: {err}", started.elapsed());
+    assert_eq!(err.kind, AdminErrorKind::Unavailable, "{err:?}");
+    assert!(
+        matches!(
+            err.control,
+            Some(ControlError::NoQuorum(_) | ControlError::NoLeader(_))
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("voters"), "the error names the voters: {err}");
     assert!(
         err.contains("n2") && err.contains("n3"),

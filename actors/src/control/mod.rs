@@ -37,7 +37,7 @@ use tstore_core::cluster_map::{ClusterMap, MapCommand, NodeState, Table, TableSp
 use tstore_core::coordinator::failover::{self, Health, ManualOp};
 use tstore_core::coordinator::health::{self, live_peers, HealthMemory, KEY_BOOTSTRAP_EXPECT};
 use tstore_core::coordinator::placement::{self, Candidate, Load};
-use tstore_core::wire::{ClusterStatus, ControlRequest};
+use tstore_core::wire::{ClusterStatus, ControlError, ControlRequest};
 use types::{raft_id, Raft};
 
 /// Control-plane settings.
@@ -75,8 +75,9 @@ impl Default for ControlSettings {
     }
 }
 
+/// Why the control plane did not start.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub enum ControlStartError {
     #[error("cannot open the control plane's storage: {0}")]
     Storage(String),
     #[error("invalid Raft settings: {0}")]
@@ -85,9 +86,9 @@ pub enum ControlError {
     Start(String),
 }
 
-impl From<StorageError<u64>> for ControlError {
+impl From<StorageError<u64>> for ControlStartError {
     fn from(e: StorageError<u64>) -> Self {
-        ControlError::Storage(e.to_string())
+        ControlStartError::Storage(e.to_string())
     }
 }
 
@@ -136,8 +137,8 @@ impl ControlPlane {
         endpoint: Endpoint,
         membership: Arc<Membership>,
         settings: ControlSettings,
-    ) -> Result<Self, ControlError> {
-        let log = LogStore::open(env).map_err(|e| ControlError::Storage(e.to_string()))?;
+    ) -> Result<Self, ControlStartError> {
+        let log = LogStore::open(env).map_err(|e| ControlStartError::Storage(e.to_string()))?;
         let sm = StateMachine::open(env)?;
         let (state, version) = (sm.shared(), sm.watch_version());
         let ms = |d: Duration| d.as_millis() as u64;
@@ -149,14 +150,14 @@ impl ControlPlane {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| ControlError::Config(e.to_string()))?;
+        .map_err(|e| ControlStartError::Config(e.to_string()))?;
         let id = raft_id(node_id);
         let network = network::Network {
             endpoint: endpoint.clone(),
         };
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
-            .map_err(|e| ControlError::Start(e.to_string()))?;
+            .map_err(|e| ControlStartError::Start(e.to_string()))?;
         membership
             .set(KEY_BOOTSTRAP_EXPECT, &settings.bootstrap_expect.to_string())
             .await;
@@ -213,20 +214,19 @@ impl ControlPlane {
     pub async fn handle_forwarded(&self, req: ControlRequest) -> PeerReply {
         let res = match self.leader() {
             Ok(Leader::Me) => self.leader_request(req).await,
-            Ok(Leader::Other { node_id, .. }) => Err(format!(
-                "{} is not the Raft leader any more ({node_id} is); retry",
-                self.inner.node_id
-            )),
+            Ok(Leader::Other { node_id, .. }) => Err(ControlError::LeaderMoved {
+                leader: Some(node_id),
+            }),
             Err(e) => Err(e),
         };
         PeerReply::Control(res)
     }
 
     /// Creates a table: placed and committed by the coordinator on the leader.
-    pub async fn create_table(&self, spec: TableSpec) -> Result<(u64, Table), String> {
-        spec.validate().map_err(|e| e.to_string())?;
+    pub async fn create_table(&self, spec: TableSpec) -> Result<(u64, Table), ControlError> {
+        spec.validate()?;
         if self.map().tables.contains_key(&spec.name) {
-            return Err(format!("table {:?} already exists", spec.name));
+            return Err(ControlError::TableExists(spec.name));
         }
         match self.leader()? {
             Leader::Me => self.leader_create_table(spec).await,
@@ -239,16 +239,19 @@ impl ControlPlane {
                         self.wait_for_version(v).await;
                         Ok((v, t))
                     }
-                    (_, None) => Err("the leader created no table".into()),
+                    (_, None) => Err(ControlError::Internal(
+                        "the leader answered without the table it created".into(),
+                    )),
                 }
             }
         }
     }
 
     /// Drops a table.
-    pub async fn drop_table(&self, name: String) -> Result<u64, String> {
-        if !self.map().tables.contains_key(&name) {
-            return Err(format!("table {name:?} does not exist"));
+    pub async fn drop_table(&self, name: String) -> Result<u64, ControlError> {
+        let map = self.map();
+        if !map.tables.contains_key(&name) {
+            return Err(ControlError::no_such_table(&name, &map));
         }
         match self.leader()? {
             Leader::Me => self.write(MapCommand::DropTable { name }).await,
@@ -275,7 +278,7 @@ impl ControlPlane {
         node_id: String,
         addr: SocketAddr,
         req: ControlRequest,
-    ) -> Result<(u64, Option<Table>), String> {
+    ) -> Result<(u64, Option<Table>), ControlError> {
         match self
             .inner
             .endpoint
@@ -283,42 +286,44 @@ impl ControlPlane {
             .await
         {
             Ok(PeerReply::Control(res)) => res,
-            Ok(other) => Err(format!("the leader {node_id} answered {other:?}")),
-            Err(e) => Err(format!(
+            Ok(other) => Err(ControlError::Internal(format!(
+                "the leader {node_id} answered {other:?}"
+            ))),
+            Err(e) => Err(ControlError::NoLeader(format!(
                 "the Raft leader {node_id} is unreachable ({e}); {}",
                 self.voters_down_summary()
-            )),
+            ))),
         }
     }
 
     /// Confirms, through a round of heartbeats, that this leader still has a
     /// majority, so a cut-off leader says so rather than deciding from a
     /// gossip view that only its side shares.
-    pub(crate) async fn confirm_leadership(&self) -> Result<(), String> {
+    pub(crate) async fn confirm_leadership(&self) -> Result<(), ControlError> {
         let check = self.inner.raft.ensure_linearizable();
         match tokio::time::timeout(self.inner.settings.write_timeout, check).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 debug!(error = %e, "leadership not confirmed");
-                Err(format!(
+                Err(ControlError::NoQuorum(format!(
                     "cannot change the map: {} leads but no majority of voters answers; {}",
                     self.inner.node_id,
                     self.voters_down_summary()
-                ))
+                )))
             }
-            Err(_) => Err(format!(
+            Err(_) => Err(ControlError::NoQuorum(format!(
                 "cannot change the map: no quorum answered within {:?}; {}",
                 self.inner.settings.write_timeout,
                 self.voters_down_summary()
-            )),
+            ))),
         }
     }
 
-    async fn leader_create_table(&self, spec: TableSpec) -> Result<(u64, Table), String> {
+    async fn leader_create_table(&self, spec: TableSpec) -> Result<(u64, Table), ControlError> {
         self.confirm_leadership().await?;
         let map = self.map();
         if map.tables.contains_key(&spec.name) {
-            return Err(format!("table {:?} already exists", spec.name));
+            return Err(ControlError::TableExists(spec.name));
         }
         let snapshot = self.inner.membership.snapshot().await;
         let candidates: Vec<Candidate> = live_peers(&snapshot)
@@ -339,43 +344,40 @@ impl ControlPlane {
             &mut load,
             spec.sharding.shard_count(),
             spec.replicas as usize,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let name = spec.name.clone();
         let version = self
             .write(MapCommand::CreateTable { spec, placement })
             .await?;
-        let table = self
-            .map()
-            .tables
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| format!("table {name:?} vanished right after it was created"))?;
+        let table = self.map().tables.get(&name).cloned().ok_or_else(|| {
+            ControlError::Internal(format!(
+                "table {name:?} vanished right after it was created"
+            ))
+        })?;
         Ok((version, table))
     }
 
     /// Proposes a command on this node (which must be the leader) and waits
     /// for it to be committed and applied.
-    pub(crate) async fn write(&self, cmd: MapCommand) -> Result<u64, String> {
+    pub(crate) async fn write(&self, cmd: MapCommand) -> Result<u64, ControlError> {
         let write = self.inner.raft.client_write(cmd);
         match tokio::time::timeout(self.inner.settings.write_timeout, write).await {
-            Err(_) => Err(format!(
+            Err(_) => Err(ControlError::NoQuorum(format!(
                 "the change was not committed within {:?}: no quorum; {}",
                 self.inner.settings.write_timeout,
                 self.voters_down_summary()
-            )),
-            Ok(Ok(resp)) => resp.data.map_err(|e| e.to_string()),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(format!(
-                "leadership moved (now {}); retry",
-                f.leader_node
-                    .map(|n| n.node_id)
-                    .unwrap_or_else(|| "unknown".into())
-            )),
-            Ok(Err(e)) => Err(e.to_string()),
+            ))),
+            Ok(Ok(resp)) => Ok(resp.data?),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ControlError::LeaderMoved {
+                    leader: f.leader_node.map(|n| n.node_id),
+                })
+            }
+            Ok(Err(e)) => Err(ControlError::Internal(e.to_string())),
         }
     }
 
-    fn leader(&self) -> Result<Leader, String> {
+    fn leader(&self) -> Result<Leader, ControlError> {
         let metrics = self.inner.raft.metrics().borrow().clone();
         match metrics.current_leader {
             Some(id) if id == self.inner.raft_id && metrics.state == ServerState::Leader => {
@@ -387,23 +389,32 @@ impl ControlPlane {
                     .membership()
                     .get_node(&id)
                     .cloned()
-                    .ok_or_else(|| format!("the Raft leader (id {id}) is not in the membership"))?;
-                let addr = node
-                    .addr
-                    .parse()
-                    .map_err(|e| format!("leader {} has a bad address: {e}", node.node_id))?;
+                    .ok_or_else(|| {
+                        ControlError::Internal(format!(
+                            "the Raft leader (id {id}) is not in the membership"
+                        ))
+                    })?;
+                let addr = node.addr.parse().map_err(|e| {
+                    ControlError::Internal(format!(
+                        "leader {} has a bad address: {e}",
+                        node.node_id
+                    ))
+                })?;
                 Ok(Leader::Other {
                     node_id: node.node_id,
                     addr,
                 })
             }
-            None if metrics.membership_config.membership().voter_ids().count() == 0 => Err(format!(
-                "the control plane is not formed yet: start {} nodes with --bootstrap-expect {} (this node has {})",
-                self.inner.settings.bootstrap_expect.max(1),
-                self.inner.settings.bootstrap_expect.max(1),
-                self.inner.settings.bootstrap_expect
-            )),
-            None => Err(format!("no Raft leader reachable; {}", self.voters_down_summary())),
+            None if metrics.membership_config.membership().voter_ids().count() == 0 => {
+                Err(ControlError::NotFormed {
+                    need: self.inner.settings.bootstrap_expect.max(1),
+                    have: self.inner.settings.bootstrap_expect,
+                })
+            }
+            None => Err(ControlError::NoLeader(format!(
+                "no Raft leader reachable; {}",
+                self.voters_down_summary()
+            ))),
         }
     }
 
@@ -492,7 +503,7 @@ impl ControlPlane {
     }
 
     /// Commits one shard configuration change (on the leader).
-    pub(crate) async fn commit_change(&self, c: failover::Change) -> Result<u64, String> {
+    pub(crate) async fn commit_change(&self, c: failover::Change) -> Result<u64, ControlError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -515,20 +526,29 @@ impl ControlPlane {
     }
 
     /// An operator's change to one shard (promote, move, remove a copy).
-    pub async fn manual(&self, table: String, shard: u32, op: ManualOp) -> Result<u64, String> {
+    pub async fn manual(
+        &self,
+        table: String,
+        shard: u32,
+        op: ManualOp,
+    ) -> Result<u64, ControlError> {
         self.on_leader(ControlRequest::Manual { table, shard, op })
             .await
     }
 
     /// Marks a node draining (its copies move away) or active again.
-    pub async fn set_node_state(&self, node_id: String, state: NodeState) -> Result<u64, String> {
+    pub async fn set_node_state(
+        &self,
+        node_id: String,
+        state: NodeState,
+    ) -> Result<u64, ControlError> {
         let map = self.map();
         if !map.nodes.contains_key(&node_id) {
-            return Err(format!("node {node_id:?} is not in the cluster map"));
+            return Err(ControlError::NoSuchNode(node_id));
         }
         if state == NodeState::Draining {
             if let Some(why) = failover::drain_blocker(&map, &node_id) {
-                return Err(why);
+                return Err(ControlError::Refused(why));
             }
         }
         self.on_leader(ControlRequest::SetNodeState { node_id, state })
@@ -537,7 +557,7 @@ impl ControlPlane {
 
     /// Runs a request on the leader (here, or forwarded) and waits until this
     /// node has applied its result.
-    async fn on_leader(&self, req: ControlRequest) -> Result<u64, String> {
+    async fn on_leader(&self, req: ControlRequest) -> Result<u64, ControlError> {
         match self.leader()? {
             Leader::Me => self.leader_request(req).await.map(|(v, _)| v),
             Leader::Other { node_id, addr } => {
@@ -549,7 +569,10 @@ impl ControlPlane {
     }
 
     /// Serves a control request as the leader.
-    async fn leader_request(&self, req: ControlRequest) -> Result<(u64, Option<Table>), String> {
+    async fn leader_request(
+        &self,
+        req: ControlRequest,
+    ) -> Result<(u64, Option<Table>), ControlError> {
         match req {
             ControlRequest::CreateTable(spec) => self
                 .leader_create_table(spec)
@@ -570,7 +593,8 @@ impl ControlPlane {
                 let map = self.map();
                 let snapshot = self.inner.membership.snapshot().await;
                 let health = self.health(&snapshot, &map).await;
-                let change = failover::manual(&map, &table, shard, &op, &health)?;
+                let change = failover::manual(&map, &table, shard, &op, &health)
+                    .map_err(ControlError::Refused)?;
                 info!(shard = %format!("{table}/{shard}"), what = %change.what, "operator change");
                 self.commit_change(change).await.map(|v| (v, None))
             }
