@@ -1,9 +1,10 @@
 //! The node's LMDB environment (heed): one per node, in `<data dir>/lmdb`.
 //!
 //! Every durable structure of the node lives in a named database of this one
-//! environment: today the control plane's Raft log, vote and applied cluster
-//! map. A write transaction's commit is LMDB's fsync'd commit, so what a
-//! commit returned survives kill -9 and power loss.
+//! environment: the control plane's Raft log, vote and applied cluster map
+//! (`control::store`), and every shard copy's log, rows, client sessions and
+//! metadata (`data::store`). A write transaction's commit is LMDB's fsync'd
+//! commit, so what a commit returned survives kill -9 and power loss.
 
 use std::path::Path;
 

@@ -13,9 +13,11 @@
 
 pub mod admin;
 pub mod batch;
+pub mod error;
 pub mod routing;
 
-pub use admin::{AdminClient, ClientError};
+pub use admin::AdminClient;
+pub use error::ClientError;
 pub use routing::{Client, ClientOptions, Consistency};
 
 /// The wire types of the client protocol, for programs that speak it directly.

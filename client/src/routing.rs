@@ -61,7 +61,7 @@ use tstore_core::wire::{
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, Role, TlsIdentity, TransportError};
 
-use crate::admin::ClientError;
+use crate::error::ClientError;
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -341,7 +341,7 @@ async fn row_commands_exit_with_one_code_per_kind_of_failure() {
         (vec!["get", "user", "99"], 1, "does not exist"),
         // Admin requests exit by their kind too.
         (
-            vec!["create-table", "user", "--key", "id"],
+            vec!["create-table", "user", "--key", "id", "--shards", "4"],
             4,
             "already exists",
         ),
