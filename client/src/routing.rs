@@ -53,6 +53,7 @@ use tstore_core::cluster_map::{SplitKey, Table};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{ClientId, RequestId};
 use tstore_core::data::validate::{batch_op, row_op, shard_of_write};
+use tstore_core::shard::ShardKey;
 use tstore_core::wire::ReadMode;
 use tstore_core::wire::MAX_SCAN;
 use tstore_core::wire::{
@@ -137,8 +138,9 @@ impl Default for ClientOptions {
     }
 }
 
-/// A session token: per `table/shard`, the highest log entry this client
-/// wrote or read.
+/// A session token: per shard (keyed by the shard's name, `table/index`,
+/// as [`ShardKey`] displays it, so the token reads well as JSON), the
+/// highest log entry this client wrote or read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionToken(pub BTreeMap<String, u64>);
 
@@ -162,22 +164,28 @@ struct Ids {
     /// number). A shard's "first incomplete" mark counts only requests to
     /// it, so a request stuck on another shard (a failover) does not keep
     /// this shard remembering every outcome meanwhile.
-    in_flight: BTreeSet<(ClientId, String, u64)>,
+    in_flight: BTreeSet<(ClientId, ShardKey, u64)>,
 }
 
 /// Removes a request from the in-flight set when it finishes, however it
 /// finishes (also when its future is dropped).
 struct InFlight<'a> {
     ids: &'a Mutex<Ids>,
-    shard: String,
+    shard: ShardKey,
     id: RequestId,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut ids = self.ids.lock().expect("ids lock");
-        ids.in_flight
-            .remove(&(self.id.client, std::mem::take(&mut self.shard), self.id.seq));
+        let shard = std::mem::replace(
+            &mut self.shard,
+            ShardKey {
+                table: String::new(),
+                index: 0,
+            },
+        );
+        ids.in_flight.remove(&(self.id.client, shard, self.id.seq));
     }
 }
 
@@ -276,13 +284,17 @@ impl Client {
             return;
         }
         let mut t = self.token.lock().expect("token lock");
-        let e = t.0.entry(format!("{table}/{shard}")).or_default();
+        let e =
+            t.0.entry(ShardKey::new(table, shard).to_string())
+                .or_default();
         *e = (*e).max(seq);
     }
 
     fn token_of(&self, table: &str, shard: u32) -> u64 {
         let t = self.token.lock().expect("token lock");
-        t.0.get(&format!("{table}/{shard}")).copied().unwrap_or(0)
+        t.0.get(&ShardKey::new(table, shard).to_string())
+            .copied()
+            .unwrap_or(0)
     }
 
     async fn session_to(&self, addr: SocketAddr) -> Result<Arc<ClientSession>, ClientError> {
@@ -387,7 +399,7 @@ impl Client {
         };
         let seq = ids.next_seq;
         ids.next_seq += 1;
-        let shard = format!("{table}/{shard}");
+        let shard = ShardKey::new(table, shard);
         ids.in_flight.insert((client, shard.clone(), seq));
         let first_incomplete = ids
             .in_flight

@@ -22,6 +22,15 @@ pub struct ShardKey {
     pub index: u32,
 }
 
+impl ShardKey {
+    pub fn new(table: &str, index: u32) -> Self {
+        Self {
+            table: table.to_owned(),
+            index,
+        }
+    }
+}
+
 impl fmt::Display for ShardKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.table, self.index)
