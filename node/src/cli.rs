@@ -387,17 +387,31 @@ fn parse_shard(s: &str) -> anyhow::Result<(String, u32)> {
 }
 
 fn done(json: bool, map_version: u64, text: &str) -> anyhow::Result<()> {
-    if json {
-        print_json(&serde_json::json!({ "map_version": map_version }))
-    } else {
-        println!("{text} (map version {map_version})");
-        Ok(())
-    }
+    show(
+        json,
+        &serde_json::json!({ "map_version": map_version }),
+        || format!("{text} (map version {map_version})\n"),
+    )
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
+}
+
+/// Prints a command's result: `value` as one JSON line with `--output json`,
+/// else the text `text` renders (from `output`).
+fn show<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        print!("{}", text());
+        Ok(())
+    }
 }
 
 async fn admin(
@@ -415,27 +429,19 @@ async fn admin(
     match command {
         AdminCommand::Members => {
             let (observer, members) = client.members().await?;
-            if json {
-                print_json(&serde_json::json!({ "observer": observer, "members": members }))?;
-            } else {
-                print!("{}", output::members(&observer, &members));
-            }
+            show(
+                json,
+                &serde_json::json!({ "observer": observer, "members": members }),
+                || output::members(&observer, &members),
+            )?;
         }
         AdminCommand::Gossip { watch: false } => {
             let snapshot = client.gossip().await?;
-            if json {
-                print_json(&snapshot)?;
-            } else {
-                print!("{}", output::gossip(&snapshot));
-            }
+            show(json, &snapshot, || output::gossip(&snapshot))?;
         }
         AdminCommand::Cluster => {
             let status = client.cluster().await?;
-            if json {
-                print_json(&status)?;
-            } else {
-                print!("{}", output::cluster(&status));
-            }
+            show(json, &status, || output::cluster(&status))?;
         }
         AdminCommand::CreateTable {
             name,
@@ -472,19 +478,19 @@ async fn admin(
         }
         AdminCommand::DropTable { name } => {
             let version = client.drop_table(&name).await?;
-            if json {
-                print_json(&serde_json::json!({ "map_version": version, "dropped": name }))?;
-            } else {
-                println!("dropped table {name:?} (map version {version})");
-            }
+            show(
+                json,
+                &serde_json::json!({ "map_version": version, "dropped": name }),
+                || format!("dropped table {name:?} (map version {version})\n"),
+            )?;
         }
         AdminCommand::Tables => {
             let (version, tables) = client.tables().await?;
-            if json {
-                print_json(&serde_json::json!({ "map_version": version, "tables": tables }))?;
-            } else {
-                print!("{}", output::tables(version, &tables));
-            }
+            show(
+                json,
+                &serde_json::json!({ "map_version": version, "tables": tables }),
+                || output::tables(version, &tables),
+            )?;
         }
         AdminCommand::Describe { name, verify } => {
             let (version, table) = client.describe(&name).await?;
@@ -537,11 +543,11 @@ async fn admin(
                 let skip = events.len().saturating_sub(n);
                 events.drain(..skip);
             }
-            if json {
-                print_json(&serde_json::json!({ "map_version": version, "events": events }))?;
-            } else {
-                print!("{}", output::events(version, &events));
-            }
+            show(
+                json,
+                &serde_json::json!({ "map_version": version, "events": events }),
+                || output::events(version, &events),
+            )?;
         }
         AdminCommand::Drain {
             node,
@@ -580,11 +586,9 @@ async fn admin(
         }
         AdminCommand::Undrain { node } => {
             let v = client.set_node_state(&node, NodeState::Active).await?;
-            if json {
-                print_json(&serde_json::json!({ "map_version": v }))?;
-            } else {
-                println!("{node} is active (map version {v})");
-            }
+            show(json, &serde_json::json!({ "map_version": v }), || {
+                format!("{node} is active (map version {v})\n")
+            })?;
         }
         AdminCommand::MoveShard { shard, from, to } => {
             let (t, i) = parse_shard(&shard)?;
@@ -684,19 +688,15 @@ async fn rows_command(client: &Client, command: RowCommand, json: bool) -> anyho
     match command {
         RowCommand::Put { table, row } => {
             let version = client.put(&table, &row).await?;
-            if json {
-                print_json(&serde_json::json!({ "version": version }))?;
-            } else {
-                println!("ok (version {version})");
-            }
+            show(json, &serde_json::json!({ "version": version }), || {
+                format!("ok (version {version})\n")
+            })?;
         }
         RowCommand::Insert { table, row } => {
             let version = client.insert(&table, &row).await?;
-            if json {
-                print_json(&serde_json::json!({ "version": version }))?;
-            } else {
-                println!("ok (version {version})");
-            }
+            show(json, &serde_json::json!({ "version": version }), || {
+                format!("ok (version {version})\n")
+            })?;
         }
         RowCommand::Update {
             table,
@@ -707,11 +707,9 @@ async fn rows_command(client: &Client, command: RowCommand, json: bool) -> anyho
             let version = client
                 .update(&table, SplitKey::parse(&key), &patch, if_version)
                 .await?;
-            if json {
-                print_json(&serde_json::json!({ "version": version }))?;
-            } else {
-                println!("ok (version {version})");
-            }
+            show(json, &serde_json::json!({ "version": version }), || {
+                format!("ok (version {version})\n")
+            })?;
         }
         RowCommand::Delete {
             table,
@@ -721,11 +719,9 @@ async fn rows_command(client: &Client, command: RowCommand, json: bool) -> anyho
             client
                 .delete(&table, SplitKey::parse(&key), if_version)
                 .await?;
-            if json {
-                print_json(&serde_json::json!({ "deleted": key }))?;
-            } else {
-                println!("deleted");
-            }
+            show(json, &serde_json::json!({ "deleted": key }), || {
+                "deleted\n".to_owned()
+            })?;
         }
         RowCommand::Get { table, key, read } => {
             let key = SplitKey::parse(&key);
