@@ -81,7 +81,7 @@ impl World {
             acked: BTreeMap::new(),
             backups: backups
                 .iter()
-                .map(|b| (b.clone(), Backup::new(1, P.into(), 0, 0, None)))
+                .map(|b| (b.clone(), Backup::new(1, P.into(), 0, 0, None, cfg())))
                 .collect(),
             logs,
             disks,
@@ -255,7 +255,7 @@ impl World {
         let fx = if to == self.lead {
             self.primary.on_message(from, msg, self.now)
         } else if let Some(b) = self.backups.get_mut(to) {
-            b.on_message(from, msg)
+            b.on_message(from, msg, self.now)
         } else {
             return; // the new epoch's primary is not simulated
         };
@@ -366,6 +366,7 @@ impl World {
                 other_logged,
                 other_applied,
                 Some(tail),
+                cfg(),
             ),
         );
         self.lead = new_lead;
@@ -378,7 +379,7 @@ impl World {
         let committed = self.primary.committed();
         self.primary = Primary::new(1, &backups, &[l.into()], committed, vec![], cfg(), 0);
         self.backups
-            .insert(l.into(), Backup::new(1, P.into(), 0, 0, None));
+            .insert(l.into(), Backup::new(1, P.into(), 0, 0, None, cfg()));
         self.logs.insert(l.into(), BTreeMap::new());
         self.disks.insert(l.into(), VecDeque::new());
     }
@@ -472,7 +473,7 @@ proptest! {
         }
         for (n, logged, applied) in states {
             let tail = w.logs[&n].range(applied + 1..logged.max(applied) + 1).map(|(s, e)| (*s, e.epoch)).collect();
-            w.backups.insert(n, Backup::new(2, "p2".into(), logged, applied, Some(tail)));
+            w.backups.insert(n, Backup::new(2, "p2".into(), logged, applied, Some(tail), cfg()));
         }
         for s in after {
             w.apply(s);
@@ -560,7 +561,7 @@ fn a_promoted_primary_waits_out_the_old_lease() {
 #[test]
 fn a_clean_handover_needs_no_lease_wait() {
     // b1 takes over from p, which stays as a backup of epoch 2.
-    let mut old = Backup::new(2, "b1".into(), 0, 0, Some(vec![]));
+    let mut old = Backup::new(2, "b1".into(), 0, 0, Some(vec![]), cfg());
     let mut new = Primary::new(2, &["p".into(), "b2".into()], &[], 0, vec![], cfg(), 1500)
         .with_handover_from("p".into());
     assert!(
@@ -575,7 +576,7 @@ fn a_clean_handover_needs_no_lease_wait() {
             _ => None,
         })
         .unwrap();
-    let answer = old.on_message("b1", to_p);
+    let answer = old.on_message("b1", to_p, 100);
     let ack = answer
         .into_iter()
         .find_map(|e| match e {
