@@ -5,8 +5,9 @@
 //! [`Backup`] (the ReplicaActor role): it logs what the primary sends, acks,
 //! and applies what the primary committed. The replication decisions are the
 //! pure state machines of `tstore_core::replication`, down to whether a read
-//! may be served (`read_permit`); this actor does the I/O and tells them the
-//! time and what the rows hold.
+//! may be served (`read_permit`), how long a promoted primary waits and
+//! whether a rejoining copy is discarded (`replication::reconfigure`); this
+//! actor does the I/O and tells them the time and what the rows hold.
 //!
 //! Where the node is a learner (a copy being built) it first installs a
 //! snapshot streamed from the primary, then follows the log like a backup
@@ -35,6 +36,7 @@ use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
 use tstore_core::cluster_map::{NodeId, SplitKey};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{Command, RequestId};
+use tstore_core::replication::reconfigure::{rejoin_discards_copy, takeover_not_before};
 use tstore_core::replication::{
     Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReadRefusal, ReplMsg, Seq,
 };
@@ -200,14 +202,13 @@ impl CopyActor {
             Ok(match self.copy.role {
                 LocalRole::Primary => {
                     self.env.store.set_epoch(self.id, epoch)?;
-                    // Epoch 1 had no primary before; otherwise the previous
-                    // one's lease may still run: wait the grace period from
-                    // the last time it spoke to us (or from our start).
-                    let not_before = if led_before || epoch == 1 {
-                        0
-                    } else {
-                        self.primary_contact + self.env.lease.grace
-                    };
+                    // The previous primary's lease may still run.
+                    let not_before = takeover_not_before(
+                        epoch,
+                        led_before,
+                        self.primary_contact,
+                        &self.env.lease,
+                    );
                     let mut p = Primary::new(
                         epoch,
                         &self.copy.replicas.backups,
@@ -615,12 +616,9 @@ impl Handler<Reconfigure> for CopyActor {
                 ))));
             }
         }
-        // Copies are (re)added to a shard only as learners: a copy that was
-        // a member and comes back as a learner left the configuration and
-        // missed its epochs. It may hold entries no member has (a cut-off
-        // primary's uncommitted tail) below the new primary's commit point,
-        // where log reconciliation cannot see them: discard it, copy afresh.
-        let rejoining = copy.role == LocalRole::Learner && self.copy.role != LocalRole::Learner;
+        // A member coming back as a learner may hold entries reconciliation
+        // cannot see: discard the copy, copy afresh (see the function).
+        let rejoining = rejoin_discards_copy(self.copy.role, copy.role);
         self.copy = copy;
         if matches!(self.role, Role::Installing) {
             self.publish(ctx);

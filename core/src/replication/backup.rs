@@ -46,7 +46,7 @@ pub struct Backup {
     /// When the configured primary last sent us anything (any epoch, any
     /// message). Carried from backup to backup of the same copy
     /// (`carry_contact`): a promoted primary waits out the old lease from
-    /// it (`LeaseConfig::grace`).
+    /// it (`reconfigure::takeover_not_before`).
     contact: Millis,
 }
 

@@ -3,7 +3,8 @@
 //! a finished disk write, a finished apply, the time) and return [`Effect`]s
 //! for their actor to carry out (write the log, send, apply). They also
 //! decide whether the copy may serve a read now (`read_permit`, refusing
-//! with a [`ReadRefusal`]). No I/O and no clocks inside, so the
+//! with a [`ReadRefusal`]), and [`reconfigure`]'s functions decide what a
+//! copy keeps when its role changes. No I/O and no clocks inside, so the
 //! protocol is tested by simulation (`sim` tests: loss, reordering,
 //! duplication, slow disks, epoch changes).
 //!
@@ -19,7 +20,8 @@
 //!   primary's *send* time (echoed back in acks), so no clock sync is needed.
 //!   A promoted primary takes no writes and serves no strong reads until
 //!   `grace` (longer than the lease, see `LeaseConfig::check`) has passed
-//!   since it last heard from the old primary, so two leases never overlap.
+//!   since it last heard from the old primary
+//!   ([`reconfigure::takeover_not_before`]), so two leases never overlap.
 //!   A backup serves replica and session reads only while its primary has
 //!   sent it a message of its own epoch within the lease. Reads are judged
 //!   on what the rows hold (reported by `on_applied`), not on the commit
@@ -57,6 +59,7 @@
 mod backup;
 mod primary;
 mod read;
+pub mod reconfigure;
 #[cfg(test)]
 mod sim;
 
