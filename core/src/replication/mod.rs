@@ -6,7 +6,9 @@
 //! with a [`ReadRefusal`]), and [`reconfigure`]'s functions decide what a
 //! copy keeps when its role changes. No I/O and no clocks inside, so the
 //! protocol is tested by simulation (`sim` tests: loss, reordering,
-//! duplication, slow disks, epoch changes).
+//! duplication, slow disks, epoch changes, failover with the old primary
+//! still running; every read a copy admits is checked against the
+//! acknowledged writes).
 //!
 //! The rules that keep acknowledged writes safe:
 //! - the primary assigns `(epoch, seq)`; an entry is committed, applied and
