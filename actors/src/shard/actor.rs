@@ -4,7 +4,10 @@
 //! answers once every member has them. Where the node is a backup it runs
 //! [`Backup`] (the ReplicaActor role): it logs what the primary sends, acks,
 //! and applies what the primary committed. The replication decisions are the
-//! pure state machines of `tstore_core::replication`; this actor does the I/O.
+//! pure state machines of `tstore_core::replication`, down to whether a read
+//! may be served (`read_permit`), how long a promoted primary waits and
+//! whether a rejoining copy is discarded (`replication::reconfigure`); this
+//! actor does the I/O and tells them the time and what the rows hold.
 //!
 //! Where the node is a learner (a copy being built) it first installs a
 //! snapshot streamed from the primary, then follows the log like a backup
@@ -34,8 +37,9 @@ use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
 use tstore_core::cluster_map::{NodeId, SplitKey};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{Command, RequestId};
+use tstore_core::replication::reconfigure::{rejoin_discards_copy, takeover_not_before};
 use tstore_core::replication::{
-    Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReplMsg, Seq,
+    Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReadRefusal, ReplMsg, Seq,
 };
 use tstore_core::shard::{gossip_key, LocalCopy, LocalRole, ShardKey, LEARNER_READY, SILENT};
 use tstore_core::wire::ReadMode;
@@ -131,11 +135,11 @@ pub struct CopyActor {
     waiting: HashMap<Seq, Reply>,
     /// A storage failure stopped this copy; it refuses work until restarted.
     failed: Option<String>,
-    /// `now_ms()` when the configured primary last sent us something: a
-    /// promoted primary waits out the old lease from there.
+    /// The last word from a primary (`Backup::primary_contact`) of the
+    /// backup this copy last ran, kept while it runs something else: a
+    /// later backup starts from it, a promoted primary waits out the old
+    /// lease from it.
     primary_contact: Millis,
-    /// When a backup last heard from its primary at its own epoch.
-    in_sync_at: Option<Millis>,
     /// Rows and bytes of the snapshot being installed, so far.
     copied: Arc<(AtomicU64, AtomicU64)>,
     /// The gossip value last published.
@@ -161,7 +165,6 @@ impl CopyActor {
             waiting: HashMap::new(),
             failed: None,
             primary_contact: 0,
-            in_sync_at: None,
             copied: Arc::default(),
             published: String::new(),
         };
@@ -176,6 +179,7 @@ impl CopyActor {
     /// durable here. `led_before`: this copy was the primary of the previous
     /// epoch (no other lease to wait out).
     fn configure(&mut self, led_before: bool, old_primary: Option<NodeId>) -> Vec<Effect> {
+        self.keep_contact();
         let epoch = self.copy.replicas.epoch;
         let built = (|| -> Result<(Role, Vec<Effect>), crate::data::store::StoreError> {
             let meta = self.env.store.meta(self.id)?;
@@ -186,14 +190,13 @@ impl CopyActor {
             Ok(match self.copy.role {
                 LocalRole::Primary => {
                     self.env.store.set_epoch(self.id, epoch)?;
-                    // Epoch 1 had no primary before; otherwise the previous
-                    // one's lease may still run: wait the grace period from
-                    // the last time it spoke to us (or from our start).
-                    let not_before = if led_before || epoch == 1 {
-                        0
-                    } else {
-                        self.primary_contact + self.env.lease.grace
-                    };
+                    // The previous primary's lease may still run.
+                    let not_before = takeover_not_before(
+                        epoch,
+                        led_before,
+                        self.primary_contact,
+                        &self.env.lease,
+                    );
                     let mut p = Primary::new(
                         epoch,
                         &self.copy.replicas.backups,
@@ -223,7 +226,9 @@ impl CopyActor {
                         meta.logged,
                         meta.applied,
                         reconcile,
-                    );
+                        self.env.lease,
+                    )
+                    .carry_contact(self.primary_contact);
                     let hello = b.hello().into_iter().collect();
                     (Role::Backup(b), hello)
                 }
@@ -232,14 +237,20 @@ impl CopyActor {
         match built {
             Ok((role, effects)) => {
                 self.role = role;
-                // In sync again only once the primary of this epoch speaks.
-                self.in_sync_at = None;
                 effects
             }
             Err(e) => {
                 self.fail(format!("cannot read shard state: {e}"));
                 vec![]
             }
+        }
+    }
+
+    /// Before the backup state machine is replaced: remember its last word
+    /// from a primary (see `primary_contact`).
+    fn keep_contact(&mut self) {
+        if let Role::Backup(b) = &self.role {
+            self.primary_contact = b.primary_contact();
         }
     }
 
@@ -513,6 +524,13 @@ impl CopyActor {
     fn flushed(&mut self, res: Result<Done, StoreError>, ctx: &mut Context<Self>) {
         match res {
             Ok(done) => {
+                if let Some(&(upto, _)) = done.applied.last() {
+                    match &mut self.role {
+                        Role::Primary(p) => p.on_applied(upto),
+                        Role::Backup(b) => b.on_applied(upto),
+                        Role::Installing => {}
+                    }
+                }
                 for (seq, res) in done.applied {
                     if let Some(reply) = self.waiting.remove(&seq) {
                         let _ = reply.send(res.map_err(DataError::from));
@@ -586,12 +604,9 @@ impl Handler<Reconfigure> for CopyActor {
                 ))));
             }
         }
-        // Copies are (re)added to a shard only as learners: a copy that was
-        // a member and comes back as a learner left the configuration and
-        // missed its epochs. It may hold entries no member has (a cut-off
-        // primary's uncommitted tail) below the new primary's commit point,
-        // where log reconciliation cannot see them: discard it, copy afresh.
-        let rejoining = copy.role == LocalRole::Learner && self.copy.role != LocalRole::Learner;
+        // A member coming back as a learner may hold entries reconciliation
+        // cannot see: discard the copy, copy afresh (see the function).
+        let rejoining = rejoin_discards_copy(self.copy.role, copy.role);
         self.copy = copy;
         if matches!(self.role, Role::Installing) {
             self.publish(ctx);
@@ -601,7 +616,7 @@ impl Handler<Reconfigure> for CopyActor {
             info!(shard = %self.key, epoch = self.copy.replicas.epoch, "rejoining as a learner: discarding this copy and copying the shard afresh");
             self.to_persist.clear();
             self.pending_apply = None;
-            self.in_sync_at = None;
+            self.keep_contact();
             self.role = Role::Installing;
             self.publish(ctx);
             self.install(ctx);
@@ -648,15 +663,7 @@ impl Handler<Replicate> for CopyActor {
         }
         let effects = match &mut self.role {
             Role::Primary(p) => p.on_message(&from, msg, now_ms()),
-            Role::Backup(b) => {
-                if from == self.copy.replicas.primary {
-                    self.primary_contact = now_ms();
-                    if matches!(&msg, ReplMsg::Prepare { epoch, .. } if *epoch == b.epoch()) {
-                        self.in_sync_at = Some(self.primary_contact);
-                    }
-                }
-                b.on_message(&from, msg)
-            }
+            Role::Backup(b) => b.on_message(&from, msg, now_ms()),
             Role::Installing => return,
         };
         self.run(effects, ctx);
@@ -712,85 +719,19 @@ impl Handler<Write> for CopyActor {
 }
 
 impl CopyActor {
-    /// The last entry the rows reflect (what the group commit has applied,
-    /// which may trail the state machine's commit point by a turn).
-    fn applied(&self) -> Result<Seq, String> {
-        self.env
-            .store
-            .meta(self.id)
-            .map(|m| m.applied)
-            .map_err(|e| format!("shard {} read failed: {e}", self.key))
-    }
-
-    /// Whether this copy may serve a read in `mode` now. A copy serves only
-    /// while it knows it is current: the primary while its lease holds, a
-    /// backup while its primary has sent it a message of its own epoch
-    /// within the lease. So a copy cut off from its shard, or restarted with
-    /// an old map, never serves rows of an epoch it missed.
+    /// Whether this copy may serve a read in `mode` now: its state machine
+    /// decides (`read_permit`: the primary under its lease, a backup in
+    /// sync with its primary, rows holding what the read needs).
     fn check_read(&self, mode: ReadMode) -> Result<(), String> {
         if let Some(e) = self.unavailable() {
             return Err(e);
         }
-        let now = now_ms();
-        match (&self.role, mode) {
-            (Role::Installing, _) => Err(format!(
-                "shard {} is still being copied to this node; read from the primary",
-                self.key
-            )),
-            (Role::Primary(p), _) => {
-                if !p.lease_valid(now) {
-                    return Err(format!(
-                        "shard {} refuses reads: primary lease not held at epoch {}",
-                        self.key,
-                        p.epoch()
-                    ));
-                }
-                // Linearizable only once the rows hold everything committed:
-                // applies are written by the group commit a turn after the
-                // commit point moves (a promoted primary's inherited entries,
-                // acknowledged by its predecessor, included).
-                let applied = self.applied()?;
-                if applied < p.committed() {
-                    return Err(format!(
-                        "shard {} is applying entries {}..={}; retry",
-                        self.key,
-                        applied + 1,
-                        p.committed()
-                    ));
-                }
-                Ok(())
-            }
-            (Role::Backup(_), ReadMode::Strong) => Err(format!(
-                "shard {} is not led here (primary is {}); strong reads go to the primary",
-                self.key, self.copy.replicas.primary
-            )),
-            (Role::Backup(b), ReadMode::Replica | ReadMode::AtLeast(_)) => {
-                let fresh = self
-                    .in_sync_at
-                    .is_some_and(|at| now.saturating_sub(at) <= self.env.lease.lease);
-                if !fresh {
-                    return Err(format!(
-                        "shard {} copy here is not in sync (no word from primary {} at epoch {} within the lease); read from the primary",
-                        self.key,
-                        self.copy.replicas.primary,
-                        b.epoch()
-                    ));
-                }
-                let ReadMode::AtLeast(n) = mode else {
-                    return Ok(());
-                };
-                // What the rows hold, not what the state machine has
-                // committed: applies are written by the group commit.
-                let applied = self.applied()?;
-                if applied < n {
-                    return Err(format!(
-                        "shard {} copy here has applied entry {applied} of {n} the session needs; read from the primary",
-                        self.key
-                    ));
-                }
-                Ok(())
-            }
-        }
+        let permit = match &self.role {
+            Role::Installing => Err(ReadRefusal::Copying),
+            Role::Primary(p) => p.read_permit(mode, now_ms()),
+            Role::Backup(b) => b.read_permit(mode, now_ms()),
+        };
+        permit.map_err(|why| format!("shard {} {why}", self.key))
     }
 }
 

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Effect, Epoch, LogEntry, Millis, ReplMsg, Seq};
+use super::{Effect, Epoch, LeaseConfig, LogEntry, Millis, ReadRefusal, ReplMsg, Seq};
 
 use crate::cluster_map::NodeId;
+use crate::wire::ReadMode;
 
 /// Out-of-order entries a backup keeps while it waits for a gap to fill;
 /// beyond it they are dropped and come again with the primary's resend.
@@ -19,8 +20,11 @@ pub struct Backup {
     logged: Seq,
     /// Asked the disk to write up to here.
     persisting: Seq,
-    /// Applied up to here.
+    /// Handed to the actor to apply (`Effect::Commit`) up to here.
     applied: Seq,
+    /// The rows reflect every entry up to here (`on_applied`): they reach
+    /// `applied` a group commit later.
+    rows: Seq,
     /// The primary's commit point as last heard.
     primary_committed: Seq,
     /// Entries past a gap.
@@ -35,20 +39,36 @@ pub struct Backup {
     /// The primary said nothing commits without our ack any more (see
     /// `ReplMsg::Prepare::counted`).
     counted: bool,
+    cfg: LeaseConfig,
+    /// When the primary last sent us a message of our epoch: the copy is in
+    /// sync (serves replica reads) for a lease from then.
+    in_sync_at: Option<Millis>,
+    /// When the configured primary last sent us anything (any epoch, any
+    /// message). Carried from backup to backup of the same copy
+    /// (`carry_contact`): a promoted primary waits out the old lease from
+    /// it (`reconfigure::takeover_not_before`).
+    contact: Millis,
 }
 
 impl Backup {
     /// A backup for `epoch` of `primary`, whose durable log ends at `logged`
     /// and which has applied up to `applied`. `reconcile` is `Some(tail)`
     /// when the log was written in an older epoch: the `(seq, epoch)` of its
-    /// entries after `applied` (see `EpochHistory::agreement`).
+    /// entries after `applied` (see `EpochHistory::agreement`). It is in
+    /// sync (serves replica reads) only once its primary speaks.
     pub fn new(
         epoch: Epoch,
         primary: NodeId,
         logged: Seq,
         applied: Seq,
         reconcile: Option<Vec<(Seq, Epoch)>>,
+        cfg: LeaseConfig,
     ) -> Self {
+        debug_assert!(applied <= logged, "applied {applied} past the log {logged}");
+        debug_assert!(
+            reconcile.iter().flatten().all(|(_, e)| *e <= epoch),
+            "a log written in an older epoch holds an entry of a newer one"
+        );
         Self {
             reconcile,
             heard: false,
@@ -58,9 +78,62 @@ impl Backup {
             logged,
             persisting: logged,
             applied,
+            rows: applied,
             primary_committed: applied,
             buffer: BTreeMap::new(),
             last_sent_at: 0,
+            cfg,
+            in_sync_at: None,
+            contact: 0,
+        }
+    }
+
+    /// Keeps the last word from a primary that an earlier backup of this
+    /// copy had (`previous.primary_contact()`), until ours speaks.
+    pub fn carry_contact(mut self, at: Millis) -> Self {
+        self.contact = self.contact.max(at);
+        self
+    }
+
+    /// When the configured primary (or an earlier backup's, see
+    /// `carry_contact`) last sent this copy anything; 0 if never.
+    pub fn primary_contact(&self) -> Millis {
+        self.contact
+    }
+
+    /// Whether the primary sent us a message of our epoch within the lease.
+    pub fn in_sync(&self, now: Millis) -> bool {
+        self.in_sync_at
+            .is_some_and(|at| now.saturating_sub(at) <= self.cfg.lease)
+    }
+
+    /// Whether this copy may serve a read in `mode` at `now`: never a
+    /// strong one (those go to the primary); a replica or session read
+    /// while in sync, a session read `AtLeast(n)` only once the rows hold
+    /// entry `n`.
+    pub fn read_permit(&self, mode: ReadMode, now: Millis) -> Result<(), ReadRefusal> {
+        let needed = match mode {
+            ReadMode::Strong => {
+                return Err(ReadRefusal::NotPrimary {
+                    primary: self.primary.clone(),
+                })
+            }
+            ReadMode::Replica => None,
+            ReadMode::AtLeast(n) => Some(n),
+        };
+        if !self.in_sync(now) {
+            return Err(ReadRefusal::NotInSync {
+                primary: self.primary.clone(),
+                epoch: self.epoch,
+            });
+        }
+        // What the rows hold, not what was handed to the actor to apply.
+        match needed {
+            Some(n) if self.rows < n => Err(ReadRefusal::BehindSession {
+                applied: self.rows,
+                needed: n,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -95,8 +168,17 @@ impl Backup {
         self.reconcile.is_none().then(|| self.ack())
     }
 
-    /// A message from (what claims to be) the primary.
-    pub fn on_message(&mut self, from: &str, msg: ReplMsg) -> Vec<Effect> {
+    /// A message from (what claims to be) the primary, received at `now`.
+    pub fn on_message(&mut self, from: &str, msg: ReplMsg, now: Millis) -> Vec<Effect> {
+        let effects = self.step(from, msg, now);
+        self.check_invariants();
+        effects
+    }
+
+    fn step(&mut self, from: &str, msg: ReplMsg, now: Millis) -> Vec<Effect> {
+        if from == self.primary {
+            self.contact = now;
+        }
         let ReplMsg::Prepare {
             epoch,
             history,
@@ -120,12 +202,18 @@ impl Backup {
         if from != self.primary {
             return vec![]; // same epoch, not our primary: impossible with one map
         }
+        // Our primary, at our epoch: we are in sync (even before reconciling).
+        self.in_sync_at = Some(now);
         let mut effects = Vec::new();
         if let Some(tail) = &self.reconcile {
             // Nothing is taken before we know where our log agrees.
             let Some(history) = history else {
                 return vec![];
             };
+            debug_assert!(
+                tail.iter().all(|(_, e)| *e <= self.epoch),
+                "an epoch went backwards"
+            );
             let keep = history.agreement(self.applied, tail).max(self.applied);
             self.reconcile = None;
             self.persisting = self.persisting.min(keep);
@@ -140,6 +228,7 @@ impl Backup {
         self.last_sent_at = self.last_sent_at.max(sent_at);
         self.primary_committed = self.primary_committed.max(committed);
         for e in entries {
+            debug_assert!(e.epoch <= self.epoch, "entry {} of a newer epoch", e.seq);
             if e.seq > self.persisting && self.buffer.len() < MAX_BUFFERED {
                 self.buffer.entry(e.seq).or_insert(e);
             }
@@ -165,7 +254,39 @@ impl Backup {
         self.logged = self.logged.max(upto.min(self.persisting));
         let mut effects = vec![self.ack()];
         effects.extend(self.apply());
+        self.check_invariants();
         effects
+    }
+
+    /// The rows reflect every entry up to `upto` (the actor applied what
+    /// an `Effect::Commit` asked for; as raft-rs's `advance_apply_to`).
+    pub fn on_applied(&mut self, upto: Seq) {
+        self.rows = self.rows.max(upto);
+        self.check_invariants();
+    }
+
+    /// The invariants of `super` (module docs), checked in debug builds
+    /// after every event.
+    fn check_invariants(&self) {
+        debug_assert!(
+            self.rows <= self.applied,
+            "rows at {} past what was applied ({})",
+            self.rows,
+            self.applied
+        );
+        debug_assert!(
+            self.applied <= self.primary_committed,
+            "applied {} past the primary's commit point {}",
+            self.applied,
+            self.primary_committed
+        );
+        debug_assert!(
+            self.applied <= self.logged && self.logged <= self.persisting,
+            "applied {} <= logged {} <= persisting {} broken",
+            self.applied,
+            self.logged,
+            self.persisting
+        );
     }
 
     fn ack(&self) -> Effect {
@@ -188,5 +309,82 @@ impl Backup {
         } else {
             vec![]
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(epoch: Epoch, committed: Seq, entries: Vec<LogEntry>) -> ReplMsg {
+        ReplMsg::Prepare {
+            epoch,
+            history: None,
+            entries,
+            committed,
+            sent_at: 0,
+            counted: true,
+        }
+    }
+
+    fn refusal(b: &Backup, mode: ReadMode, now: Millis) -> String {
+        format!("shard t/0 {}", b.read_permit(mode, now).unwrap_err())
+    }
+
+    #[test]
+    fn a_backup_serves_replica_reads_only_while_its_primary_speaks_at_its_epoch() {
+        let cfg = LeaseConfig::default();
+        let mut b = Backup::new(3, "p".into(), 0, 0, None, cfg);
+        let not_in_sync = "shard t/0 copy here is not in sync (no word from primary p at epoch 3 within the lease); read from the primary";
+        assert_eq!(
+            refusal(&b, ReadMode::Replica, 0),
+            not_in_sync,
+            "not before it hears"
+        );
+        // Another node, or an older epoch, does not count.
+        b.on_message("q", prepare(3, 0, vec![]), 10);
+        b.on_message("p", prepare(2, 0, vec![]), 10);
+        assert_eq!(refusal(&b, ReadMode::Replica, 10), not_in_sync);
+        assert_eq!(
+            b.primary_contact(),
+            10,
+            "any word from the primary is contact"
+        );
+        b.on_message("p", prepare(3, 0, vec![]), 20);
+        assert_eq!(b.read_permit(ReadMode::Replica, 20), Ok(()));
+        assert_eq!(b.read_permit(ReadMode::Replica, 20 + cfg.lease), Ok(()));
+        assert_eq!(refusal(&b, ReadMode::Replica, 21 + cfg.lease), not_in_sync);
+        assert_eq!(
+            refusal(&b, ReadMode::Strong, 20),
+            "shard t/0 is not led here (primary is p); strong reads go to the primary"
+        );
+    }
+
+    #[test]
+    fn a_session_read_waits_for_the_rows_not_the_commit_point() {
+        let mut b = Backup::new(1, "p".into(), 0, 0, None, LeaseConfig::default());
+        let entry = LogEntry {
+            epoch: 1,
+            seq: 1,
+            op: vec![],
+        };
+        b.on_message("p", prepare(1, 1, vec![entry]), 0);
+        assert!(b.on_persisted(1).contains(&Effect::Commit { upto: 1 }));
+        assert_eq!(
+            refusal(&b, ReadMode::AtLeast(1), 0),
+            "shard t/0 copy here has applied entry 0 of 1 the session needs; read from the primary"
+        );
+        b.on_applied(1);
+        assert_eq!(b.read_permit(ReadMode::AtLeast(1), 0), Ok(()));
+    }
+
+    #[test]
+    fn the_last_contact_is_carried_to_the_next_backup_of_the_copy() {
+        let b = Backup::new(4, "p".into(), 0, 0, None, LeaseConfig::default()).carry_contact(700);
+        assert_eq!(b.primary_contact(), 700);
+        assert!(
+            b.read_permit(ReadMode::Replica, 700).is_err(),
+            "contact is not sync"
+        );
     }
 }

@@ -1,9 +1,14 @@
 //! PacificA-style primary-backup replication of one shard, as pure state
 //! machines: [`Primary`] and [`Backup`] take events (a proposal, a message,
-//! a finished disk write, the time) and return [`Effect`]s for their actor to
-//! carry out (write the log, send, apply). No I/O and no clocks inside, so the
+//! a finished disk write, a finished apply, the time) and return [`Effect`]s
+//! for their actor to carry out (write the log, send, apply). They also
+//! decide whether the copy may serve a read now (`read_permit`, refusing
+//! with a [`ReadRefusal`]), and [`reconfigure`]'s functions decide what a
+//! copy keeps when its role changes. No I/O and no clocks inside, so the
 //! protocol is tested by simulation (`sim` tests: loss, reordering,
-//! duplication, slow disks, epoch changes).
+//! duplication, slow disks, epoch changes, failover with the old primary
+//! still running; every read a copy admits is checked against the
+//! acknowledged writes).
 //!
 //! The rules that keep acknowledged writes safe:
 //! - the primary assigns `(epoch, seq)`; an entry is committed, applied and
@@ -17,7 +22,13 @@
 //!   primary's *send* time (echoed back in acks), so no clock sync is needed.
 //!   A promoted primary takes no writes and serves no strong reads until
 //!   `grace` (longer than the lease, see `LeaseConfig::check`) has passed
-//!   since it last heard from the old primary, so two leases never overlap.
+//!   since it last heard from the old primary
+//!   ([`reconfigure::takeover_not_before`]), so two leases never overlap.
+//!   A backup serves replica and session reads only while its primary has
+//!   sent it a message of its own epoch within the lease. Reads are judged
+//!   on what the rows hold (reported by `on_applied`), not on the commit
+//!   point: the primary serves once its rows reach its commit point, a
+//!   backup serves a session read once they reach the session's entry;
 //! - reconciliation (as Kafka's leader-epoch truncation): a backup entering
 //!   a new epoch compares the epochs of its uncommitted tail with the new
 //!   primary's ([`EpochHistory`]) and keeps its log only up to the last entry
@@ -35,9 +46,22 @@
 //!   acknowledged entry, like every other member, even if the primary dies
 //!   before it hears of the change (judged on its own view of the commit
 //!   point, it could lack what was committed since it last heard).
+//!
+//! Invariants, asserted (`debug_assert!`) after every event and so checked
+//! across every simulated schedule:
+//! - on the primary, applied ≤ committed ≤ persisted ≤ last seq, and what a
+//!   backup acked ≤ last seq (`applied`: what the rows reflect, reported by
+//!   `on_applied`);
+//! - on a backup, rows applied ≤ handed to apply ≤ the primary's commit
+//!   point as heard, and applied ≤ logged ≤ asked to persist;
+//! - epochs only grow: a primary carried into a new epoch comes from an
+//!   older one, and a backup holds and takes no entry of a newer epoch than
+//!   its own.
 
 mod backup;
 mod primary;
+mod read;
+pub mod reconfigure;
 #[cfg(test)]
 mod sim;
 
@@ -45,6 +69,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backup::Backup;
 pub use primary::{Primary, ProposeError};
+pub use read::ReadRefusal;
 
 use crate::cluster_map::NodeId;
 

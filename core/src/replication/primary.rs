@@ -2,8 +2,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{Effect, Epoch, EpochHistory, LeaseConfig, LogEntry, Millis, ReplMsg, Seq};
+use super::{
+    Effect, Epoch, EpochHistory, LeaseConfig, LogEntry, Millis, ReadRefusal, ReplMsg, Seq,
+};
 use crate::cluster_map::NodeId;
+use crate::wire::ReadMode;
 
 /// Why a proposal was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +77,9 @@ pub struct Primary {
     /// Our own log is durable up to here.
     persisted: Seq,
     committed: Seq,
+    /// The rows reflect every entry up to here (`on_applied`): they reach
+    /// `committed` a group commit after it moves.
+    applied: Seq,
     /// Members (this primary and its backups) a write needs.
     min_copies: usize,
     /// When this primary first saw the time (its first tick or proposal).
@@ -118,6 +124,7 @@ impl Primary {
             last_seq,
             persisted: last_seq,
             committed,
+            applied: committed,
             min_copies: 1,
             since: None,
         }
@@ -181,6 +188,7 @@ impl Primary {
     /// them can have followed anyone else meanwhile), so strong reads do
     /// not pause at every reconfiguration.
     pub fn carry_lease_from(mut self, previous: &Primary) -> Self {
+        debug_assert!(previous.epoch <= self.epoch, "an epoch went backwards");
         for (id, peer) in self.peers.iter_mut() {
             if let Some(old) = previous.peers.get(id).filter(|p| p.voting) {
                 peer.heard_at = old.heard_at;
@@ -205,6 +213,51 @@ impl Primary {
         now >= self.not_before
             && self.committed >= self.history.last
             && self.lease_problem(now).is_none()
+    }
+
+    /// Whether this primary may serve a read (in any mode) at `now`: only
+    /// under its lease (see `lease_valid`), and only once its rows hold
+    /// everything it committed. Applies are written a group commit after
+    /// the commit point moves; a promoted primary's inherited entries,
+    /// acknowledged by its predecessor, are among them.
+    pub fn read_permit(&self, _mode: ReadMode, now: Millis) -> Result<(), ReadRefusal> {
+        if !self.lease_valid(now) {
+            return Err(ReadRefusal::NoLease { epoch: self.epoch });
+        }
+        if self.applied < self.committed {
+            return Err(ReadRefusal::Applying {
+                from: self.applied + 1,
+                upto: self.committed,
+            });
+        }
+        Ok(())
+    }
+
+    /// The rows reflect every entry up to `upto` (the actor applied what
+    /// an `Effect::Commit` asked for; as raft-rs's `advance_apply_to`).
+    pub fn on_applied(&mut self, upto: Seq) {
+        self.applied = self.applied.max(upto);
+        self.check_invariants();
+    }
+
+    /// The invariants of `super` (module docs), checked in debug builds
+    /// after every event.
+    fn check_invariants(&self) {
+        debug_assert!(
+            self.applied <= self.committed
+                && self.committed <= self.persisted
+                && self.persisted <= self.last_seq,
+            "applied {} <= committed {} <= persisted {} <= last {} broken",
+            self.applied,
+            self.committed,
+            self.persisted,
+            self.last_seq
+        );
+        debug_assert!(
+            self.peers.values().all(|p| p.acked <= self.last_seq),
+            "a backup acked past the last entry {}",
+            self.last_seq
+        );
     }
 
     /// What a peer that has not answered in this epoch needs to reconcile.
@@ -299,17 +352,26 @@ impl Primary {
                 },
             });
         }
+        self.check_invariants();
         Ok((entry.seq, effects))
     }
 
     /// Our own log is durable up to `upto`.
     pub fn on_persisted(&mut self, upto: Seq) -> Vec<Effect> {
         self.persisted = self.persisted.max(upto.min(self.last_seq));
-        self.advance()
+        let effects = self.advance();
+        self.check_invariants();
+        effects
     }
 
     /// A message from a backup.
     pub fn on_message(&mut self, from: &str, msg: ReplMsg, now: Millis) -> Vec<Effect> {
+        let effects = self.step(from, msg, now);
+        self.check_invariants();
+        effects
+    }
+
+    fn step(&mut self, from: &str, msg: ReplMsg, now: Millis) -> Vec<Effect> {
         match msg {
             ReplMsg::Ack {
                 epoch,
@@ -372,9 +434,12 @@ impl Primary {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        due.into_iter()
+        let effects = due
+            .into_iter()
             .flat_map(|id| self.resend(&id, now))
-            .collect()
+            .collect();
+        self.check_invariants();
+        effects
     }
 
     /// Sends a backup everything it has not acknowledged (at most a window),
@@ -496,6 +561,60 @@ mod tests {
         assert!(
             primary(&[]).propose(vec![], 0).is_ok(),
             "min 1: a lone copy writes"
+        );
+    }
+
+    #[test]
+    fn a_primary_reads_under_its_lease_once_its_rows_hold_its_commits() {
+        let cfg = LeaseConfig::default();
+        let backups = ["b".to_string()];
+        let refusal = |p: &Primary, now| {
+            format!(
+                "shard t/0 {}",
+                p.read_permit(ReadMode::Strong, now).unwrap_err()
+            )
+        };
+        // Promoted at epoch 2: waits for the old lease to end.
+        let mut p = Primary::new(2, &backups, &[], 0, vec![], cfg, 1500);
+        assert_eq!(
+            refusal(&p, 1000),
+            "shard t/0 refuses reads: primary lease not held at epoch 2"
+        );
+        p.on_message(
+            "b",
+            ReplMsg::Ack {
+                epoch: 2,
+                logged: 0,
+                echo: 1400,
+            },
+            1450,
+        );
+        assert_eq!(p.read_permit(ReadMode::Strong, 1500), Ok(()));
+        let (_, _) = p.propose(vec![], 1500).unwrap();
+        p.on_persisted(1);
+        p.on_message(
+            "b",
+            ReplMsg::Ack {
+                epoch: 2,
+                logged: 1,
+                echo: 1500,
+            },
+            1510,
+        );
+        assert_eq!(p.committed(), 1);
+        // Committed, not yet in the rows: every mode waits.
+        for mode in [ReadMode::Strong, ReadMode::Replica, ReadMode::AtLeast(0)] {
+            assert_eq!(
+                format!("shard t/0 {}", p.read_permit(mode, 1510).unwrap_err()),
+                "shard t/0 is applying entries 1..=1; retry"
+            );
+        }
+        p.on_applied(1);
+        assert_eq!(p.read_permit(ReadMode::Strong, 1510), Ok(()));
+        // The backup silent for longer than the lease: no more reads.
+        assert_eq!(
+            refusal(&p, 1501 + cfg.lease),
+            "shard t/0 refuses reads: primary lease not held at epoch 2"
         );
     }
 

@@ -1,14 +1,25 @@
 //! Simulation tests of the replication state machines: one primary and two
 //! backups over a network that loses, reorders and duplicates messages, with
-//! disks that finish writes late, under random schedules (proptest). The
+//! disks that finish writes late and rows that trail the commit point (an
+//! apply is its own step), under random schedules (proptest). The
 //! invariants are checked after every step; a quiet phase at the end checks
 //! that everything proposed gets committed everywhere.
+//!
+//! Reads: at random steps, and on every copy in every mode at each round of
+//! the quiet phase, a copy is asked for a read; whenever its `read_permit`
+//! admits one, what its rows hold is checked: a strong read sees every entry
+//! acknowledged so far, a session read `AtLeast(n)` every entry up to `n`,
+//! and no read sees an entry that was not acknowledged. After a failover the
+//! old primary keeps running, cut off, with its lease, so the lease and the
+//! promoted primary's wait are what keep its reads right.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 
+use super::reconfigure::takeover_not_before;
 use super::*;
+use crate::wire::ReadMode;
 
 const P: &str = "p";
 const BACKUPS: [&str; 2] = ["b1", "b2"];
@@ -20,6 +31,11 @@ enum Step {
     Drop(usize),
     Duplicate(usize),
     Disk(usize),
+    /// A copy applies what it was told is committed (its rows catch up).
+    Apply(usize),
+    /// A client reads from copy `.0` in mode `.1` (session token picked by
+    /// `.2` among the acknowledged entries).
+    Read(usize, u8, usize),
     Tick(u8),
 }
 
@@ -30,6 +46,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<usize>().prop_map(Step::Drop),
         1 => any::<usize>().prop_map(Step::Duplicate),
         4 => any::<usize>().prop_map(Step::Disk),
+        3 => any::<usize>().prop_map(Step::Apply),
+        3 => (any::<usize>(), any::<u8>(), any::<usize>()).prop_map(|(n, m, t)| Step::Read(n, m, t)),
         2 => (1u8..120).prop_map(Step::Tick),
     ]
 }
@@ -39,10 +57,19 @@ struct World {
     /// Who leads now (`p` until a failover).
     lead: String,
     primary: Primary,
+    /// After a failover: the old primary, still running but cut off (the
+    /// new configuration refuses its epoch).
+    deposed: Option<(String, Primary)>,
     /// Crashed nodes: they send and receive nothing.
     dead: BTreeSet<String>,
     /// Every entry a primary committed (and so acknowledged to a client).
     acked: BTreeMap<Seq, LogEntry>,
+    /// What clients have seen: entries acknowledged to their writer (by the
+    /// primary that proposed them: a promoted primary commits what it
+    /// inherited before the old lease is over, and acknowledges it to
+    /// nobody), and what strong reads returned. A strong read must see all
+    /// of it.
+    visible: BTreeMap<Seq, LogEntry>,
     backups: BTreeMap<String, Backup>,
     /// Durable logs.
     logs: BTreeMap<String, BTreeMap<Seq, LogEntry>>,
@@ -50,6 +77,11 @@ struct World {
     disks: BTreeMap<String, VecDeque<Vec<LogEntry>>>,
     net: Vec<(String, String, ReplMsg)>,
     applied: BTreeMap<String, Seq>,
+    /// What each node's rows reflect (`on_applied`); they catch up with
+    /// `applied` at `Step::Apply`.
+    rows: BTreeMap<String, Seq>,
+    /// Reads admitted and checked.
+    reads: usize,
     /// After an epoch change: the backups moved to epoch 2.
     switched: bool,
     persists_after_switch: usize,
@@ -77,16 +109,20 @@ impl World {
             now: 0,
             lead: P.into(),
             primary: Primary::new(1, &backups, &[], 0, vec![], cfg(), 0),
+            deposed: None,
             dead: BTreeSet::new(),
             acked: BTreeMap::new(),
+            visible: BTreeMap::new(),
             backups: backups
                 .iter()
-                .map(|b| (b.clone(), Backup::new(1, P.into(), 0, 0, None)))
+                .map(|b| (b.clone(), Backup::new(1, P.into(), 0, 0, None, cfg())))
                 .collect(),
             logs,
             disks,
             net: Vec::new(),
             applied: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            reads: 0,
             switched: false,
             persists_after_switch: 0,
         }
@@ -132,18 +168,38 @@ impl World {
                         upto > before,
                         "{node} committed backwards: {before} -> {upto}"
                     );
-                    if node == self.lead {
+                    let epoch = if node == self.lead {
                         self.check_committed_everywhere(upto);
+                        Some(self.primary.epoch())
+                    } else {
+                        // The cut-off old primary commits too.
+                        self.deposed
+                            .as_ref()
+                            .filter(|(d, _)| d == node)
+                            .map(|(_, p)| p.epoch())
+                    };
+                    if let Some(epoch) = epoch {
                         for seq in before + 1..=upto {
                             let e = self.logs[node][&seq].clone();
                             if let Some(old) = self.acked.insert(seq, e.clone()) {
                                 assert_eq!(old, e, "acknowledged entry {seq} changed");
                             }
+                            // Its writer hears of it from the primary that
+                            // proposed it (a promoted primary has nobody
+                            // waiting for what it inherited).
+                            if e.epoch == epoch {
+                                self.visible.insert(seq, e);
+                            }
                         }
                     }
                 }
                 Effect::FetchMap { seen } => {
-                    assert!(seen > 1 && node == self.lead || self.switched || !self.dead.is_empty())
+                    assert!(
+                        seen > 1 && node == self.lead
+                            || self.switched
+                            || self.deposed.is_some()
+                            || !self.dead.is_empty()
+                    )
                 }
             }
         }
@@ -195,10 +251,41 @@ impl World {
     fn apply(&mut self, s: Step) {
         match s {
             Step::Propose(b) => {
-                if let Ok((_, fx)) = self.primary.propose(vec![b], self.now) {
+                // Some clients still write to the old primary.
+                if let Some((old, p)) = self.deposed.as_mut().filter(|_| b % 4 == 0) {
+                    let old = old.clone();
+                    if let Ok((_, fx)) = p.propose(vec![b], self.now) {
+                        self.run(&old, fx);
+                    }
+                } else if let Ok((_, fx)) = self.primary.propose(vec![b], self.now) {
                     let lead = self.lead.clone();
                     self.run(&lead, fx);
                 }
+            }
+            Step::Apply(i) => {
+                let behind: Vec<String> = self
+                    .applied
+                    .iter()
+                    .filter(|(n, upto)| {
+                        !self.dead.contains(*n) && **upto > self.rows.get(*n).copied().unwrap_or(0)
+                    })
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if !behind.is_empty() {
+                    self.finish_apply(&behind[i % behind.len()].clone());
+                }
+            }
+            Step::Read(n, m, t) => {
+                let nodes = self.copies();
+                let tokens: Vec<Seq> = std::iter::once(0)
+                    .chain(self.visible.keys().copied())
+                    .collect();
+                let mode = match m % 3 {
+                    0 => ReadMode::Strong,
+                    1 => ReadMode::Replica,
+                    _ => ReadMode::AtLeast(tokens[t % tokens.len()]),
+                };
+                self.read(&nodes[n % nodes.len()].clone(), mode);
             }
             Step::Deliver(i) if !self.net.is_empty() => {
                 let (from, to, msg) = self.net.remove(i % self.net.len());
@@ -230,6 +317,8 @@ impl World {
                     }
                     let fx = if *node == self.lead {
                         self.primary.on_persisted(upto)
+                    } else if let Some((_, p)) = self.deposed.as_mut().filter(|(d, _)| d == node) {
+                        p.on_persisted(upto)
                     } else {
                         self.backups.get_mut(node).unwrap().on_persisted(upto)
                     };
@@ -242,6 +331,11 @@ impl World {
                 let fx = self.primary.on_tick(self.now);
                 let lead = self.lead.clone();
                 self.run(&lead, fx);
+                if let Some((old, p)) = self.deposed.as_mut() {
+                    let old = old.clone();
+                    let fx = p.on_tick(self.now);
+                    self.run(&old, fx);
+                }
             }
             _ => {}
         }
@@ -254,12 +348,118 @@ impl World {
         }
         let fx = if to == self.lead {
             self.primary.on_message(from, msg, self.now)
+        } else if let Some((_, p)) = self.deposed.as_mut().filter(|(d, _)| d == to) {
+            p.on_message(from, msg, self.now)
         } else if let Some(b) = self.backups.get_mut(to) {
-            b.on_message(from, msg)
+            b.on_message(from, msg, self.now)
         } else {
             return; // the new epoch's primary is not simulated
         };
         self.run(to, fx);
+    }
+
+    /// The live nodes running a state machine.
+    fn copies(&self) -> Vec<String> {
+        std::iter::once(self.lead.clone())
+            .chain(self.deposed.iter().map(|(d, _)| d.clone()))
+            .chain(self.backups.keys().cloned())
+            .filter(|n| !self.dead.contains(n))
+            .collect()
+    }
+
+    /// `node`'s rows catch up with what it was told to apply.
+    fn finish_apply(&mut self, node: &str) {
+        let Some(upto) = self.applied.get(node).copied() else {
+            return;
+        };
+        let rows = self.rows.get(node).copied().unwrap_or(0);
+        if upto <= rows {
+            return;
+        }
+        for seq in rows + 1..=upto {
+            assert!(
+                self.logs[node].contains_key(&seq),
+                "{node} applies entry {seq} it has not logged"
+            );
+        }
+        self.rows.insert(node.to_string(), upto);
+        if node == self.lead {
+            self.primary.on_applied(upto);
+        } else if let Some((_, p)) = self.deposed.as_mut().filter(|(d, _)| d == node) {
+            p.on_applied(upto);
+        } else if let Some(b) = self.backups.get_mut(node) {
+            b.on_applied(upto);
+        }
+    }
+
+    /// A client reads from `node` in `mode`: if the copy admits it, what
+    /// its rows hold must be what the mode promises.
+    fn read(&mut self, node: &str, mode: ReadMode) {
+        if self.dead.contains(node) {
+            return;
+        }
+        let permit = if node == self.lead {
+            self.primary.read_permit(mode, self.now)
+        } else if let Some((_, p)) = self.deposed.as_ref().filter(|(d, _)| d == node) {
+            p.read_permit(mode, self.now)
+        } else if let Some(b) = self.backups.get(node) {
+            b.read_permit(mode, self.now)
+        } else {
+            return;
+        };
+        if permit.is_err() {
+            return;
+        }
+        self.reads += 1;
+        let rows = self.rows.get(node).copied().unwrap_or(0);
+        let log = &self.logs[node];
+        let at = self.now;
+        // Only committed entries, with their content.
+        for seq in 1..=rows {
+            assert_eq!(
+                self.acked.get(&seq),
+                log.get(&seq),
+                "{node} served a {mode:?} read at {at} with entry {seq} not as committed"
+            );
+        }
+        let needed = match mode {
+            // Everything acknowledged or read so far.
+            ReadMode::Strong => self.visible.keys().last().copied().unwrap_or(0),
+            ReadMode::Replica => 0,
+            // The session's entry and everything before it.
+            ReadMode::AtLeast(n) => n,
+        };
+        assert!(
+            rows >= needed,
+            "{node} served a {mode:?} read at {at} with rows at {rows}, missing acknowledged entries up to {needed}"
+        );
+        for (seq, e) in self.visible.range(..=rows) {
+            assert_eq!(
+                log.get(seq),
+                Some(e),
+                "{node} served a {mode:?} read at {at} with entry {seq} not as acknowledged"
+            );
+        }
+        if mode == ReadMode::Strong {
+            let seen: Vec<(Seq, LogEntry)> =
+                log.range(..=rows).map(|(s, e)| (*s, e.clone())).collect();
+            self.visible.extend(seen);
+        }
+    }
+
+    /// Every copy is asked for a read in every mode.
+    fn read_everywhere(&mut self) {
+        let last = self.visible.keys().last().copied().unwrap_or(0);
+        for node in self.copies() {
+            for mode in [
+                ReadMode::Strong,
+                ReadMode::Replica,
+                ReadMode::AtLeast(last),
+                ReadMode::AtLeast(last / 2),
+            ] {
+                self.read(&node, mode);
+            }
+        }
     }
 
     /// No more faults: deliver everything, finish every write, tick.
@@ -280,6 +480,11 @@ impl World {
                     self.apply(Step::Disk(i));
                 }
             }
+            self.read_everywhere();
+            for n in self.copies() {
+                self.finish_apply(&n);
+            }
+            self.read_everywhere();
             if self.net.is_empty() {
                 self.apply(Step::Tick(60));
             }
@@ -305,7 +510,7 @@ impl World {
         );
     }
 
-    /// The primary crashes; the coordinator promotes backup number `pick`
+    /// The primary is cut off; the coordinator promotes backup number `pick`
     /// (any member of the configuration will do: each has every committed
     /// entry) in epoch 2, and the other backup follows it.
     fn fail_over(&mut self, pick: usize) {
@@ -314,12 +519,15 @@ impl World {
         self.fail_over_to(new_lead, other, 2);
     }
 
-    /// The primary crashes; the coordinator promotes `new_lead` in `epoch`,
-    /// and `other` follows it. Anyone else is out of the configuration.
+    /// The primary is cut off; the coordinator promotes `new_lead` in
+    /// `epoch`, and `other` follows it. Anyone else is out of the
+    /// configuration. The old primary goes on running (unless dead): it
+    /// only hears answers still in flight and refusals, and serves reads
+    /// while its lease lasts.
     fn fail_over_to(&mut self, new_lead: &str, other: &str, epoch: Epoch) {
-        self.dead.insert(self.lead.clone());
-        // The survivors' actors finish their pending disk writes before
-        // they take the new configuration.
+        assert!(epoch > self.primary.epoch(), "epochs only grow");
+        // The survivors' actors finish their pending disk writes and
+        // applies before they take the new configuration.
         for b in [new_lead, other] {
             while let Some(batch) = self.disks.get_mut(b).unwrap().pop_front() {
                 let log = self.logs.get_mut(b).unwrap();
@@ -327,7 +535,11 @@ impl World {
                     log.entry(e.seq).or_insert(e);
                 }
             }
+            self.finish_apply(b);
         }
+        // The new primary waits out the old lease from its last word from
+        // the old primary.
+        let contact = self.backups[new_lead].primary_contact();
         let logged = |w: &World, n: &str| {
             let mut s = 0;
             while w.logs[n].contains_key(&(s + 1)) {
@@ -342,14 +554,14 @@ impl World {
             .range(applied + 1..last + 1)
             .map(|(_, e)| e.clone())
             .collect();
-        self.primary = Primary::new(
+        let primary = Primary::new(
             epoch,
             std::slice::from_ref(&other),
             &[],
             applied,
             inherited,
             cfg(),
-            self.now + cfg().grace,
+            takeover_not_before(epoch, false, contact, &cfg()),
         );
         let other_logged = logged(self, &other);
         let other_applied = self.applied.get(&other).copied().unwrap_or(0);
@@ -366,19 +578,27 @@ impl World {
                 other_logged,
                 other_applied,
                 Some(tail),
+                cfg(),
             ),
         );
-        self.lead = new_lead;
+        let old = std::mem::replace(&mut self.lead, new_lead);
+        if !self.dead.contains(&old) {
+            let deposed = std::mem::replace(&mut self.primary, primary);
+            self.deposed = Some((old, deposed));
+        } else {
+            self.primary = primary;
+        }
     }
 
     /// The map adds learner `l` with an empty copy (it is fed from the
     /// primary's durable log).
     fn add_learner(&mut self, l: &str) {
         let backups: Vec<String> = BACKUPS.iter().map(|b| b.to_string()).collect();
+        self.finish_apply(P);
         let committed = self.primary.committed();
         self.primary = Primary::new(1, &backups, &[l.into()], committed, vec![], cfg(), 0);
         self.backups
-            .insert(l.into(), Backup::new(1, P.into(), 0, 0, None));
+            .insert(l.into(), Backup::new(1, P.into(), 0, 0, None, cfg()));
         self.logs.insert(l.into(), BTreeMap::new());
         self.disks.insert(l.into(), VecDeque::new());
     }
@@ -460,6 +680,9 @@ proptest! {
             w.apply(s);
         }
         w.switched = true;
+        for b in BACKUPS {
+            w.finish_apply(b);
+        }
         let states: Vec<(String, Seq, Seq)> = w
             .backups
             .iter()
@@ -472,7 +695,7 @@ proptest! {
         }
         for (n, logged, applied) in states {
             let tail = w.logs[&n].range(applied + 1..logged.max(applied) + 1).map(|(s, e)| (*s, e.epoch)).collect();
-            w.backups.insert(n, Backup::new(2, "p2".into(), logged, applied, Some(tail)));
+            w.backups.insert(n, Backup::new(2, "p2".into(), logged, applied, Some(tail), cfg()));
         }
         for s in after {
             w.apply(s);
@@ -484,10 +707,12 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
-    /// The primary crashes at a random point of a faulty run and either
-    /// backup is promoted: every entry any primary acknowledged survives
-    /// with its content, and once faults stop both survivors hold the same
-    /// log and apply all of it.
+    /// The primary is cut off at a random point of a faulty run (it goes on
+    /// running, and serving reads under its lease) and either backup is
+    /// promoted: every entry any primary acknowledged survives with its
+    /// content, every admitted read sees what it must (checked at each
+    /// step), and once faults stop both survivors hold the same log and
+    /// apply all of it.
     #[test]
     fn no_acknowledged_entry_is_lost_across_a_failover(
         before in proptest::collection::vec(step(), 1..300),
@@ -546,6 +771,8 @@ fn a_promoted_primary_waits_out_the_old_lease() {
     let mut w = World::new();
     w.apply(Step::Propose(1));
     w.settle();
+    // b1 hears the old primary last now.
+    w.heartbeats(1);
     w.fail_over(0);
     let err = w.primary.propose(vec![2], w.now).unwrap_err();
     assert_eq!(
@@ -558,9 +785,46 @@ fn a_promoted_primary_waits_out_the_old_lease() {
 }
 
 #[test]
+fn the_old_primary_serves_strong_reads_until_its_lease_ends_and_the_new_one_only_after() {
+    let mut w = World::new();
+    w.apply(Step::Propose(1));
+    w.settle();
+    w.heartbeats(1);
+    w.fail_over(0);
+    let (mut old_until, mut new_from) = (None, None);
+    for _ in 0..40 {
+        let old = &w.deposed.as_ref().unwrap().1;
+        if old.read_permit(ReadMode::Strong, w.now).is_ok() {
+            old_until = Some(w.now);
+        }
+        if new_from.is_none() && w.primary.read_permit(ReadMode::Strong, w.now).is_ok() {
+            new_from = Some(w.now);
+        }
+        w.read_everywhere();
+        w.heartbeats(1);
+    }
+    let (old_until, new_from) = (old_until.unwrap(), new_from.unwrap());
+    assert!(
+        old_until + cfg().grace - cfg().lease <= new_from,
+        "the old primary read until {old_until}, the new one from {new_from}"
+    );
+    // The new primary's writes are seen by strong reads, and the old
+    // primary serves none any more.
+    w.apply(Step::Propose(2));
+    w.settle();
+    assert_eq!(w.visible.len(), 2);
+    assert!(w.reads > 0);
+    let old = &w.deposed.as_ref().unwrap().1;
+    assert_eq!(
+        old.read_permit(ReadMode::Strong, w.now),
+        Err(ReadRefusal::NoLease { epoch: 1 })
+    );
+}
+
+#[test]
 fn a_clean_handover_needs_no_lease_wait() {
     // b1 takes over from p, which stays as a backup of epoch 2.
-    let mut old = Backup::new(2, "b1".into(), 0, 0, Some(vec![]));
+    let mut old = Backup::new(2, "b1".into(), 0, 0, Some(vec![]), cfg());
     let mut new = Primary::new(2, &["p".into(), "b2".into()], &[], 0, vec![], cfg(), 1500)
         .with_handover_from("p".into());
     assert!(
@@ -575,7 +839,7 @@ fn a_clean_handover_needs_no_lease_wait() {
             _ => None,
         })
         .unwrap();
-    let answer = old.on_message("b1", to_p);
+    let answer = old.on_message("b1", to_p, 100);
     let ack = answer
         .into_iter()
         .find_map(|e| match e {
