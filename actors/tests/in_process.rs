@@ -2,7 +2,8 @@
 //! (tier 2: between core's pure simulation and the multi-process suite).
 //!
 //! Three nodes each hold a copy of one shard (primary `a`, backups `b` and
-//! `c`) on real LMDB in a temporary directory. Their peer messages go
+//! `c`) on real LMDB in a temporary directory; a fourth, `d`, holds nothing
+//! until a test makes it a learner. Their peer messages go
 //! through an in-memory network (`peer_link::mem::MemNet`) the tests cut,
 //! partition, make lossy or slow. No gossip between nodes, no QUIC, no
 //! Raft: the cluster map is fixed (`control::FixedMap`) and each node's
@@ -21,7 +22,7 @@ use tstore_actors::data::store::{ShardId, ShardStore};
 use tstore_actors::dispatch::PeerDispatch;
 use tstore_actors::peer_link::mem::{Filter, Kind, MemNet};
 use tstore_actors::router::Router;
-use tstore_actors::shard::actor::{CopyActor, CopyEnv};
+use tstore_actors::shard::actor::{CopyActor, CopyEnv, Reconfigure};
 use tstore_actors::shard::local::LocalCopies;
 use tstore_actors::shard::snapshot::SnapshotServer;
 use tstore_core::cluster_map::{ClusterMap, MapCommand, Sharding, SplitKey, TableSpec};
@@ -33,7 +34,7 @@ use tstore_core::wire::{DataReply, DataRequest, ErrorKind, ReadMode, ShardReques
 use tstore_membership::{GossipLink, Membership, MembershipConfig, NodeIdentity};
 
 const TABLE: &str = "t";
-const NODES: [&str; 3] = ["a", "b", "c"];
+const NODES: [&str; 4] = ["a", "b", "c", "d"];
 /// Short enough that a lost backup stops writes within a test's patience.
 const LEASE: LeaseConfig = LeaseConfig {
     lease: 300,
@@ -60,14 +61,31 @@ struct Node {
     store: ShardStore,
     membership: Arc<Membership>,
     local: LocalCopies,
-    _copy: Addr<CopyActor>,
+    env: CopyEnv,
     _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Brings the node's copies in line with `map`, as the NodeActor does.
+    fn apply(&self, map: &ClusterMap) {
+        let mut held: BTreeMap<ShardKey, Addr<CopyActor>> = (*self.local.current()).clone();
+        for (key, copy) in tstore_core::shard::wanted(map, self.name) {
+            match held.get(&key) {
+                Some(actor) => actor.do_send(Reconfigure(copy)),
+                None => {
+                    let actor = CopyActor::new(key.clone(), copy, self.env.clone()).start();
+                    held.insert(key, actor);
+                }
+            }
+        }
+        self.local.replace(held);
+    }
 }
 
 struct Cluster {
     net: MemNet,
     map: MapView,
-    _fixed: FixedMap,
+    fixed: FixedMap,
     nodes: Vec<Node>,
     shard: ShardId,
     client: ClientId,
@@ -139,23 +157,21 @@ impl Cluster {
                 link: net.link(name),
                 lease: LEASE,
             };
-            let mut copies = tstore_core::shard::wanted(&map, name).into_iter();
-            let (key, copy) = copies.next().expect("every node holds the shard");
-            let actor = CopyActor::new(key.clone(), copy, env).start();
-            local.replace(BTreeMap::from([(key, actor.clone())]));
-            nodes.push(Node {
+            let node = Node {
                 name,
                 store,
                 membership,
                 local,
-                _copy: actor,
+                env,
                 _dir: dir,
-            });
+            };
+            node.apply(&map);
+            nodes.push(node);
         }
         Cluster {
             net,
             map: fixed.view(),
-            _fixed: fixed,
+            fixed,
             nodes,
             shard: ShardId {
                 table: table_id,
@@ -169,6 +185,14 @@ impl Cluster {
         self.nodes.iter().find(|n| n.name == name).unwrap()
     }
 
+    /// Commits a new map: every node's copies follow it.
+    fn set_map(&self, map: ClusterMap) {
+        self.fixed.set(map.clone());
+        for n in &self.nodes {
+            n.apply(&map);
+        }
+    }
+
     /// The router of node `at`, as the QUIC service builds it per request.
     fn router(&self, at: &str) -> Router {
         Router {
@@ -179,9 +203,14 @@ impl Cluster {
         }
     }
 
+    /// The shard's configuration epoch in the map, which a client routes by.
+    fn epoch(&self) -> u64 {
+        self.map.map().tables[TABLE].shards[0].replicas.epoch
+    }
+
     fn insert_request(&self, seq: u64, key: i64) -> DataRequest {
         DataRequest::Routed {
-            epoch: 1,
+            epoch: self.epoch(),
             request: ShardRequest::Write {
                 table: TABLE.into(),
                 shard: 0,
@@ -223,20 +252,28 @@ impl Cluster {
     async fn converged(&self) -> Vec<(SplitKey, RowRecord)> {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let sums: Vec<u64> = self
+            let holders: Vec<&Node> = self
                 .nodes
+                .iter()
+                .filter(|n| !n.local.current().is_empty())
+                .collect();
+            let sums: Vec<u64> = holders
                 .iter()
                 .map(|n| n.store.checksum(self.shard).unwrap())
                 .collect();
-            let applied: Vec<u64> = self
-                .nodes
+            let applied: Vec<u64> = holders
                 .iter()
                 .map(|n| n.store.meta(self.shard).unwrap().applied)
                 .collect();
             if sums.iter().all(|s| *s == sums[0]) && applied.iter().all(|a| *a == applied[0]) {
                 let rows = self.rows("a");
-                for n in NODES {
-                    assert_eq!(self.rows(n), rows, "copy on {n} differs from a's");
+                for n in holders {
+                    assert_eq!(
+                        self.rows(n.name),
+                        rows,
+                        "copy on {} differs from a's",
+                        n.name
+                    );
                 }
                 return rows;
             }
@@ -526,4 +563,71 @@ async fn forward_to_a_partitioned_primary_is_sent_once() {
     assert_eq!(c.net.count("b", "a", Kind::Data).sent, 4);
     // Row 2 never reached the primary.
     assert!(c.rows("a").iter().all(|(k, _)| *k != SplitKey::Int(2)));
+}
+
+#[actix_rt::test]
+async fn learner_copies_a_snapshot_then_follows_the_log() {
+    let c = Cluster::start(6).await;
+    let mut acked = BTreeMap::new();
+    for key in 0..20i64 {
+        let reply = c.insert("a", key as u64 + 1, key).await;
+        acked.insert(key, written(&reply).expect("write before the learner"));
+    }
+    // The coordinator's step, by hand: d joins the shard as a learner.
+    let mut map = (*c.map.map()).clone();
+    map.apply(&MapCommand::SetReplicas {
+        table: TABLE.into(),
+        shard: 0,
+        expect_epoch: 1,
+        primary: "a".into(),
+        backups: vec!["b".into(), "c".into()],
+        learners: vec!["d".into()],
+        moves: vec![],
+        what: "add learner d".into(),
+        why: "test".into(),
+        at_unix_ms: 0,
+    })
+    .unwrap();
+    c.set_map(map);
+    let cl = &c;
+    eventually("d installed the snapshot", move || async move {
+        (cl.rows("d").len() == 20).then_some(())
+    })
+    .await;
+    let snapshot = c.net.count("d", "a", Kind::Snapshot);
+    assert_eq!((snapshot.sent, snapshot.delivered), (1, 1));
+    // Writes after the snapshot reach d through the log.
+    for key in 20..30i64 {
+        let reply = c.insert("b", key as u64 + 1, key).await;
+        acked.insert(key, written(&reply).unwrap_or_else(|| panic!("{reply:?}")));
+    }
+    let rows = c.converged().await;
+    assert_eq!(rows.len(), 30);
+    assert_eq!(c.rows("d"), rows);
+    check_history(&rows, &acked, &(0..30).collect::<Vec<_>>());
+}
+
+#[actix_rt::test]
+async fn resent_write_whose_answer_was_lost_applies_once() {
+    let c = Cluster::start(7).await;
+    // d holds no copy: its router forwards, and cutting a → d loses only
+    // the primary's answers to d.
+    c.net.cut("a", "d");
+    let req = c.insert_request(1, 1);
+    let reply = c.route("d", req.clone()).await;
+    assert_eq!(error_kind(&reply), Some(ErrorKind::Unknown), "{reply:?}");
+    let cl = &c;
+    let version = eventually("the write committed on the primary", move || async move {
+        cl.rows("a").first().map(|(_, r)| r.version)
+    })
+    .await;
+    c.net.heal();
+    // The client resends with the same identity: the shard answers with
+    // the first outcome instead of inserting again (which would conflict).
+    let reply = c.route("d", req).await;
+    assert_eq!(written(&reply), Some(version), "{reply:?}");
+    let data = c.net.count("d", "a", Kind::Data);
+    assert_eq!((data.sent, data.delivered), (2, 2));
+    let rows = c.converged().await;
+    check_history(&rows, &BTreeMap::from([(1, version)]), &[1]);
 }
