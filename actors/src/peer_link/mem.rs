@@ -15,8 +15,9 @@
 //! the messages a node sends, not to replies. A delayed message crosses a
 //! cut made while it was in flight only if the cut is gone when it lands.
 //!
-//! Randomness comes from one seeded generator, so a single-threaded test
-//! replays the same faults for the same seed. Every message is counted per
+//! Randomness comes from one seeded generator: for a seed, the same
+//! sequence of draws, so the same faults wherever messages go out in the
+//! same order (timers can change that order). Every message is counted per
 //! `(from, to, kind)`: sent, and delivered to the receiver's dispatcher.
 //! Messages pass as values, not encoded: the wire format is not exercised.
 
