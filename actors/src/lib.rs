@@ -12,6 +12,9 @@
 //! - [`storage`]: the node's LMDB environment.
 //! - [`peer`]: the node-to-node messages.
 //! - [`clock`]: the monotonic and wall clocks handed to the core.
+//! - [`peer_link`]: how copies and the router reach other nodes (QUIC, or an
+//!   in-memory network with faults for in-process tests).
+//! - [`dispatch`]: the one place inbound peer messages are dispatched.
 //!
 //! Decisions live in `tstore-core` (pure, no I/O); this crate carries them
 //! out. Uses `tstore-transport`, `tstore-membership` and `tstore-core`; used
@@ -22,8 +25,10 @@ pub mod clock;
 pub mod control;
 pub mod coordinator;
 pub mod data;
+pub mod dispatch;
 pub mod node;
 pub mod peer;
+pub mod peer_link;
 pub mod router;
 mod service;
 pub mod shard;

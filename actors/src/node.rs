@@ -1,9 +1,13 @@
 //! The NodeActor and node start-up.
 //!
 //! Start-up order: identity (already bumped by the caller) → certificate check
-//! → QUIC endpoint → gossip over that endpoint → actors → serving. Shutdown is
-//! the reverse, politely: announce `leaving` in gossip, let it spread, close
-//! the endpoint.
+//! → QUIC endpoint → gossip over that endpoint → control plane → actors →
+//! serving. Shutdown is the reverse, politely: announce `leaving` in gossip,
+//! let it spread, close the endpoint.
+//!
+//! The NodeActor keeps gossip events and the lifecycle of the shard copies
+//! (it brings them in line with each new map). Peer messages do not pass
+//! through it: `dispatch::PeerDispatch` serves them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,24 +19,26 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tracing::{debug, info, warn};
 use tstore_membership::{
-    GossipInbox, GossipLink, Membership, MembershipConfig, MembershipError, MembershipEvent,
-    NodeIdentity,
+    GossipLink, Membership, MembershipConfig, MembershipError, MembershipEvent, NodeIdentity,
 };
-use tstore_transport::{Endpoint, Limits, Remote, Role, TlsIdentity, TransportError};
+use tstore_transport::{Endpoint, Limits, Role, TlsIdentity, TransportError};
 
 use crate::admin::AdminActor;
 use crate::control::{ControlPlane, ControlSettings};
 use crate::coordinator::actor::CoordinatorActor;
 use crate::data::committer::Committer;
 use crate::data::store::ShardStore;
-use crate::peer::{PeerMessage, PeerReply};
-use crate::router::{serve_local, LocalCopies};
-use crate::service::NodeService;
-use crate::shard::actor::{Copies, CopyActor, CopyEnv, Reconfigure, Replicate, StopCopy};
+use crate::dispatch::PeerDispatch;
+use crate::peer::PeerMessage;
+use crate::peer_link::{PeerLink, QuicPeerLink};
+use crate::service::{NodeService, Routing};
+use crate::shard::actor::{Copies, CopyActor, CopyEnv, Reconfigure, StopCopy};
+use crate::shard::local::LocalCopies;
+use crate::shard::snapshot::SnapshotServer;
 use tstore_core::replication::LeaseConfig;
 use tstore_core::shard::{self, LocalChange, LocalCopy, ShardKey};
 
-/// Inbound one-way messages may queue this deep in the node's mailbox.
+/// Messages may queue this deep in the node's mailbox.
 const MAILBOX_CAPACITY: usize = 4096;
 
 /// Everything a node needs to start.
@@ -146,19 +152,6 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     let (membership, inbox) = Membership::start(&identity, addr, membership, link).await?;
     let membership = Arc::new(membership);
     // Gossip must flow before Raft starts: Raft RPCs and gossip share the endpoint.
-    let local = LocalCopies::default();
-    let node = NodeActor {
-        identity: identity.clone(),
-        endpoint: endpoint.clone(),
-        membership: membership.clone(),
-        inbox,
-        control: None,
-        copies: BTreeMap::new(),
-        local: local.clone(),
-        copy_env: None,
-        left: false,
-    }
-    .start();
     let control = ControlPlane::start(
         &env,
         &identity.node_id,
@@ -167,34 +160,51 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         control,
     )
     .await?;
+    let map = control.view();
     let store = ShardStore::open(&env).map_err(|e| StartError::Storage(e.to_string()))?;
-    let snapshots = crate::service::SnapshotSource {
-        me: identity.node_id.clone(),
-        store: store.clone(),
-        control: control.clone(),
-        rate: recovery_rate,
-    };
     let committer =
         Committer::start(store.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
-    node.do_send(AttachControl(CopyEnv {
-        membership: membership.clone(),
-        store,
-        committer,
+    let link: Arc<dyn PeerLink> = Arc::new(QuicPeerLink::new(endpoint.clone(), map.clone()));
+    let local = LocalCopies::default();
+    let peers = Arc::new(PeerDispatch::new(
+        identity.clone(),
+        inbox,
+        local.clone(),
+        SnapshotServer {
+            me: identity.node_id.clone(),
+            store: store.clone(),
+            map: map.clone(),
+            rate: recovery_rate,
+        },
+        Some(control.clone()),
+    ));
+    let node = NodeActor {
+        identity: identity.clone(),
         endpoint: endpoint.clone(),
+        membership: membership.clone(),
         control: control.clone(),
-        lease: lease.unwrap_or_default(),
-    }));
+        copies: BTreeMap::new(),
+        local: local.clone(),
+        copy_env: CopyEnv {
+            membership: membership.clone(),
+            store,
+            committer,
+            link: link.clone(),
+            lease: lease.unwrap_or_default(),
+        },
+        left: false,
+    }
+    .start();
     let admin = AdminActor::new(membership, control.clone(), watch_interval).start();
     CoordinatorActor::new(control.clone()).start();
     endpoint.serve(Arc::new(NodeService {
-        node: node.clone(),
+        peers,
         admin,
-        snapshots,
-        routing: crate::service::Routing {
+        routing: Routing {
             me: identity.node_id.clone(),
-            control: control.clone(),
+            map,
             local,
-            endpoint: endpoint.clone(),
+            link,
         },
     }));
     info!(node_id = %identity.node_id, generation = identity.generation, %addr, "node serving");
@@ -205,46 +215,27 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     })
 }
 
-/// One per process: owns the endpoint and membership, routes peer messages.
+/// One per process: owns the endpoint, membership and the shard copies.
 pub struct NodeActor {
     identity: NodeIdentity,
     endpoint: Endpoint,
     membership: Arc<Membership>,
-    inbox: GossipInbox,
-    control: Option<ControlPlane>,
+    control: ControlPlane,
     /// The shard copies this node holds, as the committed map gives them.
     copies: Copies,
-    /// The copies' addresses, shared with every request being routed;
-    /// rebuilt when the copies change.
+    /// The copies' addresses, shared with the peer dispatcher and every
+    /// request being routed; republished when the copies change.
     local: LocalCopies,
-    /// What the copies share; set once the control plane is attached.
-    copy_env: Option<CopyEnv>,
+    /// What the copies share.
+    copy_env: CopyEnv,
     left: bool,
-}
-
-/// Hands the started control plane to the node (it starts after the node,
-/// because Raft needs the node to route its RPCs).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct AttachControl(CopyEnv);
-
-impl Handler<AttachControl> for NodeActor {
-    type Result = ();
-
-    fn handle(&mut self, AttachControl(env): AttachControl, ctx: &mut Context<Self>) {
-        ctx.add_stream(WatchStream::new(env.control.watch_version()));
-        self.control = Some(env.control.clone());
-        self.copy_env = Some(env);
-    }
 }
 
 /// A new map version was applied here: bring the local shard copies in line.
 impl StreamHandler<u64> for NodeActor {
     fn handle(&mut self, version: u64, _: &mut Context<Self>) {
-        let (Some(control), Some(env)) = (&self.control, &self.copy_env) else {
-            return;
-        };
-        let map = control.map();
+        let env = &self.copy_env;
+        let map = self.control.map();
         let running: BTreeMap<ShardKey, LocalCopy> = self
             .copies
             .iter()
@@ -280,7 +271,7 @@ impl StreamHandler<u64> for NodeActor {
                 }
             }
         }
-        *self.local.write().expect("local copies lock") = Arc::new(
+        self.local.replace(
             self.copies
                 .iter()
                 .map(|(k, (_, a))| (k.clone(), a.clone()))
@@ -297,106 +288,14 @@ impl Actor for NodeActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.add_stream(BroadcastStream::new(self.membership.subscribe()));
+        ctx.add_stream(WatchStream::new(self.control.watch_version()));
     }
-}
-
-/// A one-way message from another node.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct InboundPeer {
-    pub from: Remote,
-    pub msg: PeerMessage,
-}
-
-/// A request from another node.
-#[derive(Message)]
-#[rtype(result = "PeerReply")]
-pub struct PeerCall {
-    pub from: Remote,
-    pub msg: PeerMessage,
 }
 
 /// Leave the cluster politely and stop serving.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
-
-impl Handler<InboundPeer> for NodeActor {
-    type Result = ();
-
-    fn handle(&mut self, InboundPeer { from, msg }: InboundPeer, _: &mut Context<Self>) {
-        match msg {
-            PeerMessage::Gossip(payload) => self.inbox.deliver(from.addr, payload),
-            PeerMessage::Repl { table, shard, msg } => {
-                let key = ShardKey {
-                    table,
-                    index: shard,
-                };
-                match self.copies.get(&key) {
-                    Some((_, actor)) => {
-                        if actor
-                            .try_send(Replicate {
-                                from: from.name,
-                                msg,
-                            })
-                            .is_err()
-                        {
-                            debug!(shard = %key, "copy mailbox full; replication message dropped");
-                        }
-                    }
-                    None => debug!(shard = %key, "replication message for a copy not held here"),
-                }
-            }
-            other => {
-                debug!(peer = %from.name, ?other, "one-way message that needs a reply; ignored")
-            }
-        }
-    }
-}
-
-impl Handler<PeerCall> for NodeActor {
-    type Result = ResponseFuture<PeerReply>;
-
-    fn handle(&mut self, PeerCall { from, msg }: PeerCall, _: &mut Context<Self>) -> Self::Result {
-        let control = self.control.clone();
-        let not_ready = || PeerReply::Refused("the control plane is still starting".into());
-        match msg {
-            PeerMessage::Ping => {
-                let reply = PeerReply::Pong {
-                    node_id: self.identity.node_id.clone(),
-                    generation: self.identity.generation,
-                };
-                Box::pin(async move { reply })
-            }
-            PeerMessage::Gossip(payload) => {
-                self.inbox.deliver(from.addr, payload);
-                Box::pin(async { PeerReply::Refused("gossip is one-way; delivered anyway".into()) })
-            }
-            PeerMessage::Raft(rpc) => Box::pin(async move {
-                match control {
-                    Some(c) => PeerReply::Raft(c.handle_rpc(rpc).await),
-                    None => not_ready(),
-                }
-            }),
-            PeerMessage::Data(req) => {
-                let local = self.local.read().expect("local copies lock").clone();
-                Box::pin(async move { PeerReply::Data(serve_local(&local, req).await) })
-            }
-            PeerMessage::Repl { .. } => {
-                Box::pin(async { PeerReply::Refused("replication is one-way".into()) })
-            }
-            PeerMessage::Snapshot { .. } => {
-                Box::pin(async { PeerReply::Refused("snapshots are served as streams".into()) })
-            }
-            PeerMessage::Control(req) => Box::pin(async move {
-                match control {
-                    Some(c) => c.handle_forwarded(req).await,
-                    None => not_ready(),
-                }
-            }),
-        }
-    }
-}
 
 impl Handler<Shutdown> for NodeActor {
     type Result = ResponseFuture<()>;
@@ -409,9 +308,7 @@ impl Handler<Shutdown> for NodeActor {
         Box::pin(async move {
             if first {
                 membership.leave().await;
-                if let Some(c) = control {
-                    c.shutdown().await;
-                }
+                control.shutdown().await;
             }
             endpoint.shutdown().await;
         })

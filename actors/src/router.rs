@@ -13,16 +13,14 @@
 //! retries). A resent write carries the same identity, so the shard applies
 //! it once (`data::sessions`).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
-use tstore_transport::{Endpoint, TransportError};
-
-use crate::control::ControlPlane;
+use crate::control::MapView;
 use crate::peer::{PeerMessage, PeerReply};
-use crate::shard::actor::{CopyActor, GetStatus, Read, ScanShard, Write};
+use crate::peer_link::{LinkError, PeerLink};
+use crate::shard::actor::{GetStatus, Read, ScanShard, Write};
+use crate::shard::local::CopyAddrs;
 use tstore_core::cluster_map::{ClusterMap, Table};
 use tstore_core::data::ops::Op;
 use tstore_core::data::sessions::RequestId;
@@ -35,18 +33,15 @@ use tstore_core::wire::{ReadMode, MAX_SCAN};
 /// client's epoch.
 const MAP_CATCH_UP: Duration = Duration::from_secs(1);
 
-/// The addresses of this node's shard copies, published by the NodeActor
-/// whenever they change and read by every request being routed (from the
-/// transport's tasks, not through the actor).
-pub type LocalCopies = Arc<RwLock<Arc<BTreeMap<ShardKey, Addr<CopyActor>>>>>;
-
 /// What routing one request needs.
 pub struct Router {
     pub me: String,
     /// The committed map.
-    pub control: ControlPlane,
-    pub local: Arc<BTreeMap<ShardKey, Addr<CopyActor>>>,
-    pub endpoint: Endpoint,
+    pub map: MapView,
+    /// This node's copies (see `shard::local`).
+    pub local: Arc<CopyAddrs>,
+    /// How requests reach other nodes.
+    pub link: Arc<dyn PeerLink>,
 }
 
 fn err(e: DataError) -> DataReply {
@@ -75,7 +70,7 @@ impl Router {
         match req {
             DataRequest::Routed { epoch, request } => self.routed(epoch, request).await,
             DataRequest::Copies { table, checksums } => {
-                let map = self.control.map();
+                let map = self.map.map();
                 let t = table_in(&map, &table)?;
                 let asks = t
                     .shards
@@ -144,9 +139,9 @@ impl Router {
         let (table, shard) = request.shard();
         let (table, shard) = (table.to_owned(), shard);
         let deadline = Instant::now() + MAP_CATCH_UP;
-        let mut versions = self.control.watch_version();
+        let mut versions = self.map.watch_version();
         let map = loop {
-            let map = self.control.map();
+            let map = self.map.map();
             let t = table_in(&map, &table)?;
             let Some(s) = t.shards.get(shard as usize) else {
                 return Err(DataError::invalid(format!(
@@ -246,9 +241,9 @@ impl Router {
 
     /// Returns once the map no longer names `from` as the shard's primary.
     async fn moved(&self, table: &str, shard: u32, from: &str) {
-        let mut versions = self.control.watch_version();
+        let mut versions = self.map.watch_version();
         loop {
-            let map = self.control.map();
+            let map = self.map.map();
             let still = map
                 .tables
                 .get(table)
@@ -269,35 +264,27 @@ impl Router {
         if node == self.me {
             return serve_local(&self.local, req).await;
         }
-        let map = self.control.map();
-        let Some(addr) = map.nodes.get(node).and_then(|n| n.addr.parse().ok()) else {
-            return err(DataError::unavailable(format!(
-                "node {node} has no known address"
-            )));
-        };
-        match self.endpoint.request(addr, &PeerMessage::Data(req)).await {
+        match self.link.request(node, PeerMessage::Data(req)).await {
             Ok(PeerReply::Data(reply)) => reply,
             Ok(other) => err(DataError::unavailable(format!(
                 "node {node} answered {other:?}"
             ))),
-            Err(e @ (TransportError::Connect { .. } | TransportError::Backoff { .. })) => err(
-                DataError::unavailable(format!("node {node} is unreachable: {e}")),
-            ),
-            Err(e) if write => err(DataError::unknown(format!(
-                "node {node} did not answer the write ({e}); its outcome is unknown"
+            // Known not sent: the client may send it again.
+            Err(
+                e @ (LinkError::NoAddress { .. }
+                | LinkError::Unreachable { .. }
+                | LinkError::NotSent { .. }),
+            ) => err(DataError::unavailable(e.to_string())),
+            Err(LinkError::NoAnswer { cause, .. }) if write => err(DataError::unknown(format!(
+                "node {node} did not answer the write ({cause}); its outcome is unknown"
             ))),
-            Err(e) => err(DataError::unavailable(format!(
-                "node {node} did not answer: {e}"
-            ))),
+            Err(e @ LinkError::NoAnswer { .. }) => err(DataError::unavailable(e.to_string())),
         }
     }
 }
 
 /// Serves a request with a copy held on this node.
-pub async fn serve_local(
-    local: &BTreeMap<ShardKey, Addr<CopyActor>>,
-    req: ShardRequest,
-) -> DataReply {
+pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
     let (table, shard) = req.shard();
     let key = ShardKey {
         table: table.to_owned(),

@@ -17,6 +17,9 @@
 pub mod network;
 pub mod store;
 pub mod types;
+mod view;
+
+pub use view::{FixedMap, MapView};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -185,6 +188,12 @@ impl ControlPlane {
     /// Fires with the map version after every change applied here.
     pub fn watch_version(&self) -> watch::Receiver<u64> {
         self.inner.version.clone()
+    }
+
+    /// A read-only view of the committed map, for those that only read it.
+    pub fn view(&self) -> MapView {
+        let control = self.clone();
+        MapView::new(move || control.map(), self.watch_version())
     }
 
     pub fn raft(&self) -> &Raft {

@@ -18,7 +18,6 @@
 //! when stopped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,13 +26,13 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use tstore_membership::Membership;
-use tstore_transport::Endpoint;
 
+use super::snapshot::{self, Fetch, Installed};
 use crate::clock::{now_ms, wall_ms};
-use crate::control::ControlPlane;
 use crate::data::committer::Committer;
-use crate::data::store::{ChunkKind, Done, ShardId, ShardStore, StoreError, Work};
-use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
+use crate::data::store::{Done, ShardId, ShardStore, StoreError, Work};
+use crate::peer::PeerMessage;
+use crate::peer_link::PeerLink;
 use tstore_core::cluster_map::{NodeId, SplitKey};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{Command, RequestId};
@@ -45,8 +44,6 @@ use tstore_core::shard::{gossip_key, LocalCopy, LocalRole, ShardKey, LEARNER_REA
 use tstore_core::wire::ReadMode;
 use tstore_core::wire::{CopyStatus, DataError};
 
-/// How long a learner waits for the next part of a snapshot.
-const SNAPSHOT_PART_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause before a failed snapshot is asked for again.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
@@ -57,8 +54,8 @@ pub struct CopyEnv {
     pub store: ShardStore,
     /// The node's group commit (writes `store`).
     pub committer: Committer,
-    pub endpoint: Endpoint,
-    pub control: ControlPlane,
+    /// How the copy reaches the other members (replication, snapshots).
+    pub link: Arc<dyn PeerLink>,
     pub lease: LeaseConfig,
 }
 
@@ -259,84 +256,26 @@ impl CopyActor {
     /// follow the log.
     fn install(&mut self, ctx: &mut Context<Self>) {
         let primary = self.copy.replicas.primary.clone();
-        let Some(addr) = self.addr_of(&primary) else {
-            ctx.run_later(SNAPSHOT_RETRY, |act, ctx| act.install(ctx));
-            return;
-        };
-        let (store, id, endpoint) = (self.env.store.clone(), self.id, self.env.endpoint.clone());
         let epoch = self.copy.replicas.epoch;
-        let req = PeerMessage::Snapshot {
-            table: self.key.table.clone(),
-            shard: self.key.index,
-        };
         info!(shard = %self.key, %primary, epoch, "copying a snapshot from the primary");
         let started = Instant::now();
         let progress = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         self.copied = progress.clone();
-        let fetch = async move {
-            let blocking = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
-                tokio::task::spawn_blocking(f)
-                    .await
-                    .map_err(|e| e.to_string())?
-            };
-            let st = store.clone();
-            blocking(Box::new(move || {
-                st.drop_shard(id).map_err(|e| e.to_string())
-            }))
-            .await?;
-            let mut stream = endpoint
-                .request_stream::<_, PeerReply>(addr, &req)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (mut applied, mut rows, mut bytes) = (None, 0u64, 0u64);
-            loop {
-                let part = tokio::time::timeout(SNAPSHOT_PART_TIMEOUT, stream.next())
-                    .await
-                    .map_err(|_| format!("no snapshot data for {SNAPSHOT_PART_TIMEOUT:?}"))?
-                    .map_err(|e| e.to_string())?;
-                let (kind, chunk) = match part {
-                    Some(PeerReply::Snapshot(SnapshotPart::Header { applied: a, clock })) => {
-                        applied = Some((a, clock));
-                        continue;
-                    }
-                    Some(PeerReply::Snapshot(SnapshotPart::Rows(chunk))) => {
-                        (ChunkKind::Rows, chunk)
-                    }
-                    Some(PeerReply::Snapshot(SnapshotPart::Sessions(chunk))) => {
-                        (ChunkKind::Sessions, chunk)
-                    }
-                    Some(PeerReply::Snapshot(SnapshotPart::End)) => break,
-                    Some(PeerReply::Refused(why)) => return Err(why),
-                    Some(other) => return Err(format!("unexpected snapshot reply {other:?}")),
-                    None => return Err("the snapshot stream ended early".into()),
-                };
-                let chunk_bytes = chunk
-                    .iter()
-                    .map(|(k, v)| (k.len() + v.len()) as u64)
-                    .sum::<u64>();
-                if kind == ChunkKind::Rows {
-                    rows += chunk.len() as u64;
-                    progress.0.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                }
-                bytes += chunk_bytes;
-                progress.1.fetch_add(chunk_bytes, Ordering::Relaxed);
-                let st = store.clone();
-                blocking(Box::new(move || {
-                    st.install(id, kind, &chunk).map_err(|e| e.to_string())
-                }))
-                .await?;
-            }
-            let (applied, clock) = applied.ok_or("the snapshot had no header")?;
-            let st = store.clone();
-            blocking(Box::new(move || {
-                st.finish_install(id, applied, clock, epoch)
-                    .map_err(|e| e.to_string())
-            }))
-            .await?;
-            Ok::<_, String>((applied, rows, bytes))
-        };
+        let fetch = snapshot::fetch(Fetch {
+            link: self.env.link.clone(),
+            primary,
+            key: self.key.clone(),
+            store: self.env.store.clone(),
+            id: self.id,
+            epoch,
+            progress,
+        });
         ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| match res {
-            Ok((applied, rows, bytes)) => {
+            Ok(Installed {
+                applied,
+                rows,
+                bytes,
+            }) => {
                 info!(shard = %act.key, applied, rows, bytes, ms = started.elapsed().as_millis() as u64, "snapshot installed; following the log");
                 let fx = act.configure(false, None);
                 act.run(fx, ctx);
@@ -395,15 +334,6 @@ impl CopyActor {
         ctx.spawn(async move { membership.set(&k, &v).await }.into_actor(self));
     }
 
-    fn addr_of(&self, node: &str) -> Option<SocketAddr> {
-        self.env
-            .control
-            .map()
-            .nodes
-            .get(node)
-            .and_then(|n| n.addr.parse().ok())
-    }
-
     fn run(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
         for e in effects {
             match e {
@@ -411,19 +341,16 @@ impl CopyActor {
                     self.to_persist.extend(entries);
                     self.schedule_flush(ctx);
                 }
-                Effect::Send { to, msg } => match self.addr_of(&to) {
-                    Some(addr) => {
-                        let m = PeerMessage::Repl {
-                            table: self.key.table.clone(),
-                            shard: self.key.index,
-                            msg,
-                        };
-                        if let Err(e) = self.env.endpoint.send_oneway(addr, &m) {
-                            debug!(shard = %self.key, to, error = %e, "replication message not sent");
-                        }
+                Effect::Send { to, msg } => {
+                    let m = PeerMessage::Repl {
+                        table: self.key.table.clone(),
+                        shard: self.key.index,
+                        msg,
+                    };
+                    if let Err(e) = self.env.link.send_oneway(&to, m) {
+                        debug!(shard = %self.key, to, error = %e, "replication message not sent");
                     }
-                    None => debug!(shard = %self.key, to, "no address for replica"),
-                },
+                }
                 Effect::SendLog {
                     to,
                     from,

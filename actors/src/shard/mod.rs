@@ -1,4 +1,10 @@
 //! The actors holding this node's shard copies. Which copies a node holds is
 //! decided by `tstore_core::shard::plan`; this module carries it out.
+//!
+//! - [`actor`]: the copy actor (primary, backup, learner).
+//! - [`local`]: the registry of the copies held here.
+//! - [`snapshot`]: both ends of the snapshot stream a learner is built from.
 
 pub mod actor;
+pub mod local;
+pub mod snapshot;

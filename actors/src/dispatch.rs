@@ -1,0 +1,117 @@
+//! The one place peer messages are dispatched, whichever link brought them:
+//! the QUIC service (`service.rs`) and the in-memory network
+//! ([`crate::peer_link::mem`]) both feed [`PeerDispatch`].
+//!
+//! Gossip goes to the membership's inbox; replication and forwarded
+//! requests go to the shard copies through the registry of local copies
+//! ([`LocalCopies`]); snapshots are streamed by the [`SnapshotServer`];
+//! Raft and map changes go to the control plane. Nothing waits on the
+//! NodeActor, whose single thread would otherwise queue them. Every queue
+//! on the way is bounded: a one-way message finding one full is dropped
+//! (the sender retransmits what matters), never queued without bound.
+
+use futures::stream::{self, BoxStream, StreamExt};
+use tracing::debug;
+use tstore_membership::{GossipInbox, NodeIdentity};
+use tstore_transport::Remote;
+
+use crate::control::ControlPlane;
+use crate::peer::{PeerMessage, PeerReply};
+use crate::router::serve_local;
+use crate::shard::actor::Replicate;
+use crate::shard::local::LocalCopies;
+use crate::shard::snapshot::SnapshotServer;
+use tstore_core::shard::ShardKey;
+
+/// Serves the messages other nodes send this one.
+pub struct PeerDispatch {
+    identity: NodeIdentity,
+    gossip: GossipInbox,
+    local: LocalCopies,
+    snapshots: SnapshotServer,
+    /// `None` where no control plane runs (in-process tests): Raft and map
+    /// changes are refused.
+    control: Option<ControlPlane>,
+}
+
+impl PeerDispatch {
+    pub fn new(
+        identity: NodeIdentity,
+        gossip: GossipInbox,
+        local: LocalCopies,
+        snapshots: SnapshotServer,
+        control: Option<ControlPlane>,
+    ) -> Self {
+        Self {
+            identity,
+            gossip,
+            local,
+            snapshots,
+            control,
+        }
+    }
+
+    /// A one-way message from another node.
+    pub fn on_oneway(&self, from: &Remote, msg: PeerMessage) {
+        match msg {
+            PeerMessage::Gossip(payload) => self.gossip.deliver(from.addr, payload),
+            PeerMessage::Repl { table, shard, msg } => {
+                let key = ShardKey {
+                    table,
+                    index: shard,
+                };
+                let Some(copy) = self.local.get(&key) else {
+                    debug!(shard = %key, "replication message for a copy not held here");
+                    return;
+                };
+                let from = from.name.clone();
+                if copy.try_send(Replicate { from, msg }).is_err() {
+                    debug!(shard = %key, "copy mailbox full; replication message dropped");
+                }
+            }
+            other => {
+                debug!(peer = %from.name, ?other, "one-way message that needs a reply; ignored")
+            }
+        }
+    }
+
+    /// A request from another node; its answer is a stream of replies (one
+    /// but for snapshots).
+    pub fn on_request(&self, from: &Remote, msg: PeerMessage) -> BoxStream<'static, PeerReply> {
+        let one = |reply: PeerReply| stream::once(async move { reply }).boxed();
+        let control = self.control.clone();
+        let not_ready = || PeerReply::Refused("the control plane is still starting".into());
+        match msg {
+            PeerMessage::Ping => one(PeerReply::Pong {
+                node_id: self.identity.node_id.clone(),
+                generation: self.identity.generation,
+            }),
+            PeerMessage::Gossip(payload) => {
+                self.gossip.deliver(from.addr, payload);
+                one(PeerReply::Refused(
+                    "gossip is one-way; delivered anyway".into(),
+                ))
+            }
+            PeerMessage::Repl { .. } => one(PeerReply::Refused("replication is one-way".into())),
+            PeerMessage::Snapshot { table, shard } => self.snapshots.serve(table, shard),
+            PeerMessage::Data(req) => {
+                let local = self.local.current();
+                stream::once(async move { PeerReply::Data(serve_local(&local, req).await) }).boxed()
+            }
+            PeerMessage::Raft(rpc) => stream::once(async move {
+                match control {
+                    Some(c) => PeerReply::Raft(c.handle_rpc(rpc).await),
+                    None => not_ready(),
+                }
+            })
+            .boxed(),
+            PeerMessage::Control(req) => stream::once(async move {
+                match control {
+                    Some(c) => c.handle_forwarded(req).await,
+                    None => not_ready(),
+                }
+            })
+            .boxed(),
+        }
+    }
+}
