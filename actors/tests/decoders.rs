@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tstore_actors::data::store::ShardMeta;
 use tstore_actors::peer::{PeerMessage, PeerReply, SnapshotPart};
-use tstore_core::cluster_map::SplitKey;
+use tstore_core::cluster_map::RowKey;
 use tstore_core::data::ops::{check_row, evaluate, Op, RowRecord};
 use tstore_core::data::sessions::{ClientRecord, Command};
 use tstore_core::replication::{EpochHistory, LogEntry, ReplMsg};
@@ -55,10 +55,10 @@ fn decode_any(which: u8, bytes: &[u8]) -> Result<(), TestCaseError> {
     }
 }
 
-fn key() -> impl Strategy<Value = SplitKey> {
+fn key() -> impl Strategy<Value = RowKey> {
     prop_oneof![
-        any::<i64>().prop_map(SplitKey::Int),
-        ".{0,12}".prop_map(SplitKey::Str),
+        any::<i64>().prop_map(RowKey::Int),
+        ".{0,12}".prop_map(RowKey::Str),
     ]
 }
 
@@ -67,8 +67,8 @@ fn json_text() -> impl Strategy<Value = String> {
         ".{0,40}",
         (key(), ".{0,8}", any::<i32>()).prop_map(|(k, s, n)| {
             let k = match k {
-                SplitKey::Int(i) => serde_json::json!(i),
-                SplitKey::Str(s) => serde_json::json!(s),
+                RowKey::Int(i) => serde_json::json!(i),
+                RowKey::Str(s) => serde_json::json!(s),
             };
             serde_json::json!({"id": k, "name": s, "n": n}).to_string()
         }),
@@ -142,7 +142,7 @@ fn repl_msg() -> impl Strategy<Value = ReplMsg> {
 }
 
 /// Applies `op` to `rows` as entry `seq`, checking what evaluation wants written.
-fn apply(rows: &mut BTreeMap<SplitKey, RowRecord>, op: &Op, seq: u64) -> Result<(), TestCaseError> {
+fn apply(rows: &mut BTreeMap<RowKey, RowRecord>, op: &Op, seq: u64) -> Result<(), TestCaseError> {
     let (res, writes) = evaluate(op, seq, "id", &|k| rows.get(k).cloned());
     if res.is_err() {
         prop_assert!(writes.is_empty(), "a failed operation writes");
@@ -222,7 +222,7 @@ fn nested_batches(levels: usize) -> Vec<u8> {
 #[test]
 fn nested_batches_up_to_the_limit_still_decode() {
     let bytes = postcard::to_stdvec(&Op::Batch(vec![Op::Batch(vec![Op::Delete {
-        key: SplitKey::Int(1),
+        key: RowKey::Int(1),
         if_version: None,
     }])]))
     .unwrap();

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr};
 use tstore_actors::control::{FixedMap, MapView};
 use tstore_actors::data::committer::Committer;
-use tstore_actors::data::store::{ShardId, ShardStore};
+use tstore_actors::data::store::{ShardPrefix, ShardStore};
 use tstore_actors::dispatch::PeerDispatch;
 use tstore_actors::peer_link::mem::{Filter, Kind, MemNet};
 use tstore_actors::router::Router;
 use tstore_actors::shard::actor::{CopyActor, CopyEnv, Reconfigure};
 use tstore_actors::shard::local::LocalCopies;
 use tstore_actors::shard::snapshot::SnapshotServer;
-use tstore_core::cluster_map::{ClusterMap, MapCommand, Sharding, SplitKey, TableSpec};
+use tstore_core::cluster_map::{ClusterMap, MapCommand, Sharding, RowKey, TableSpec};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{ClientId, RequestId};
 use tstore_core::replication::LeaseConfig;
@@ -87,7 +87,7 @@ struct Cluster {
     map: MapView,
     fixed: FixedMap,
     nodes: Vec<Node>,
-    shard: ShardId,
+    shard: ShardPrefix,
     client: ClientId,
 }
 
@@ -173,7 +173,7 @@ impl Cluster {
             map: fixed.view(),
             fixed,
             nodes,
-            shard: ShardId {
+            shard: ShardPrefix {
                 table: table_id,
                 shard: 0,
             },
@@ -220,7 +220,7 @@ impl Cluster {
                     first_incomplete: 1,
                 },
                 op: Op::Insert {
-                    key: SplitKey::Int(key),
+                    key: RowKey::Int(key),
                     row: row(key),
                 },
             },
@@ -241,7 +241,7 @@ impl Cluster {
             .unwrap_or_else(|_| panic!("no answer from {at}'s router within {PATIENCE:?}"))
     }
 
-    fn rows(&self, name: &str) -> Vec<(SplitKey, RowRecord)> {
+    fn rows(&self, name: &str) -> Vec<(RowKey, RowRecord)> {
         self.node(name)
             .store
             .scan(self.shard, None, None, usize::MAX)
@@ -249,7 +249,7 @@ impl Cluster {
     }
 
     /// Waits until every copy has applied the same rows and sessions.
-    async fn converged(&self) -> Vec<(SplitKey, RowRecord)> {
+    async fn converged(&self) -> Vec<(RowKey, RowRecord)> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let holders: Vec<&Node> = self
@@ -338,12 +338,12 @@ where
 
 /// Every acknowledged write is on every copy, once, at the version its
 /// acknowledgement gave; nothing else is there but writes that were tried.
-fn check_history(rows: &[(SplitKey, RowRecord)], acked: &BTreeMap<i64, u64>, tried: &[i64]) {
-    let by_key: BTreeMap<&SplitKey, &RowRecord> = rows.iter().map(|(k, r)| (k, r)).collect();
+fn check_history(rows: &[(RowKey, RowRecord)], acked: &BTreeMap<i64, u64>, tried: &[i64]) {
+    let by_key: BTreeMap<&RowKey, &RowRecord> = rows.iter().map(|(k, r)| (k, r)).collect();
     assert_eq!(by_key.len(), rows.len(), "a key appears twice");
     for (key, version) in acked {
         let r = by_key
-            .get(&SplitKey::Int(*key))
+            .get(&RowKey::Int(*key))
             .unwrap_or_else(|| panic!("acknowledged write {key} lost"));
         assert_eq!(
             r.version, *version,
@@ -354,7 +354,7 @@ fn check_history(rows: &[(SplitKey, RowRecord)], acked: &BTreeMap<i64, u64>, tri
         assert_eq!(json, want, "row {key} differs from what was written");
     }
     for (k, _) in rows {
-        let SplitKey::Int(k) = k else {
+        let RowKey::Int(k) = k else {
             panic!("unexpected key {k}")
         };
         assert!(tried.contains(k), "row {k} was never written");
@@ -539,7 +539,7 @@ async fn forward_to_a_partitioned_primary_is_sent_once() {
         request: ShardRequest::Get {
             table: TABLE.into(),
             shard: 0,
-            key: SplitKey::Int(1),
+            key: RowKey::Int(1),
             mode: ReadMode::Strong,
         },
     };
@@ -562,7 +562,7 @@ async fn forward_to_a_partitioned_primary_is_sent_once() {
     assert!(started.elapsed() < REQUEST_TIMEOUT);
     assert_eq!(c.net.count("b", "a", Kind::Data).sent, 4);
     // Row 2 never reached the primary.
-    assert!(c.rows("a").iter().all(|(k, _)| *k != SplitKey::Int(2)));
+    assert!(c.rows("a").iter().all(|(k, _)| *k != RowKey::Int(2)));
 }
 
 #[actix_rt::test]

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use tstore_core::cluster_map::SplitKey;
+use tstore_core::cluster_map::RowKey;
 use tstore_core::cluster_map::{MapEvent, NodeState, Table, TableSpec};
 use tstore_core::coordinator::failover::ManualOp;
 use tstore_core::data::ops::RowRecord;
@@ -216,7 +216,7 @@ impl AdminClient {
     pub async fn update(
         &self,
         table: &str,
-        key: SplitKey,
+        key: RowKey,
         patch: &str,
         if_version: Option<u64>,
     ) -> Result<u64, ClientError> {
@@ -230,7 +230,7 @@ impl AdminClient {
     pub async fn delete(
         &self,
         table: &str,
-        key: SplitKey,
+        key: RowKey,
         if_version: Option<u64>,
     ) -> Result<(), ClientError> {
         self.rows().await?.delete(table, key, if_version).await
@@ -240,7 +240,7 @@ impl AdminClient {
     pub async fn get(
         &self,
         table: &str,
-        key: SplitKey,
+        key: RowKey,
         mode: ReadMode,
     ) -> Result<Option<RowRecord>, ClientError> {
         self.rows().await?.get_mode(table, key, mode).await
@@ -250,11 +250,11 @@ impl AdminClient {
     pub async fn scan(
         &self,
         table: &str,
-        from: Option<SplitKey>,
-        to: Option<SplitKey>,
+        from: Option<RowKey>,
+        to: Option<RowKey>,
         limit: usize,
         mode: ReadMode,
-    ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
+    ) -> Result<Vec<(RowKey, RowRecord)>, ClientError> {
         self.rows()
             .await?
             .scan_mode(table, from, to, limit, mode)

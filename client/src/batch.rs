@@ -11,7 +11,7 @@
 //! an `Invalid` request naming the operation that was wrong.
 
 use serde_json::Value;
-use tstore_core::cluster_map::SplitKey;
+use tstore_core::cluster_map::RowKey;
 use tstore_core::wire::{BatchOp, DataError};
 
 /// Parses a batch; a bad one is an `Invalid` request (the CLI's exit code 3).
@@ -37,8 +37,8 @@ fn parse_op(i: usize, item: &Value) -> Result<BatchOp, DataError> {
     })?;
     let (op, body) = obj.iter().next().expect("one entry, checked above");
     let key = || match body.get("key") {
-        Some(Value::Number(n)) if n.is_i64() => Ok(SplitKey::Int(n.as_i64().expect("checked"))),
-        Some(Value::String(s)) => Ok(SplitKey::Str(s.clone())),
+        Some(Value::Number(n)) if n.is_i64() => Ok(RowKey::Int(n.as_i64().expect("checked"))),
+        Some(Value::String(s)) => Ok(RowKey::Str(s.clone())),
         _ => Err(bad("\"key\" must be an integer or a string".into())),
     };
     let version = || match body.get("if_version") {
@@ -91,7 +91,7 @@ mod tests {
         assert_eq!(
             ops[2],
             BatchOp::Update {
-                key: SplitKey::Str("k".into()),
+                key: RowKey::Str("k".into()),
                 patch: r#"{"a":1}"#.into(),
                 if_version: Some(3),
             }
@@ -99,7 +99,7 @@ mod tests {
         assert_eq!(
             ops[3],
             BatchOp::Delete {
-                key: SplitKey::Int(4),
+                key: RowKey::Int(4),
                 if_version: None
             }
         );

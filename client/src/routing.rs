@@ -30,11 +30,11 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), tstore_client::admin::ClientError> {
 //! use tstore_client::routing::{Client, Consistency};
-//! use tstore_client::cluster_map::SplitKey;
+//! use tstore_client::cluster_map::RowKey;
 //! let seeds = ["127.0.0.1:7401".parse().unwrap()];
 //! let client = Client::connect(&seeds, "certs".as_ref(), "admin").await?;
 //! client.put("user", r#"{"id":1,"name":"Alice","age":25}"#).await?;
-//! let row = client.get("user", SplitKey::Int(1), Consistency::Session).await?;
+//! let row = client.get("user", RowKey::Int(1), Consistency::Session).await?;
 //! # Ok(()) }
 //! ```
 
@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 use tstore_core::cluster_map::may_hold;
-use tstore_core::cluster_map::{SplitKey, Table};
+use tstore_core::cluster_map::{RowKey, Table};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{ClientId, RequestId};
 use tstore_core::data::validate::{batch_op, row_op, shard_of_write};
@@ -609,7 +609,7 @@ impl Client {
     pub async fn update(
         &self,
         table: &str,
-        key: SplitKey,
+        key: RowKey,
         patch: &str,
         if_version: Option<u64>,
     ) -> Result<u64, ClientError> {
@@ -625,7 +625,7 @@ impl Client {
     pub async fn delete(
         &self,
         table: &str,
-        key: SplitKey,
+        key: RowKey,
         if_version: Option<u64>,
     ) -> Result<(), ClientError> {
         self.write(table, Op::Delete { key, if_version })
@@ -661,7 +661,7 @@ impl Client {
     pub async fn get(
         &self,
         table: &str,
-        key: SplitKey,
+        key: RowKey,
         consistency: Consistency,
     ) -> Result<Option<RowRecord>, ClientError> {
         self.get_with(table, key, &|shard| {
@@ -675,7 +675,7 @@ impl Client {
     pub async fn get_mode(
         &self,
         table: &str,
-        key: SplitKey,
+        key: RowKey,
         mode: ReadMode,
     ) -> Result<Option<RowRecord>, ClientError> {
         self.get_with(table, key, &|_| mode).await
@@ -684,7 +684,7 @@ impl Client {
     async fn get_with(
         &self,
         table: &str,
-        key: SplitKey,
+        key: RowKey,
         mode_of: &(dyn Fn(u32) -> ReadMode + Sync),
     ) -> Result<Option<RowRecord>, ClientError> {
         let shard = self.route(table).await?.table.shard_of(&key);
@@ -711,11 +711,11 @@ impl Client {
     pub async fn scan(
         &self,
         table: &str,
-        from: Option<SplitKey>,
-        to: Option<SplitKey>,
+        from: Option<RowKey>,
+        to: Option<RowKey>,
         limit: usize,
         consistency: Consistency,
-    ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
+    ) -> Result<Vec<(RowKey, RowRecord)>, ClientError> {
         self.scan_with(table, from, to, limit, &|shard| {
             self.read_mode(table, shard, consistency)
         })
@@ -726,22 +726,22 @@ impl Client {
     pub async fn scan_mode(
         &self,
         table: &str,
-        from: Option<SplitKey>,
-        to: Option<SplitKey>,
+        from: Option<RowKey>,
+        to: Option<RowKey>,
         limit: usize,
         mode: ReadMode,
-    ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
+    ) -> Result<Vec<(RowKey, RowRecord)>, ClientError> {
         self.scan_with(table, from, to, limit, &|_| mode).await
     }
 
     async fn scan_with(
         &self,
         table: &str,
-        from: Option<SplitKey>,
-        to: Option<SplitKey>,
+        from: Option<RowKey>,
+        to: Option<RowKey>,
         limit: usize,
         mode_of: &(dyn Fn(u32) -> ReadMode + Sync),
-    ) -> Result<Vec<(SplitKey, RowRecord)>, ClientError> {
+    ) -> Result<Vec<(RowKey, RowRecord)>, ClientError> {
         let route = self.route(table).await?;
         let limit = limit.min(MAX_SCAN);
         let shards: Vec<u32> = route

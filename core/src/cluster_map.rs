@@ -25,30 +25,31 @@ pub const MAX_SHARDS: u32 = 1024;
 pub const MAX_REPLICAS: u32 = 7;
 pub const MAX_NAME_LEN: usize = 64;
 
-/// A split point of a range-sharded table: integer or string keys (integers
-/// sort before strings).
+/// A row's key: the value of its table's key column, an integer or a
+/// string (integers sort before strings). Split points of range-sharded
+/// tables are row keys too.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum SplitKey {
+pub enum RowKey {
     Int(i64),
     Str(String),
 }
 
-impl fmt::Display for SplitKey {
+impl fmt::Display for RowKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SplitKey::Int(i) => write!(f, "{i}"),
-            SplitKey::Str(s) => write!(f, "{s:?}"),
+            RowKey::Int(i) => write!(f, "{i}"),
+            RowKey::Str(s) => write!(f, "{s:?}"),
         }
     }
 }
 
-impl SplitKey {
+impl RowKey {
     /// Parses one split point: an integer if it is one, otherwise a string.
-    pub fn parse(s: &str) -> SplitKey {
+    pub fn parse(s: &str) -> RowKey {
         s.trim()
             .parse::<i64>()
-            .map(SplitKey::Int)
-            .unwrap_or_else(|_| SplitKey::Str(s.trim().to_owned()))
+            .map(RowKey::Int)
+            .unwrap_or_else(|_| RowKey::Str(s.trim().to_owned()))
     }
 }
 
@@ -58,7 +59,7 @@ pub enum Sharding {
     /// `shards` shards; a key belongs to shard `hash(key) % shards`.
     Hash { shards: u32 },
     /// Shards between consecutive split points: `(-inf, s0), [s0, s1), ..., [sn, +inf)`.
-    Range { splits: Vec<SplitKey> },
+    Range { splits: Vec<RowKey> },
 }
 
 impl Sharding {
@@ -93,8 +94,8 @@ pub enum KeyRange {
     HashSlot { slot: u32, of: u32 },
     /// Keys in `[start, end)`; `None` is unbounded.
     Range {
-        start: Option<SplitKey>,
-        end: Option<SplitKey>,
+        start: Option<RowKey>,
+        end: Option<RowKey>,
     },
 }
 
@@ -357,7 +358,7 @@ impl TableSpec {
                 .map(|slot| KeyRange::HashSlot { slot, of: *shards })
                 .collect(),
             Sharding::Range { splits } => {
-                let bounds: Vec<Option<SplitKey>> = std::iter::once(None)
+                let bounds: Vec<Option<RowKey>> = std::iter::once(None)
                     .chain(splits.iter().cloned().map(Some))
                     .chain(std::iter::once(None))
                     .collect();
@@ -639,8 +640,8 @@ impl ClusterMap {
 pub fn may_hold(
     sharding: &Sharding,
     range: &KeyRange,
-    from: Option<&SplitKey>,
-    to: Option<&SplitKey>,
+    from: Option<&RowKey>,
+    to: Option<&RowKey>,
 ) -> bool {
     match (sharding, range) {
         (Sharding::Range { .. }, KeyRange::Range { start, end }) => {
@@ -760,7 +761,7 @@ mod tests {
             name: "events".into(),
             key: "ts".into(),
             sharding: Sharding::Range {
-                splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
+                splits: ["1000", "2000", "3000"].map(RowKey::parse).to_vec(),
             },
             replicas: 1,
             min_copies: 0,
@@ -782,7 +783,7 @@ mod tests {
             name: "e".into(),
             key: "ts".into(),
             sharding: Sharding::Range {
-                splits: ["10", "5"].map(SplitKey::parse).to_vec(),
+                splits: ["10", "5"].map(RowKey::parse).to_vec(),
             },
             replicas: 1,
             min_copies: 0,

@@ -1,16 +1,16 @@
 //! Row keys: how a primary-key value is encoded for storage and routed to a
 //! shard.
 //!
-//! A key is a JSON integer (i64) or string ([`SplitKey`]). Its encoding keeps
+//! A key is a JSON integer (i64) or string ([`RowKey`]). Its encoding keeps
 //! order byte-wise, so an LMDB range scan returns rows in key order:
 //! `0x01` + the integer's big-endian bytes with the sign bit flipped, or
 //! `0x02` + the string's UTF-8 bytes (UTF-8 byte order is code-point order).
-//! Integers sort before strings, as `SplitKey`'s `Ord` says.
+//! Integers sort before strings, as `RowKey`'s `Ord` says.
 //!
 //! Hash-sharded tables route a key to `fnv1a64(encoding) % shards`; the
 //! client library and the nodes compute the same.
 
-use crate::cluster_map::{KeyRange, SplitKey, Table};
+use crate::cluster_map::{KeyRange, RowKey, Table};
 
 const TAG_INT: u8 = 0x01;
 const TAG_STR: u8 = 0x02;
@@ -40,15 +40,15 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
-impl SplitKey {
+impl RowKey {
     /// The key in column `column` of a JSON row.
-    pub fn from_row(row: &serde_json::Value, column: &str) -> Result<SplitKey, KeyError> {
+    pub fn from_row(row: &serde_json::Value, column: &str) -> Result<RowKey, KeyError> {
         let v = row.get(column).ok_or_else(|| KeyError::Missing {
             column: column.to_owned(),
         })?;
         let key = match v {
-            serde_json::Value::Number(n) => n.as_i64().map(SplitKey::Int),
-            serde_json::Value::String(s) => Some(SplitKey::Str(s.clone())),
+            serde_json::Value::Number(n) => n.as_i64().map(RowKey::Int),
+            serde_json::Value::String(s) => Some(RowKey::Str(s.clone())),
             _ => None,
         }
         .ok_or_else(|| KeyError::WrongType {
@@ -68,13 +68,13 @@ impl SplitKey {
     /// The order-preserving encoding.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            SplitKey::Int(i) => {
+            RowKey::Int(i) => {
                 let mut out = Vec::with_capacity(9);
                 out.push(TAG_INT);
                 out.extend_from_slice(&((*i as u64) ^ (1 << 63)).to_be_bytes());
                 out
             }
-            SplitKey::Str(s) => {
+            RowKey::Str(s) => {
                 let mut out = Vec::with_capacity(1 + s.len());
                 out.push(TAG_STR);
                 out.extend_from_slice(s.as_bytes());
@@ -83,16 +83,16 @@ impl SplitKey {
         }
     }
 
-    /// Inverse of [`SplitKey::encode`]; `None` for bytes it never produces.
-    pub fn decode(bytes: &[u8]) -> Option<SplitKey> {
+    /// Inverse of [`RowKey::encode`]; `None` for bytes it never produces.
+    pub fn decode(bytes: &[u8]) -> Option<RowKey> {
         match bytes.split_first()? {
             (&TAG_INT, rest) => {
                 let raw = u64::from_be_bytes(rest.try_into().ok()?);
-                Some(SplitKey::Int((raw ^ (1 << 63)) as i64))
+                Some(RowKey::Int((raw ^ (1 << 63)) as i64))
             }
             (&TAG_STR, rest) => std::str::from_utf8(rest)
                 .ok()
-                .map(|s| SplitKey::Str(s.to_owned())),
+                .map(|s| RowKey::Str(s.to_owned())),
             _ => None,
         }
     }
@@ -110,7 +110,7 @@ impl SplitKey {
 
 impl KeyRange {
     /// Whether `key` belongs to this range.
-    pub fn contains(&self, key: &SplitKey) -> bool {
+    pub fn contains(&self, key: &RowKey) -> bool {
         match self {
             KeyRange::HashSlot { slot, of } => key.hash_slot(*of) == *slot,
             KeyRange::Range { start, end } => {
@@ -122,7 +122,7 @@ impl KeyRange {
 
 impl Table {
     /// The index of the shard that owns `key`.
-    pub fn shard_of(&self, key: &SplitKey) -> u32 {
+    pub fn shard_of(&self, key: &RowKey) -> u32 {
         match &self.spec.sharding {
             crate::cluster_map::Sharding::Hash { shards } => key.hash_slot(*shards),
             crate::cluster_map::Sharding::Range { splits } => {
@@ -138,10 +138,10 @@ mod tests {
     use crate::cluster_map::{ClusterMap, MapCommand, Sharding, TableSpec};
     use proptest::prelude::*;
 
-    fn key() -> impl Strategy<Value = SplitKey> {
+    fn key() -> impl Strategy<Value = RowKey> {
         prop_oneof![
-            any::<i64>().prop_map(SplitKey::Int),
-            ".{0,20}".prop_map(SplitKey::Str),
+            any::<i64>().prop_map(RowKey::Int),
+            ".{0,20}".prop_map(RowKey::Str),
         ]
     }
 
@@ -149,12 +149,12 @@ mod tests {
         #[test]
         fn encoding_preserves_order_and_roundtrips(a in key(), b in key()) {
             prop_assert_eq!(a.cmp(&b), a.encode().cmp(&b.encode()));
-            prop_assert_eq!(SplitKey::decode(&a.encode()), Some(a.clone()));
+            prop_assert_eq!(RowKey::decode(&a.encode()), Some(a.clone()));
         }
 
         #[test]
         fn arbitrary_bytes_decode_only_to_the_key_that_encodes_to_them(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
-            if let Some(k) = SplitKey::decode(&bytes) {
+            if let Some(k) = RowKey::decode(&bytes) {
                 prop_assert_eq!(k.encode(), bytes);
             }
         }
@@ -163,7 +163,7 @@ mod tests {
         fn every_key_has_exactly_one_shard(k in key(), splits in proptest::collection::btree_set(key(), 1..6)) {
             let mut map = ClusterMap::default();
             map.apply(&MapCommand::RegisterNode { node_id: "n1".into(), addr: String::new(), zone: String::new() }).unwrap();
-            let splits: Vec<SplitKey> = splits.into_iter().collect();
+            let splits: Vec<RowKey> = splits.into_iter().collect();
             let n = splits.len() + 1;
             map.apply(&MapCommand::CreateTable {
                 spec: TableSpec { name: "t".into(), key: "k".into(), sharding: Sharding::Range { splits }, replicas: 1 , min_copies: 0},
@@ -178,22 +178,22 @@ mod tests {
     #[test]
     fn keys_come_from_integer_or_string_columns_only() {
         let row = serde_json::json!({"id": 7, "name": "Alice", "age": 2.5, "tags": []});
-        assert_eq!(SplitKey::from_row(&row, "id"), Ok(SplitKey::Int(7)));
+        assert_eq!(RowKey::from_row(&row, "id"), Ok(RowKey::Int(7)));
         assert_eq!(
-            SplitKey::from_row(&row, "name"),
-            Ok(SplitKey::Str("Alice".into()))
+            RowKey::from_row(&row, "name"),
+            Ok(RowKey::Str("Alice".into()))
         );
         assert_eq!(
-            SplitKey::from_row(&row, "age").unwrap_err().to_string(),
+            RowKey::from_row(&row, "age").unwrap_err().to_string(),
             "key column \"age\" must be an integer or a string, not a non-integer number"
         );
         assert_eq!(
-            SplitKey::from_row(&row, "missing").unwrap_err().to_string(),
+            RowKey::from_row(&row, "missing").unwrap_err().to_string(),
             "key column \"missing\" is missing"
         );
         let long = serde_json::json!({"id": "x".repeat(600)});
         assert!(matches!(
-            SplitKey::from_row(&long, "id"),
+            RowKey::from_row(&long, "id"),
             Err(KeyError::TooLong { .. })
         ));
     }
@@ -201,11 +201,11 @@ mod tests {
     #[test]
     fn hash_slots_are_stable() {
         // Pinned (computed independently): clients and nodes of every version must agree.
-        assert_eq!(SplitKey::Int(1).hash_slot(8), 7);
-        assert_eq!(SplitKey::Int(2).hash_slot(8), 2);
-        assert_eq!(SplitKey::Str("alice".into()).hash_slot(8), 7);
-        assert_eq!(SplitKey::Int(-5).hash_slot(1024), 984);
-        let slots: Vec<u32> = (0..1000).map(|i| SplitKey::Int(i).hash_slot(8)).collect();
+        assert_eq!(RowKey::Int(1).hash_slot(8), 7);
+        assert_eq!(RowKey::Int(2).hash_slot(8), 2);
+        assert_eq!(RowKey::Str("alice".into()).hash_slot(8), 7);
+        assert_eq!(RowKey::Int(-5).hash_slot(1024), 984);
+        let slots: Vec<u32> = (0..1000).map(|i| RowKey::Int(i).hash_slot(8)).collect();
         for s in 0..8 {
             let n = slots.iter().filter(|x| **x == s).count();
             assert!((60..190).contains(&n), "slot {s} got {n} of 1000 keys");

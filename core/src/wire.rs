@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_map::{ClusterMap, MapError, MapEvent, NodeState, SplitKey, Table, TableSpec};
+use crate::cluster_map::{ClusterMap, MapError, MapEvent, NodeState, RowKey, Table, TableSpec};
 use crate::coordinator::failover::ManualOp;
 use crate::coordinator::placement::PlacementError;
 use crate::data::ops::{Op, OpResult, RowRecord};
@@ -45,14 +45,14 @@ pub enum ShardRequest {
     Get {
         table: String,
         shard: u32,
-        key: SplitKey,
+        key: RowKey,
         mode: ReadMode,
     },
     Scan {
         table: String,
         shard: u32,
-        from: Option<SplitKey>,
-        to: Option<SplitKey>,
+        from: Option<RowKey>,
+        to: Option<RowKey>,
         limit: usize,
         mode: ReadMode,
     },
@@ -126,12 +126,12 @@ pub enum BatchOp {
         row: String,
     },
     Update {
-        key: SplitKey,
+        key: RowKey,
         patch: String,
         if_version: Option<u64>,
     },
     Delete {
-        key: SplitKey,
+        key: RowKey,
         if_version: Option<u64>,
     },
 }
@@ -414,7 +414,7 @@ impl From<ControlError> for AdminError {
 pub enum DataReply {
     Written(OpResult),
     Row(Option<RowRecord>),
-    Rows(Vec<(SplitKey, RowRecord)>),
+    Rows(Vec<(RowKey, RowRecord)>),
     Status(CopyStatus),
     Copies(Vec<CopyReport>),
     Error(DataError),

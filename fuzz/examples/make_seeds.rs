@@ -21,7 +21,7 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tstore_actors::cluster_map::{ClusterMap, MapCommand, SplitKey, TableSpec};
+use tstore_actors::cluster_map::{ClusterMap, MapCommand, RowKey, TableSpec};
 use tstore_actors::control::types::{MapRaft, RaftNode};
 use tstore_actors::data::ops::Op;
 use tstore_actors::data::ops::RowRecord;
@@ -214,7 +214,7 @@ fn main() {
         ("row", json!({"Data": {"Row": {"version": 4, "json": row}}})),
         (
             "snapshot-rows",
-            json!({"Snapshot": {"Rows": [[SplitKey::Int(1).encode(), [4, 2, b'{', b'}']]]}}),
+            json!({"Snapshot": {"Rows": [[RowKey::Int(1).encode(), [4, 2, b'{', b'}']]]}}),
         ),
         (
             "vote",
@@ -421,10 +421,10 @@ fn main() {
 
     // keys: encodings, which also drive the arbitrary keys.
     for (name, k) in [
-        ("int", SplitKey::Int(-5)),
-        ("max", SplitKey::Int(i64::MAX)),
-        ("str", SplitKey::Str("alice".into())),
-        ("utf8", SplitKey::Str("héllo wörld".into())),
+        ("int", RowKey::Int(-5)),
+        ("max", RowKey::Int(i64::MAX)),
+        ("str", RowKey::Str("alice".into())),
+        ("utf8", RowKey::Str("héllo wörld".into())),
     ] {
         s.write("keys", name, &k.encode());
     }

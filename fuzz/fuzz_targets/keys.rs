@@ -4,7 +4,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use tstore_core::cluster_map::{KeyRange, SplitKey};
+use tstore_core::cluster_map::{KeyRange, RowKey};
 
 #[derive(Debug, Arbitrary)]
 enum Key {
@@ -12,19 +12,19 @@ enum Key {
     Str(String),
 }
 
-impl From<Key> for SplitKey {
+impl From<Key> for RowKey {
     fn from(k: Key) -> Self {
         match k {
-            Key::Int(i) => SplitKey::Int(i),
-            Key::Str(s) => SplitKey::Str(s),
+            Key::Int(i) => RowKey::Int(i),
+            Key::Str(s) => RowKey::Str(s),
         }
     }
 }
 
-fn check(a: &SplitKey, b: &SplitKey, of: u32) {
+fn check(a: &RowKey, b: &RowKey, of: u32) {
     let (ea, eb) = (a.encode(), b.encode());
     assert_eq!(
-        SplitKey::decode(&ea).as_ref(),
+        RowKey::decode(&ea).as_ref(),
         Some(a),
         "{a:?} does not round-trip"
     );
@@ -47,10 +47,10 @@ fn check(a: &SplitKey, b: &SplitKey, of: u32) {
     assert!(!range.contains(hi));
     // Keys from a JSON row agree with the encoding's length limit.
     let json = match a {
-        SplitKey::Int(i) => serde_json::json!({ "k": i }),
-        SplitKey::Str(s) => serde_json::json!({ "k": s }),
+        RowKey::Int(i) => serde_json::json!({ "k": i }),
+        RowKey::Str(s) => serde_json::json!({ "k": s }),
     };
-    match SplitKey::from_row(&json, "k") {
+    match RowKey::from_row(&json, "k") {
         Ok(k) => assert_eq!(&k, a),
         Err(e) => assert!(ea.len() > tstore_core::keys::MAX_KEY_BYTES, "{e}"),
     }
@@ -58,7 +58,7 @@ fn check(a: &SplitKey, b: &SplitKey, of: u32) {
 
 fuzz_target!(|data: &[u8]| {
     // Decoding never panics, and what decodes is exactly what encodes to it.
-    if let Some(k) = SplitKey::decode(data) {
+    if let Some(k) = RowKey::decode(data) {
         assert_eq!(
             k.encode(),
             data,
@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    let (a, b) = (SplitKey::from(a), SplitKey::from(b));
+    let (a, b) = (RowKey::from(a), RowKey::from(b));
     check(&a, &b, of);
     check(&b, &a, of);
 });

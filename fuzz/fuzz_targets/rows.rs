@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tstore_core::cluster_map::{ClusterMap, MapCommand, SplitKey, Table, TableSpec};
+use tstore_core::cluster_map::{ClusterMap, MapCommand, RowKey, Table, TableSpec};
 use tstore_core::data::ops::{check_row, evaluate, Op, RowRecord};
 use tstore_core::data::validate;
 
 const KEY: &str = "id";
 
-type Rows = BTreeMap<SplitKey, RowRecord>;
+type Rows = BTreeMap<RowKey, RowRecord>;
 
 static TABLE: OnceLock<Table> = OnceLock::new();
 
@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
         apply(
             &mut rows,
             &Op::Put {
-                key: SplitKey::Int(i),
+                key: RowKey::Int(i),
                 row,
             },
             next(),
@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The text as a row, and as a patch of an existing row.
     if let Ok((key, value)) = check_row(text, KEY) {
-        assert_eq!(SplitKey::from_row(&value, KEY).ok(), Some(key.clone()));
+        assert_eq!(RowKey::from_row(&value, KEY).ok(), Some(key.clone()));
         let put = Op::Put {
             key: key.clone(),
             row: text.to_owned(),
@@ -105,7 +105,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for if_version in [None, Some(1)] {
         let update = Op::Update {
-            key: SplitKey::Int(1),
+            key: RowKey::Int(1),
             patch: text.to_owned(),
             if_version,
         };

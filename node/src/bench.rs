@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tstore_core::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_core::cluster_map::{Sharding, RowKey, TableSpec};
 
 use tstore_client::admin::AdminClient;
 use tstore_client::routing::{Client, Consistency};
@@ -280,7 +280,7 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
                 let res = if write {
                     client.put(&table, &row(key, &payload)).await.map(|_| ())
                 } else {
-                    let key = SplitKey::Int(key as i64);
+                    let key = RowKey::Int(key as i64);
                     client.get(&table, key, read).await.map(|_| ())
                 };
                 let us = t0.elapsed().as_micros() as u64;

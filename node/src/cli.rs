@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
-use tstore_core::cluster_map::{NodeState, Sharding, SplitKey, TableSpec};
+use tstore_core::cluster_map::{NodeState, Sharding, RowKey, TableSpec};
 use tstore_core::coordinator::failover::ManualOp;
 use tstore_core::data::ops::{OpResult, RowRecord};
 
@@ -285,11 +285,11 @@ pub enum RowCommand {
     },
 }
 
-fn row_line(key: &SplitKey, r: &RowRecord) -> String {
+fn row_line(key: &RowKey, r: &RowRecord) -> String {
     format!("{}  (key {key}, version {})", r.json, r.version)
 }
 
-fn row_json(key: &SplitKey, r: &RowRecord) -> serde_json::Value {
+fn row_json(key: &RowKey, r: &RowRecord) -> serde_json::Value {
     let row: serde_json::Value = serde_json::from_str(&r.json).unwrap_or(serde_json::Value::Null);
     serde_json::json!({ "key": key.to_string(), "version": r.version, "row": row })
 }
@@ -454,7 +454,7 @@ async fn admin(
             let sharding = match (shards, range_splits) {
                 (Some(shards), None) => Sharding::Hash { shards },
                 (None, Some(splits)) => Sharding::Range {
-                    splits: splits.iter().map(|s| SplitKey::parse(s)).collect(),
+                    splits: splits.iter().map(|s| RowKey::parse(s)).collect(),
                 },
                 _ => anyhow::bail!("give either --shards or --range-splits"),
             };
@@ -516,7 +516,7 @@ async fn admin(
         }
         AdminCommand::Locate { table, key } => {
             let (_, t) = client.describe(&table).await?;
-            let s = &t.shards[t.shard_of(&SplitKey::parse(&key)) as usize];
+            let s = &t.shards[t.shard_of(&RowKey::parse(&key)) as usize];
             let r = &s.replicas;
             if json {
                 print_json(&serde_json::json!({
@@ -705,7 +705,7 @@ async fn rows_command(client: &Client, command: RowCommand, json: bool) -> anyho
             if_version,
         } => {
             let version = client
-                .update(&table, SplitKey::parse(&key), &patch, if_version)
+                .update(&table, RowKey::parse(&key), &patch, if_version)
                 .await?;
             show(json, &serde_json::json!({ "version": version }), || {
                 format!("ok (version {version})\n")
@@ -717,14 +717,14 @@ async fn rows_command(client: &Client, command: RowCommand, json: bool) -> anyho
             if_version,
         } => {
             client
-                .delete(&table, SplitKey::parse(&key), if_version)
+                .delete(&table, RowKey::parse(&key), if_version)
                 .await?;
             show(json, &serde_json::json!({ "deleted": key }), || {
                 "deleted\n".to_owned()
             })?;
         }
         RowCommand::Get { table, key, read } => {
-            let key = SplitKey::parse(&key);
+            let key = RowKey::parse(&key);
             match client.get(&table, key.clone(), read).await? {
                 Some(r) if json => print_json(&row_json(&key, &r))?,
                 Some(r) => println!("{}", row_line(&key, &r)),
@@ -741,8 +741,8 @@ async fn rows_command(client: &Client, command: RowCommand, json: bool) -> anyho
             let rows = client
                 .scan(
                     &table,
-                    from.as_deref().map(SplitKey::parse),
-                    to.as_deref().map(SplitKey::parse),
+                    from.as_deref().map(RowKey::parse),
+                    to.as_deref().map(RowKey::parse),
                     limit,
                     read,
                 )

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tstore_client::admin::ClientError;
-use tstore_client::cluster_map::SplitKey;
+use tstore_client::cluster_map::RowKey;
 use tstore_client::data::{BatchOp, ErrorKind, OpResult};
 use tstore_client::routing::{Client, Consistency};
 
@@ -373,7 +373,7 @@ async fn read(rec: &mut Recorder, client: &Client, table: &str, key: i64) -> Opt
     let started = rec.start();
     let r = tokio::time::timeout(
         rec.timeout,
-        client.get(table, SplitKey::Int(key), Consistency::Strong),
+        client.get(table, RowKey::Int(key), Consistency::Strong),
     )
     .await;
     match r {
@@ -468,7 +468,7 @@ async fn client_loop(
                 let value = fresh(&mut n);
                 let s = rec.start();
                 let r = rec
-                    .timed(client.update(table, SplitKey::Int(key), &patch(&value), Some(expected)))
+                    .timed(client.update(table, RowKey::Int(key), &patch(&value), Some(expected)))
                     .await;
                 let outcome = match r {
                     Ok(v) => {
@@ -494,7 +494,7 @@ async fn client_loop(
                 let value = fresh(&mut n);
                 let s = rec.start();
                 let r = rec
-                    .timed(client.update(table, SplitKey::Int(key), &patch(&value), None))
+                    .timed(client.update(table, RowKey::Int(key), &patch(&value), None))
                     .await;
                 let outcome = match r {
                     Ok(v) => Outcome::Ok {
@@ -532,7 +532,7 @@ async fn client_loop(
                 };
                 let s = rec.start();
                 let r = rec
-                    .timed(client.delete(table, SplitKey::Int(key), if_version))
+                    .timed(client.delete(table, RowKey::Int(key), if_version))
                     .await;
                 let outcome = match r {
                     Ok(()) => Outcome::Ok {
@@ -585,7 +585,7 @@ async fn batch(
                 row: row(key, &first),
             },
             BatchOp::Update {
-                key: SplitKey::Int(key),
+                key: RowKey::Int(key),
                 patch: patch(&second),
                 if_version: None,
             },
@@ -618,7 +618,7 @@ async fn batch(
         (0, Some(expected)) => {
             let vb = fresh(n);
             ops.push(BatchOp::Update {
-                key: SplitKey::Int(b),
+                key: RowKey::Int(b),
                 patch: patch(&vb),
                 if_version: Some(expected),
             });
@@ -632,7 +632,7 @@ async fn batch(
         }
         (1, _) => {
             ops.push(BatchOp::Delete {
-                key: SplitKey::Int(b),
+                key: RowKey::Int(b),
                 if_version: None,
             });
             calls.push((b, Call::Delete { if_version: None }));

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
 use tstore_client::admin::AdminClient;
-use tstore_client::cluster_map::{SplitKey, Table};
+use tstore_client::cluster_map::{RowKey, Table};
 use tstore_client::data::{ReadMode, RowRecord};
 use tstore_client::routing::{Client, ClientOptions};
 use tstore_transport::certs::CertDir;
@@ -258,10 +258,10 @@ async fn writer(
 }
 
 /// The smallest key above `k`.
-fn next_key(k: &SplitKey) -> SplitKey {
+fn next_key(k: &RowKey) -> RowKey {
     match k {
-        SplitKey::Int(i) => SplitKey::Int(i.checked_add(1).expect("key below i64::MAX")),
-        SplitKey::Str(s) => SplitKey::Str(format!("{s}\0")),
+        RowKey::Int(i) => RowKey::Int(i.checked_add(1).expect("key below i64::MAX")),
+        RowKey::Str(s) => RowKey::Str(format!("{s}\0")),
     }
 }
 
@@ -274,9 +274,9 @@ pub async fn scan_all(
     table: &str,
     mode: ReadMode,
     limit: Duration,
-) -> Result<Vec<(SplitKey, RowRecord)>, String> {
+) -> Result<Vec<(RowKey, RowRecord)>, String> {
     let started = Instant::now();
-    let mut rows: Vec<(SplitKey, RowRecord)> = Vec::new();
+    let mut rows: Vec<(RowKey, RowRecord)> = Vec::new();
     for _ in 0..MAX_PAGES {
         let from = rows.last().map(|(k, _)| next_key(k));
         let page = loop {
@@ -338,10 +338,10 @@ pub async fn lost_writes(
 ) -> Result<Check, String> {
     let rows = scan_all(client, table, ReadMode::Strong, Duration::from_secs(60)).await?;
     let examined = rows.len();
-    let found: BTreeMap<SplitKey, RowRecord> = rows.into_iter().collect();
+    let found: BTreeMap<RowKey, RowRecord> = rows.into_iter().collect();
     let lost = acked
         .iter()
-        .filter_map(|(k, a)| match found.get(&SplitKey::Int(*k)) {
+        .filter_map(|(k, a)| match found.get(&RowKey::Int(*k)) {
             Some(r) if r.json == a.row && r.version >= a.version => None,
             Some(r) if r.json == a.row => Some(format!(
                 "key {k}: acknowledged {} at version {}, found it at older version {}",
@@ -366,7 +366,7 @@ pub fn history_violations<'a>(
     t: &Table,
     acked: impl IntoIterator<Item = (&'a i64, &'a Acked)>,
 ) -> Vec<String> {
-    history_violations_by(|k| t.shard_of(&SplitKey::Int(k)), acked)
+    history_violations_by(|k| t.shard_of(&RowKey::Int(k)), acked)
 }
 
 /// [`history_violations`] with keys placed by `shard_of`.
@@ -430,7 +430,7 @@ pub fn first_ack_per_shard(
         if a.tried < since {
             continue;
         }
-        let shard = t.shard_of(&SplitKey::Int(*k));
+        let shard = t.shard_of(&RowKey::Int(*k));
         let d = a.at.duration_since(since);
         out.entry(shard)
             .and_modify(|x: &mut Duration| *x = (*x).min(d))

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tstore_client::cluster_map::{Sharding, SplitKey, Table, TableSpec};
+use tstore_client::cluster_map::{Sharding, RowKey, Table, TableSpec};
 use tstore_membership::NodeStatus;
 
 use crate::history::{self, Clock, Counts, Op, Rng, Workload};
@@ -1107,7 +1107,7 @@ pub fn hot_keys(t: &Table, per_shard: usize) -> (Vec<i64>, Vec<(i64, i64)>) {
     let mut by_shard: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
     let shards = t.shards.len();
     for k in 1..100_000i64 {
-        let s = t.shard_of(&SplitKey::Int(k));
+        let s = t.shard_of(&RowKey::Int(k));
         let e = by_shard.entry(s).or_default();
         if e.len() < per_shard {
             e.push(k);

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tstore_client::admin::ClientError;
-use tstore_client::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_client::cluster_map::{Sharding, RowKey, TableSpec};
 use tstore_client::data::{BatchOp, ErrorKind, OpResult};
 use tstore_client::routing::{Client, Consistency};
 use tstore_client::ManualOp;
@@ -55,21 +55,21 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
         ErrorKind::Conflict
     );
     let v2 = client
-        .update("user", SplitKey::Int(1), r#"{"age":26}"#, Some(v1))
+        .update("user", RowKey::Int(1), r#"{"age":26}"#, Some(v1))
         .await
         .unwrap();
     assert!(v2 > v1);
     assert_eq!(
         kind(
             client
-                .update("user", SplitKey::Int(1), r#"{"age":27}"#, Some(v1))
+                .update("user", RowKey::Int(1), r#"{"age":27}"#, Some(v1))
                 .await
         ),
         ErrorKind::Conflict,
         "a stale --if-version must fail"
     );
     let alice = client
-        .get("user", SplitKey::Int(1), Consistency::Strong)
+        .get("user", RowKey::Int(1), Consistency::Strong)
         .await
         .unwrap()
         .unwrap();
@@ -80,7 +80,7 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
     );
 
     // The cached map goes stale: switch the primary of Alice's shard over.
-    let shard = table.shard_of(&SplitKey::Int(1));
+    let shard = table.shard_of(&RowKey::Int(1));
     let (_, now) = c
         .client("n1")
         .await
@@ -96,14 +96,14 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
         .await
         .unwrap();
     let v3 = client
-        .update("user", SplitKey::Int(1), r#"{"age":27}"#, Some(v2))
+        .update("user", RowKey::Int(1), r#"{"age":27}"#, Some(v2))
         .await
         .expect("a write routed by a stale map is refreshed and resent");
     assert!(v3 > v2);
 
     // A batch is atomic within one shard.
     let same: Vec<i64> = (10..1000)
-        .filter(|k| table.shard_of(&SplitKey::Int(*k)) == shard)
+        .filter(|k| table.shard_of(&RowKey::Int(*k)) == shard)
         .take(2)
         .collect();
     let results = client
@@ -117,7 +117,7 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
                     row: format!(r#"{{"id":{},"name":"y"}}"#, same[1]),
                 },
                 BatchOp::Update {
-                    key: SplitKey::Int(1),
+                    key: RowKey::Int(1),
                     patch: r#"{"age":28}"#.into(),
                     if_version: Some(v3),
                 },
@@ -129,7 +129,7 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
     assert!(matches!(results[2], OpResult::Written { version } if version > v3));
     // A failed condition inside a batch writes nothing of it.
     let before = client
-        .get("user", SplitKey::Int(same[0]), Consistency::Strong)
+        .get("user", RowKey::Int(same[0]), Consistency::Strong)
         .await
         .unwrap()
         .unwrap();
@@ -152,14 +152,14 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
         ErrorKind::Conflict
     );
     let after = client
-        .get("user", SplitKey::Int(same[0]), Consistency::Strong)
+        .get("user", RowKey::Int(same[0]), Consistency::Strong)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(before, after, "a failed batch must write nothing");
     // Keys of two shards cannot share a batch.
     let other = (10..1000)
-        .find(|k| table.shard_of(&SplitKey::Int(*k)) != shard)
+        .find(|k| table.shard_of(&RowKey::Int(*k)) != shard)
         .unwrap();
     assert_eq!(
         kind(
@@ -189,7 +189,7 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
             .await
             .unwrap();
         let got = client
-            .get("user", SplitKey::Int(key), Consistency::Session)
+            .get("user", RowKey::Int(key), Consistency::Session)
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("session read of {key} missed the write"));
@@ -201,7 +201,7 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
         .unwrap();
     other_client.resume_session(client.session());
     let last = other_client
-        .get("user", SplitKey::Int(5059), Consistency::Session)
+        .get("user", RowKey::Int(5059), Consistency::Session)
         .await
         .unwrap()
         .unwrap();
@@ -213,15 +213,15 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
     let rows = other_client
         .scan(
             "user",
-            Some(SplitKey::Int(5000)),
-            Some(SplitKey::Int(5060)),
+            Some(RowKey::Int(5000)),
+            Some(RowKey::Int(5060)),
             100,
             Consistency::Session,
         )
         .await
         .unwrap();
-    let keys: Vec<SplitKey> = rows.into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, (5000..5060).map(SplitKey::Int).collect::<Vec<_>>());
+    let keys: Vec<RowKey> = rows.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, (5000..5060).map(RowKey::Int).collect::<Vec<_>>());
 
     // Each kind of bad input has its own kind, and nothing is written.
     assert_eq!(
@@ -244,7 +244,7 @@ async fn the_routing_client_follows_the_map_batches_and_reads_its_own_writes() {
     );
     for key in [7, 8] {
         assert!(client
-            .get("user", SplitKey::Int(key), Consistency::Strong)
+            .get("user", RowKey::Int(key), Consistency::Strong)
             .await
             .unwrap()
             .is_none());

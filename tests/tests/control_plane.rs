@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tstore_client::cluster_map::{Sharding, SplitKey, Table, TableSpec};
+use tstore_client::cluster_map::{Sharding, RowKey, Table, TableSpec};
 use tstore_client::wire::{AdminError, AdminErrorKind, ClusterStatus, ControlError};
 use tstore_client::ClientError;
 use tstore_tests::Cluster;
@@ -57,7 +57,7 @@ fn events_spec() -> TableSpec {
         name: "events".into(),
         key: "ts".into(),
         sharding: Sharding::Range {
-            splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
+            splits: ["1000", "2000", "3000"].map(RowKey::parse).to_vec(),
         },
         replicas: 2,
         min_copies: 0,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tstore_client::admin::AdminClient;
-use tstore_client::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_client::cluster_map::{Sharding, RowKey, TableSpec};
 use tstore_client::data::ReadMode;
 use tstore_tests::Cluster;
 
@@ -59,7 +59,7 @@ async fn converged(c: &Cluster, via: &str, table: &str, key: i64, expected: Opti
         || async {
             let client = c.client(via).await?;
             let r = client
-                .get(table, SplitKey::Int(key), ReadMode::Replica)
+                .get(table, RowKey::Int(key), ReadMode::Replica)
                 .await
                 .map_err(|e| e.to_string())?;
             client.close().await;
@@ -100,7 +100,7 @@ async fn the_briefs_user_table_end_to_end() {
         for p in &people {
             let id = p["id"].as_i64().unwrap();
             let got = client
-                .get("user", SplitKey::Int(id), ReadMode::Strong)
+                .get("user", RowKey::Int(id), ReadMode::Strong)
                 .await
                 .unwrap()
                 .unwrap();
@@ -124,13 +124,13 @@ async fn the_briefs_user_table_end_to_end() {
         .to_string();
     assert!(err.starts_with("row 2 already exists (version"), "{err}");
     let v = client
-        .get("user", SplitKey::Int(1), ReadMode::Strong)
+        .get("user", RowKey::Int(1), ReadMode::Strong)
         .await
         .unwrap()
         .unwrap()
         .version;
     let err = client
-        .update("user", SplitKey::Int(1), r#"{"age":26}"#, Some(v + 100))
+        .update("user", RowKey::Int(1), r#"{"age":26}"#, Some(v + 100))
         .await
         .unwrap_err()
         .to_string();
@@ -142,19 +142,19 @@ async fn the_briefs_user_table_end_to_end() {
         )
     );
     let v2 = client
-        .update("user", SplitKey::Int(1), r#"{"age":26}"#, Some(v))
+        .update("user", RowKey::Int(1), r#"{"age":26}"#, Some(v))
         .await
         .unwrap();
     assert!(v2 > v);
-    client.delete("user", SplitKey::Int(2), None).await.unwrap();
+    client.delete("user", RowKey::Int(2), None).await.unwrap();
     let rows = client
         .scan("user", None, None, 100, ReadMode::Strong)
         .await
         .unwrap();
-    let keys: Vec<SplitKey> = rows.iter().map(|(k, _)| k.clone()).collect();
+    let keys: Vec<RowKey> = rows.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(
         keys,
-        vec![SplitKey::Int(1), SplitKey::Int(3)],
+        vec![RowKey::Int(1), RowKey::Int(3)],
         "scan merges shards in key order"
     );
     client.close().await;
@@ -180,7 +180,7 @@ async fn a_range_table_scans_in_key_order_across_shards() {
             name: "events".into(),
             key: "ts".into(),
             sharding: Sharding::Range {
-                splits: ["1000", "2000", "3000"].map(SplitKey::parse).to_vec(),
+                splits: ["1000", "2000", "3000"].map(RowKey::parse).to_vec(),
             },
             replicas: 2,
             min_copies: 0,
@@ -203,7 +203,7 @@ async fn a_range_table_scans_in_key_order_across_shards() {
         .unwrap()
         .into_iter()
         .map(|(k, _)| match k {
-            SplitKey::Int(i) => i,
+            RowKey::Int(i) => i,
             other => panic!("{other:?}"),
         })
         .collect();
@@ -211,8 +211,8 @@ async fn a_range_table_scans_in_key_order_across_shards() {
     let some = client
         .scan(
             "events",
-            Some(SplitKey::Int(999)),
-            Some(SplitKey::Int(2500)),
+            Some(RowKey::Int(999)),
+            Some(RowKey::Int(2500)),
             100,
             ReadMode::Strong,
         )
@@ -275,13 +275,13 @@ async fn bad_input_is_refused_clearly_and_the_node_keeps_serving() {
         );
     }
     let err = client
-        .get("user", SplitKey::Int(42), ReadMode::Strong)
+        .get("user", RowKey::Int(42), ReadMode::Strong)
         .await
         .unwrap();
     assert!(err.is_none());
     client.put("user", r#"{"id":7,"ok":true}"#).await.unwrap();
     let got = client
-        .get("user", SplitKey::Int(7), ReadMode::Strong)
+        .get("user", RowKey::Int(7), ReadMode::Strong)
         .await
         .unwrap()
         .unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tstore_client::admin::{AdminClient, ClientError};
-use tstore_client::cluster_map::{Sharding, SplitKey, TableSpec};
+use tstore_client::cluster_map::{Sharding, RowKey, TableSpec};
 use tstore_client::data::ReadMode;
 use tstore_tests::load::{
     first_ack_per_shard, history_violations, lost_writes, nonce, scan_all, Acked, Load, LoadReport,
@@ -282,7 +282,7 @@ async fn a_killed_backup_is_dropped_then_rebuilt_when_it_returns() {
         .collect();
     let shards_written: std::collections::BTreeSet<u32> = while_out
         .keys()
-        .map(|k| t.shard_of(&SplitKey::Int(*k)))
+        .map(|k| t.shard_of(&RowKey::Int(*k)))
         .collect();
     assert_eq!(
         shards_written.len(),
@@ -475,7 +475,7 @@ async fn a_paused_primary_is_replaced_and_refuses_writes_when_it_resumes() {
     // Keys of the paused primary's shard, written through it (the load's
     // keys are below 10,000,000).
     let keys: Vec<i64> = (50_000_000..)
-        .filter(|k| t.shard_of(&SplitKey::Int(*k)) == s0.index)
+        .filter(|k| t.shard_of(&RowKey::Int(*k)) == s0.index)
         .take(2_000)
         .collect();
     let stop = Arc::new(AtomicBool::new(false));

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use tstore_client::cluster_map::{Sharding, SplitKey, Table, TableSpec};
+use tstore_client::cluster_map::{Sharding, RowKey, Table, TableSpec};
 use tstore_tests::load::{first_ack_per_shard, history_violations, lost_writes, Load};
 use tstore_tests::partition::Partition;
 use tstore_tests::Cluster;
@@ -187,7 +187,7 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
     let row = back
         .get(
             "part",
-            SplitKey::Int(-1),
+            RowKey::Int(-1),
             tstore_client::data::ReadMode::Strong,
         )
         .await

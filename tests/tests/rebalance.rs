@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tstore_client::cluster_map::{Sharding, SplitKey, Table, TableSpec};
+use tstore_client::cluster_map::{Sharding, RowKey, Table, TableSpec};
 use tstore_client::data::ReadMode;
 use tstore_tests::load::{lost_writes, Load};
 use tstore_tests::Cluster;
@@ -118,7 +118,7 @@ async fn a_joining_node_gets_its_share_of_copies_and_primaries() {
     // Every row written before is there, read from each primary.
     for (k, row) in &rows {
         let got = client
-            .get("rb", SplitKey::Int(*k), ReadMode::Strong)
+            .get("rb", RowKey::Int(*k), ReadMode::Strong)
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("row {k} missing\n{}", c.logs()));

@@ -87,13 +87,13 @@ fn run(store: ShardStore, rx: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::store::ShardId;
+    use crate::data::store::ShardPrefix;
     use tstore_core::data::ops::Op;
     use tstore_core::replication::LogEntry;
 
     fn entry(seq: u64, id: i64) -> LogEntry {
         let op = Op::Put {
-            key: tstore_core::cluster_map::SplitKey::Int(id),
+            key: tstore_core::cluster_map::RowKey::Int(id),
             row: format!(r#"{{"id":{id}}}"#),
         };
         let cmd = tstore_core::data::sessions::Command {
@@ -118,7 +118,7 @@ mod tests {
         let env = crate::storage::open_env(dir.path()).unwrap();
         let store = ShardStore::open(&env).unwrap();
         let c = Committer::start(store.clone()).unwrap();
-        let ids: Vec<ShardId> = (0..8).map(|s| ShardId { table: 1, shard: s }).collect();
+        let ids: Vec<ShardPrefix> = (0..8).map(|s| ShardPrefix { table: 1, shard: s }).collect();
         let mut pending = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             pending.push(c.submit(Work {
@@ -129,7 +129,7 @@ mod tests {
         }
         // A gap: entry 5 on a shard with nothing logged fails on its own.
         let bad = c.submit(Work {
-            id: ShardId { table: 2, shard: 0 },
+            id: ShardPrefix { table: 2, shard: 0 },
             entries: vec![entry(5, 9)],
             apply: None,
         });
@@ -145,13 +145,13 @@ mod tests {
             let row = store
                 .get(
                     *id,
-                    &tstore_core::cluster_map::SplitKey::Int(100 + i as i64),
+                    &tstore_core::cluster_map::RowKey::Int(100 + i as i64),
                 )
                 .unwrap()
                 .unwrap();
             assert_eq!(row.version, 2);
         }
-        let m = store.meta(ShardId { table: 2, shard: 0 }).unwrap();
+        let m = store.meta(ShardPrefix { table: 2, shard: 0 }).unwrap();
         assert_eq!(m.logged, 0, "the failed piece left nothing behind");
     }
 }

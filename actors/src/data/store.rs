@@ -25,21 +25,24 @@ use heed::types::Bytes;
 use heed::{Database, Env};
 use serde::{Deserialize, Serialize};
 
-use tstore_core::cluster_map::SplitKey;
+use tstore_core::cluster_map::RowKey;
 use tstore_core::data::ops::{evaluate, OpError, OpResult, RowRecord};
 use tstore_core::data::sessions::{decide, ClientRecord, Command, SessionClock};
 use tstore_core::replication::{Epoch, LogEntry, Seq};
 
 type Db = Database<'static, Bytes, Bytes>;
 
-/// One shard of one table.
+/// Where a shard copy's data lives in the node's LMDB: the table's id in
+/// the map (not its name, which a dropped table frees for reuse) and the
+/// shard's index. Every stored key of the copy starts with these 12 bytes
+/// ([`ShardPrefix::prefix`]). A shard's name is `tstore_core::shard::ShardKey`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShardId {
+pub struct ShardPrefix {
     pub table: u64,
     pub shard: u32,
 }
 
-impl ShardId {
+impl ShardPrefix {
     fn prefix(&self) -> [u8; 12] {
         let mut p = [0u8; 12];
         p[..8].copy_from_slice(&self.table.to_be_bytes());
@@ -97,7 +100,7 @@ pub enum StoreError {
 /// column).
 #[derive(Debug, Clone)]
 pub struct Work {
-    pub id: ShardId,
+    pub id: ShardPrefix,
     pub entries: Vec<LogEntry>,
     pub apply: Option<(Seq, String)>,
 }
@@ -165,12 +168,12 @@ impl ShardStore {
         })
     }
 
-    pub fn meta(&self, id: ShardId) -> Result<ShardMeta, StoreError> {
+    pub fn meta(&self, id: ShardPrefix) -> Result<ShardMeta, StoreError> {
         let rtxn = self.env.read_txn()?;
         self.meta_in(&rtxn, id)
     }
 
-    fn meta_in(&self, txn: &heed::RoTxn, id: ShardId) -> Result<ShardMeta, StoreError> {
+    fn meta_in(&self, txn: &heed::RoTxn, id: ShardPrefix) -> Result<ShardMeta, StoreError> {
         match self.meta.get(txn, &id.prefix())? {
             Some(b) => decode("shard meta", b),
             None => Ok(ShardMeta::default()),
@@ -178,7 +181,7 @@ impl ShardStore {
     }
 
     /// Records the configuration epoch this copy now serves in.
-    pub fn set_epoch(&self, id: ShardId, epoch: Epoch) -> Result<(), StoreError> {
+    pub fn set_epoch(&self, id: ShardPrefix, epoch: Epoch) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let mut m = self.meta_in(&wtxn, id)?;
         m.epoch = epoch;
@@ -189,7 +192,7 @@ impl ShardStore {
 
     /// Appends contiguous entries durably, in one transaction; returns the
     /// new `logged`. Entries at or below `logged` are skipped (duplicates).
-    pub fn append(&self, id: ShardId, entries: &[LogEntry]) -> Result<Seq, StoreError> {
+    pub fn append(&self, id: ShardPrefix, entries: &[LogEntry]) -> Result<Seq, StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let logged = self.append_in(&mut wtxn, id, entries)?;
         wtxn.commit()?;
@@ -199,7 +202,7 @@ impl ShardStore {
     fn append_in(
         &self,
         wtxn: &mut heed::RwTxn,
-        id: ShardId,
+        id: ShardPrefix,
         entries: &[LogEntry],
     ) -> Result<Seq, StoreError> {
         let mut m = self.meta_in(wtxn, id)?;
@@ -225,7 +228,7 @@ impl ShardStore {
     /// in one transaction; returns each entry's result.
     pub fn apply(
         &self,
-        id: ShardId,
+        id: ShardPrefix,
         upto: Seq,
         key_column: &str,
     ) -> Result<Vec<Applied>, StoreError> {
@@ -238,7 +241,7 @@ impl ShardStore {
     fn apply_in(
         &self,
         wtxn: &mut heed::RwTxn,
-        id: ShardId,
+        id: ShardPrefix,
         upto: Seq,
         key_column: &str,
     ) -> Result<Vec<Applied>, StoreError> {
@@ -267,7 +270,7 @@ impl ShardStore {
             let mut writes = Default::default();
             let (res, record) = decide(known, &cmd.id, &m.clock, || {
                 let txn: &heed::RoTxn = wtxn;
-                let lookup = |k: &SplitKey| -> Option<RowRecord> {
+                let lookup = |k: &RowKey| -> Option<RowRecord> {
                     self.rows
                         .get(txn, &id.key(&k.encode()))
                         .ok()
@@ -301,7 +304,7 @@ impl ShardStore {
     fn sweep_sessions(
         &self,
         wtxn: &mut heed::RwTxn,
-        id: ShardId,
+        id: ShardPrefix,
         clock: &SessionClock,
     ) -> Result<(), StoreError> {
         let mut expired = Vec::new();
@@ -319,7 +322,7 @@ impl ShardStore {
     }
 
     /// How many clients the shard remembers (for status and tests).
-    pub fn session_count(&self, id: ShardId) -> Result<usize, StoreError> {
+    pub fn session_count(&self, id: ShardPrefix) -> Result<usize, StoreError> {
         let rtxn = self.env.read_txn()?;
         let mut n = 0;
         for item in self.sessions.prefix_iter(&rtxn, &id.prefix())? {
@@ -380,7 +383,7 @@ impl ShardStore {
         }
     }
 
-    pub fn get(&self, id: ShardId, key: &SplitKey) -> Result<Option<RowRecord>, StoreError> {
+    pub fn get(&self, id: ShardPrefix, key: &RowKey) -> Result<Option<RowRecord>, StoreError> {
         let rtxn = self.env.read_txn()?;
         match self.rows.get(&rtxn, &id.key(&key.encode()))? {
             Some(b) => decode("row", b).map(Some),
@@ -391,11 +394,11 @@ impl ShardStore {
     /// Rows with `from <= key < to` (unbounded when `None`), in key order, at most `limit`.
     pub fn scan(
         &self,
-        id: ShardId,
-        from: Option<&SplitKey>,
-        to: Option<&SplitKey>,
+        id: ShardPrefix,
+        from: Option<&RowKey>,
+        to: Option<&RowKey>,
         limit: usize,
-    ) -> Result<Vec<(SplitKey, RowRecord)>, StoreError> {
+    ) -> Result<Vec<(RowKey, RowRecord)>, StoreError> {
         let rtxn = self.env.read_txn()?;
         let start = id.key(&from.map(|k| k.encode()).unwrap_or_default());
         let end = id.next_prefix();
@@ -406,7 +409,7 @@ impl ShardStore {
         let mut out = Vec::new();
         for item in self.rows.range(&rtxn, &range)? {
             let (k, v) = item?;
-            let key = SplitKey::decode(&k[12..]).ok_or(StoreError::Corrupt {
+            let key = RowKey::decode(&k[12..]).ok_or(StoreError::Corrupt {
                 what: "row key",
                 cause: "undecodable".into(),
             })?;
@@ -419,7 +422,7 @@ impl ShardStore {
     }
 
     /// Logged entries with `from <= seq <= to`.
-    pub fn log_range(&self, id: ShardId, from: Seq, to: Seq) -> Result<Vec<LogEntry>, StoreError> {
+    pub fn log_range(&self, id: ShardPrefix, from: Seq, to: Seq) -> Result<Vec<LogEntry>, StoreError> {
         if from > to {
             return Ok(vec![]);
         }
@@ -444,7 +447,7 @@ impl ShardStore {
     /// Reconciliation with a new epoch's primary: drops the log entries
     /// after `keep` (never below `applied`) and records `epoch`, in one
     /// transaction.
-    pub fn reconcile(&self, id: ShardId, keep: Seq, epoch: Epoch) -> Result<(), StoreError> {
+    pub fn reconcile(&self, id: ShardPrefix, keep: Seq, epoch: Epoch) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let mut m = self.meta_in(&wtxn, id)?;
         let keep = keep.max(m.applied);
@@ -466,7 +469,7 @@ impl ShardStore {
     /// number of rows. Blocking: run it on a thread of its own.
     pub fn snapshot(
         &self,
-        id: ShardId,
+        id: ShardPrefix,
         chunk_bytes: usize,
         header: impl FnOnce(ShardMeta) -> bool,
         mut chunk: impl FnMut(ChunkKind, Vec<(Vec<u8>, Vec<u8>)>) -> bool,
@@ -506,7 +509,7 @@ impl ShardStore {
     /// from `snapshot`).
     pub fn install(
         &self,
-        id: ShardId,
+        id: ShardPrefix,
         kind: ChunkKind,
         pairs: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), StoreError> {
@@ -527,7 +530,7 @@ impl ShardStore {
     /// `epoch`.
     pub fn finish_install(
         &self,
-        id: ShardId,
+        id: ShardPrefix,
         applied: Seq,
         clock: SessionClock,
         epoch: Epoch,
@@ -545,7 +548,7 @@ impl ShardStore {
     }
 
     /// Removes every row, log entry and the metadata of a shard copy.
-    pub fn drop_shard(&self, id: ShardId) -> Result<(), StoreError> {
+    pub fn drop_shard(&self, id: ShardPrefix) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let p = id.prefix();
         for db in [&self.rows, &self.log, &self.sessions] {
@@ -565,7 +568,7 @@ impl ShardStore {
     /// A checksum of a shard's rows (keys, versions, content) and client
     /// sessions, to compare copies (on any node: the shard prefix is left
     /// out).
-    pub fn checksum(&self, id: ShardId) -> Result<u64, StoreError> {
+    pub fn checksum(&self, id: ShardPrefix) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for db in [&self.rows, &self.sessions] {
@@ -614,7 +617,7 @@ mod tests {
 
     fn put(i: i64) -> Op {
         Op::Put {
-            key: SplitKey::Int(i),
+            key: RowKey::Int(i),
             row: serde_json::json!({"id": i, "v": i * 10}).to_string(),
         }
     }
@@ -622,8 +625,8 @@ mod tests {
     #[test]
     fn append_apply_get_scan_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let a = ShardId { table: 1, shard: 0 };
-        let b = ShardId { table: 1, shard: 1 };
+        let a = ShardPrefix { table: 1, shard: 0 };
+        let b = ShardPrefix { table: 1, shard: 1 };
         {
             let env = crate::storage::open_env(dir.path()).unwrap();
             let s = ShardStore::open(&env).unwrap();
@@ -653,18 +656,18 @@ mod tests {
         s.apply(a, 10, "id").unwrap();
         assert_eq!(s.meta(a).unwrap().applied, 5);
         let rows = s.scan(a, None, None, 100).unwrap();
-        let keys: Vec<SplitKey> = rows.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<RowKey> = rows.iter().map(|(k, _)| k.clone()).collect();
         assert_eq!(
             keys,
-            (1..=5).map(SplitKey::Int).collect::<Vec<_>>(),
+            (1..=5).map(RowKey::Int).collect::<Vec<_>>(),
             "key order, shard a only"
         );
         let some = s
-            .scan(a, Some(&SplitKey::Int(2)), Some(&SplitKey::Int(4)), 100)
+            .scan(a, Some(&RowKey::Int(2)), Some(&RowKey::Int(4)), 100)
             .unwrap();
         assert_eq!(some.len(), 2);
         assert_eq!(s.scan(a, None, None, 2).unwrap().len(), 2);
-        assert_eq!(s.get(a, &SplitKey::Int(5)).unwrap().unwrap().version, 1);
+        assert_eq!(s.get(a, &RowKey::Int(5)).unwrap().unwrap().version, 1);
         assert_eq!(s.log_range(a, 2, 4).unwrap().len(), 3);
         assert_ne!(s.checksum(a).unwrap(), s.checksum(b).unwrap());
         s.drop_shard(a).unwrap();
@@ -682,7 +685,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::storage::open_env(dir.path()).unwrap();
         let store = ShardStore::open(&env).unwrap();
-        let id = ShardId { table: 1, shard: 0 };
+        let id = ShardPrefix { table: 1, shard: 0 };
         let entries: Vec<LogEntry> = (1..=5).map(|i| entry(i, &put(i as i64))).collect();
         store.append(id, &entries).unwrap();
         store.apply(id, 3, "id").unwrap();
@@ -696,7 +699,7 @@ mod tests {
         assert!(store.log_range(id, 4, 5).unwrap().is_empty());
         store.append(id, &[entry(4, &put(40))]).unwrap();
 
-        let copy = ShardId { table: 1, shard: 1 };
+        let copy = ShardPrefix { table: 1, shard: 1 };
         let mut meta = None;
         let mut chunks = Vec::new();
         let rows = store
@@ -740,16 +743,16 @@ mod tests {
             put(1),
             put(2),
             Op::Update {
-                key: SplitKey::Int(1),
+                key: RowKey::Int(1),
                 patch: r#"{"x":1}"#.into(),
                 if_version: Some(1),
             },
             Op::Delete {
-                key: SplitKey::Int(2),
+                key: RowKey::Int(2),
                 if_version: None,
             },
             Op::Insert {
-                key: SplitKey::Int(1),
+                key: RowKey::Int(1),
                 row: r#"{"id":1}"#.into(),
             },
         ];
@@ -763,7 +766,7 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let env = crate::storage::open_env(dir.path()).unwrap();
                 let s = ShardStore::open(&env).unwrap();
-                let id = ShardId { table: 3, shard: 2 };
+                let id = ShardPrefix { table: 3, shard: 2 };
                 s.append(id, &entries).unwrap();
                 let results = s.apply(id, 5, "id").unwrap();
                 assert!(
@@ -781,9 +784,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::storage::open_env(dir.path()).unwrap();
         let s = ShardStore::open(&env).unwrap();
-        let a = ShardId { table: 1, shard: 0 };
+        let a = ShardPrefix { table: 1, shard: 0 };
         let put = |v: &str| Op::Put {
-            key: SplitKey::Int(6),
+            key: RowKey::Int(6),
             row: serde_json::json!({"id": 6, "v": v}).to_string(),
         };
         // Request 1 writes A (entry 1); request 2 writes B (entry 2); then
@@ -804,13 +807,13 @@ mod tests {
             Ok(OpResult::Written { version: 1 }),
             "the resend gets the first outcome"
         );
-        let row = s.get(a, &SplitKey::Int(6)).unwrap().unwrap();
+        let row = s.get(a, &RowKey::Int(6)).unwrap().unwrap();
         assert_eq!(row.version, 2, "B stays: A is not applied a second time");
         assert!(row.json.contains("\"B\""));
         assert_eq!(s.session_count(a).unwrap(), 1);
 
         // A copy made from a snapshot remembers request 1 as well.
-        let b = ShardId { table: 1, shard: 1 };
+        let b = ShardPrefix { table: 1, shard: 1 };
         let mut meta = None;
         s.snapshot(
             a,
@@ -833,7 +836,7 @@ mod tests {
             s.apply(b, 4, "id").unwrap()[0].1,
             Ok(OpResult::Written { version: 1 })
         );
-        assert_eq!(s.get(b, &SplitKey::Int(6)).unwrap().unwrap().version, 2);
+        assert_eq!(s.get(b, &RowKey::Int(6)).unwrap().unwrap().version, 2);
     }
 
     #[test]
@@ -842,7 +845,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::storage::open_env(dir.path()).unwrap();
         let s = ShardStore::open(&env).unwrap();
-        let a = ShardId { table: 1, shard: 0 };
+        let a = ShardPrefix { table: 1, shard: 0 };
         s.append(a, &[entry(1, &put(1))]).unwrap();
         s.apply(a, 1, "id").unwrap();
         assert_eq!(s.session_count(a).unwrap(), 1);

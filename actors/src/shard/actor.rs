@@ -30,10 +30,10 @@ use tstore_membership::Membership;
 use super::snapshot::{self, Fetch, Installed};
 use crate::clock::{now_ms, wall_ms};
 use crate::data::committer::Committer;
-use crate::data::store::{Done, ShardId, ShardStore, StoreError, Work};
+use crate::data::store::{Done, ShardPrefix, ShardStore, StoreError, Work};
 use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
-use tstore_core::cluster_map::{NodeId, SplitKey};
+use tstore_core::cluster_map::{NodeId, RowKey};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{Command, RequestId};
 use tstore_core::replication::reconfigure::{rejoin_discards_copy, takeover_not_before};
@@ -92,16 +92,16 @@ pub struct Write {
 #[derive(Message)]
 #[rtype(result = "Result<Option<RowRecord>, String>")]
 pub struct Read {
-    pub key: SplitKey,
+    pub key: RowKey,
     pub mode: ReadMode,
 }
 
 /// A range read within the shard.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<(SplitKey, RowRecord)>, String>")]
+#[rtype(result = "Result<Vec<(RowKey, RowRecord)>, String>")]
 pub struct ScanShard {
-    pub from: Option<SplitKey>,
-    pub to: Option<SplitKey>,
+    pub from: Option<RowKey>,
+    pub to: Option<RowKey>,
     pub limit: usize,
     pub mode: ReadMode,
 }
@@ -121,7 +121,7 @@ pub struct CopyActor {
     key: ShardKey,
     copy: LocalCopy,
     env: CopyEnv,
-    id: ShardId,
+    id: ShardPrefix,
     role: Role,
     /// Entries handed to the disk and not yet written (group commit).
     to_persist: Vec<LogEntry>,
@@ -145,7 +145,7 @@ pub struct CopyActor {
 
 impl CopyActor {
     pub fn new(key: ShardKey, copy: LocalCopy, env: CopyEnv) -> Self {
-        let id = ShardId {
+        let id = ShardPrefix {
             table: copy.table_id,
             shard: key.index,
         };
@@ -675,7 +675,7 @@ impl Handler<Read> for CopyActor {
 }
 
 impl Handler<ScanShard> for CopyActor {
-    type Result = Result<Vec<(SplitKey, RowRecord)>, String>;
+    type Result = Result<Vec<(RowKey, RowRecord)>, String>;
 
     fn handle(&mut self, s: ScanShard, _: &mut Context<Self>) -> Self::Result {
         self.check_read(s.mode)?;

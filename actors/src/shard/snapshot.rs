@@ -16,7 +16,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tstore_core::shard::ShardKey;
 
 use crate::control::MapView;
-use crate::data::store::{ChunkKind, ShardId, ShardMeta, ShardStore};
+use crate::data::store::{ChunkKind, ShardPrefix, ShardMeta, ShardStore};
 use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
 use crate::peer_link::PeerLink;
 
@@ -54,7 +54,7 @@ impl SnapshotServer {
                 return stream::once(async move { PeerReply::Refused(why) }).boxed();
             }
         }
-        let id = ShardId { table: t.id, shard };
+        let id = ShardPrefix { table: t.id, shard };
         let (tx, rx) = tokio::sync::mpsc::channel(SERVER_QUEUE);
         let (store, rate) = (self.store.clone(), self.rate);
         std::thread::spawn(move || {
@@ -100,7 +100,7 @@ pub(crate) struct Fetch {
     pub(crate) primary: String,
     pub(crate) key: ShardKey,
     pub(crate) store: ShardStore,
-    pub(crate) id: ShardId,
+    pub(crate) id: ShardPrefix,
     /// The epoch the installed copy is recorded at.
     pub(crate) epoch: u64,
     /// Rows and bytes installed so far.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_map::SplitKey;
+use crate::cluster_map::RowKey;
 use crate::keys::KeyError;
 
 /// Largest row accepted, as JSON text.
@@ -34,17 +34,17 @@ pub struct RowRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Create or replace the row.
-    Put { key: SplitKey, row: String },
+    Put { key: RowKey, row: String },
     /// Create the row; fails if it exists.
-    Insert { key: SplitKey, row: String },
+    Insert { key: RowKey, row: String },
     /// Merge columns into an existing row.
     Update {
-        key: SplitKey,
+        key: RowKey,
         patch: String,
         if_version: Option<u64>,
     },
     Delete {
-        key: SplitKey,
+        key: RowKey,
         if_version: Option<u64>,
     },
     /// All or nothing, within one shard.
@@ -53,7 +53,7 @@ pub enum Op {
 
 impl Op {
     /// The row the operation writes; `None` for a batch.
-    pub fn key(&self) -> Option<&SplitKey> {
+    pub fn key(&self) -> Option<&RowKey> {
         match self {
             Op::Put { key, .. }
             | Op::Insert { key, .. }
@@ -113,10 +113,10 @@ pub enum OpResult {
 }
 
 /// A row write to make: `None` deletes.
-pub type Writes = BTreeMap<SplitKey, Option<RowRecord>>;
+pub type Writes = BTreeMap<RowKey, Option<RowRecord>>;
 
 /// Parses and checks a row for `key_column`; returns its key.
-pub fn check_row(json: &str, key_column: &str) -> Result<(SplitKey, serde_json::Value), OpError> {
+pub fn check_row(json: &str, key_column: &str) -> Result<(RowKey, serde_json::Value), OpError> {
     if json.len() > MAX_ROW_BYTES {
         return Err(OpError::TooLarge(format!(
             "{} bytes exceeds the limit of {MAX_ROW_BYTES} bytes",
@@ -128,7 +128,7 @@ pub fn check_row(json: &str, key_column: &str) -> Result<(SplitKey, serde_json::
     if !value.is_object() {
         return Err(OpError::InvalidRow("a row must be a JSON object".into()));
     }
-    let key = SplitKey::from_row(&value, key_column)?;
+    let key = RowKey::from_row(&value, key_column)?;
     Ok((key, value))
 }
 
@@ -137,7 +137,7 @@ pub fn evaluate(
     op: &Op,
     seq: u64,
     key_column: &str,
-    lookup: &dyn Fn(&SplitKey) -> Option<RowRecord>,
+    lookup: &dyn Fn(&RowKey) -> Option<RowRecord>,
 ) -> (Result<OpResult, OpError>, Writes) {
     let mut writes = Writes::new();
     let res = eval_into(op, seq, key_column, lookup, &mut writes);
@@ -151,11 +151,11 @@ fn eval_into(
     op: &Op,
     seq: u64,
     key_column: &str,
-    lookup: &dyn Fn(&SplitKey) -> Option<RowRecord>,
+    lookup: &dyn Fn(&RowKey) -> Option<RowRecord>,
     writes: &mut Writes,
 ) -> Result<OpResult, OpError> {
     // Reads see this batch's earlier writes.
-    let current = |key: &SplitKey, writes: &Writes| match writes.get(key) {
+    let current = |key: &RowKey, writes: &Writes| match writes.get(key) {
         Some(w) => w.clone(),
         None => lookup(key),
     };
@@ -199,7 +199,7 @@ fn eval_into(
                 ));
             };
             if let Some(k) = patch.get(key_column) {
-                if SplitKey::from_row(&serde_json::json!({ key_column: k }), key_column)
+                if RowKey::from_row(&serde_json::json!({ key_column: k }), key_column)
                     .ok()
                     .as_ref()
                     != Some(key)
@@ -261,7 +261,7 @@ fn eval_into(
 }
 
 fn check_version(
-    key: &SplitKey,
+    key: &RowKey,
     expected: Option<u64>,
     current: Option<u64>,
 ) -> Result<(), OpError> {
@@ -280,8 +280,8 @@ fn check_version(
 mod tests {
     use super::*;
 
-    fn k(i: i64) -> SplitKey {
-        SplitKey::Int(i)
+    fn k(i: i64) -> RowKey {
+        RowKey::Int(i)
     }
 
     fn row(i: i64, name: &str) -> String {
@@ -289,7 +289,7 @@ mod tests {
     }
 
     fn apply(
-        rows: &mut BTreeMap<SplitKey, RowRecord>,
+        rows: &mut BTreeMap<RowKey, RowRecord>,
         op: Op,
         seq: u64,
     ) -> Result<OpResult, OpError> {

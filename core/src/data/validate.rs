@@ -5,7 +5,7 @@
 //!
 //! Pure: no I/O.
 
-use crate::cluster_map::{SplitKey, Table};
+use crate::cluster_map::{RowKey, Table};
 use crate::data::ops::{check_row, Op, MAX_BATCH};
 use crate::wire::{BatchOp, DataError};
 
@@ -18,7 +18,7 @@ fn check_patch(patch: &str) -> Result<(), DataError> {
     }
 }
 
-fn not_in_shard(t: &Table, shard: u32, key: &SplitKey) -> DataError {
+fn not_in_shard(t: &Table, shard: u32, key: &RowKey) -> DataError {
     let table = &t.spec.name;
     DataError::invalid(format!(
         "key {key} belongs to {table}/{}, not {table}/{shard}",
@@ -98,7 +98,7 @@ pub fn shard_of_write(t: &Table, op: &Op) -> Result<u32, DataError> {
 pub fn row_op(
     t: &Table,
     row: &str,
-    make: impl FnOnce(SplitKey, String) -> Op,
+    make: impl FnOnce(RowKey, String) -> Op,
 ) -> Result<Op, DataError> {
     let (key, _) = check_row(row, &t.spec.key).map_err(DataError::from)?;
     Ok(make(key, row.to_owned()))
@@ -171,10 +171,10 @@ mod tests {
     fn a_batch_across_shards_is_refused_with_both_keys_named() {
         let t = table(8);
         let (a, b) = (1..100)
-            .map(SplitKey::Int)
+            .map(RowKey::Int)
             .find_map(|k| {
                 let other = (1..100)
-                    .map(SplitKey::Int)
+                    .map(RowKey::Int)
                     .find(|o| t.shard_of(o) != t.shard_of(&k))?;
                 Some((k, other))
             })
@@ -204,7 +204,7 @@ mod tests {
                     row: r#"{"id":1}"#.into(),
                 },
                 BatchOp::Update {
-                    key: SplitKey::Int(1),
+                    key: RowKey::Int(1),
                     patch: "[1]".into(),
                     if_version: None,
                 },
@@ -215,7 +215,7 @@ mod tests {
             e.message,
             "batch operation 1: an update must be a JSON object"
         );
-        let k = SplitKey::Int(5);
+        let k = RowKey::Int(5);
         let wrong = (t.shard_of(&k) + 1) % 4;
         let e = check_op(
             &t,
