@@ -18,7 +18,7 @@ use tstore_transport::Remote;
 use crate::control::ControlPlane;
 use crate::peer::{PeerMessage, PeerReply};
 use crate::router::serve_local;
-use crate::shard::actor::Replicate;
+use crate::shard::messages::Replicate;
 use crate::shard::local::LocalCopies;
 use crate::shard::snapshot::SnapshotServer;
 use tstore_core::shard::ShardKey;
@@ -55,11 +55,7 @@ impl PeerDispatch {
     pub fn on_oneway(&self, from: &Remote, msg: PeerMessage) {
         match msg {
             PeerMessage::Gossip(payload) => self.gossip.deliver(from.addr, payload),
-            PeerMessage::Repl { table, shard, msg } => {
-                let key = ShardKey {
-                    table,
-                    index: shard,
-                };
+            PeerMessage::Repl { shard: key, msg } => {
                 let Some(copy) = self.local.get(&key) else {
                     debug!(shard = %key, "replication message for a copy not held here");
                     return;
@@ -93,7 +89,7 @@ impl PeerDispatch {
                 ))
             }
             PeerMessage::Repl { .. } => one(PeerReply::Refused("replication is one-way".into())),
-            PeerMessage::Snapshot { table, shard } => self.snapshots.serve(table, shard),
+            PeerMessage::Snapshot { shard } => self.snapshots.serve(shard),
             PeerMessage::Data(req) => {
                 let local = self.local.current();
                 stream::once(async move { PeerReply::Data(serve_local(&local, req).await) }).boxed()

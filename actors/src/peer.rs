@@ -13,6 +13,7 @@ use openraft::raft::{
 use tstore_core::cluster_map::Table;
 use tstore_core::data::sessions::SessionClock;
 use tstore_core::replication::ReplMsg;
+use tstore_core::shard::ShardKey;
 use tstore_core::wire::{ControlError, ControlRequest, DataReply, ShardRequest};
 
 use crate::control::types::MapRaft;
@@ -29,16 +30,12 @@ pub enum PeerMessage {
     /// A cluster-map change forwarded to the Raft leader (the coordinator).
     Control(ControlRequest),
     /// Replication between the members of a shard, one-way.
-    Repl {
-        table: String,
-        shard: u32,
-        msg: ReplMsg,
-    },
+    Repl { shard: ShardKey, msg: ReplMsg },
     /// A client's read or write, forwarded to the node holding the shard copy.
     Data(ShardRequest),
     /// A learner asks the shard's primary for a snapshot of its rows;
     /// answered by a stream of [`SnapshotPart`]s.
-    Snapshot { table: String, shard: u32 },
+    Snapshot { shard: ShardKey },
 }
 
 /// One frame of a snapshot stream: a header, row chunks, client session

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::control::MapView;
 use crate::peer::{PeerMessage, PeerReply};
 use crate::peer_link::{LinkError, PeerLink};
-use crate::shard::actor::{GetStatus, Read, ScanShard, Write};
+use crate::shard::messages::{GetStatus, Read, ScanShard, Write};
 use crate::shard::local::CopyAddrs;
 use tstore_core::cluster_map::{ClusterMap, Table};
 use tstore_core::data::ops::Op;
@@ -78,8 +78,7 @@ impl Router {
                     .flat_map(|s| s.replicas.holders().map(move |n| (s.index, n.clone())));
                 let calls = asks.map(|(shard, node)| {
                     let req = ShardRequest::Status {
-                        table: table.clone(),
-                        shard,
+                        shard: ShardKey::new(&table, shard),
                         checksum: checksums,
                     };
                     async move {
@@ -136,8 +135,10 @@ impl Router {
     /// refreshes and resends), held briefly when this node's map is the one
     /// behind, then served or forwarded once.
     async fn routed(&self, epoch: u64, request: ShardRequest) -> Result<DataReply, DataError> {
-        let (table, shard) = request.shard();
-        let (table, shard) = (table.to_owned(), shard);
+        let ShardKey {
+            table,
+            index: shard,
+        } = request.shard().clone();
         let deadline = Instant::now() + MAP_CATCH_UP;
         let mut versions = self.map.watch_version();
         let map = loop {
@@ -196,8 +197,7 @@ impl Router {
                 ..
             } => {
                 let request = ShardRequest::Scan {
-                    table: table.clone(),
-                    shard,
+                    shard: ShardKey::new(&table, shard),
                     from,
                     to,
                     limit: limit.min(MAX_SCAN),
@@ -226,8 +226,7 @@ impl Router {
             Err(e) => return err(e),
         };
         let req = ShardRequest::Write {
-            table: table.to_owned(),
-            shard,
+            shard: ShardKey::new(table, shard),
             id,
             op,
         };
@@ -285,11 +284,7 @@ impl Router {
 
 /// Serves a request with a copy held on this node.
 pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
-    let (table, shard) = req.shard();
-    let key = ShardKey {
-        table: table.to_owned(),
-        index: shard,
-    };
+    let key = req.shard().clone();
     let Some(copy) = local.get(&key) else {
         return err(DataError::unavailable(format!(
             "shard {key} has no copy on this node (the map may have just changed); retry"

@@ -22,7 +22,8 @@ use tstore_actors::data::store::{ShardPrefix, ShardStore};
 use tstore_actors::dispatch::PeerDispatch;
 use tstore_actors::peer_link::mem::{Filter, Kind, MemNet};
 use tstore_actors::router::Router;
-use tstore_actors::shard::actor::{CopyActor, CopyEnv, Reconfigure};
+use tstore_actors::shard::actor::{CopyActor, CopyEnv};
+use tstore_actors::shard::messages::Reconfigure;
 use tstore_actors::shard::local::LocalCopies;
 use tstore_actors::shard::snapshot::SnapshotServer;
 use tstore_core::cluster_map::{ClusterMap, MapCommand, Sharding, RowKey, TableSpec};
@@ -212,8 +213,7 @@ impl Cluster {
         DataRequest::Routed {
             epoch: self.epoch(),
             request: ShardRequest::Write {
-                table: TABLE.into(),
-                shard: 0,
+                shard: ShardKey::new(TABLE, 0),
                 id: RequestId {
                     client: self.client,
                     seq,
@@ -537,8 +537,7 @@ async fn forward_to_a_partitioned_primary_is_sent_once() {
     let get = DataRequest::Routed {
         epoch: 1,
         request: ShardRequest::Get {
-            table: TABLE.into(),
-            shard: 0,
+            shard: ShardKey::new(TABLE, 0),
             key: RowKey::Int(1),
             mode: ReadMode::Strong,
         },

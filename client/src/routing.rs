@@ -567,8 +567,7 @@ impl Client {
         let shard = shard_of_write(&route.table, &op)?;
         let request = self.begin_request(table, shard);
         let req = ShardRequest::Write {
-            table: table.to_owned(),
-            shard,
+            shard: ShardKey::new(table, shard),
             id: request.id,
             op,
         };
@@ -690,8 +689,7 @@ impl Client {
         let shard = self.route(table).await?.table.shard_of(&key);
         let mode = mode_of(shard);
         let request = ShardRequest::Get {
-            table: table.to_owned(),
-            shard,
+            shard: ShardKey::new(table, shard),
             key,
             mode,
         };
@@ -761,8 +759,7 @@ impl Client {
         let calls = shards.into_iter().map(|shard| {
             let mode = mode_of(shard);
             let request = ShardRequest::Scan {
-                table: table.to_owned(),
-                shard,
+                shard: ShardKey::new(table, shard),
                 from: from.clone(),
                 to: to.clone(),
                 limit,

@@ -11,6 +11,7 @@ use crate::coordinator::failover::ManualOp;
 use crate::coordinator::placement::PlacementError;
 use crate::data::ops::{Op, OpResult, RowRecord};
 use crate::data::sessions::RequestId;
+use crate::shard::ShardKey;
 use crate::view::{GossipChange, GossipSnapshot, Member};
 
 /// Most rows one scan returns.
@@ -31,26 +32,25 @@ pub enum ReadMode {
     AtLeast(u64),
 }
 
-/// A read or write addressed to one shard copy.
+/// A read or write addressed to one shard copy. (A [`ShardKey`] encodes
+/// as its table name then its index, so these bytes are those of separate
+/// `table` and `shard` fields.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ShardRequest {
     /// A write, with the identity that makes it exactly-once: every resend
     /// of it carries the same `id`.
     Write {
-        table: String,
-        shard: u32,
+        shard: ShardKey,
         id: RequestId,
         op: Op,
     },
     Get {
-        table: String,
-        shard: u32,
+        shard: ShardKey,
         key: RowKey,
         mode: ReadMode,
     },
     Scan {
-        table: String,
-        shard: u32,
+        shard: ShardKey,
         from: Option<RowKey>,
         to: Option<RowKey>,
         limit: usize,
@@ -58,20 +58,19 @@ pub enum ShardRequest {
     },
     /// The copy's replication state (and a checksum of its rows if asked).
     Status {
-        table: String,
-        shard: u32,
+        shard: ShardKey,
         checksum: bool,
     },
 }
 
 impl ShardRequest {
-    /// The table and shard the request is for.
-    pub fn shard(&self) -> (&str, u32) {
+    /// The shard the request is for.
+    pub fn shard(&self) -> &ShardKey {
         match self {
-            ShardRequest::Write { table, shard, .. }
-            | ShardRequest::Get { table, shard, .. }
-            | ShardRequest::Scan { table, shard, .. }
-            | ShardRequest::Status { table, shard, .. } => (table, *shard),
+            ShardRequest::Write { shard, .. }
+            | ShardRequest::Get { shard, .. }
+            | ShardRequest::Scan { shard, .. }
+            | ShardRequest::Status { shard, .. } => shard,
         }
     }
 }

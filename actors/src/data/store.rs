@@ -35,7 +35,7 @@ type Db = Database<'static, Bytes, Bytes>;
 /// Where a shard copy's data lives in the node's LMDB: the table's id in
 /// the map (not its name, which a dropped table frees for reuse) and the
 /// shard's index. Every stored key of the copy starts with these 12 bytes
-/// ([`ShardPrefix::prefix`]). A shard's name is `tstore_core::shard::ShardKey`.
+/// (`ShardPrefix::prefix`). A shard's name is `tstore_core::shard::ShardKey`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardPrefix {
     pub table: u64,

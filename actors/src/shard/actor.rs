@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use tstore_membership::Membership;
 
+use super::messages::{GetStatus, Read, Reconfigure, Replicate, ScanShard, StopCopy, Write};
 use super::snapshot::{self, Fetch, Installed};
 use crate::clock::{now_ms, wall_ms};
 use crate::data::committer::Committer;
@@ -57,53 +58,6 @@ pub struct CopyEnv {
     /// How the copy reaches the other members (replication, snapshots).
     pub link: Arc<dyn PeerLink>,
     pub lease: LeaseConfig,
-}
-
-/// Replace the copy's configuration (new epoch, new members, new role).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Reconfigure(pub LocalCopy);
-
-/// Stop holding the copy (its data stays until the table is dropped).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StopCopy {
-    /// The shard left the map for good (table dropped): delete its data.
-    pub drop_data: bool,
-}
-
-/// A replication message from another member.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Replicate {
-    pub from: String,
-    pub msg: ReplMsg,
-}
-
-/// A client write, to the primary, with its request identity.
-#[derive(Message)]
-#[rtype(result = "Result<OpResult, DataError>")]
-pub struct Write {
-    pub id: RequestId,
-    pub op: Op,
-}
-
-/// A point read.
-#[derive(Message)]
-#[rtype(result = "Result<Option<RowRecord>, String>")]
-pub struct Read {
-    pub key: RowKey,
-    pub mode: ReadMode,
-}
-
-/// A range read within the shard.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<(RowKey, RowRecord)>, String>")]
-pub struct ScanShard {
-    pub from: Option<RowKey>,
-    pub to: Option<RowKey>,
-    pub limit: usize,
-    pub mode: ReadMode,
 }
 
 enum Role {
@@ -343,8 +297,7 @@ impl CopyActor {
                 }
                 Effect::Send { to, msg } => {
                     let m = PeerMessage::Repl {
-                        table: self.key.table.clone(),
-                        shard: self.key.index,
+                        shard: self.key.clone(),
                         msg,
                     };
                     if let Err(e) = self.env.link.send_oneway(&to, m) {
@@ -687,13 +640,6 @@ impl Handler<ScanShard> for CopyActor {
         debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
         res
     }
-}
-
-/// The copy's replication state.
-#[derive(Message)]
-#[rtype(result = "CopyStatus")]
-pub struct GetStatus {
-    pub checksum: bool,
 }
 
 impl Handler<GetStatus> for CopyActor {

@@ -2,9 +2,11 @@
 //! decided by `tstore_core::shard::plan`; this module carries it out.
 //!
 //! - [`actor`]: the copy actor (primary, backup, learner).
+//! - [`messages`]: the messages a copy actor handles.
 //! - [`local`]: the registry of the copies held here.
 //! - [`snapshot`]: both ends of the snapshot stream a learner is built from.
 
 pub mod actor;
 pub mod local;
+pub mod messages;
 pub mod snapshot;

@@ -41,7 +41,11 @@ impl SnapshotServer {
     /// Streams a shard's rows from one read transaction on a thread of its
     /// own, throttled to `rate`. Only the primary serves: its log holds
     /// every entry after the snapshot, which the learner needs next.
-    pub fn serve(&self, table: String, shard: u32) -> BoxStream<'static, PeerReply> {
+    pub fn serve(&self, key: ShardKey) -> BoxStream<'static, PeerReply> {
+        let ShardKey {
+            table,
+            index: shard,
+        } = key;
         let map = self.map.map();
         let Some(t) = map.tables.get(&table) else {
             let why = format!("table {table:?} does not exist here");
@@ -138,10 +142,7 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
         st.drop_shard(id).map_err(|e| e.to_string())
     }))
     .await?;
-    let req = PeerMessage::Snapshot {
-        table: key.table.clone(),
-        shard: key.index,
-    };
+    let req = PeerMessage::Snapshot { shard: key.clone() };
     let mut stream = link
         .request_stream(&primary, req)
         .await

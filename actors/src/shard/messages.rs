@@ -1,0 +1,67 @@
+//! The messages a shard copy actor ([`CopyActor`](super::actor::CopyActor))
+//! handles: its configuration and lifecycle from the NodeActor, replication
+//! from the other members, and the reads, writes and status requests the
+//! router hands it. One file, as tikv keeps its store messages in `msg.rs`.
+
+use actix::prelude::*;
+use tstore_core::cluster_map::RowKey;
+use tstore_core::data::ops::{Op, OpResult, RowRecord};
+use tstore_core::data::sessions::RequestId;
+use tstore_core::replication::ReplMsg;
+use tstore_core::shard::LocalCopy;
+use tstore_core::wire::{CopyStatus, DataError, ReadMode};
+
+/// Replace the copy's configuration (new epoch, new members, new role).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub LocalCopy);
+
+/// Stop holding the copy (its data stays until the table is dropped).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopCopy {
+    /// The shard left the map for good (table dropped): delete its data.
+    pub drop_data: bool,
+}
+
+/// A replication message from another member.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Replicate {
+    pub from: String,
+    pub msg: ReplMsg,
+}
+
+/// A client write, to the primary, with its request identity.
+#[derive(Message)]
+#[rtype(result = "Result<OpResult, DataError>")]
+pub struct Write {
+    pub id: RequestId,
+    pub op: Op,
+}
+
+/// A point read.
+#[derive(Message)]
+#[rtype(result = "Result<Option<RowRecord>, String>")]
+pub struct Read {
+    pub key: RowKey,
+    pub mode: ReadMode,
+}
+
+/// A range read within the shard.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(RowKey, RowRecord)>, String>")]
+pub struct ScanShard {
+    pub from: Option<RowKey>,
+    pub to: Option<RowKey>,
+    pub limit: usize,
+    pub mode: ReadMode,
+}
+
+/// The copy's replication state.
+#[derive(Message)]
+#[rtype(result = "CopyStatus")]
+pub struct GetStatus {
+    pub checksum: bool,
+}
+
