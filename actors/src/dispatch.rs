@@ -18,10 +18,9 @@ use tstore_transport::Remote;
 use crate::control::ControlPlane;
 use crate::peer::{PeerMessage, PeerReply};
 use crate::router::serve_local;
-use crate::shard::messages::Replicate;
 use crate::shard::local::LocalCopies;
+use crate::shard::messages::Replicate;
 use crate::shard::snapshot::SnapshotServer;
-use tstore_core::shard::ShardKey;
 
 /// Serves the messages other nodes send this one.
 pub struct PeerDispatch {

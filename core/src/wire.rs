@@ -57,10 +57,7 @@ pub enum ShardRequest {
         mode: ReadMode,
     },
     /// The copy's replication state (and a checksum of its rows if asked).
-    Status {
-        shard: ShardKey,
-        checksum: bool,
-    },
+    Status { shard: ShardKey, checksum: bool },
 }
 
 impl ShardRequest {

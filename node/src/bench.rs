@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tstore_core::cluster_map::{Sharding, RowKey, TableSpec};
+use tstore_core::cluster_map::{RowKey, Sharding, TableSpec};
 
 use tstore_client::admin::AdminClient;
 use tstore_client::routing::{Client, Consistency};

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
-use tstore_core::cluster_map::{NodeState, Sharding, RowKey, TableSpec};
+use tstore_core::cluster_map::{NodeState, RowKey, Sharding, TableSpec};
 use tstore_core::coordinator::failover::ManualOp;
 use tstore_core::data::ops::{OpResult, RowRecord};
 

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tstore_client::cluster_map::{Sharding, RowKey, Table, TableSpec};
+use tstore_client::cluster_map::{RowKey, Sharding, Table, TableSpec};
 use tstore_membership::NodeStatus;
 
 use crate::history::{self, Clock, Counts, Op, Rng, Workload};

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tstore_client::admin::ClientError;
-use tstore_client::cluster_map::{Sharding, RowKey, TableSpec};
+use tstore_client::cluster_map::{RowKey, Sharding, TableSpec};
 use tstore_client::data::{BatchOp, ErrorKind, OpResult};
 use tstore_client::routing::{Client, Consistency};
 use tstore_client::ManualOp;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tstore_client::cluster_map::{Sharding, RowKey, Table, TableSpec};
+use tstore_client::cluster_map::{RowKey, Sharding, Table, TableSpec};
 use tstore_client::wire::{AdminError, AdminErrorKind, ClusterStatus, ControlError};
 use tstore_client::ClientError;
 use tstore_tests::Cluster;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tstore_client::admin::AdminClient;
-use tstore_client::cluster_map::{Sharding, RowKey, TableSpec};
+use tstore_client::cluster_map::{RowKey, Sharding, TableSpec};
 use tstore_client::data::ReadMode;
 use tstore_tests::Cluster;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tstore_client::admin::{AdminClient, ClientError};
-use tstore_client::cluster_map::{Sharding, RowKey, TableSpec};
+use tstore_client::cluster_map::{RowKey, Sharding, TableSpec};
 use tstore_client::data::ReadMode;
 use tstore_tests::load::{
     first_ack_per_shard, history_violations, lost_writes, nonce, scan_all, Acked, Load, LoadReport,

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use tstore_client::cluster_map::{Sharding, RowKey, Table, TableSpec};
+use tstore_client::cluster_map::{RowKey, Sharding, Table, TableSpec};
 use tstore_tests::load::{first_ack_per_shard, history_violations, lost_writes, Load};
 use tstore_tests::partition::Partition;
 use tstore_tests::Cluster;

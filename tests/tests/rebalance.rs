@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tstore_client::cluster_map::{Sharding, RowKey, Table, TableSpec};
+use tstore_client::cluster_map::{RowKey, Sharding, Table, TableSpec};
 use tstore_client::data::ReadMode;
 use tstore_tests::load::{lost_writes, Load};
 use tstore_tests::Cluster;

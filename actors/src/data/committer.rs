@@ -143,10 +143,7 @@ mod tests {
             let m = store.meta(*id).unwrap();
             assert_eq!((m.logged, m.applied), (2, 2));
             let row = store
-                .get(
-                    *id,
-                    &tstore_core::cluster_map::RowKey::Int(100 + i as i64),
-                )
+                .get(*id, &tstore_core::cluster_map::RowKey::Int(100 + i as i64))
                 .unwrap()
                 .unwrap();
             assert_eq!(row.version, 2);

@@ -422,7 +422,12 @@ impl ShardStore {
     }
 
     /// Logged entries with `from <= seq <= to`.
-    pub fn log_range(&self, id: ShardPrefix, from: Seq, to: Seq) -> Result<Vec<LogEntry>, StoreError> {
+    pub fn log_range(
+        &self,
+        id: ShardPrefix,
+        from: Seq,
+        to: Seq,
+    ) -> Result<Vec<LogEntry>, StoreError> {
         if from > to {
             return Ok(vec![]);
         }

@@ -35,8 +35,8 @@ use crate::data::store::{Done, ShardPrefix, ShardStore, StoreError, Work};
 use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
 use tstore_core::cluster_map::{NodeId, RowKey};
-use tstore_core::data::ops::{Op, OpResult, RowRecord};
-use tstore_core::data::sessions::{Command, RequestId};
+use tstore_core::data::ops::{OpResult, RowRecord};
+use tstore_core::data::sessions::Command;
 use tstore_core::replication::reconfigure::{rejoin_discards_copy, takeover_not_before};
 use tstore_core::replication::{
     Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReadRefusal, ReplMsg, Seq,

@@ -64,4 +64,3 @@ pub struct ScanShard {
 pub struct GetStatus {
     pub checksum: bool,
 }
-

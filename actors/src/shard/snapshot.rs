@@ -16,7 +16,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tstore_core::shard::ShardKey;
 
 use crate::control::MapView;
-use crate::data::store::{ChunkKind, ShardPrefix, ShardMeta, ShardStore};
+use crate::data::store::{ChunkKind, ShardMeta, ShardPrefix, ShardStore};
 use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
 use crate::peer_link::PeerLink;
 

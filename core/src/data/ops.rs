@@ -260,11 +260,7 @@ fn eval_into(
     }
 }
 
-fn check_version(
-    key: &RowKey,
-    expected: Option<u64>,
-    current: Option<u64>,
-) -> Result<(), OpError> {
+fn check_version(key: &RowKey, expected: Option<u64>, current: Option<u64>) -> Result<(), OpError> {
     match (expected, current) {
         (Some(e), Some(c)) if e == c => Ok(()),
         (Some(e), c) => Err(OpError::VersionMismatch {
