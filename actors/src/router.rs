@@ -305,7 +305,7 @@ pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
         },
         ShardRequest::Get { key: k, mode, .. } => match copy.send(Read { key: k, mode }).await {
             Ok(Ok(r)) => DataReply::Row(r),
-            Ok(Err(e)) => err(DataError::unavailable(e)),
+            Ok(Err(e)) => err(e),
             Err(e) => gone(e),
         },
         ShardRequest::Scan {
@@ -324,7 +324,7 @@ pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
             .await
         {
             Ok(Ok(r)) => DataReply::Rows(r),
-            Ok(Err(e)) => err(DataError::unavailable(e)),
+            Ok(Err(e)) => err(e),
             Err(e) => gone(e),
         },
         ShardRequest::Status { checksum, .. } => match copy.send(GetStatus { checksum }).await {

@@ -602,33 +602,33 @@ impl CopyActor {
     /// Whether this copy may serve a read in `mode` now: its state machine
     /// decides (`read_permit`: the primary under its lease, a backup in
     /// sync with its primary, rows holding what the read needs).
-    fn check_read(&self, mode: ReadMode) -> Result<(), String> {
+    fn check_read(&self, mode: ReadMode) -> Result<(), DataError> {
         if let Some(e) = self.unavailable() {
-            return Err(e);
+            return Err(DataError::unavailable(e));
         }
         let permit = match &self.role {
             Role::Installing => Err(ReadRefusal::Copying),
             Role::Primary(p) => p.read_permit(mode, now_ms()),
             Role::Backup(b) => b.read_permit(mode, now_ms()),
         };
-        permit.map_err(|why| format!("shard {} {why}", self.key))
+        permit.map_err(|why| DataError::unavailable(format!("shard {} {why}", self.key)))
     }
 }
 
 impl Handler<Read> for CopyActor {
-    type Result = Result<Option<RowRecord>, String>;
+    type Result = Result<Option<RowRecord>, DataError>;
 
     fn handle(&mut self, Read { key, mode }: Read, _: &mut Context<Self>) -> Self::Result {
         self.check_read(mode)?;
         self.env
             .store
             .get(self.id, &key)
-            .map_err(|e| format!("shard {} read failed: {e}", self.key))
+            .map_err(|e| DataError::unavailable(format!("shard {} read failed: {e}", self.key)))
     }
 }
 
 impl Handler<ScanShard> for CopyActor {
-    type Result = Result<Vec<(RowKey, RowRecord)>, String>;
+    type Result = Result<Vec<(RowKey, RowRecord)>, DataError>;
 
     fn handle(&mut self, s: ScanShard, _: &mut Context<Self>) -> Self::Result {
         self.check_read(s.mode)?;
@@ -636,7 +636,7 @@ impl Handler<ScanShard> for CopyActor {
             .env
             .store
             .scan(self.id, s.from.as_ref(), s.to.as_ref(), s.limit)
-            .map_err(|e| format!("shard {} scan failed: {e}", self.key));
+            .map_err(|e| DataError::unavailable(format!("shard {} scan failed: {e}", self.key)));
         debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
         res
     }

@@ -42,7 +42,9 @@ pub struct Write {
 
 /// A point read.
 #[derive(Message)]
-#[rtype(result = "Result<Option<RowRecord>, String>")]
+/// Refused as `Unavailable` when this copy may not serve it now
+/// (`ReadRefusal` says why).
+#[rtype(result = "Result<Option<RowRecord>, DataError>")]
 pub struct Read {
     pub key: RowKey,
     pub mode: ReadMode,
@@ -50,7 +52,7 @@ pub struct Read {
 
 /// A range read within the shard.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<(RowKey, RowRecord)>, String>")]
+#[rtype(result = "Result<Vec<(RowKey, RowRecord)>, DataError>")]
 pub struct ScanShard {
     pub from: Option<RowKey>,
     pub to: Option<RowKey>,
