@@ -49,7 +49,7 @@ pub struct BenchArgs {
     /// Clients the workers share (each keeps one QUIC connection per node it uses).
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// How reads are served.
+    /// How reads are served: strong, replica or session.
     #[arg(long, default_value_t = Consistency::Strong)]
     pub read: Consistency,
     /// Bytes of payload per row.
