@@ -538,3 +538,101 @@ pub enum AdminReply {
         nodes: Vec<(String, String)>,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_errors_keep_their_cause_and_map_to_one_kind_each() {
+        let cases = [
+            (
+                ControlError::NotFormed { need: 3, have: 0 },
+                AdminErrorKind::Unavailable,
+                "start 3 nodes with --bootstrap-expect 3 (this node has 0)",
+            ),
+            (
+                ControlError::LeaderMoved { leader: None },
+                AdminErrorKind::Unavailable,
+                "leadership moved (now unknown); retry",
+            ),
+            (
+                ControlError::TableExists("t".into()),
+                AdminErrorKind::Conflict,
+                "table \"t\" already exists",
+            ),
+            (
+                ControlError::NoSuchTable {
+                    name: "x".into(),
+                    known: vec!["a".into(), "b".into()],
+                },
+                AdminErrorKind::NotFound,
+                "table \"x\" does not exist (tables: a, b)",
+            ),
+            (
+                ControlError::NoSuchNode("n9".into()),
+                AdminErrorKind::NotFound,
+                "node \"n9\" is not in the cluster map",
+            ),
+            (
+                ControlError::Internal("disk".into()),
+                AdminErrorKind::Internal,
+                "disk",
+            ),
+        ];
+        for (e, kind, says) in cases {
+            let admin = AdminError::from(e.clone());
+            assert_eq!(admin.kind, kind, "{e:?}");
+            assert!(admin.message.contains(says), "{}", admin.message);
+            assert_eq!(admin.control, Some(e));
+        }
+        assert_eq!(AdminErrorKind::Unavailable.exit_code(), 5);
+        assert_eq!(
+            AdminErrorKind::NotFound.exit_code(),
+            ErrorKind::NoTable.exit_code()
+        );
+    }
+
+    #[test]
+    fn map_and_placement_errors_become_typed_control_errors() {
+        assert_eq!(
+            ControlError::from(MapError::TableExists("t".into())),
+            ControlError::TableExists("t".into())
+        );
+        assert_eq!(
+            ControlError::from(MapError::UnknownNode("n".into())),
+            ControlError::NoSuchNode("n".into())
+        );
+        assert!(matches!(
+            ControlError::from(MapError::InvalidTable("bad".into())),
+            ControlError::Invalid(m) if m.contains("bad")
+        ));
+        assert!(matches!(
+            ControlError::from(MapError::StaleEpoch {
+                shard: "t/0".into(),
+                expected: 1,
+                now: 2
+            }),
+            ControlError::Refused(_)
+        ));
+        let e = ControlError::from(PlacementError::NotEnoughNodes {
+            wanted: 5,
+            available: 3,
+            nodes: "n1, n2, n3".into(),
+        });
+        assert_eq!(
+            e,
+            ControlError::NotEnoughNodes {
+                need: 5,
+                have: 3,
+                nodes: "n1, n2, n3".into()
+            }
+        );
+        assert!(e.to_string().contains("only 3 nodes can take them"));
+        let map = ClusterMap::default();
+        assert_eq!(
+            ControlError::no_such_table("x", &map).to_string(),
+            "table \"x\" does not exist"
+        );
+    }
+}
