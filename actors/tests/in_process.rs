@@ -754,8 +754,17 @@ async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_u
     seq += 100;
     c.converged().await;
 
-    // A learner joins while writes go on: it copies one snapshot, then is
-    // fed the entries written meanwhile from the primary's retained log.
+    // A learner copies a snapshot, and its first answer to the primary is
+    // slow (300 ms): the primary commits 500 more writes meanwhile, more
+    // than the retention window, without it. The learner, still silent,
+    // holds truncation back; once it answers, it is fed those entries from
+    // the primary's durable log (they have left its memory), not sent a
+    // second snapshot.
+    c.net.add_filter(
+        Filter::delay(Duration::from_millis(300), Duration::from_millis(300))
+            .from("d")
+            .kind(Kind::Repl),
+    );
     let mut map = (*c.map.map()).clone();
     map.apply(&MapCommand::SetReplicas {
         table: TABLE.into(),
@@ -771,10 +780,22 @@ async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_u
     })
     .unwrap();
     c.set_map(map);
+    let installed_at = eventually("d installed the snapshot", move || async move {
+        let applied = cl.node("d").store.meta(cl.shard).unwrap().applied;
+        (cl.rows("d").len() == 20 && applied > 0).then_some(applied)
+    })
+    .await;
+    let started = Instant::now();
     for _ in 0..10 {
         c.put_all(seq..seq + CONCURRENT).await;
         seq += CONCURRENT;
     }
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the writes took longer than d's answer: {:?}",
+        started.elapsed()
+    );
+    c.net.clear_filters();
     let rows = c.converged().await;
     assert_eq!(rows.len(), 20);
     assert_eq!(c.rows("d"), rows);
@@ -786,6 +807,12 @@ async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_u
         .map(|to| c.net.count("d", to, Kind::Snapshot).sent)
         .sum();
     assert_eq!(snapshots, 1, "d copied more than one snapshot");
+    let d = c.node("d").store.meta(c.shard).unwrap();
+    assert!(
+        d.applied >= installed_at + 10 * CONCURRENT,
+        "d applied {} after a snapshot at {installed_at}",
+        d.applied
+    );
     for n in ["a", "b"] {
         assert_eq!(c.net.count("c", n, Kind::Snapshot).sent, 0);
     }
