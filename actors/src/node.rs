@@ -36,7 +36,7 @@ use crate::shard::actor::{Copies, CopyActor, CopyEnv};
 use crate::shard::local::LocalCopies;
 use crate::shard::messages::{Reconfigure, StopCopy};
 use crate::shard::snapshot::SnapshotServer;
-use tstore_core::replication::LeaseConfig;
+use tstore_core::replication::{LeaseConfig, LogRetention};
 use tstore_core::shard::{self, LocalChange, LocalCopy, ShardKey};
 
 /// Messages may queue this deep in the node's mailbox.
@@ -60,6 +60,8 @@ pub struct NodeSettings {
     pub control: ControlSettings,
     /// Replication timing (lease, grace, heartbeat, window); default if `None`.
     pub lease: Option<LeaseConfig>,
+    /// How much replication log each shard copy keeps.
+    pub retention: LogRetention,
     /// Bytes per second a snapshot is sent to one new copy; 0 is unthrottled.
     pub recovery_rate: u64,
 }
@@ -124,6 +126,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         data_dir,
         control,
         lease,
+        retention,
         recovery_rate,
     } = settings;
     // The replication clock starts with the process (see `now_ms`).
@@ -192,6 +195,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
             committer,
             link: link.clone(),
             lease: lease.unwrap_or_default(),
+            retention,
         },
         left: false,
     }

@@ -138,6 +138,7 @@ fn repl_msg() -> impl Strategy<Value = ReplMsg> {
             echo
         }),
         any::<u64>().prop_map(|epoch| ReplMsg::StaleEpoch { epoch }),
+        any::<(u64, u64)>().prop_map(|(epoch, log_start)| ReplMsg::Rebuild { epoch, log_start }),
     ]
 }
 

@@ -29,7 +29,7 @@ use tstore_actors::shard::snapshot::SnapshotServer;
 use tstore_core::cluster_map::{ClusterMap, MapCommand, RowKey, Sharding, TableSpec};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{ClientId, RequestId};
-use tstore_core::replication::LeaseConfig;
+use tstore_core::replication::{LeaseConfig, LogRetention, DEFAULT_TRUNCATE_BATCH};
 use tstore_core::shard::{gossip_key, parse_gossip_value, ShardKey};
 use tstore_core::wire::{DataReply, DataRequest, ErrorKind, ReadMode, ShardRequest};
 use tstore_membership::{GossipLink, Membership, MembershipConfig, NodeIdentity};
@@ -118,6 +118,11 @@ fn cluster_map() -> ClusterMap {
 
 impl Cluster {
     async fn start(seed: u64) -> Self {
+        Self::start_with(seed, LogRetention::default()).await
+    }
+
+    /// The cluster with every copy keeping its log as `retention` says.
+    async fn start_with(seed: u64, retention: LogRetention) -> Self {
         let map = cluster_map();
         let table_id = map.tables[TABLE].id;
         let fixed = FixedMap::new(map.clone());
@@ -157,6 +162,7 @@ impl Cluster {
                 committer,
                 link: net.link(name),
                 lease: LEASE,
+                retention,
             };
             let node = Node {
                 name,
@@ -629,4 +635,195 @@ async fn resent_write_whose_answer_was_lost_applies_once() {
     assert_eq!((data.sent, data.delivered), (2, 2));
     let rows = c.converged().await;
     check_history(&rows, &BTreeMap::from([(1, version)]), &[1]);
+}
+
+/// Entries each copy keeps below what every copy has, in the retention
+/// test: small, so a few thousand writes truncate many times.
+const RETAIN: u64 = 200;
+/// Writes sent at once in the retention test.
+const CONCURRENT: u64 = 50;
+
+impl Cluster {
+    /// Puts `key` (overwriting it) as request `seq` of this test's client,
+    /// which has every earlier request answered.
+    fn put_request(&self, seq: u64, key: i64) -> DataRequest {
+        DataRequest::Routed {
+            epoch: self.epoch(),
+            request: ShardRequest::Write {
+                shard: ShardKey::new(TABLE, 0),
+                id: RequestId {
+                    client: self.client,
+                    seq,
+                    first_incomplete: seq,
+                },
+                op: Op::Put {
+                    key: RowKey::Int(key),
+                    row: format!(r#"{{"id":{key},"v":"write {seq}"}}"#),
+                },
+            },
+        }
+    }
+
+    /// Writes requests `seqs` at once through `a`'s router, each a put of
+    /// key `seq % 20`; panics unless every one is acknowledged.
+    async fn put_all(&self, seqs: std::ops::Range<u64>) {
+        let replies = futures::future::join_all(
+            seqs.clone()
+                .map(|s| self.route("a", self.put_request(s, (s % 20) as i64))),
+        )
+        .await;
+        for (s, reply) in seqs.zip(replies) {
+            assert!(written(&reply).is_some(), "write {s}: {reply:?}");
+        }
+    }
+
+    /// Checks that copy `name`'s log is contiguous from its first retained
+    /// entry and within the retention window (plus one truncation batch
+    /// and the entries above the point every copy has); returns its first
+    /// retained entry.
+    fn check_log_bounded(&self, name: &str) -> u64 {
+        let store = &self.node(name).store;
+        let meta = store.meta(self.shard).unwrap();
+        let (entries, bytes) = store.log_size(self.shard).unwrap();
+        assert_eq!(
+            entries,
+            meta.logged + 1 - meta.log_start,
+            "{name}'s log is not contiguous from {} to {}",
+            meta.log_start,
+            meta.logged
+        );
+        assert_eq!(bytes, meta.log_bytes, "{name}'s log size is off");
+        // Above the point every copy has: up to `CONCURRENT` writes in
+        // flight, and on a backup as many committed ones it has not yet
+        // heard are committed (the commit point comes with the next message).
+        let bound = RETAIN + DEFAULT_TRUNCATE_BATCH + 2 * CONCURRENT;
+        assert!(
+            entries <= bound,
+            "{name} keeps {entries} log entries (from {} to {}), over {bound}",
+            meta.log_start,
+            meta.logged
+        );
+        meta.log_start
+    }
+}
+
+#[actix_rt::test]
+async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_up_from_them() {
+    let retention = LogRetention {
+        entries: RETAIN,
+        ..LogRetention::default()
+    };
+    let c = Cluster::start_with(8, retention).await;
+    // Thousands of overwrites of 20 keys, `CONCURRENT` at a time.
+    let mut seq = 1;
+    for _ in 0..40 {
+        c.put_all(seq..seq + CONCURRENT).await;
+        seq += CONCURRENT;
+        for n in ["a", "b", "c"] {
+            c.check_log_bounded(n);
+        }
+    }
+    let rows = c.converged().await;
+    assert_eq!(rows.len(), 20);
+    for n in ["a", "b", "c"] {
+        let start = c.check_log_bounded(n);
+        assert!(start > 1000, "{n} truncated its log only below {start}");
+    }
+
+    // A backup cut off while the primary takes 100 writes (fewer than the
+    // window): none commits without it; once healed it gets them from the
+    // primary's log tail, with no snapshot.
+    let logged_before = c.node("a").store.meta(c.shard).unwrap().logged;
+    c.net.partition("a", "c");
+    let cl = &c;
+    let writes = c.put_all(seq..seq + 100);
+    let heal = async move {
+        eventually("a logged the writes c misses", move || async move {
+            let logged = cl.node("a").store.meta(cl.shard).unwrap().logged;
+            (logged == logged_before + 100).then_some(())
+        })
+        .await;
+        assert_eq!(
+            cl.node("c").store.meta(cl.shard).unwrap().logged,
+            logged_before,
+            "c was not cut off"
+        );
+        cl.net.heal();
+    };
+    futures::join!(writes, heal);
+    seq += 100;
+    c.converged().await;
+
+    // A learner copies a snapshot, and its first answer to the primary is
+    // slow (300 ms): the primary commits 500 more writes meanwhile, more
+    // than the retention window, without it. The learner, still silent,
+    // holds truncation back; once it answers, it is fed those entries from
+    // the primary's durable log (they have left its memory), not sent a
+    // second snapshot.
+    c.net.add_filter(
+        Filter::delay(Duration::from_millis(300), Duration::from_millis(300))
+            .from("d")
+            .kind(Kind::Repl),
+    );
+    let mut map = (*c.map.map()).clone();
+    map.apply(&MapCommand::SetReplicas {
+        table: TABLE.into(),
+        shard: 0,
+        expect_epoch: 1,
+        primary: "a".into(),
+        backups: vec!["b".into(), "c".into()],
+        learners: vec!["d".into()],
+        moves: vec![],
+        what: "add learner d".into(),
+        why: "test".into(),
+        at_unix_ms: 0,
+    })
+    .unwrap();
+    c.set_map(map);
+    let installed_at = eventually("d installed the snapshot", move || async move {
+        let applied = cl.node("d").store.meta(cl.shard).unwrap().applied;
+        (cl.rows("d").len() == 20 && applied > 0).then_some(applied)
+    })
+    .await;
+    let started = Instant::now();
+    for _ in 0..10 {
+        c.put_all(seq..seq + CONCURRENT).await;
+        seq += CONCURRENT;
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the writes took longer than d's answer: {:?}",
+        started.elapsed()
+    );
+    c.net.clear_filters();
+    let rows = c.converged().await;
+    assert_eq!(rows.len(), 20);
+    assert_eq!(c.rows("d"), rows);
+    for n in ["a", "b", "c", "d"] {
+        c.check_log_bounded(n);
+    }
+    let snapshots: u64 = ["a", "b", "c"]
+        .iter()
+        .map(|to| c.net.count("d", to, Kind::Snapshot).sent)
+        .sum();
+    assert_eq!(snapshots, 1, "d copied more than one snapshot");
+    let d = c.node("d").store.meta(c.shard).unwrap();
+    assert!(
+        d.applied >= installed_at + 10 * CONCURRENT,
+        "d applied {} after a snapshot at {installed_at}",
+        d.applied
+    );
+    for n in ["a", "b"] {
+        assert_eq!(c.net.count("c", n, Kind::Snapshot).sent, 0);
+    }
+    // Every write's outcome is in the rows: the last put of each key.
+    for (key, r) in &rows {
+        let RowKey::Int(k) = key else { panic!() };
+        let last = (1..seq).rev().find(|s| (s % 20) as i64 == *k).unwrap();
+        assert!(
+            r.json.contains(&format!("write {last}\"")),
+            "{key}: {}",
+            r.json
+        );
+    }
 }

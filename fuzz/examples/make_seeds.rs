@@ -366,6 +366,12 @@ fn main() {
         json!({"Ack": {"epoch": 3, "logged": 7, "echo": 1234}}),
     );
     s.typed::<ReplMsg>("repl_msg", 0, "stale", json!({"StaleEpoch": {"epoch": 4}}));
+    s.typed::<ReplMsg>(
+        "repl_msg",
+        0,
+        "rebuild",
+        json!({"Rebuild": {"epoch": 4, "log_start": 10001}}),
+    );
     s.typed::<LogEntry>("repl_msg", 1, "entry", entry);
     s.typed::<Op>("repl_msg", 2, "op-batch", batch);
     s.typed::<Op>("repl_msg", 2, "op-put", put);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 use tstore_actors::control::ControlSettings;
-use tstore_core::replication::LeaseConfig;
+use tstore_core::replication::{LeaseConfig, LogRetention};
 use tstore_membership::{MembershipConfig, NodeProfile};
 use tstore_transport::Limits;
 
@@ -83,6 +83,12 @@ pub struct NodeOptions {
     /// Copies moved (or primaries handed over) at once to rebalance the cluster, e.g. onto a node that joins; 0 disables rebalancing [default: 2].
     #[arg(long)]
     pub rebalance_max_moves: Option<usize>,
+    /// Replication log entries each shard copy keeps below what every copy has, for copies that fall behind; 0..=1000000000 [default: 10000].
+    #[arg(long)]
+    pub log_retain_entries: Option<u64>,
+    /// At most this many bytes of such log per shard copy; 0..=1099511627776 [default: 67108864].
+    #[arg(long)]
+    pub log_retain_bytes: Option<u64>,
 }
 
 /// A node's fully resolved configuration.
@@ -97,6 +103,7 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     pub control: ControlSettings,
     pub lease: LeaseConfig,
+    pub retention: LogRetention,
     pub recovery_rate: u64,
 }
 
@@ -109,6 +116,12 @@ pub const MAX_DEAD_NODE_GRACE_SECS: u64 = 30 * 24 * 3600;
 
 /// Longest `voter_replace_after_secs`: a day.
 pub const MAX_VOTER_REPLACE_AFTER_SECS: u64 = 24 * 3600;
+
+/// Most `log_retain_entries`.
+pub const MAX_LOG_RETAIN_ENTRIES: u64 = 1_000_000_000;
+
+/// Most `log_retain_bytes`: 1 TiB.
+pub const MAX_LOG_RETAIN_BYTES: u64 = 1 << 40;
 
 /// Default snapshot throughput to one new copy: 64 MiB/s.
 pub const DEFAULT_RECOVERY_RATE: u64 = 64 << 20;
@@ -178,6 +191,8 @@ impl NodeOptions {
                 .or(file.replication_heartbeat_ms),
             recovery_bytes_per_sec: self.recovery_bytes_per_sec.or(file.recovery_bytes_per_sec),
             rebalance_max_moves: self.rebalance_max_moves.or(file.rebalance_max_moves),
+            log_retain_entries: self.log_retain_entries.or(file.log_retain_entries),
+            log_retain_bytes: self.log_retain_bytes.or(file.log_retain_bytes),
         }
     }
 
@@ -271,8 +286,22 @@ impl NodeOptions {
         if let Err(why) = lease.check() {
             return Err(ConfigError::Lease(why));
         }
+        let mut retention = LogRetention::default();
+        if let Some(n) = self.log_retain_entries {
+            if n > MAX_LOG_RETAIN_ENTRIES {
+                return Err(invalid("log_retain_entries", n, "must be 0..=1000000000"));
+            }
+            retention.entries = n;
+        }
+        if let Some(b) = self.log_retain_bytes {
+            if b > MAX_LOG_RETAIN_BYTES {
+                return Err(invalid("log_retain_bytes", b, "must be 0..=1099511627776"));
+            }
+            retention.bytes = b;
+        }
         Ok(NodeConfig {
             lease,
+            retention,
             recovery_rate: self.recovery_bytes_per_sec.unwrap_or(DEFAULT_RECOVERY_RATE),
             node_id: self.node_id,
             listen: self
@@ -345,6 +374,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(err, "rebalance_max_moves = 65: must be 0..=64");
+    }
+
+    #[test]
+    fn log_retention_from_the_file_or_a_flag_and_checked() {
+        let cfg = NodeOptions::default().resolve().unwrap();
+        assert_eq!(cfg.retention, LogRetention::default());
+        assert_eq!(
+            (cfg.retention.entries, cfg.retention.bytes),
+            (10_000, 64 << 20)
+        );
+        let file =
+            NodeOptions::parse("log_retain_entries = 200\nlog_retain_bytes = 1048576").unwrap();
+        let cfg = NodeOptions::default().over(file.clone()).resolve().unwrap();
+        assert_eq!((cfg.retention.entries, cfg.retention.bytes), (200, 1 << 20));
+        let flags = NodeOptions {
+            log_retain_entries: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(flags.over(file).resolve().unwrap().retention.entries, 0);
+        for (text, err) in [
+            (
+                "log_retain_entries = 1000000001",
+                "log_retain_entries = 1000000001: must be 0..=1000000000",
+            ),
+            (
+                "log_retain_bytes = 1099511627777",
+                "log_retain_bytes = 1099511627777: must be 0..=1099511627776",
+            ),
+        ] {
+            let options = NodeOptions::parse(text).unwrap();
+            assert_eq!(options.resolve().unwrap_err().to_string(), err);
+        }
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             data_dir: config.data_dir.clone(),
             control: config.control,
             lease: Some(config.lease),
+            retention: config.retention,
             recovery_rate: config.recovery_rate,
         })
         .await?;

@@ -125,6 +125,7 @@ mod tests {
                 id: *id,
                 entries: vec![entry(1, i as i64), entry(2, 100 + i as i64)],
                 apply: Some((2, "id".into())),
+                truncate: None,
             }));
         }
         // A gap: entry 5 on a shard with nothing logged fails on its own.
@@ -132,6 +133,7 @@ mod tests {
             id: ShardPrefix { table: 2, shard: 0 },
             entries: vec![entry(5, 9)],
             apply: None,
+            truncate: None,
         });
         for p in pending {
             let done = p.await.unwrap();

@@ -6,7 +6,7 @@
 //! - `shard-rows`: prefix + order-preserving key → row (postcard [`RowRecord`]);
 //! - `shard-log`: prefix + seq (big-endian) → replicated [`LogEntry`];
 //! - `shard-meta`: prefix → [`ShardMeta`] (epoch, logged, applied, the
-//!   shard's session clock);
+//!   shard's session clock, the first retained log entry and the log's size);
 //! - `shard-sessions`: prefix + client id → [`ClientRecord`], what the shard
 //!   remembers of each client so a request is applied once
 //!   ([`super::sessions`]); written with the rows, copied with them.
@@ -18,6 +18,12 @@
 //! not one fsync per write, nor one per shard. A transaction that fails (disk full) leaves the store as
 //! it was, and the error is returned to the caller: the write fails, the store
 //! does not.
+//!
+//! Log retention: a [`Work`] may carry a [`Truncate`] (what the replication
+//! state machine allows, `Effect::Truncate`), carried out in the same
+//! transaction: the oldest entries are deleted below its `below`, and
+//! further while the log is larger than its byte bound, never at or after
+//! its `limit`. `ShardMeta::log_start` is the first entry kept.
 
 use std::ops::Bound;
 
@@ -72,7 +78,7 @@ impl ShardPrefix {
 }
 
 /// Replication state of a shard copy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMeta {
     pub epoch: Epoch,
     /// The log is durable and contiguous up to here.
@@ -81,6 +87,53 @@ pub struct ShardMeta {
     pub applied: Seq,
     /// The shard's clock as of `applied` (client sessions expire by it).
     pub clock: SessionClock,
+    /// The first entry the log still holds (`logged + 1` when it holds
+    /// none): entries below were truncated, or came in a snapshot.
+    #[serde(default = "first_seq")]
+    pub log_start: Seq,
+    /// Bytes of the log entries held (their stored encoding).
+    #[serde(default)]
+    pub log_bytes: u64,
+}
+
+fn first_seq() -> Seq {
+    1
+}
+
+impl Default for ShardMeta {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            logged: 0,
+            applied: 0,
+            clock: SessionClock::default(),
+            log_start: 1,
+            log_bytes: 0,
+        }
+    }
+}
+
+/// `ShardMeta` as stored before log truncation (no `log_start`,
+/// `log_bytes`): read as a log starting at 1 of unknown size.
+#[derive(Deserialize)]
+struct ShardMetaV0 {
+    epoch: Epoch,
+    logged: Seq,
+    applied: Seq,
+    clock: SessionClock,
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<ShardMeta, StoreError> {
+    decode("shard meta", bytes).or_else(|e| match decode::<ShardMetaV0>("shard meta", bytes) {
+        Ok(old) => Ok(ShardMeta {
+            epoch: old.epoch,
+            logged: old.logged,
+            applied: old.applied,
+            clock: old.clock,
+            ..ShardMeta::default()
+        }),
+        Err(_) => Err(e),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +150,23 @@ pub enum StoreError {
 
 /// One shard's share of a group commit: entries to append to its log, then
 /// committed entries to apply (up to a sequence number, with the table's key
-/// column).
+/// column), then the head of the log to delete.
 #[derive(Debug, Clone)]
 pub struct Work {
     pub id: ShardPrefix,
     pub entries: Vec<LogEntry>,
     pub apply: Option<(Seq, String)>,
+    pub truncate: Option<Truncate>,
+}
+
+/// Deletes the oldest log entries: every one below `below`, then more
+/// while the log holds over `max_bytes`, never one at or after `limit` (nor
+/// one not yet applied). See `Effect::Truncate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncate {
+    pub below: Seq,
+    pub limit: Seq,
+    pub max_bytes: u64,
 }
 
 /// What a [`Work`] did: the new end of the log if it appended, and the
@@ -175,7 +239,7 @@ impl ShardStore {
 
     fn meta_in(&self, txn: &heed::RoTxn, id: ShardPrefix) -> Result<ShardMeta, StoreError> {
         match self.meta.get(txn, &id.prefix())? {
-            Some(b) => decode("shard meta", b),
+            Some(b) => decode_meta(b),
             None => Ok(ShardMeta::default()),
         }
     }
@@ -216,8 +280,9 @@ impl ShardStore {
                     got: e.seq,
                 });
             }
-            self.log
-                .put(wtxn, &id.key(&e.seq.to_be_bytes()), &encode(e))?;
+            let value = encode(e);
+            self.log.put(wtxn, &id.key(&e.seq.to_be_bytes()), &value)?;
+            m.log_bytes += value.len() as u64;
             m.logged = e.seq;
         }
         self.meta.put(wtxn, &id.prefix(), &encode(&m))?;
@@ -300,6 +365,66 @@ impl ShardStore {
         Ok(results)
     }
 
+    /// Deletes the head of the log as `t` says (see [`Truncate`]); returns
+    /// the first entry kept.
+    fn truncate_in(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        id: ShardPrefix,
+        t: &Truncate,
+    ) -> Result<Seq, StoreError> {
+        let mut m = self.meta_in(wtxn, id)?;
+        let start = m.log_start.max(1);
+        // Never an entry the rows do not reflect yet.
+        let limit = t.limit.min(m.applied + 1);
+        if limit <= start {
+            return Ok(start);
+        }
+        let (from, to) = (id.key(&start.to_be_bytes()), id.key(&limit.to_be_bytes()));
+        let range = (
+            Bound::Included(from.as_slice()),
+            Bound::Excluded(to.as_slice()),
+        );
+        let mut doomed = Vec::new();
+        let mut bytes = m.log_bytes;
+        // Everything below `below` goes (none may be there); past it,
+        // entries go while the log is over its byte bound.
+        let mut new_start = start.max(t.below.min(limit));
+        for item in self.log.range(wtxn, &range)? {
+            let (k, v) = item?;
+            let seq = Seq::from_be_bytes(k[12..].try_into().map_err(|_| StoreError::Corrupt {
+                what: "log key",
+                cause: format!("{} bytes", k.len()),
+            })?);
+            if seq >= t.below && bytes <= t.max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_sub(v.len() as u64);
+            doomed.push(k.to_vec());
+            new_start = new_start.max(seq + 1);
+        }
+        for k in &doomed {
+            self.log.delete(wtxn, k)?;
+        }
+        m.log_bytes = bytes;
+        m.log_start = new_start;
+        self.meta.put(wtxn, &id.prefix(), &encode(&m))?;
+        Ok(new_start)
+    }
+
+    /// How many log entries a shard copy holds, and their bytes (for
+    /// status and tests; reads every key).
+    pub fn log_size(&self, id: ShardPrefix) -> Result<(u64, u64), StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let (mut n, mut bytes) = (0, 0);
+        for item in self.log.prefix_iter(&rtxn, &id.prefix())? {
+            let (_, v) = item?;
+            n += 1;
+            bytes += v.len() as u64;
+        }
+        Ok((n, bytes))
+    }
+
     /// Deletes the records of clients idle past their time to live.
     fn sweep_sessions(
         &self,
@@ -356,6 +481,9 @@ impl ShardStore {
                         }
                         None => Vec::new(),
                     };
+                    if let Some(t) = &w.truncate {
+                        self.truncate_in(&mut nested, w.id, t)?;
+                    }
                     Ok(Done { logged, applied })
                 })();
                 match done {
@@ -457,7 +585,11 @@ impl ShardStore {
         let mut m = self.meta_in(&wtxn, id)?;
         let keep = keep.max(m.applied);
         for seq in keep + 1..=m.logged {
-            self.log.delete(&mut wtxn, &id.key(&seq.to_be_bytes()))?;
+            let k = id.key(&seq.to_be_bytes());
+            if let Some(v) = self.log.get(&wtxn, &k)? {
+                m.log_bytes = m.log_bytes.saturating_sub(v.len() as u64);
+            }
+            self.log.delete(&mut wtxn, &k)?;
         }
         m.logged = m.logged.min(keep);
         m.epoch = epoch;
@@ -531,8 +663,8 @@ impl ShardStore {
     }
 
     /// Completes an installed snapshot: the copy holds everything up to
-    /// `applied` (with no log before it, and the shard clock `clock`) in
-    /// `epoch`.
+    /// `applied` (with no log: whatever log this node held of the shard is
+    /// deleted, and the shard clock is `clock`) in `epoch`.
     pub fn finish_install(
         &self,
         id: ShardPrefix,
@@ -541,11 +673,21 @@ impl ShardStore {
         epoch: Epoch,
     ) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
+        let old: Vec<Vec<u8>> = self
+            .log
+            .prefix_iter(&wtxn, &id.prefix())?
+            .map(|r| r.map(|(k, _)| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in old {
+            self.log.delete(&mut wtxn, &k)?;
+        }
         let m = ShardMeta {
             epoch,
             logged: applied,
             applied,
             clock,
+            log_start: applied + 1,
+            log_bytes: 0,
         };
         self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
         wtxn.commit()?;
@@ -883,5 +1025,92 @@ mod tests {
         s.append(a, &[request(3, 1, &put(1))]).unwrap();
         let res = s.apply(a, 3, "id").unwrap();
         assert!(matches!(res[0].1, Err(OpError::Expired(_))), "{:?}", res[0]);
+    }
+
+    #[test]
+    fn truncation_deletes_the_head_by_entries_then_bytes_never_past_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let a = ShardPrefix { table: 1, shard: 0 };
+        let other = ShardPrefix { table: 1, shard: 1 };
+        let entries: Vec<LogEntry> = (1..=100).map(|i| entry(i, &put(i as i64))).collect();
+        s.append(a, &entries).unwrap();
+        s.append(other, &entries[..10]).unwrap();
+        s.apply(a, 80, "id").unwrap();
+        let (n, bytes) = s.log_size(a).unwrap();
+        assert_eq!((n, bytes), (100, s.meta(a).unwrap().log_bytes));
+        let each = bytes / 100;
+        let truncate = |t: Truncate| {
+            let work = Work {
+                id: a,
+                entries: vec![],
+                apply: None,
+                truncate: Some(t),
+            };
+            s.commit_batch(&[work]).pop().unwrap().unwrap();
+            let m = s.meta(a).unwrap();
+            let (n, bytes) = s.log_size(a).unwrap();
+            assert_eq!(bytes, m.log_bytes);
+            assert_eq!(n, m.logged + 1 - m.log_start);
+            m.log_start
+        };
+        // By entries, with a byte bound that is not reached.
+        let t = Truncate {
+            below: 21,
+            limit: 41,
+            max_bytes: u64::MAX,
+        };
+        assert_eq!(truncate(t), 21);
+        assert!(s.log_range(a, 1, 20).unwrap().is_empty());
+        assert_eq!(s.log_range(a, 21, 21).unwrap().len(), 1);
+        // The byte bound deletes more, up to the limit and no further.
+        let t = Truncate {
+            below: 21,
+            limit: 41,
+            max_bytes: 0,
+        };
+        assert_eq!(truncate(t), 41);
+        // Within the bytes: from the oldest, just enough.
+        let t = Truncate {
+            below: 0,
+            limit: 81,
+            max_bytes: 50 * each,
+        };
+        let start = truncate(t);
+        assert!((51..=52).contains(&start), "{start}");
+        // Never past what the rows reflect.
+        let t = Truncate {
+            below: 101,
+            limit: 101,
+            max_bytes: 0,
+        };
+        assert_eq!(truncate(t), 81);
+        assert_eq!(s.log_size(other).unwrap().0, 10, "other shards untouched");
+        // A snapshot install resets the log.
+        s.finish_install(a, 90, SessionClock::default(), 2).unwrap();
+        let m = s.meta(a).unwrap();
+        assert_eq!((m.log_start, m.logged, m.log_bytes), (91, 90, 0));
+        assert_eq!(s.log_size(a).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn meta_stored_before_truncation_is_read_as_a_log_from_1() {
+        #[derive(Serialize)]
+        struct Old {
+            epoch: Epoch,
+            logged: Seq,
+            applied: Seq,
+            clock: SessionClock,
+        }
+        let old = encode(&Old {
+            epoch: 3,
+            logged: 9,
+            applied: 8,
+            clock: SessionClock::default(),
+        });
+        let m = decode_meta(&old).unwrap();
+        assert_eq!((m.epoch, m.logged, m.applied, m.log_start), (3, 9, 8, 1));
+        assert_eq!(decode_meta(&encode(&m)).unwrap(), m);
     }
 }

@@ -12,6 +12,12 @@
 //! Where the node is a learner (a copy being built) it first installs a
 //! snapshot streamed from the primary, then follows the log like a backup
 //! without counting for commits, until the coordinator makes it a backup.
+//! A learner the primary tells to rebuild (its position fell below the
+//! primary's retained log, `Effect::Rebuild`) installs a snapshot again.
+//!
+//! Log truncation (`Effect::Truncate`) is carried out with the copy's next
+//! group commit (`Work::truncate`), bounded by entries by the state machine
+//! and by bytes by the store (`CopyEnv::retention`).
 //!
 //! Each copy publishes itself in gossip (`shard:<table>/<index>` =
 //! `<role> e<epoch>`, plus `copying` or `ready` for a learner) and withdraws
@@ -31,7 +37,7 @@ use super::messages::{GetStatus, Read, Reconfigure, Replicate, ScanShard, StopCo
 use super::snapshot::{self, Fetch, Installed};
 use crate::clock::{now_ms, wall_ms};
 use crate::data::committer::Committer;
-use crate::data::store::{Done, ShardPrefix, ShardStore, StoreError, Work};
+use crate::data::store::{Done, ShardPrefix, ShardStore, StoreError, Truncate, Work};
 use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
 use tstore_core::cluster_map::{NodeId, RowKey};
@@ -39,7 +45,7 @@ use tstore_core::data::ops::{OpResult, RowRecord};
 use tstore_core::data::sessions::Command;
 use tstore_core::replication::reconfigure::{rejoin_discards_copy, takeover_not_before};
 use tstore_core::replication::{
-    Backup, Effect, LeaseConfig, LogEntry, Millis, Primary, ReadRefusal, ReplMsg, Seq,
+    Backup, Effect, LeaseConfig, LogEntry, LogRetention, Millis, Primary, ReadRefusal, ReplMsg, Seq,
 };
 use tstore_core::shard::{gossip_key, LocalCopy, LocalRole, ShardKey, LEARNER_READY, SILENT};
 use tstore_core::wire::ReadMode;
@@ -58,6 +64,8 @@ pub struct CopyEnv {
     /// How the copy reaches the other members (replication, snapshots).
     pub link: Arc<dyn PeerLink>,
     pub lease: LeaseConfig,
+    /// How much replication log each copy keeps.
+    pub retention: LogRetention,
 }
 
 enum Role {
@@ -82,6 +90,8 @@ pub struct CopyActor {
     flush_scheduled: bool,
     /// Entries committed and not yet applied, up to here.
     pending_apply: Option<Seq>,
+    /// Log truncation asked for and not yet carried out (`below`, `limit`).
+    pending_truncate: Option<(Seq, Seq)>,
     /// Clients waiting for their entry to commit.
     waiting: HashMap<Seq, Reply>,
     /// A storage failure stopped this copy; it refuses work until restarted.
@@ -113,6 +123,7 @@ impl CopyActor {
             to_persist: Vec::new(),
             flush_scheduled: false,
             pending_apply: None,
+            pending_truncate: None,
             waiting: HashMap::new(),
             failed: None,
             primary_contact: 0,
@@ -158,6 +169,7 @@ impl CopyActor {
                         not_before,
                     );
                     p = p.with_min_copies(self.copy.min_copies);
+                    p = p.with_retention(self.env.retention, meta.log_start);
                     if let Some(old) = old_primary {
                         p = p.with_handover_from(old);
                     }
@@ -179,6 +191,7 @@ impl CopyActor {
                         reconcile,
                         self.env.lease,
                     )
+                    .with_retention(self.env.retention, meta.log_start)
                     .carry_contact(self.primary_contact);
                     let hello = b.hello().into_iter().collect();
                     (Role::Backup(b), hello)
@@ -296,6 +309,9 @@ impl CopyActor {
                     self.schedule_flush(ctx);
                 }
                 Effect::Send { to, msg } => {
+                    if let ReplMsg::Rebuild { log_start, .. } = &msg {
+                        debug!(shard = %self.key, to, log_start, "learner behind the retained log: told to copy a snapshot again");
+                    }
                     let m = PeerMessage::Repl {
                         shard: self.key.clone(),
                         msg,
@@ -312,11 +328,14 @@ impl CopyActor {
                 } => {
                     match self.env.store.log_range(self.id, from, upto) {
                         Ok(found) => {
-                            if found.first().map(|e| e.seq) != Some(from) && from <= upto {
-                                warn!(shard = %self.key, to, from, "log entries a copy needs are not here");
+                            // Never a gap: without its first entry, the
+                            // message goes as a heartbeat.
+                            let whole = from > upto || found.first().map(|e| e.seq) == Some(from);
+                            if !whole {
+                                warn!(shard = %self.key, to, from, upto, "log entries a copy needs are not here; sending none");
                             }
                             if let ReplMsg::Prepare { entries, .. } = &mut msg {
-                                *entries = found;
+                                *entries = if whole { found } else { vec![] };
                             }
                         }
                         Err(e) => {
@@ -340,6 +359,27 @@ impl CopyActor {
                 Effect::FetchMap { seen } => {
                     debug!(shard = %self.key, seen, mine = self.copy.replicas.epoch, "newer epoch seen; waiting for the map")
                 }
+                Effect::Truncate { below, limit } => {
+                    let (b, l) = self.pending_truncate.unwrap_or((below, limit));
+                    self.pending_truncate = Some((b.max(below), l.max(limit)));
+                    self.schedule_flush(ctx);
+                }
+                Effect::Rebuild { log_start } => {
+                    if self.copy.role != LocalRole::Learner {
+                        warn!(shard = %self.key, role = %self.copy.role, log_start, "told to copy a snapshot again, but this copy counts for commits; keeping it");
+                        continue;
+                    }
+                    let logged = self.env.store.meta(self.id).map(|m| m.logged).unwrap_or(0);
+                    warn!(shard = %self.key, logged, log_start, "learner is behind the primary's retained log (it starts at {log_start}); discarding this copy and copying a snapshot again");
+                    self.to_persist.clear();
+                    self.pending_apply = None;
+                    self.pending_truncate = None;
+                    self.keep_contact();
+                    self.role = Role::Installing;
+                    self.publish(ctx);
+                    self.install(ctx);
+                    return;
+                }
             }
         }
     }
@@ -354,9 +394,14 @@ impl CopyActor {
     }
 
     fn take_work(&mut self) -> Option<Work> {
-        if self.failed.is_some() || (self.to_persist.is_empty() && self.pending_apply.is_none()) {
+        if self.failed.is_some()
+            || (self.to_persist.is_empty()
+                && self.pending_apply.is_none()
+                && self.pending_truncate.is_none())
+        {
             return None;
         }
+        let max_bytes = self.env.retention.bytes;
         Some(Work {
             id: self.id,
             entries: std::mem::take(&mut self.to_persist),
@@ -364,6 +409,11 @@ impl CopyActor {
                 .pending_apply
                 .take()
                 .map(|upto| (upto, self.copy.key_column.clone())),
+            truncate: self.pending_truncate.take().map(|(below, limit)| Truncate {
+                below,
+                limit,
+                max_bytes,
+            }),
         })
     }
 
@@ -405,11 +455,12 @@ impl CopyActor {
         match res {
             Ok(done) => {
                 if let Some(&(upto, _)) = done.applied.last() {
-                    match &mut self.role {
+                    let effects = match &mut self.role {
                         Role::Primary(p) => p.on_applied(upto),
                         Role::Backup(b) => b.on_applied(upto),
-                        Role::Installing => {}
-                    }
+                        Role::Installing => vec![],
+                    };
+                    self.run(effects, ctx);
                 }
                 for (seq, res) in done.applied {
                     if let Some(reply) = self.waiting.remove(&seq) {
@@ -496,6 +547,7 @@ impl Handler<Reconfigure> for CopyActor {
             info!(shard = %self.key, epoch = self.copy.replicas.epoch, "rejoining as a learner: discarding this copy and copying the shard afresh");
             self.to_persist.clear();
             self.pending_apply = None;
+            self.pending_truncate = None;
             self.keep_contact();
             self.role = Role::Installing;
             self.publish(ctx);

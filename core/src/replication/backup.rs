@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Effect, Epoch, LeaseConfig, LogEntry, Millis, ReadRefusal, ReplMsg, Seq};
+use super::{
+    Effect, Epoch, LeaseConfig, LogEntry, LogRetention, Millis, ReadRefusal, ReplMsg, Seq,
+    Truncation,
+};
 
 use crate::cluster_map::NodeId;
 use crate::wire::ReadMode;
@@ -48,6 +51,8 @@ pub struct Backup {
     /// (`carry_contact`): a promoted primary waits out the old lease from
     /// it (`reconfigure::takeover_not_before`).
     contact: Millis,
+    /// What of its log this copy keeps (module docs, "Log retention").
+    trunc: Truncation,
 }
 
 impl Backup {
@@ -85,7 +90,15 @@ impl Backup {
             cfg,
             in_sync_at: None,
             contact: 0,
+            trunc: Truncation::new(LogRetention::default(), 1),
         }
+    }
+
+    /// Keeps the log as `retention` says; `log_start` is the first entry
+    /// the durable log still holds (nothing below it is there).
+    pub fn with_retention(mut self, retention: LogRetention, log_start: Seq) -> Self {
+        self.trunc = Truncation::new(retention, log_start);
+        self
     }
 
     /// Keeps the last word from a primary that an earlier backup of this
@@ -179,6 +192,20 @@ impl Backup {
         if from == self.primary {
             self.contact = now;
         }
+        if let ReplMsg::Rebuild { epoch, log_start } = msg {
+            // Only a learner that counts for nothing may discard its copy
+            // (a counted one may hold acknowledged entries nobody else
+            // has), and only if it is still behind (not a late duplicate).
+            let ours = epoch == self.epoch && from == self.primary;
+            // Not behind: the primary has an old position of ours.
+            return if !ours {
+                vec![]
+            } else if !self.counted && self.logged + 1 < log_start {
+                vec![Effect::Rebuild { log_start }]
+            } else {
+                vec![self.ack()]
+            };
+        }
         let ReplMsg::Prepare {
             epoch,
             history,
@@ -260,9 +287,14 @@ impl Backup {
 
     /// The rows reflect every entry up to `upto` (the actor applied what
     /// an `Effect::Commit` asked for; as raft-rs's `advance_apply_to`).
-    pub fn on_applied(&mut self, upto: Seq) {
+    /// May ask to truncate the log: below what the rows hold and the
+    /// primary's commit point (module docs, "Log retention").
+    pub fn on_applied(&mut self, upto: Seq) -> Vec<Effect> {
         self.rows = self.rows.max(upto);
+        let safe = self.rows.min(self.primary_committed);
+        let effects = self.trunc.step(safe).into_iter().collect();
         self.check_invariants();
+        effects
     }
 
     /// The invariants of `super` (module docs), checked in debug builds
@@ -385,6 +417,86 @@ mod tests {
         assert!(
             b.read_permit(ReadMode::Replica, 700).is_err(),
             "contact is not sync"
+        );
+    }
+
+    fn entries(seqs: std::ops::RangeInclusive<Seq>) -> Vec<LogEntry> {
+        seqs.map(|seq| LogEntry {
+            epoch: 1,
+            seq,
+            op: vec![],
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_backup_truncates_below_what_it_applied_and_the_commit_point_in_batches() {
+        let retention = LogRetention {
+            entries: 10,
+            bytes: 0,
+            batch: 4,
+        };
+        let mut b = Backup::new(1, "p".into(), 0, 0, None, LeaseConfig::default())
+            .with_retention(retention, 1);
+        b.on_message("p", prepare(1, 40, entries(1..=50)), 0);
+        assert!(b.on_persisted(50).contains(&Effect::Commit { upto: 40 }));
+        // Rows at 20 of the 40 committed: the safe point is 20.
+        assert_eq!(
+            b.on_applied(20),
+            vec![Effect::Truncate {
+                below: 11,
+                limit: 21
+            }]
+        );
+        assert_eq!(b.on_applied(22), vec![], "less than a batch");
+        assert_eq!(
+            b.on_applied(40),
+            vec![Effect::Truncate {
+                below: 31,
+                limit: 41
+            }]
+        );
+        // Logged past the commit point: never truncated beyond it.
+        b.on_message("p", prepare(1, 50, vec![]), 1);
+        assert_eq!(
+            b.on_applied(50),
+            vec![Effect::Truncate {
+                below: 41,
+                limit: 51
+            }]
+        );
+    }
+
+    #[test]
+    fn only_a_learner_that_does_not_count_rebuilds_when_told() {
+        let rebuild = ReplMsg::Rebuild {
+            epoch: 1,
+            log_start: 50,
+        };
+        let mut learner = Backup::new(1, "p".into(), 20, 20, None, LeaseConfig::default());
+        assert_eq!(
+            learner.on_message("p", rebuild.clone(), 0),
+            vec![Effect::Rebuild { log_start: 50 }]
+        );
+        assert_eq!(
+            learner.on_message("q", rebuild.clone(), 0),
+            vec![],
+            "not its primary"
+        );
+        // A counted copy may hold acknowledged entries: it never discards
+        // them; it tells the primary where it stands.
+        let mut counted = Backup::new(1, "p".into(), 20, 20, None, LeaseConfig::default());
+        counted.on_message("p", prepare(1, 20, vec![]), 0);
+        let fx = counted.on_message("p", rebuild, 0);
+        assert!(
+            matches!(
+                fx[..],
+                [Effect::Send {
+                    msg: ReplMsg::Ack { logged: 20, .. },
+                    ..
+                }]
+            ),
+            "{fx:?}"
         );
     }
 }

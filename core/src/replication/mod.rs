@@ -47,6 +47,38 @@
 //!   before it hears of the change (judged on its own view of the commit
 //!   point, it could lack what was committed since it last heard).
 //!
+//! Log retention (truncation). Each copy deletes the head of its log once
+//! nobody can need it; the decision is the state machine's
+//! (`Effect::Truncate`), the store carries it out in the next group commit:
+//! - a write commits only when *every* member of the configuration has
+//!   logged it, so every entry up to the commit point is on every member;
+//! - the primary may delete below `min(applied, acked of every peer it
+//!   feeds: backups and learners)`: every peer already holds those entries
+//!   (a peer that has not answered in this epoch counts as holding nothing,
+//!   so a new epoch or a new learner truncates nothing until it answers);
+//! - a backup may delete below `min(applied, the primary's commit point it
+//!   heard)`: those entries are on every member;
+//! - below that safe point a retention window is kept (`LogRetention`:
+//!   entries here, bytes in the store, which may delete further while the
+//!   log is larger than its byte bound, never up to the safe point), for
+//!   copies that may come back; the effect is emitted only once the safe
+//!   point has moved by `LogRetention::batch`, so deletions are amortised.
+//!
+//! Why `Effect::SendLog` never needs a deleted entry of a counted member: the
+//! primary sends a peer the entries after what the peer acked, and in its
+//! own epoch it truncated only below what every peer acked. Across epochs, a
+//! member of the new configuration holds every entry committed in the old
+//! one (a learner becomes a backup only once it has every committed entry),
+//! and keeps, through reconciliation, at least up to the new primary's
+//! commit point when it took the epoch (`EpochHistory::floor`, its applied
+//! position), which is at or above anything the new primary deleted (a copy
+//! deletes only below its applied position). A learner is not covered: it
+//! may have installed its snapshot from a primary that was then replaced by
+//! one that had deleted more. Such a learner, once it reports a position
+//! below the primary's first retained entry, is told to install a fresh
+//! snapshot (`ReplMsg::Rebuild`) instead of being sent a gap; a counted copy
+//! never discards its log on that word.
+//!
 //! Invariants, asserted (`debug_assert!`) after every event and so checked
 //! across every simulated schedule:
 //! - on the primary, applied ≤ committed ≤ persisted ≤ last seq, and what a
@@ -163,6 +195,10 @@ pub enum ReplMsg {
     },
     /// A message from an older epoch was refused; `epoch` is the receiver's.
     StaleEpoch { epoch: Epoch },
+    /// Primary → learner: the entries after your position are no longer in
+    /// my log (the first I keep is `log_start`); install a fresh snapshot.
+    /// Only a learner that does not count for commits acts on it.
+    Rebuild { epoch: Epoch, log_start: Seq },
 }
 
 /// What a state machine asks its actor to do.
@@ -198,6 +234,85 @@ pub enum Effect {
         upto: Seq,
         msg: ReplMsg,
     },
+    /// Delete the log entries with `seq < below` (the retention window in
+    /// entries is kept below the safe point). The store may go on deleting
+    /// the oldest entries while the log is larger than its byte bound, but
+    /// never an entry at or after `limit`, the first one some copy may
+    /// still need (the safe point). Carried out with the next group commit.
+    Truncate {
+        below: Seq,
+        limit: Seq,
+    },
+    /// The primary no longer has the entries this learner needs
+    /// (`ReplMsg::Rebuild`): discard the copy and install a fresh snapshot.
+    Rebuild {
+        log_start: Seq,
+    },
+}
+
+/// How much of its log a copy keeps below the point nobody needs any more
+/// (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRetention {
+    /// Entries kept below the safe point.
+    pub entries: u64,
+    /// At most this many bytes of log kept below the safe point (applied
+    /// by the store, which knows the sizes).
+    pub bytes: u64,
+    /// The safe point must move by this many entries before the next
+    /// deletion, so each one deletes a run of entries in one range.
+    pub batch: u64,
+}
+
+/// Default entries kept: 10,000 writes, a few seconds of a busy shard, so
+/// a backup or learner briefly cut off catches up from the log.
+pub const DEFAULT_RETAIN_ENTRIES: u64 = 10_000;
+/// Default bytes kept: 64 MiB per copy, so a shard of large rows cannot
+/// keep 10,000 of them (a 100 KB row would make it 1 GB).
+pub const DEFAULT_RETAIN_BYTES: u64 = 64 << 20;
+/// Default amortisation: one range deletion per 256 entries.
+pub const DEFAULT_TRUNCATE_BATCH: u64 = 256;
+
+impl Default for LogRetention {
+    fn default() -> Self {
+        Self {
+            entries: DEFAULT_RETAIN_ENTRIES,
+            bytes: DEFAULT_RETAIN_BYTES,
+            batch: DEFAULT_TRUNCATE_BATCH,
+        }
+    }
+}
+
+/// When to truncate, shared by the primary and the backup: `start` is the
+/// first entry that may still be in the log (nothing below it is), `limit`
+/// the last limit asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Truncation {
+    cfg: LogRetention,
+    /// Entries below this may have been deleted (the store's first retained
+    /// entry when the state machine was built, or the last `limit` asked).
+    start: Seq,
+}
+
+impl Truncation {
+    fn new(cfg: LogRetention, log_start: Seq) -> Self {
+        Self {
+            cfg,
+            start: log_start.max(1),
+        }
+    }
+
+    /// The truncation to ask for now that every entry up to `safe` is
+    /// needed by nobody, if the safe point moved by a batch.
+    fn step(&mut self, safe: Seq) -> Option<Effect> {
+        let limit = safe + 1;
+        if limit < self.start.saturating_add(self.cfg.batch.max(1)) {
+            return None;
+        }
+        let below = limit.saturating_sub(self.cfg.entries).max(1);
+        self.start = limit;
+        Some(Effect::Truncate { below, limit })
+    }
 }
 
 /// Timing of the protocol.

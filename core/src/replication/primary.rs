@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::{
-    Effect, Epoch, EpochHistory, LeaseConfig, LogEntry, Millis, ReadRefusal, ReplMsg, Seq,
+    Effect, Epoch, EpochHistory, LeaseConfig, LogEntry, LogRetention, Millis, ReadRefusal, ReplMsg,
+    Seq, Truncation,
 };
 use crate::cluster_map::NodeId;
 use crate::wire::ReadMode;
@@ -84,6 +85,8 @@ pub struct Primary {
     min_copies: usize,
     /// When this primary first saw the time (its first tick or proposal).
     since: Option<Millis>,
+    /// What of its log this copy keeps (module docs, "Log retention").
+    trunc: Truncation,
 }
 
 impl Primary {
@@ -127,7 +130,20 @@ impl Primary {
             applied: committed,
             min_copies: 1,
             since: None,
+            trunc: Truncation::new(LogRetention::default(), 1),
         }
+    }
+
+    /// Keeps the log as `retention` says; `log_start` is the first entry
+    /// the durable log still holds (nothing below it is there).
+    pub fn with_retention(mut self, retention: LogRetention, log_start: Seq) -> Self {
+        self.trunc = Truncation::new(retention, log_start);
+        self
+    }
+
+    /// Entries below this may have been deleted from the log.
+    pub fn log_start(&self) -> Seq {
+        self.trunc.start
     }
 
     /// Refuses writes while the configuration has fewer than `n` members
@@ -235,9 +251,26 @@ impl Primary {
 
     /// The rows reflect every entry up to `upto` (the actor applied what
     /// an `Effect::Commit` asked for; as raft-rs's `advance_apply_to`).
-    pub fn on_applied(&mut self, upto: Seq) {
+    /// May ask to truncate the log.
+    pub fn on_applied(&mut self, upto: Seq) -> Vec<Effect> {
         self.applied = self.applied.max(upto);
+        let effects = self.truncate().into_iter().collect();
         self.check_invariants();
+        effects
+    }
+
+    /// Asks to delete what nobody needs (module docs, "Log retention"):
+    /// below what the rows hold and what every peer fed, backup or
+    /// learner, has acknowledged (0 for one that has not answered).
+    fn truncate(&mut self) -> Option<Effect> {
+        let safe = self
+            .peers
+            .values()
+            .map(|p| p.acked)
+            .chain(std::iter::once(self.applied))
+            .min()
+            .unwrap_or(self.applied);
+        self.trunc.step(safe)
     }
 
     /// The invariants of `super` (module docs), checked in debug builds
@@ -456,6 +489,37 @@ impl Primary {
             peer.sent_at = Some(now);
             peer.progress_at = now;
             let from = peer.acked + 1;
+            let log_start = self.trunc.start;
+            if from < log_start {
+                // Never a gap. A peer that has not answered yet gets a
+                // heartbeat (it answers with where it stands); a learner
+                // behind the log is told to copy a snapshot again; a
+                // counted peer cannot be here (module docs).
+                let msg = if peer.answered && !peer.counts() {
+                    ReplMsg::Rebuild {
+                        epoch: self.epoch,
+                        log_start,
+                    }
+                } else {
+                    debug_assert!(
+                        !peer.answered,
+                        "counted peer {to} at {} is behind the log start {log_start}",
+                        peer.acked
+                    );
+                    ReplMsg::Prepare {
+                        epoch: self.epoch,
+                        history,
+                        entries: vec![],
+                        committed: self.committed,
+                        sent_at: now,
+                        counted: peer.counts(),
+                    }
+                };
+                return vec![Effect::Send {
+                    to: to.to_owned(),
+                    msg,
+                }];
+            }
             return vec![Effect::SendLog {
                 to: to.to_owned(),
                 from,
@@ -520,6 +584,7 @@ impl Primary {
         {
             self.unacked.pop_front();
         }
+        effects.extend(self.truncate());
         effects
     }
 }
@@ -634,6 +699,167 @@ mod tests {
         assert_eq!(
             p.silent_backups(4 * lease),
             vec!["b".to_string(), "c".to_string()]
+        );
+    }
+
+    fn retention() -> LogRetention {
+        LogRetention {
+            entries: 10,
+            bytes: 0,
+            batch: 4,
+        }
+    }
+
+    fn truncations(effects: &[Effect]) -> Vec<(Seq, Seq)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Truncate { below, limit } => Some((*below, *limit)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_primary_keeps_what_its_slowest_peer_has_not_acked_plus_the_window() {
+        let mut p = Primary::new(
+            1,
+            &["b".into()],
+            &["l".into()],
+            0,
+            vec![],
+            LeaseConfig::default(),
+            0,
+        )
+        .with_retention(retention(), 1);
+        for _ in 0..100 {
+            p.propose(vec![], 0).unwrap();
+        }
+        p.on_persisted(100);
+        // b has everything, the learner l has not answered yet: it counts
+        // as holding nothing, so nothing may go.
+        ack(&mut p, "b", 100, 0, 1);
+        assert_eq!(p.committed(), 100);
+        assert!(truncations(&p.on_applied(100)).is_empty());
+        // l answers at 30: everything up to 30 is on every peer; 10 more
+        // are kept below that.
+        let fx = p.on_message(
+            "l",
+            ReplMsg::Ack {
+                epoch: 1,
+                logged: 30,
+                echo: 0,
+            },
+            2,
+        );
+        assert_eq!(truncations(&fx), vec![(21, 31)]);
+        assert_eq!(p.log_start(), 31);
+        // Less than a batch further: nothing; a batch: the next range.
+        let fx = p.on_message(
+            "l",
+            ReplMsg::Ack {
+                epoch: 1,
+                logged: 33,
+                echo: 0,
+            },
+            3,
+        );
+        assert!(truncations(&fx).is_empty());
+        let fx = p.on_message(
+            "l",
+            ReplMsg::Ack {
+                epoch: 1,
+                logged: 60,
+                echo: 0,
+            },
+            4,
+        );
+        assert_eq!(truncations(&fx), vec![(51, 61)]);
+        // Never past what the rows hold.
+        for _ in 0..20 {
+            p.propose(vec![], 5).unwrap();
+        }
+        p.on_persisted(120);
+        ack(&mut p, "b", 120, 5, 6);
+        let fx = p.on_message(
+            "l",
+            ReplMsg::Ack {
+                epoch: 1,
+                logged: 120,
+                echo: 5,
+            },
+            6,
+        );
+        assert_eq!(p.committed(), 120);
+        assert_eq!(truncations(&fx), vec![(91, 101)], "rows still at 100");
+        assert_eq!(truncations(&p.on_applied(120)), vec![(111, 121)]);
+    }
+
+    #[test]
+    fn a_learner_behind_the_first_retained_entry_is_told_to_rebuild_not_sent_a_gap() {
+        // The log starts at 50 (truncated in an earlier epoch).
+        let mut p = Primary::new(
+            2,
+            &["b".into()],
+            &["l".into()],
+            80,
+            vec![],
+            LeaseConfig::default(),
+            0,
+        )
+        .with_retention(retention(), 50);
+        // Before l answers: a plain heartbeat, no log read.
+        let fx = p.on_tick(0);
+        let to_l: Vec<&Effect> = fx
+            .iter()
+            .filter(
+                |e| matches!(e, Effect::Send { to, .. } | Effect::SendLog { to, .. } if to == "l"),
+            )
+            .collect();
+        assert!(
+            matches!(to_l[..], [Effect::Send { msg: ReplMsg::Prepare { ref entries, .. }, .. }] if entries.is_empty()),
+            "{to_l:?}"
+        );
+        // l answers at 20, below the log: rebuild.
+        let fx = p.on_message(
+            "l",
+            ReplMsg::Ack {
+                epoch: 2,
+                logged: 20,
+                echo: 0,
+            },
+            10,
+        );
+        assert_eq!(
+            fx,
+            vec![Effect::Send {
+                to: "l".into(),
+                msg: ReplMsg::Rebuild {
+                    epoch: 2,
+                    log_start: 50
+                }
+            }]
+        );
+        // At 60 it is fed from the log.
+        let fx = p.on_message(
+            "l",
+            ReplMsg::Ack {
+                epoch: 2,
+                logged: 60,
+                echo: 0,
+            },
+            20,
+        );
+        assert!(
+            matches!(
+                fx[..],
+                [Effect::SendLog {
+                    from: 61,
+                    upto: 80,
+                    ..
+                }]
+            ),
+            "{fx:?}"
         );
     }
 }

@@ -12,6 +12,12 @@
 //! and no read sees an entry that was not acknowledged. After a failover the
 //! old primary keeps running, cut off, with its lease, so the lease and the
 //! promoted primary's wait are what keep its reads right.
+//!
+//! Log truncation: the model store deletes everything a `Truncate` allows
+//! (up to its `limit`, the most a byte bound may delete), and any read of a
+//! deleted entry (a `SendLog`, an apply, a promoted primary's inherited
+//! tail, a reconciliation) fails the run. A learner told to rebuild installs
+//! a snapshot of the primary's rows.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -71,8 +77,17 @@ struct World {
     /// of it.
     visible: BTreeMap<Seq, LogEntry>,
     backups: BTreeMap<String, Backup>,
-    /// Durable logs.
+    /// Durable logs: every entry each node logged (and did not drop in a
+    /// reconciliation), whether truncated since or not.
     logs: BTreeMap<String, BTreeMap<Seq, LogEntry>>,
+    /// The first entry each node's log still holds: entries below were
+    /// deleted by a truncation (or never held, after a snapshot).
+    starts: BTreeMap<String, Seq>,
+    /// Retention of every copy.
+    retain: LogRetention,
+    /// Truncations carried out, and learner rebuilds.
+    truncations: usize,
+    rebuilds: usize,
     /// Writes asked for and not done yet, per node, in order.
     disks: BTreeMap<String, VecDeque<Vec<LogEntry>>>,
     net: Vec<(String, String, ReplMsg)>,
@@ -87,6 +102,15 @@ struct World {
     persists_after_switch: usize,
 }
 
+/// Small, so that schedules of a few hundred steps truncate often.
+fn retain() -> LogRetention {
+    LogRetention {
+        entries: 2,
+        bytes: 0,
+        batch: 3,
+    }
+}
+
 fn cfg() -> LeaseConfig {
     LeaseConfig {
         lease: 1000,
@@ -98,6 +122,10 @@ fn cfg() -> LeaseConfig {
 
 impl World {
     fn new() -> Self {
+        Self::with_retention(retain())
+    }
+
+    fn with_retention(retain: LogRetention) -> Self {
         let backups: Vec<String> = BACKUPS.iter().map(|b| b.to_string()).collect();
         let mut logs = BTreeMap::new();
         let mut disks = BTreeMap::new();
@@ -108,16 +136,23 @@ impl World {
         Self {
             now: 0,
             lead: P.into(),
-            primary: Primary::new(1, &backups, &[], 0, vec![], cfg(), 0),
+            primary: Primary::new(1, &backups, &[], 0, vec![], cfg(), 0).with_retention(retain, 1),
             deposed: None,
             dead: BTreeSet::new(),
             acked: BTreeMap::new(),
             visible: BTreeMap::new(),
             backups: backups
                 .iter()
-                .map(|b| (b.clone(), Backup::new(1, P.into(), 0, 0, None, cfg())))
+                .map(|b| {
+                    let backup = Backup::new(1, P.into(), 0, 0, None, cfg());
+                    (b.clone(), backup.with_retention(retain, 1))
+                })
                 .collect(),
             logs,
+            starts: BTreeMap::new(),
+            retain,
+            truncations: 0,
+            rebuilds: 0,
             disks,
             net: Vec::new(),
             applied: BTreeMap::new(),
@@ -144,6 +179,11 @@ impl World {
                     upto,
                     mut msg,
                 } => {
+                    assert!(
+                        from > upto || from >= self.start(node),
+                        "{node} sends {to} entries {from}..={upto}, deleted below {}",
+                        self.start(node)
+                    );
                     if let ReplMsg::Prepare { entries, .. } = &mut msg {
                         *entries = self.logs[node]
                             .range(from..upto.max(from - 1) + 1)
@@ -155,6 +195,7 @@ impl World {
                 Effect::Reconciled { keep, .. } => {
                     let applied = self.applied.get(node).copied().unwrap_or(0);
                     assert!(keep >= applied, "{node} truncated below what it applied");
+                    assert!(keep + 1 >= self.start(node), "{node} keeps deleted entries");
                     for seq in self.logs[node].keys().filter(|s| **s > keep) {
                         if let Some(e) = self.acked.get(seq) {
                             panic!("{node} dropped acknowledged entry {seq}: {e:?}");
@@ -193,6 +234,21 @@ impl World {
                         }
                     }
                 }
+                Effect::Truncate { below, limit } => {
+                    let rows = self.rows.get(node).copied().unwrap_or(0);
+                    assert!(below <= limit, "{node}: below {below} past limit {limit}");
+                    assert!(limit <= rows + 1, "{node} truncates entries not applied");
+                    // The most the store may delete (a byte bound of 0).
+                    if limit > self.start(node) {
+                        self.starts.insert(node.to_string(), limit);
+                        self.truncations += 1;
+                    }
+                }
+                Effect::Rebuild { log_start } => {
+                    assert_eq!(node, "l", "only a learner rebuilds");
+                    assert!(log_start > self.applied.get(node).copied().unwrap_or(0) + 1);
+                    self.rebuild_learner();
+                }
                 Effect::FetchMap { seen } => {
                     assert!(
                         seen > 1 && node == self.lead
@@ -220,6 +276,39 @@ impl World {
                 assert_eq!(theirs, mine, "{b} logged a different entry {seq}");
             }
         }
+    }
+
+    /// The first entry `node`'s log still holds.
+    fn start(&self, node: &str) -> Seq {
+        self.starts.get(node).copied().unwrap_or(1)
+    }
+
+    /// Learner `l` discards its copy and installs a snapshot of the lead's
+    /// rows: it holds what they reflect, with no log before it.
+    fn rebuild_learner(&mut self) {
+        self.rebuilds += 1;
+        let rows = self.rows.get(&self.lead).copied().unwrap_or(0);
+        let content: BTreeMap<Seq, LogEntry> = self.logs[&self.lead]
+            .range(..=rows)
+            .map(|(s, e)| (*s, e.clone()))
+            .collect();
+        self.logs.insert("l".into(), content);
+        self.disks.insert("l".into(), VecDeque::new());
+        self.starts.insert("l".into(), rows + 1);
+        self.applied.insert("l".into(), rows);
+        self.rows.insert("l".into(), rows);
+        let b = Backup::new(
+            self.primary.epoch(),
+            self.lead.clone(),
+            rows,
+            rows,
+            None,
+            cfg(),
+        )
+        .with_retention(self.retain, rows + 1);
+        let hello = b.hello().into_iter().collect();
+        self.backups.insert("l".into(), b);
+        self.run("l", hello);
     }
 
     fn check(&self) {
@@ -378,18 +467,21 @@ impl World {
         }
         for seq in rows + 1..=upto {
             assert!(
-                self.logs[node].contains_key(&seq),
+                self.logs[node].contains_key(&seq) && seq >= self.start(node),
                 "{node} applies entry {seq} it has not logged"
             );
         }
         self.rows.insert(node.to_string(), upto);
-        if node == self.lead {
-            self.primary.on_applied(upto);
+        let fx = if node == self.lead {
+            self.primary.on_applied(upto)
         } else if let Some((_, p)) = self.deposed.as_mut().filter(|(d, _)| d == node) {
-            p.on_applied(upto);
+            p.on_applied(upto)
         } else if let Some(b) = self.backups.get_mut(node) {
-            b.on_applied(upto);
-        }
+            b.on_applied(upto)
+        } else {
+            vec![]
+        };
+        self.run(node, fx);
     }
 
     /// A client reads from `node` in `mode`: if the copy admits it, what
@@ -550,6 +642,10 @@ impl World {
         let (new_lead, other) = (new_lead.to_string(), other.to_string());
         let applied = self.applied.get(&new_lead).copied().unwrap_or(0);
         let last = logged(self, &new_lead);
+        assert!(
+            applied + 1 >= self.start(&new_lead),
+            "{new_lead} deleted unapplied entries"
+        );
         let inherited: Vec<LogEntry> = self.logs[&new_lead]
             .range(applied + 1..last + 1)
             .map(|(_, e)| e.clone())
@@ -562,7 +658,8 @@ impl World {
             inherited,
             cfg(),
             takeover_not_before(epoch, false, contact, &cfg()),
-        );
+        )
+        .with_retention(self.retain, self.start(&new_lead));
         let other_logged = logged(self, &other);
         let other_applied = self.applied.get(&other).copied().unwrap_or(0);
         let tail = self.logs[&other]
@@ -579,7 +676,8 @@ impl World {
                 other_applied,
                 Some(tail),
                 cfg(),
-            ),
+            )
+            .with_retention(self.retain, self.start(&other)),
         );
         let old = std::mem::replace(&mut self.lead, new_lead);
         if !self.dead.contains(&old) {
@@ -596,9 +694,12 @@ impl World {
         let backups: Vec<String> = BACKUPS.iter().map(|b| b.to_string()).collect();
         self.finish_apply(P);
         let committed = self.primary.committed();
-        self.primary = Primary::new(1, &backups, &[l.into()], committed, vec![], cfg(), 0);
-        self.backups
-            .insert(l.into(), Backup::new(1, P.into(), 0, 0, None, cfg()));
+        self.primary = Primary::new(1, &backups, &[l.into()], committed, vec![], cfg(), 0)
+            .with_retention(self.retain, self.start(P));
+        self.backups.insert(
+            l.into(),
+            Backup::new(1, P.into(), 0, 0, None, cfg()).with_retention(self.retain, 1),
+        );
         self.logs.insert(l.into(), BTreeMap::new());
         self.disks.insert(l.into(), VecDeque::new());
     }
@@ -763,6 +864,9 @@ proptest! {
         }
         w.settle();
         prop_assert_eq!(&w.logs["l"], &w.logs[P]);
+        // Once it has answered, the learner's entries are kept for it: at
+        // most one rebuild, for a log truncated before it joined.
+        prop_assert!(w.rebuilds <= 1, "{} rebuilds", w.rebuilds);
     }
 }
 
@@ -854,9 +958,17 @@ fn a_clean_handover_needs_no_lease_wait() {
     );
 }
 
+/// No truncation at all: the safe point never moves by a batch.
+fn keep_everything() -> LogRetention {
+    LogRetention {
+        batch: u64::MAX,
+        ..retain()
+    }
+}
+
 #[test]
 fn a_learner_far_behind_is_fed_from_the_log_and_counts_for_commits_only_once_caught_up() {
-    let mut w = World::new();
+    let mut w = World::with_retention(keep_everything());
     for i in 0..40u8 {
         w.apply(Step::Propose(i));
         w.settle();
@@ -958,4 +1070,54 @@ fn a_primary_that_lost_a_backup_stops_taking_writes() {
             .starts_with("primary lease expired at epoch 1: backup b1 has not answered for"),
         "{err}"
     );
+}
+
+#[test]
+fn every_copy_truncates_and_still_converges_and_serves_every_acknowledged_write() {
+    let mut w = World::new();
+    for i in 0..60u8 {
+        w.apply(Step::Propose(i));
+        if i % 7 == 0 {
+            w.settle();
+        }
+    }
+    // b2 misses some entries: the primary keeps what b2 has not acked.
+    for i in 60..70u8 {
+        w.apply(Step::Propose(i));
+    }
+    w.net.retain(|(_, to, _)| to != "b2");
+    w.deliver_all_but(&["b2"]);
+    assert!(
+        w.start(P) <= w.backups["b2"].logged() + 1,
+        "the primary deleted entries b2 still needs"
+    );
+    w.settle();
+    w.read_everywhere();
+    assert!(w.truncations >= 3, "only {} truncations", w.truncations);
+    for n in std::iter::once(P).chain(BACKUPS) {
+        assert!(w.start(n) > 50, "{n} keeps its log from {}", w.start(n));
+        assert_eq!(w.rows[n], 70);
+    }
+    assert_eq!(w.acked.len(), 70);
+}
+
+#[test]
+fn a_learner_behind_the_retained_log_installs_a_snapshot_again() {
+    let mut w = World::new();
+    for i in 0..30u8 {
+        w.apply(Step::Propose(i));
+        w.settle();
+    }
+    assert!(w.start(P) > 20);
+    // A learner whose copy ends long before the primary's first retained
+    // entry (an empty one here): told to rebuild, never sent a gap.
+    w.add_learner("l");
+    w.settle();
+    w.heartbeats(2);
+    assert_eq!(w.rebuilds, 1);
+    assert!(w.backups["l"].caught_up());
+    assert_eq!(w.logs["l"], w.logs[P]);
+    for (seq, e) in &w.acked {
+        assert_eq!(w.logs["l"].get(seq), Some(e));
+    }
 }
