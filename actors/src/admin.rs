@@ -14,6 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tstore_membership::{view, Membership};
 
 use crate::control::ControlPlane;
+use crate::node_stats::StatsSource;
 use tstore_core::wire::{
     AdminError, AdminErrorKind, AdminReply, AdminRequest, ControlError, DataError, DataReply,
     ErrorKind,
@@ -27,6 +28,7 @@ pub struct AdminActor {
     control: ControlPlane,
     watch_interval: Duration,
     watches: Arc<AtomicUsize>,
+    stats: StatsSource,
 }
 
 impl AdminActor {
@@ -34,12 +36,14 @@ impl AdminActor {
         membership: Arc<Membership>,
         control: ControlPlane,
         watch_interval: Duration,
+        stats: StatsSource,
     ) -> Self {
         Self {
             membership,
             control,
             watch_interval,
             watches: Arc::default(),
+            stats,
         }
     }
 }
@@ -128,6 +132,19 @@ impl Handler<AdminCall> for AdminActor {
                     match control.create_table(spec).await {
                         Ok((map_version, table)) => AdminReply::Table { map_version, table },
                         Err(e) => AdminReply::Error(e.into()),
+                    }
+                })
+                .boxed()
+            }
+            AdminRequest::NodeStats => {
+                let stats = self.stats.clone();
+                stream::once(async move {
+                    match tokio::task::spawn_blocking(move || stats.measure()).await {
+                        Ok(s) => AdminReply::NodeStats(s),
+                        Err(e) => AdminReply::Error(AdminError::new(
+                            AdminErrorKind::Unavailable,
+                            format!("measuring node stats failed: {e}"),
+                        )),
                     }
                 })
                 .boxed()

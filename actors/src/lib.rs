@@ -10,6 +10,7 @@
 //! - [`admin`]: the client/operator service (members, gossip, tables, …).
 //! - [`data`]: shard storage on LMDB and the node's group commit.
 //! - [`storage`]: the node's LMDB environment.
+//! - [`node_stats`]: a node's storage figures for operators.
 //! - [`peer`]: the node-to-node messages.
 //! - [`clock`]: the monotonic and wall clocks handed to the core.
 //! - [`peer_link`]: how copies and the router reach other nodes (QUIC, or an
@@ -27,6 +28,7 @@ pub mod coordinator;
 pub mod data;
 pub mod dispatch;
 pub mod node;
+pub mod node_stats;
 pub mod peer;
 pub mod peer_link;
 pub mod router;

@@ -29,6 +29,7 @@ use crate::coordinator::actor::CoordinatorActor;
 use crate::data::committer::Committer;
 use crate::data::store::ShardStore;
 use crate::dispatch::PeerDispatch;
+use crate::node_stats::StatsSource;
 use crate::peer::PeerMessage;
 use crate::peer_link::{PeerLink, QuicPeerLink};
 use crate::service::{NodeService, Routing};
@@ -191,7 +192,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         local: local.clone(),
         copy_env: CopyEnv {
             membership: membership.clone(),
-            store,
+            store: store.clone(),
             committer,
             link: link.clone(),
             lease: lease.unwrap_or_default(),
@@ -200,7 +201,13 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         left: false,
     }
     .start();
-    let admin = AdminActor::new(membership, control.clone(), watch_interval).start();
+    let stats = StatsSource {
+        node_id: identity.node_id.clone(),
+        data_dir: data_dir.clone(),
+        store: store.clone(),
+        local: local.clone(),
+    };
+    let admin = AdminActor::new(membership, control.clone(), watch_interval, stats).start();
     CoordinatorActor::new(control.clone()).start();
     endpoint.serve(Arc::new(NodeService {
         peers,

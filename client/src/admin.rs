@@ -20,7 +20,7 @@ use tstore_core::data::ops::RowRecord;
 use tstore_core::view::{GossipChange, GossipSnapshot, Member};
 use tstore_core::wire::ReadMode;
 use tstore_core::wire::{
-    AdminReply, AdminRequest, ClusterStatus, CopyReport, DataReply, DataRequest,
+    AdminReply, AdminRequest, ClusterStatus, CopyReport, DataReply, DataRequest, NodeStats,
 };
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity};
@@ -61,6 +61,7 @@ fn reply_kind(r: &AdminReply) -> &'static str {
         AdminReply::Events { .. } => "an event list",
         AdminReply::Error(_) => "an error",
         AdminReply::Route { .. } => "a route",
+        AdminReply::NodeStats(_) => "node stats",
     }
 }
 
@@ -128,6 +129,15 @@ impl AdminClient {
     pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
         match self.call(&AdminRequest::Cluster).await? {
             AdminReply::Cluster(s) => Ok(s),
+            other => Err(ClientError::Unexpected(reply_kind(&other))),
+        }
+    }
+
+    /// The contacted node's storage: data dir size, LMDB map size and use,
+    /// copies held, bytes written per logged entry.
+    pub async fn node_stats(&self) -> Result<NodeStats, ClientError> {
+        match self.call(&AdminRequest::NodeStats).await? {
+            AdminReply::NodeStats(s) => Ok(s),
             other => Err(ClientError::Unexpected(reply_kind(&other))),
         }
     }

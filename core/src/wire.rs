@@ -87,6 +87,18 @@ pub struct CopyStatus {
     pub state: String,
     /// Of the rows (keys, versions, content); comparable across nodes.
     pub checksum: Option<u64>,
+    /// Log entries the copy holds: `logged - log_start + 1`, from its
+    /// metadata (no scan).
+    pub log_entries: u64,
+    /// The oldest log position held (`logged + 1` when it holds none):
+    /// older entries were truncated or came in a snapshot.
+    pub log_start: u64,
+    /// Bytes of the log entries held (their stored encoding).
+    pub log_bytes: u64,
+    /// Rows, and the bytes of their keys and stored records: counted by a
+    /// scan, so only when checksums were asked (`describe --verify`).
+    pub rows: Option<u64>,
+    pub row_bytes: Option<u64>,
 }
 
 /// One copy of a shard with its status, or why it could not be asked.
@@ -474,6 +486,32 @@ pub enum AdminRequest {
     Route {
         table: String,
     },
+    /// The contacted node's storage: data dir size, LMDB map size and use,
+    /// shard copies held, bytes written per logged entry.
+    NodeStats,
+}
+
+/// One node's storage, as it measures it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub node_id: String,
+    pub data_dir: String,
+    /// Sum of the sizes of the files under the data dir.
+    pub data_dir_bytes: u64,
+    /// Address space reserved for the LMDB environment (its upper bound).
+    pub lmdb_map_size: u64,
+    /// Pages in use up to the highest one written, in bytes (free pages
+    /// inside that range are counted: the file does not shrink).
+    pub lmdb_used_bytes: u64,
+    /// Shard copies this node holds.
+    pub copies: u64,
+    /// Log entries this node appended (as primary or backup) since start.
+    pub entries_logged: u64,
+    /// Bytes this process caused to be written to storage since start
+    /// (`write_bytes` of `/proc/self/io`); `None` where that is not readable.
+    pub disk_write_bytes: Option<u64>,
+    /// `disk_write_bytes / entries_logged`, when both are known and nonzero.
+    pub bytes_per_entry: Option<u64>,
 }
 
 /// The control plane as one node sees it.
@@ -537,6 +575,8 @@ pub enum AdminReply {
         table: Table,
         nodes: Vec<(String, String)>,
     },
+    /// Answer to [`AdminRequest::NodeStats`].
+    NodeStats(NodeStats),
 }
 
 #[cfg(test)]

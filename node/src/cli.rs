@@ -133,6 +133,9 @@ pub enum AdminCommand {
     },
     /// The control plane: voters, Raft leader (= coordinator), term, commit index, map version.
     Cluster,
+    /// The contacted node's storage: data dir size, LMDB map size and use,
+    /// shard copies held, disk bytes written per log entry since start.
+    NodeStats,
     /// Create a table, hash-sharded (--shards) or range-sharded (--range-splits).
     CreateTable {
         /// Table name (letters, digits, '_', '-').
@@ -442,6 +445,10 @@ async fn admin(
         AdminCommand::Cluster => {
             let status = client.cluster().await?;
             show(json, &status, || output::cluster(&status))?;
+        }
+        AdminCommand::NodeStats => {
+            let stats = client.node_stats().await?;
+            show(json, &stats, || output::node_stats(&stats))?;
         }
         AdminCommand::CreateTable {
             name,

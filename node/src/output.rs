@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use tstore_core::cluster_map::{MapEvent, Sharding, Table};
-use tstore_core::wire::{ClusterStatus, CopyReport};
+use tstore_core::wire::{ClusterStatus, CopyReport, NodeStats};
 use tstore_membership::{GossipChange, GossipSnapshot, Member, NodeStatus};
 
 /// `HH:MM:SS.mmm` (UTC) of a unix time in milliseconds.
@@ -222,6 +222,7 @@ pub fn table_with_copies(
             })
         })
         .collect();
+    out.push_str(&copy_lines(t, reports));
     if !busy.is_empty() {
         out.push_str("copies not serving:\n");
         out.push_str(&busy.join("\n"));
@@ -241,6 +242,68 @@ pub fn table_with_copies(
         out.push_str(&unreachable.join("\n"));
         out.push('\n');
     }
+    out
+}
+
+/// One line per copy that answered: its role, log position, rows (counted
+/// only with `--verify`), and the log it retains.
+fn copy_lines(t: &Table, reports: &[CopyReport]) -> String {
+    let num = |n: Option<u64>| n.map_or("-".into(), |n| n.to_string());
+    let rows: Vec<[String; 9]> = reports
+        .iter()
+        .filter_map(|r| {
+            let c = r.status.as_ref().ok()?;
+            Some([
+                format!("{}/{}", t.spec.name, r.shard),
+                r.node.clone(),
+                c.role.clone(),
+                c.applied.to_string(),
+                num(c.rows),
+                num(c.row_bytes),
+                c.log_entries.to_string(),
+                c.log_start.to_string(),
+                c.log_bytes.to_string(),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    grid(
+        [
+            "COPY",
+            "NODE",
+            "ROLE",
+            "APPLIED",
+            "ROWS",
+            "ROW BYTES",
+            "LOG ENTRIES",
+            "LOG START",
+            "LOG BYTES",
+        ],
+        &rows,
+    )
+}
+
+/// A node's storage figures.
+pub fn node_stats(s: &NodeStats) -> String {
+    let opt = |n: Option<u64>| n.map_or("unknown".into(), |n| n.to_string());
+    let mut out = format!("node {}, data dir {}\n", s.node_id, s.data_dir);
+    let _ = writeln!(out, "  data dir bytes:     {}", s.data_dir_bytes);
+    let _ = writeln!(out, "  lmdb map size:      {}", s.lmdb_map_size);
+    let _ = writeln!(out, "  lmdb used bytes:    {}", s.lmdb_used_bytes);
+    let _ = writeln!(out, "  shard copies:       {}", s.copies);
+    let _ = writeln!(
+        out,
+        "  entries logged:     {} (since start)",
+        s.entries_logged
+    );
+    let _ = writeln!(
+        out,
+        "  disk bytes written: {} (since start)",
+        opt(s.disk_write_bytes)
+    );
+    let _ = writeln!(out, "  bytes per entry:    {}", opt(s.bytes_per_entry));
     out
 }
 

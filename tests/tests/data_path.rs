@@ -2,12 +2,13 @@
 //! end to end, reads from every node, range scans in key order, conditional
 //! writes, and bad input refused without harm.
 
+use std::process::Command;
 use std::time::Duration;
 
 use tstore_client::admin::AdminClient;
 use tstore_client::cluster_map::{RowKey, Sharding, TableSpec};
 use tstore_client::data::ReadMode;
-use tstore_tests::Cluster;
+use tstore_tests::{tstore_binary, Cluster};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const ALL: [&str; 3] = ["n1", "n2", "n3"];
@@ -291,4 +292,115 @@ async fn bad_input_is_refused_clearly_and_the_node_keeps_serving() {
         let s = c.status(via).await.unwrap();
         assert!(s.leader.is_some(), "{via} still serves: {s:?}");
     }
+}
+
+/// The operator's figures: after N writes to a one-shard table, every copy
+/// reports N rows (counted with `--verify`), a log holding every entry
+/// (nothing truncated yet: N is below the truncation batch), and each node
+/// a nonempty data dir with an LMDB map larger than its use.
+#[tokio::test]
+async fn describe_and_node_stats_report_what_each_copy_and_node_holds() {
+    const N: u64 = 40;
+    // The default retention (10,000 entries below the safe point) plus one
+    // truncation batch (256).
+    const RETENTION_BOUND: u64 = 10_000 + 256;
+    let c = formed_cluster().await;
+    create(
+        &c,
+        TableSpec {
+            name: "ops".into(),
+            key: "id".into(),
+            sharding: Sharding::Hash { shards: 1 },
+            replicas: 3,
+            min_copies: 0,
+        },
+    )
+    .await;
+    let client = c.client("n1").await.unwrap();
+    for id in 0..N {
+        client
+            .put("ops", &format!(r#"{{"id":{id},"v":"{}"}}"#, "x".repeat(20)))
+            .await
+            .unwrap();
+    }
+    // Backups apply the last entries at the next heartbeat.
+    let copies = c
+        .poll("every copy applied every write", LIMIT, || async {
+            let client = c.client("n2").await?;
+            let r = client.copies("ops", true).await.map_err(|e| e.to_string());
+            client.close().await;
+            let r = r?;
+            Ok((r.len() == 3
+                && r.iter()
+                    .all(|c| c.status.as_ref().is_ok_and(|s| s.rows == Some(N))))
+            .then_some(r))
+        })
+        .await
+        .unwrap()
+        .0;
+    for r in &copies {
+        let s = r.status.as_ref().unwrap();
+        assert!(s.logged >= N, "{r:?}");
+        assert_eq!(s.log_start, 1, "nothing truncated yet: {r:?}");
+        assert_eq!(s.log_entries, s.logged, "{r:?}");
+        assert!(s.log_entries <= RETENTION_BOUND, "{r:?}");
+        assert!(s.log_bytes > 0, "{r:?}");
+        // Each row holds at least its 20-byte value.
+        assert!(s.row_bytes.unwrap() > 20 * N, "{r:?}");
+    }
+    // Without --verify the rows are not counted.
+    let plain = client.copies("ops", false).await.unwrap();
+    assert!(plain
+        .iter()
+        .all(|r| r.status.as_ref().is_ok_and(|s| s.rows.is_none())));
+    for via in ALL {
+        let stats = c.client(via).await.unwrap().node_stats().await.unwrap();
+        assert_eq!(stats.node_id, via);
+        assert_eq!(stats.copies, 1, "{stats:?}");
+        assert!(stats.data_dir_bytes > 0, "{stats:?}");
+        assert!(stats.lmdb_used_bytes > 0, "{stats:?}");
+        assert!(stats.lmdb_map_size >= stats.lmdb_used_bytes, "{stats:?}");
+        assert!(stats.entries_logged >= N, "{stats:?}");
+    }
+    client.close().await;
+
+    // The same through the command line, as JSON and as text.
+    let cli = |args: &[&str]| {
+        let out = Command::new(tstore_binary())
+            .arg("admin")
+            .arg("--node")
+            .arg(c.addr("n3").to_string())
+            .arg("--certs")
+            .arg(c.certs().path())
+            .args(args)
+            .output()
+            .expect("run tstore");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = cli(&["--output", "json", "describe", "ops", "--verify"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let copies = v["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 3, "{v}");
+    for r in copies {
+        assert_eq!(r["status"]["Ok"]["rows"], N, "{r}");
+        assert_eq!(r["status"]["Ok"]["log_start"], 1, "{r}");
+    }
+    let out = cli(&["describe", "ops", "--verify"]);
+    assert!(out.contains("LOG ENTRIES"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ops/0 ")).count(),
+        4,
+        "{out}"
+    );
+    let out = cli(&["--output", "json", "node-stats"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["node_id"], "n3", "{v}");
+    assert!(v["data_dir_bytes"].as_u64().unwrap() > 0, "{v}");
+    let out = cli(&["node-stats"]);
+    assert!(out.contains("lmdb map size:"), "{out}");
 }

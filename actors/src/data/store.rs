@@ -26,6 +26,8 @@
 //! its `limit`. `ShardMeta::log_start` is the first entry kept.
 
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use heed::types::Bytes;
 use heed::{Database, Env};
@@ -199,6 +201,18 @@ pub struct ShardStore {
     log: Db,
     meta: Db,
     sessions: Db,
+    /// Log entries committed since the process started (for node stats).
+    entries_logged: Arc<AtomicU64>,
+}
+
+/// A scan of a shard copy's rows and sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// See [`ShardStore::checksum`].
+    pub checksum: u64,
+    pub rows: u64,
+    /// Bytes of the rows' keys (shard prefix left out) and stored records.
+    pub row_bytes: u64,
 }
 
 /// What a chunk of a snapshot holds.
@@ -229,7 +243,18 @@ impl ShardStore {
             log,
             meta,
             sessions,
+            entries_logged: Arc::default(),
         })
+    }
+
+    /// The environment the store lives in.
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
+    /// Log entries committed by this store since the process started.
+    pub fn entries_logged(&self) -> u64 {
+        self.entries_logged.load(Ordering::Relaxed)
     }
 
     pub fn meta(&self, id: ShardPrefix) -> Result<ShardMeta, StoreError> {
@@ -498,6 +523,14 @@ impl ShardStore {
                 }
             }
             wtxn.commit()?;
+            let appended: usize = work
+                .iter()
+                .zip(&out)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(w, _)| w.entries.len())
+                .sum();
+            self.entries_logged
+                .fetch_add(appended as u64, Ordering::Relaxed);
             Ok(out)
         };
         match run() {
@@ -716,18 +749,33 @@ impl ShardStore {
     /// sessions, to compare copies (on any node: the shard prefix is left
     /// out).
     pub fn checksum(&self, id: ShardPrefix) -> Result<u64, StoreError> {
+        Ok(self.verify(id)?.checksum)
+    }
+
+    /// The [`checksum`](Self::checksum) of a shard copy, with its rows
+    /// counted on the way (one scan of its rows and sessions).
+    pub fn verify(&self, id: ShardPrefix) -> Result<Verified, StoreError> {
         let rtxn = self.env.read_txn()?;
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for db in [&self.rows, &self.sessions] {
+        let (mut rows, mut row_bytes) = (0, 0);
+        for (i, db) in [&self.rows, &self.sessions].into_iter().enumerate() {
             for item in db.prefix_iter(&rtxn, &id.prefix())? {
                 let (k, v) = item?;
+                if i == 0 {
+                    rows += 1;
+                    row_bytes += (k.len() - 12 + v.len()) as u64;
+                }
                 for b in k[12..].iter().chain(v) {
                     h ^= u64::from(*b);
                     h = h.wrapping_mul(0x0000_0100_0000_01b3);
                 }
             }
         }
-        Ok(h)
+        Ok(Verified {
+            checksum: h,
+            rows,
+            row_bytes,
+        })
     }
 }
 

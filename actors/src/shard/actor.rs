@@ -711,8 +711,9 @@ impl Handler<GetStatus> for CopyActor {
             }
             (None, _) => "serving".into(),
         };
-        let checksum = (checksum && !matches!(self.role, Role::Installing))
-            .then(|| self.env.store.checksum(self.id).ok())
+        // Counting rows is a scan: done only with the checksum.
+        let verified = (checksum && !matches!(self.role, Role::Installing))
+            .then(|| self.env.store.verify(self.id).ok())
             .flatten();
         MessageResult(CopyStatus {
             role: self.copy.role.to_string(),
@@ -720,7 +721,12 @@ impl Handler<GetStatus> for CopyActor {
             logged: meta.logged,
             applied: meta.applied,
             state,
-            checksum,
+            checksum: verified.map(|v| v.checksum),
+            log_entries: (meta.logged + 1).saturating_sub(meta.log_start),
+            log_start: meta.log_start,
+            log_bytes: meta.log_bytes,
+            rows: verified.map(|v| v.rows),
+            row_bytes: verified.map(|v| v.row_bytes),
         })
     }
 }
