@@ -197,7 +197,15 @@ async fn strangers_and_garbage_are_refused_while_the_node_keeps_serving() {
     // An authenticated client sending an oversized frame, then an undecodable one.
     for bytes in [
         u32::MAX.to_be_bytes().to_vec(),
-        vec![0, 0, 0, 3, 1, 0xff, 0xff],
+        vec![
+            0,
+            0,
+            0,
+            3,
+            tstore_transport::frame::WIRE_VERSION,
+            0xff,
+            0xff,
+        ],
     ] {
         let id = c.certs().identity(Role::Client, "admin").unwrap();
         let session = tstore_transport::ClientSession::connect(target, &id, Default::default())

@@ -180,7 +180,7 @@ mod tests {
         let err = decode_body::<Msg>(&buf[4..]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "frame has wire version 9, this node speaks version 1"
+            format!("frame has wire version 9, this node speaks version {WIRE_VERSION}")
         );
         assert!(err.is_protocol_violation());
     }

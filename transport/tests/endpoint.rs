@@ -251,7 +251,13 @@ async fn bad_frames_close_only_the_offending_connection() {
     // Undecodable: a well-sized frame of garbage.
     let offender = client(&ops, a.local_addr()).await;
     let mut garbage = 5u32.to_be_bytes().to_vec();
-    garbage.extend([1, 0xff, 0xff, 0xff, 0xff]);
+    garbage.extend([
+        tstore_transport::frame::WIRE_VERSION,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+    ]);
     let reason = send_raw(&offender, &garbage).await;
     assert!(reason.contains("undecodable message"), "{reason}");
 
