@@ -21,17 +21,15 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tstore_actors::cluster_map::{ClusterMap, MapCommand, RowKey, TableSpec};
 use tstore_actors::control::types::{MapRaft, RaftNode};
-use tstore_actors::data::ops::Op;
-use tstore_actors::data::ops::RowRecord;
-use tstore_actors::data::sessions::{ClientRecord, Command};
 use tstore_actors::data::store::ShardMeta;
-use tstore_actors::replication::{EpochHistory, LogEntry, ReplMsg};
-use tstore_actors::wire::{
-    AdminReply, AdminRequest, DataReply, DataRequest, PeerMessage, PeerReply, ShardRequest,
-    SnapshotPart,
-};
+use tstore_actors::peer::{PeerMessage, PeerReply, SnapshotPart};
+use tstore_core::cluster_map::{ClusterMap, MapCommand, RowKey, TableSpec};
+use tstore_core::data::ops::Op;
+use tstore_core::data::ops::RowRecord;
+use tstore_core::data::sessions::{ClientRecord, Command};
+use tstore_core::replication::{EpochHistory, LogEntry, ReplMsg};
+use tstore_core::wire::{AdminReply, AdminRequest, DataReply, DataRequest, ShardRequest};
 use tstore_transport::frame;
 
 struct Seeds {
@@ -111,13 +109,14 @@ fn main() {
         "min_copies": 0});
     let range_spec = json!({"name": "events", "key": "ts",
         "sharding": {"Range": {"splits": [{"Int": 1000}, {"Str": "m"}]}}, "replicas": 2, "min_copies": 2});
-    let shard_write = json!({"Write": {"table": "user", "shard": 3, "id": id, "op": batch}});
-    let shard_get =
-        json!({"Get": {"table": "user", "shard": 3, "key": {"Str": "alice"}, "mode": "Strong"}});
-    let shard_scan = json!({"Scan": {"table": "events", "shard": 0, "from": null, "to": {"Int": 10},
+    let shard_write =
+        json!({"Write": {"shard": {"table": "user", "index": 3}, "id": id, "op": batch}});
+    let shard_get = json!({"Get": {"shard": {"table": "user", "index": 3}, "key": {"Str": "alice"}, "mode": "Strong"}});
+    let shard_scan = json!({"Scan": {"shard": {"table": "events", "index": 0}, "from": null, "to": {"Int": 10},
         "limit": 100, "mode": {"AtLeast": 5}}});
     let status = json!({"role": "primary", "epoch": 3, "logged": 9, "applied": 9, "state": "serving",
-        "checksum": 77});
+        "checksum": 77, "log_entries": 9, "log_start": 1, "log_bytes": 2475, "rows": 4,
+        "row_bytes": 400});
 
     // A table as the map holds it.
     let mut map = ClusterMap::default();
@@ -187,13 +186,13 @@ fn main() {
         ("gossip", json!({"Gossip": [0xd3, 0xb0, 1, 0]})),
         (
             "repl",
-            json!({"Repl": {"table": "user", "shard": 3, "msg": prepare}}),
+            json!({"Repl": {"shard": {"table": "user", "index": 3}, "msg": prepare}}),
         ),
         ("data-write", json!({"Data": shard_write})),
         ("data-get", json!({"Data": shard_get})),
         (
             "snapshot",
-            json!({"Snapshot": {"table": "user", "shard": 1}}),
+            json!({"Snapshot": {"shard": {"table": "user", "index": 1}}}),
         ),
         ("control", json!({"Control": {"CreateTable": spec}})),
         (
@@ -257,7 +256,7 @@ fn main() {
         ("scan", shard_scan.clone()),
         (
             "status",
-            json!({"Status": {"table": "user", "shard": 1, "checksum": true}}),
+            json!({"Status": {"shard": {"table": "user", "index": 1}, "checksum": true}}),
         ),
     ] {
         s.typed::<ShardRequest>("data_request", 1, &format!("shard-{name}"), msg);
@@ -351,7 +350,11 @@ fn main() {
             json!({"Route": {"map_version": 3, "table": table, "nodes": [["n1", "127.0.0.1:7401"]],
                 "now_unix_ms": 1_700_000_000_000u64}}),
         ),
-        ("error", json!({"Error": "table \"user\" does not exist"})),
+        (
+            "error",
+            json!({"Error": {"kind": "NotFound", "message": "table \"user\" does not exist",
+                "control": {"NoSuchTable": {"name": "user", "known": ["events"]}}}}),
+        ),
     ] {
         s.typed::<AdminReply>("admin_request", 1, &format!("reply-{name}"), msg);
     }
@@ -405,7 +408,7 @@ fn main() {
     let peer: Vec<PeerMessage> = ["Ping"]
         .iter()
         .map(|m| json!(m))
-        .chain([json!({"Data": {"Status": {"table": "user", "shard": 1, "checksum": false}}})])
+        .chain([json!({"Data": {"Status": {"shard": {"table": "user", "index": 1}, "checksum": false}}})])
         .filter_map(|m| s.json("frame/peer", m))
         .collect();
     let mut stream = vec![0u8];

@@ -10,8 +10,8 @@
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tstore_core::wire::{AdminRequest};
-use tstore_actors::peer::{PeerMessage};
+use tstore_actors::peer::PeerMessage;
+use tstore_core::wire::AdminRequest;
 use tstore_transport::frame::{self, FrameError, HEADER_LEN};
 
 /// A small limit, so that the fuzzer reaches it.

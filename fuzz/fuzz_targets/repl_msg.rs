@@ -4,11 +4,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tstore_actors::data::store::ShardMeta;
+use tstore_actors::peer::SnapshotPart;
 use tstore_core::data::ops::{Op, RowRecord};
 use tstore_core::data::sessions::{ClientRecord, Command};
-use tstore_actors::data::store::ShardMeta;
 use tstore_core::replication::{EpochHistory, LogEntry, ReplMsg};
-use tstore_actors::peer::SnapshotPart;
 use tstore_fuzz::{roundtrip, select};
 
 fuzz_target!(|data: &[u8]| {
