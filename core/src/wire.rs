@@ -526,6 +526,10 @@ pub struct ClusterStatus {
     /// Index of the last log entry known committed and applied here.
     pub applied_index: u64,
     pub last_log_index: u64,
+    /// The last entry the latest snapshot of the map covers (0: none yet).
+    pub snapshot_index: u64,
+    /// The log holds no entry up to here: it was compacted (0: none).
+    pub purged_index: u64,
     /// Voters with whether gossip sees them live.
     pub voters: Vec<(String, bool)>,
     pub learners: Vec<(String, bool)>,

@@ -333,7 +333,7 @@ fn main() {
         (
             "cluster",
             json!({"Cluster": {"node_id": "n1", "role": "leader", "leader": "n1", "term": 3,
-            "applied_index": 9, "last_log_index": 9, "voters": [["n1", true], ["n2", false]],
+            "applied_index": 9, "last_log_index": 9, "snapshot_index": 5, "purged_index": 2, "voters": [["n1", true], ["n2", false]],
             "learners": [], "map_version": 4}}),
         ),
         (

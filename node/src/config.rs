@@ -83,6 +83,9 @@ pub struct NodeOptions {
     /// Copies moved (or primaries handed over) at once to rebalance the cluster, e.g. onto a node that joins; 0 disables rebalancing [default: 2].
     #[arg(long)]
     pub rebalance_max_moves: Option<usize>,
+    /// Control-plane Raft entries between snapshots of the map; older entries are then purged; 10..=1000000 [default: 5000].
+    #[arg(long)]
+    pub raft_snapshot_entries: Option<u64>,
     /// Replication log entries each shard copy keeps below what every copy has, for copies that fall behind; 0..=1000000000 [default: 10000].
     #[arg(long)]
     pub log_retain_entries: Option<u64>,
@@ -191,6 +194,7 @@ impl NodeOptions {
                 .or(file.replication_heartbeat_ms),
             recovery_bytes_per_sec: self.recovery_bytes_per_sec.or(file.recovery_bytes_per_sec),
             rebalance_max_moves: self.rebalance_max_moves.or(file.rebalance_max_moves),
+            raft_snapshot_entries: self.raft_snapshot_entries.or(file.raft_snapshot_entries),
             log_retain_entries: self.log_retain_entries.or(file.log_retain_entries),
             log_retain_bytes: self.log_retain_bytes.or(file.log_retain_bytes),
         }
@@ -254,6 +258,12 @@ impl NodeOptions {
                 return Err(invalid("rebalance_max_moves", n, "must be 0..=64"));
             }
             control.rebalance_max_moves = n;
+        }
+        if let Some(n) = self.raft_snapshot_entries {
+            if !(10..=1_000_000).contains(&n) {
+                return Err(invalid("raft_snapshot_entries", n, "must be 10..=1000000"));
+            }
+            control.raft_snapshot_entries = n;
         }
         membership.profile = NodeProfile {
             zone: self.zone.filter(|z| !z.is_empty()),
@@ -374,6 +384,39 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(err, "rebalance_max_moves = 65: must be 0..=64");
+    }
+
+    #[test]
+    fn raft_snapshot_entries_from_the_file_or_a_flag_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "raft_snapshot_entries = 100\n").unwrap();
+        let file = NodeOptions::from_file(&path).unwrap();
+        let cfg = NodeOptions::default().resolve().unwrap();
+        assert_eq!(cfg.control.raft_snapshot_entries, 5000);
+        let cfg = NodeOptions::default().over(file.clone()).resolve().unwrap();
+        assert_eq!(cfg.control.raft_snapshot_entries, 100);
+        let flags = NodeOptions {
+            raft_snapshot_entries: Some(20),
+            ..Default::default()
+        };
+        assert_eq!(
+            flags
+                .over(file)
+                .resolve()
+                .unwrap()
+                .control
+                .raft_snapshot_entries,
+            20
+        );
+        let err = NodeOptions {
+            raft_snapshot_entries: Some(5),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "raft_snapshot_entries = 5: must be 10..=1000000");
     }
 
     #[test]

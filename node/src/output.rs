@@ -329,14 +329,17 @@ pub fn events(map_version: u64, events: &[MapEvent]) -> String {
 /// The control plane status.
 pub fn cluster(s: &ClusterStatus) -> String {
     let mut out = format!(
-        "node {} is {}; leader (coordinator): {}; term {}; applied index {} of {}; map version {}\n",
+        "node {} is {}; leader (coordinator): {}; term {}; applied index {} of {}; map version {}\n\
+         log compacted up to {} (last snapshot at {})\n",
         s.node_id,
         s.role,
         s.leader.as_deref().unwrap_or("none"),
         s.term,
         s.applied_index,
         s.last_log_index,
-        s.map_version
+        s.map_version,
+        s.purged_index,
+        s.snapshot_index
     );
     let live = |l: bool| if l { "live" } else { "down" }.to_owned();
     let rows: Vec<[String; 3]> = s

@@ -409,3 +409,65 @@ async fn a_later_node_joins_as_learner_and_replaces_a_voter_that_stays_down() {
     let t = create(&c, "n4", user_spec()).await.unwrap();
     sees_table(&c, "n4", &t).await;
 }
+
+/// The map's Raft log is compacted: with a snapshot every 20 entries, 60
+/// map changes leave every node's log purged up to a recent snapshot (so
+/// the log does not grow with every change), and the map still reads the
+/// same everywhere, also on a node restarted from its compacted log.
+#[tokio::test]
+async fn the_control_plane_log_is_compacted_and_the_map_survives_it() {
+    let mut c = Cluster::new();
+    let flags = ["--bootstrap-expect", "3", "--raft-snapshot-entries", "20"];
+    c.start_with("n1", &["n2", "n3"], &flags);
+    c.start_with("n2", &["n1", "n3"], &flags);
+    c.start_with("n3", &["n1", "n2"], &flags);
+    agreed_leader(&c, &ALL).await;
+    let client = c.client("n1").await.unwrap();
+    for i in 0..30 {
+        let mut spec = user_spec();
+        spec.name = format!("t{i}");
+        spec.sharding = Sharding::Hash { shards: 1 };
+        spec.replicas = 1;
+        create(&c, "n1", spec).await.unwrap();
+        if i % 2 == 0 {
+            client.drop_table(&format!("t{i}")).await.unwrap();
+        }
+    }
+    let (want_version, want) = client.tables().await.unwrap();
+    client.close().await;
+    assert_eq!(want.len(), 15);
+    for n in ALL {
+        let (s, took) = c
+            .poll(&format!("{n}'s log compacted"), LIMIT, || async {
+                let s = c.status(n).await?;
+                Ok((s.purged_index > 0 && s.map_version >= want_version).then_some(s))
+            })
+            .await
+            .unwrap();
+        println!(
+            "{n}: snapshot at {}, purged to {}, last entry {} (after {took:?})",
+            s.snapshot_index, s.purged_index, s.last_log_index
+        );
+        assert!(s.snapshot_index >= s.purged_index, "{s:?}");
+        assert!(
+            s.last_log_index - s.purged_index <= 20 + 20 + 10,
+            "the log kept more than two snapshot intervals: {s:?}"
+        );
+    }
+    // A node restarted from its compacted log reads the same map.
+    c.kill9("n3");
+    c.start_with("n3", &["n1", "n2"], &flags);
+    let (_, took) = c
+        .poll("n3 back with the same tables", LIMIT, || async {
+            let client = c.client("n3").await?;
+            let res = client.tables().await;
+            client.close().await;
+            Ok(match res {
+                Ok((_, t)) if t.len() == want.len() => Some(t),
+                _ => None,
+            })
+        })
+        .await
+        .unwrap();
+    println!("n3 restarted from its compacted log in {took:?}");
+}

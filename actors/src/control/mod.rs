@@ -61,6 +61,10 @@ pub struct ControlSettings {
     /// Rebalancing changes in flight at once, cluster-wide; 0 disables
     /// rebalancing (`coordinator::rebalance`).
     pub rebalance_max_moves: usize,
+    /// Raft entries between snapshots of the map; after a snapshot the log
+    /// is purged but for the last `min(1000, this)` entries (kept for
+    /// followers a little behind).
+    pub raft_snapshot_entries: u64,
 }
 
 impl Default for ControlSettings {
@@ -74,6 +78,7 @@ impl Default for ControlSettings {
             election_timeout_min: Duration::from_millis(600),
             election_timeout_max: Duration::from_millis(1200),
             rebalance_max_moves: 2,
+            raft_snapshot_entries: 5000,
         }
     }
 }
@@ -150,6 +155,11 @@ impl ControlPlane {
             heartbeat_interval: ms(settings.heartbeat),
             election_timeout_min: ms(settings.election_timeout_min),
             election_timeout_max: ms(settings.election_timeout_max),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                settings.raft_snapshot_entries,
+            ),
+            max_in_snapshot_log_to_keep: settings.raft_snapshot_entries.min(1000),
+            purge_batch_size: (settings.raft_snapshot_entries / 4).clamp(1, 256),
             ..Default::default()
         }
         .validate()
@@ -504,6 +514,8 @@ impl ControlPlane {
                 .and_then(|id| membership.get_node(&id).map(|n| n.node_id.clone())),
             term: metrics.current_term,
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
             last_log_index: metrics.last_log_index.unwrap_or(0),
             voters: named(membership.voter_ids().collect()),
             learners: named(membership.learner_ids().collect()),
