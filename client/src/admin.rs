@@ -22,11 +22,10 @@ use tstore_core::wire::ReadMode;
 use tstore_core::wire::{
     AdminReply, AdminRequest, ClusterStatus, CopyReport, DataReply, DataRequest, NodeStats,
 };
-use tstore_transport::certs::CertDir;
-use tstore_transport::{ClientSession, Limits, ReplyStream, Role, TlsIdentity};
+use tstore_transport::{ClientSession, Limits, ReplyStream, TlsIdentity};
 
 pub use crate::error::ClientError;
-use crate::routing::{Client, ClientOptions};
+use crate::routing::{client_identity, Client, ClientOptions};
 
 /// One item of a gossip watch.
 #[derive(Debug, Clone)]
@@ -68,16 +67,7 @@ fn reply_kind(r: &AdminReply) -> &'static str {
 impl AdminClient {
     /// Connects with the client certificate `client-<name>` from a `tstore cert` directory.
     pub async fn connect(addr: SocketAddr, certs: &Path, name: &str) -> Result<Self, ClientError> {
-        let dir = CertDir::new(certs);
-        let (cert, _) = dir.leaf(Role::Client, name);
-        if !cert.exists() {
-            return Err(ClientError::NoCertificate {
-                path: cert.display().to_string(),
-                dir: certs.display().to_string(),
-                name: name.to_owned(),
-            });
-        }
-        let identity = dir.identity(Role::Client, name)?;
+        let identity = client_identity(certs, name)?;
         Self::connect_with(addr, &identity).await
     }
 

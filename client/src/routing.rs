@@ -189,6 +189,21 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The client certificate `client-<name>` of a `tstore cert` directory, or
+/// an error that says how to create it.
+pub(crate) fn client_identity(certs: &Path, name: &str) -> Result<TlsIdentity, ClientError> {
+    let dir = CertDir::new(certs);
+    let (cert, _) = dir.leaf(Role::Client, name);
+    if !cert.exists() {
+        return Err(ClientError::NoCertificate {
+            path: cert.display().to_string(),
+            dir: certs.display().to_string(),
+            name: name.to_owned(),
+        });
+    }
+    Ok(dir.identity(Role::Client, name)?)
+}
+
 fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -225,16 +240,7 @@ impl Client {
         certs: &Path,
         name: &str,
     ) -> Result<Self, ClientError> {
-        let dir = CertDir::new(certs);
-        let (cert, _) = dir.leaf(Role::Client, name);
-        if !cert.exists() {
-            return Err(ClientError::NoCertificate {
-                path: cert.display().to_string(),
-                dir: certs.display().to_string(),
-                name: name.to_owned(),
-            });
-        }
-        let identity = dir.identity(Role::Client, name)?;
+        let identity = client_identity(certs, name)?;
         Self::connect_with(seeds, identity, ClientOptions::default()).await
     }
 

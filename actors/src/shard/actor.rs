@@ -255,6 +255,19 @@ impl CopyActor {
         }));
     }
 
+    /// Discards this copy's log work in progress and copies the shard
+    /// again from its primary's snapshot (a rejoining copy, or a learner
+    /// behind the primary's retained log).
+    fn copy_afresh(&mut self, ctx: &mut Context<Self>) {
+        self.to_persist.clear();
+        self.pending_apply = None;
+        self.pending_truncate = None;
+        self.keep_contact();
+        self.role = Role::Installing;
+        self.publish(ctx);
+        self.install(ctx);
+    }
+
     fn gossip_value(&self) -> String {
         let base = format!("{} e{}", self.copy.role, self.copy.replicas.epoch);
         match (&self.role, self.copy.role) {
@@ -371,13 +384,7 @@ impl CopyActor {
                     }
                     let logged = self.env.store.meta(self.id).map(|m| m.logged).unwrap_or(0);
                     warn!(shard = %self.key, logged, log_start, "learner is behind the primary's retained log (it starts at {log_start}); discarding this copy and copying a snapshot again");
-                    self.to_persist.clear();
-                    self.pending_apply = None;
-                    self.pending_truncate = None;
-                    self.keep_contact();
-                    self.role = Role::Installing;
-                    self.publish(ctx);
-                    self.install(ctx);
+                    self.copy_afresh(ctx);
                     return;
                 }
             }
@@ -545,13 +552,7 @@ impl Handler<Reconfigure> for CopyActor {
         }
         if rejoining {
             info!(shard = %self.key, epoch = self.copy.replicas.epoch, "rejoining as a learner: discarding this copy and copying the shard afresh");
-            self.to_persist.clear();
-            self.pending_apply = None;
-            self.pending_truncate = None;
-            self.keep_contact();
-            self.role = Role::Installing;
-            self.publish(ctx);
-            self.install(ctx);
+            self.copy_afresh(ctx);
             return;
         }
         self.flush_now(ctx);
