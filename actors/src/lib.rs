@@ -31,6 +31,7 @@ pub mod node;
 pub mod node_stats;
 pub mod peer;
 pub mod peer_link;
+pub mod recovery;
 pub mod router;
 mod service;
 pub mod shard;

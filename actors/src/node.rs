@@ -32,6 +32,7 @@ use crate::dispatch::PeerDispatch;
 use crate::node_stats::StatsSource;
 use crate::peer::PeerMessage;
 use crate::peer_link::{PeerLink, QuicPeerLink};
+use crate::recovery::Recovery;
 use crate::service::{NodeService, Routing};
 use crate::shard::actor::{Copies, CopyActor, CopyEnv};
 use crate::shard::local::LocalCopies;
@@ -171,6 +172,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         Committer::start(store.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
     let link: Arc<dyn PeerLink> = Arc::new(QuicPeerLink::new(endpoint.clone(), map.clone()));
     let local = LocalCopies::default();
+    let recovery = Recovery::default();
     let peers = Arc::new(PeerDispatch::new(
         identity.clone(),
         inbox,
@@ -180,6 +182,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
             store: store.clone(),
             map: map.clone(),
             rate: recovery_rate,
+            recovery: recovery.clone(),
         },
         Some(control.clone()),
     ));
@@ -197,6 +200,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
             link: link.clone(),
             lease: lease.unwrap_or_default(),
             retention,
+            recovery: recovery.clone(),
         },
         left: false,
     }
@@ -206,6 +210,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         data_dir: data_dir.clone(),
         store: store.clone(),
         local: local.clone(),
+        recovery,
     };
     let admin = AdminActor::new(membership, control.clone(), watch_interval, stats).start();
     CoordinatorActor::new(control.clone()).start();

@@ -4,10 +4,10 @@
 //! request, off the actors' threads (walking the data dir is blocking I/O).
 
 use std::path::{Path, PathBuf};
-
 use tstore_core::wire::NodeStats;
 
 use crate::data::store::ShardStore;
+use crate::recovery::Recovery;
 use crate::shard::local::LocalCopies;
 
 /// Most directory entries walked under the data dir for one answer.
@@ -20,6 +20,7 @@ pub struct StatsSource {
     pub data_dir: PathBuf,
     pub store: ShardStore,
     pub local: LocalCopies,
+    pub recovery: Recovery,
 }
 
 impl StatsSource {
@@ -42,6 +43,7 @@ impl StatsSource {
             bytes_per_entry: disk_write_bytes
                 .filter(|_| entries_logged > 0)
                 .map(|b| b / entries_logged),
+            recovery: self.recovery.stats(),
         }
     }
 }

@@ -21,10 +21,11 @@ use tstore_actors::data::committer::Committer;
 use tstore_actors::data::store::{ShardPrefix, ShardStore};
 use tstore_actors::dispatch::PeerDispatch;
 use tstore_actors::peer_link::mem::{Filter, Kind, MemNet};
+use tstore_actors::recovery::Recovery;
 use tstore_actors::router::Router;
 use tstore_actors::shard::actor::{CopyActor, CopyEnv};
 use tstore_actors::shard::local::LocalCopies;
-use tstore_actors::shard::messages::Reconfigure;
+use tstore_actors::shard::messages::{Reconfigure, StopCopy};
 use tstore_actors::shard::snapshot::SnapshotServer;
 use tstore_core::cluster_map::{ClusterMap, MapCommand, RowKey, Sharding, TableSpec};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
@@ -70,7 +71,16 @@ impl Node {
     /// Brings the node's copies in line with `map`, as the NodeActor does.
     fn apply(&self, map: &ClusterMap) {
         let mut held: BTreeMap<ShardKey, Addr<CopyActor>> = (*self.local.current()).clone();
-        for (key, copy) in tstore_core::shard::wanted(map, self.name) {
+        let wanted = tstore_core::shard::wanted(map, self.name);
+        held.retain(|key, actor| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                // Moved away: the data stays, as on a real node.
+                actor.do_send(StopCopy { drop_data: false });
+            }
+            keep
+        });
+        for (key, copy) in wanted {
             match held.get(&key) {
                 Some(actor) => actor.do_send(Reconfigure(copy)),
                 None => {
@@ -148,11 +158,13 @@ impl Cluster {
             .unwrap();
             let membership = Arc::new(membership);
             let local = LocalCopies::default();
+            let recovery = Recovery::default();
             let snapshots = SnapshotServer {
                 me: name.into(),
                 store: store.clone(),
                 map: fixed.view(),
                 rate: 0,
+                recovery: recovery.clone(),
             };
             let dispatch = PeerDispatch::new(identity, inbox, local.clone(), snapshots, None);
             net.add_node(name, Arc::new(dispatch));
@@ -163,6 +175,7 @@ impl Cluster {
                 link: net.link(name),
                 lease: LEASE,
                 retention,
+                recovery: recovery.clone(),
             };
             let node = Node {
                 name,
@@ -591,6 +604,7 @@ async fn learner_copies_a_snapshot_then_follows_the_log() {
         what: "add learner d".into(),
         why: "test".into(),
         at_unix_ms: 0,
+        away: vec![],
     })
     .unwrap();
     c.set_map(map);
@@ -777,6 +791,7 @@ async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_u
         what: "add learner d".into(),
         why: "test".into(),
         at_unix_ms: 0,
+        away: vec![],
     })
     .unwrap();
     c.set_map(map);
@@ -817,6 +832,106 @@ async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_u
         assert_eq!(c.net.count("c", n, Kind::Snapshot).sent, 0);
     }
     // Every write's outcome is in the rows: the last put of each key.
+    for (key, r) in &rows {
+        let RowKey::Int(k) = key else { panic!() };
+        let last = (1..seq).rev().find(|s| (s % 20) as i64 == *k).unwrap();
+        assert!(
+            r.json.contains(&format!("write {last}\"")),
+            "{key}: {}",
+            r.json
+        );
+    }
+}
+
+impl Cluster {
+    /// Commits the shard's next configuration: primary `a`, these backups
+    /// and learners.
+    fn configure(&self, backups: &[&str], learners: &[&str]) {
+        let mut map = (*self.map.map()).clone();
+        let names = |ns: &[&str]| ns.iter().map(|n| n.to_string()).collect();
+        map.apply(&MapCommand::SetReplicas {
+            table: TABLE.into(),
+            shard: 0,
+            expect_epoch: self.epoch(),
+            primary: "a".into(),
+            backups: names(backups),
+            learners: names(learners),
+            moves: vec![],
+            what: "test".into(),
+            why: "test".into(),
+            at_unix_ms: 0,
+            away: vec![],
+        })
+        .unwrap();
+        self.set_map(map);
+    }
+
+    /// Waits until `name`'s rows have caught up with the primary's.
+    async fn caught_up(&self, name: &str) {
+        let c = self;
+        eventually(&format!("{name} caught up with a"), move || async move {
+            let a = c.node("a").store.meta(c.shard).unwrap().applied;
+            let mine = c.node(name).store.meta(c.shard).unwrap().applied;
+            (mine == a && c.rows(name) == c.rows("a")).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A backup dropped from the configuration (as when its node goes down)
+/// and re-added as a learner keeps its rows and catches up from the
+/// primary's retained log, with no snapshot; dropped for longer than the
+/// primary keeps its log, it copies one snapshot.
+#[actix_rt::test]
+async fn a_returning_copy_catches_up_from_the_log_within_the_window_and_from_a_snapshot_past_it() {
+    let retention = LogRetention {
+        entries: RETAIN,
+        ..LogRetention::default()
+    };
+    let c = Cluster::start_with(9, retention).await;
+    let mut seq = 1;
+    for _ in 0..2 {
+        c.put_all(seq..seq + CONCURRENT).await;
+        seq += CONCURRENT;
+    }
+    c.converged().await;
+    // c leaves; 50 writes go on without it (within the retained log).
+    c.configure(&["b"], &[]);
+    let left_at = c.node("c").store.meta(c.shard).unwrap().applied;
+    c.put_all(seq..seq + CONCURRENT).await;
+    seq += CONCURRENT;
+    assert_eq!(c.node("c").store.meta(c.shard).unwrap().applied, left_at);
+    c.configure(&["b"], &["c"]);
+    c.caught_up("c").await;
+    let snapshots = || c.net.count("c", "a", Kind::Snapshot).sent;
+    assert_eq!(snapshots(), 0, "c copied a snapshot though a kept its log");
+    assert_eq!(c.node("c").env.recovery.stats().rejoined_from_own_data, 1);
+    assert!(
+        c.node("a").env.recovery.stats().log_entries_sent >= CONCURRENT,
+        "{:?}",
+        c.node("a").env.recovery.stats()
+    );
+    c.configure(&["b", "c"], &[]);
+    c.put_all(seq..seq + CONCURRENT).await;
+    seq += CONCURRENT;
+    c.converged().await;
+
+    // c leaves again, for 1,000 writes: far more than a keeps.
+    c.configure(&["b"], &[]);
+    let left_at = c.node("c").store.meta(c.shard).unwrap().applied;
+    for _ in 0..20 {
+        c.put_all(seq..seq + CONCURRENT).await;
+        seq += CONCURRENT;
+    }
+    let a_start = c.node("a").store.meta(c.shard).unwrap().log_start;
+    assert!(a_start > left_at + 1, "a still holds {left_at}");
+    c.configure(&["b"], &["c"]);
+    c.caught_up("c").await;
+    assert_eq!(snapshots(), 1, "c did not copy exactly one snapshot");
+    c.configure(&["b", "c"], &[]);
+    c.put_all(seq..seq + CONCURRENT).await;
+    seq += CONCURRENT;
+    let rows = c.converged().await;
     for (key, r) in &rows {
         let RowKey::Int(k) = key else { panic!() };
         let last = (1..seq).rev().find(|s| (s % 20) as i64 == *k).unwrap();

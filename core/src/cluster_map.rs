@@ -130,6 +130,19 @@ pub struct ReplicaSet {
     pub moves: Vec<(NodeId, NodeId)>,
     /// Grows at every change of the configuration; messages carry it.
     pub epoch: u64,
+    /// Nodes dropped from this shard because they were down, whose copies
+    /// may come back: the coordinator re-adds such a node first when it is
+    /// live again (it catches up from the log), and waits for it up to
+    /// `rereplicate_after_secs` before copying the shard elsewhere.
+    #[serde(default)]
+    pub away: Vec<Away>,
+}
+
+/// A node a shard's copy left because it was down, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Away {
+    pub node: NodeId,
+    pub since_unix_ms: u64,
 }
 
 impl ReplicaSet {
@@ -239,6 +252,10 @@ pub enum MapCommand {
         what: String,
         why: String,
         at_unix_ms: u64,
+        /// The shard's copies away (see [`ReplicaSet::away`]) after the
+        /// change; a node holding a copy is never away.
+        #[serde(default)]
+        away: Vec<Away>,
     },
 }
 
@@ -465,6 +482,7 @@ impl ClusterMap {
                         learners: vec![],
                         moves: vec![],
                         epoch: 1,
+                        away: vec![],
                     };
                     self.check_replica_set(&set, spec.replicas)?;
                     shards.push(Shard {
@@ -499,6 +517,7 @@ impl ClusterMap {
                 what,
                 why,
                 at_unix_ms,
+                away,
             } => {
                 let name = format!("{table}/{shard}");
                 let t = self
@@ -516,6 +535,10 @@ impl ClusterMap {
                         now: old.epoch,
                     });
                 }
+                let holders: Vec<&NodeId> = std::iter::once(primary)
+                    .chain(backups)
+                    .chain(learners)
+                    .collect();
                 let next = ReplicaSet {
                     primary: primary.clone(),
                     backups: backups.clone(),
@@ -526,6 +549,11 @@ impl ClusterMap {
                         .cloned()
                         .collect(),
                     epoch: old.epoch + 1,
+                    away: away
+                        .iter()
+                        .filter(|a| !holders.contains(&&a.node))
+                        .cloned()
+                        .collect(),
                 };
                 check_transition(old, &next).map_err(|why| MapError::UnsafeChange {
                     shard: name.clone(),

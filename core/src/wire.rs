@@ -512,6 +512,27 @@ pub struct NodeStats {
     pub disk_write_bytes: Option<u64>,
     /// `disk_write_bytes / entries_logged`, when both are known and nonzero.
     pub bytes_per_entry: Option<u64>,
+    /// How this node's copies were (re)built since start, and what it sent
+    /// others to build theirs.
+    #[serde(default)]
+    pub recovery: RecoveryStats,
+}
+
+/// Counters of copy recovery on one node since it started: whether copies
+/// came back from their own data and the log or from full snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryStats {
+    /// Copies that (re)joined as learners keeping the rows this node held,
+    /// to catch up from the primary's log.
+    pub rejoined_from_own_data: u64,
+    /// Snapshots installed here, and their bytes.
+    pub snapshots_installed: u64,
+    pub snapshot_bytes_installed: u64,
+    /// Snapshots this node served to learners, and their bytes.
+    pub snapshots_served: u64,
+    pub snapshot_bytes_served: u64,
+    /// Log entries sent from the durable log to copies catching up.
+    pub log_entries_sent: u64,
 }
 
 /// The control plane as one node sees it.

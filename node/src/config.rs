@@ -86,6 +86,9 @@ pub struct NodeOptions {
     /// Control-plane Raft entries between snapshots of the map; older entries are then purged; 10..=1000000 [default: 5000].
     #[arg(long)]
     pub raft_snapshot_entries: Option<u64>,
+    /// Seconds a shard waits for a copy whose node went down to come back (it then catches up from the log) before copying the shard to another node; 0 copies at once; 0..=604800 [default: 0].
+    #[arg(long)]
+    pub rereplicate_after_secs: Option<u64>,
     /// Replication log entries each shard copy keeps below what every copy has, for copies that fall behind; 0..=1000000000 [default: 10000].
     #[arg(long)]
     pub log_retain_entries: Option<u64>,
@@ -119,6 +122,9 @@ pub const MAX_DEAD_NODE_GRACE_SECS: u64 = 30 * 24 * 3600;
 
 /// Longest `voter_replace_after_secs`: a day.
 pub const MAX_VOTER_REPLACE_AFTER_SECS: u64 = 24 * 3600;
+
+/// Longest `rereplicate_after_secs`: a week.
+pub const MAX_REREPLICATE_AFTER_SECS: u64 = 7 * 24 * 3600;
 
 /// Most `log_retain_entries`.
 pub const MAX_LOG_RETAIN_ENTRIES: u64 = 1_000_000_000;
@@ -195,6 +201,7 @@ impl NodeOptions {
             recovery_bytes_per_sec: self.recovery_bytes_per_sec.or(file.recovery_bytes_per_sec),
             rebalance_max_moves: self.rebalance_max_moves.or(file.rebalance_max_moves),
             raft_snapshot_entries: self.raft_snapshot_entries.or(file.raft_snapshot_entries),
+            rereplicate_after_secs: self.rereplicate_after_secs.or(file.rereplicate_after_secs),
             log_retain_entries: self.log_retain_entries.or(file.log_retain_entries),
             log_retain_bytes: self.log_retain_bytes.or(file.log_retain_bytes),
         }
@@ -264,6 +271,12 @@ impl NodeOptions {
                 return Err(invalid("raft_snapshot_entries", n, "must be 10..=1000000"));
             }
             control.raft_snapshot_entries = n;
+        }
+        if let Some(s) = self.rereplicate_after_secs {
+            if s > MAX_REREPLICATE_AFTER_SECS {
+                return Err(invalid("rereplicate_after_secs", s, "must be 0..=604800"));
+            }
+            control.rereplicate_after = Duration::from_secs(s);
         }
         membership.profile = NodeProfile {
             zone: self.zone.filter(|z| !z.is_empty()),
@@ -360,6 +373,46 @@ mod tests {
         assert_eq!(cfg.membership.gossip_interval, Duration::from_millis(100));
         assert_eq!(cfg.certs, PathBuf::from("certs"));
         assert_eq!(cfg.control.rebalance_max_moves, 2);
+    }
+
+    #[test]
+    fn rereplicate_after_secs_from_the_file_or_a_flag_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "rereplicate_after_secs = 60\n").unwrap();
+        let file = NodeOptions::from_file(&path).unwrap();
+        assert_eq!(
+            NodeOptions::default()
+                .resolve()
+                .unwrap()
+                .control
+                .rereplicate_after,
+            Duration::ZERO,
+            "no wait unless asked"
+        );
+        let cfg = NodeOptions::default().over(file.clone()).resolve().unwrap();
+        assert_eq!(cfg.control.rereplicate_after, Duration::from_secs(60));
+        let flags = NodeOptions {
+            rereplicate_after_secs: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            flags
+                .over(file)
+                .resolve()
+                .unwrap()
+                .control
+                .rereplicate_after,
+            Duration::from_secs(5)
+        );
+        let err = NodeOptions {
+            rereplicate_after_secs: Some(604_801),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "rereplicate_after_secs = 604801: must be 0..=604800");
     }
 
     #[test]

@@ -304,6 +304,28 @@ pub fn node_stats(s: &NodeStats) -> String {
         opt(s.disk_write_bytes)
     );
     let _ = writeln!(out, "  bytes per entry:    {}", opt(s.bytes_per_entry));
+    let r = &s.recovery;
+    let _ = writeln!(out, "  recovery since start:");
+    let _ = writeln!(
+        out,
+        "    copies rejoined from their own rows: {}",
+        r.rejoined_from_own_data
+    );
+    let _ = writeln!(
+        out,
+        "    snapshots installed:  {} ({} bytes)",
+        r.snapshots_installed, r.snapshot_bytes_installed
+    );
+    let _ = writeln!(
+        out,
+        "    snapshots served:     {} ({} bytes)",
+        r.snapshots_served, r.snapshot_bytes_served
+    );
+    let _ = writeln!(
+        out,
+        "    log entries sent to copies catching up: {}",
+        r.log_entries_sent
+    );
     out
 }
 

@@ -7,6 +7,7 @@
 //! process it started. On a failed wait the error carries the tail of each
 //! node's log.
 
+pub mod checks;
 pub mod history;
 pub mod linearizability;
 pub mod load;
@@ -275,13 +276,23 @@ impl Cluster {
     /// node live in gossip, and every node registered in the map (so a table
     /// created next may place copies on any of them).
     pub async fn start_formed(&mut self, ids: &[&str]) {
+        self.start_formed_with(ids, &[]).await
+    }
+
+    /// [`Cluster::start_formed`] with extra `tstore start` flags for every
+    /// node.
+    pub async fn start_formed_with(&mut self, ids: &[&str], extra: &[&str]) {
         let first: Vec<&str> = ids.iter().take(3).copied().collect();
         for id in ids {
             let seeds: Vec<&str> = first.iter().filter(|s| *s != id).copied().collect();
             if first.contains(id) {
-                self.start_with(id, &seeds, &["--bootstrap-expect", "3"]);
+                let flags: Vec<&str> = ["--bootstrap-expect", "3"]
+                    .into_iter()
+                    .chain(extra.iter().copied())
+                    .collect();
+                self.start_with(id, &seeds, &flags);
             } else {
-                self.start(id, &seeds);
+                self.start_with(id, &seeds, extra);
             }
         }
         let n = ids.len();

@@ -169,13 +169,23 @@ impl Load {
     }
 
     /// Stops the writers and collects what they saw.
-    pub async fn finish(self) -> LoadReport {
+    pub async fn finish(mut self) -> LoadReport {
         self.stop.store(true, Ordering::SeqCst);
+        self.collect().await
+    }
+
+    /// Lets every writer finish its `max_writes` (each write is bounded by
+    /// the client's retry limit), then collects what they saw.
+    pub async fn run_to_end(mut self) -> LoadReport {
+        self.collect().await
+    }
+
+    async fn collect(&mut self) -> LoadReport {
         let mut report = LoadReport {
             nonce: self.nonce,
             ..LoadReport::default()
         };
-        for w in self.writers {
+        for w in std::mem::take(&mut self.writers) {
             let log = w.await.expect("writer task");
             for (k, a) in log.acked {
                 let dup = report.acked.insert(k, a);

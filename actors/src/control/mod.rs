@@ -65,6 +65,10 @@ pub struct ControlSettings {
     /// is purged but for the last `min(1000, this)` entries (kept for
     /// followers a little behind).
     pub raft_snapshot_entries: u64,
+    /// How long a shard whose copy left with its node (down) waits for that
+    /// node to come back before copying the shard elsewhere; zero does not
+    /// wait (`failover::Health::rereplicate_after_ms`).
+    pub rereplicate_after: Duration,
 }
 
 impl Default for ControlSettings {
@@ -79,6 +83,7 @@ impl Default for ControlSettings {
             election_timeout_max: Duration::from_millis(1200),
             rebalance_max_moves: 2,
             raft_snapshot_entries: 5000,
+            rereplicate_after: Duration::ZERO,
         }
     }
 }
@@ -537,13 +542,16 @@ impl ControlPlane {
     /// between rounds.
     pub(crate) async fn health(&self, snapshot: &GossipSnapshot, map: &ClusterMap) -> Health {
         let mut upkeep = self.inner.upkeep.lock().await;
-        health::derive(
+        let mut health = health::derive(
             &self.inner.node_id,
             snapshot,
             map,
             &mut upkeep.health,
             crate::clock::now_ms(),
-        )
+        );
+        health.now_unix_ms = crate::clock::wall_ms();
+        health.rereplicate_after_ms = self.inner.settings.rereplicate_after.as_millis() as u64;
+        health
     }
 
     /// An operator's change to one shard (promote, move, remove a copy).

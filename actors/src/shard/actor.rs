@@ -6,14 +6,17 @@
 //! and applies what the primary committed. The replication decisions are the
 //! pure state machines of `tstore_core::replication`, down to whether a read
 //! may be served (`read_permit`), how long a promoted primary waits and
-//! whether a rejoining copy is discarded (`replication::reconfigure`); this
+//! what a rejoining copy keeps (`replication::reconfigure`); this
 //! actor does the I/O and tells them the time and what the rows hold.
 //!
-//! Where the node is a learner (a copy being built) it first installs a
-//! snapshot streamed from the primary, then follows the log like a backup
-//! without counting for commits, until the coordinator makes it a backup.
-//! A learner the primary tells to rebuild (its position fell below the
-//! primary's retained log, `Effect::Rebuild`) installs a snapshot again.
+//! Where the node is a learner (a copy being built) it follows the log like
+//! a backup without counting for commits, until the coordinator makes it a
+//! backup. If the node already holds rows of the shard (it restarted, was
+//! dropped and re-added, or the copy moves back) it keeps them and drops
+//! its log after them (`reconfigure::rejoin`), and the primary sends what
+//! it missed from its log; otherwise, or when the primary no longer holds
+//! that part of its log (`Effect::Rebuild`), it installs a snapshot
+//! streamed from the primary first.
 //!
 //! Log truncation (`Effect::Truncate`) is carried out with the copy's next
 //! group commit (`Work::truncate`), bounded by entries by the state machine
@@ -40,10 +43,11 @@ use crate::data::committer::Committer;
 use crate::data::store::{Done, ShardPrefix, ShardStore, StoreError, Truncate, Work};
 use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
+use crate::recovery::Recovery;
 use tstore_core::cluster_map::{NodeId, RowKey};
 use tstore_core::data::ops::{OpResult, RowRecord};
 use tstore_core::data::sessions::Command;
-use tstore_core::replication::reconfigure::{rejoin_discards_copy, takeover_not_before};
+use tstore_core::replication::reconfigure::{rejoin, takeover_not_before, Rejoin};
 use tstore_core::replication::{
     Backup, Effect, LeaseConfig, LogEntry, LogRetention, Millis, Primary, ReadRefusal, ReplMsg, Seq,
 };
@@ -66,6 +70,8 @@ pub struct CopyEnv {
     pub lease: LeaseConfig,
     /// How much replication log each copy keeps.
     pub retention: LogRetention,
+    /// The node's recovery counters (`node-stats`).
+    pub recovery: Recovery,
 }
 
 enum Role {
@@ -133,8 +139,41 @@ impl CopyActor {
         if !learner {
             // A restarted backup's hello is sent once the actor runs.
             let _ = actor.configure(false, None);
+        } else {
+            // Installing, unless the rows held here can be kept; the hello
+            // is sent once the actor runs.
+            let _ = actor.rejoin_from_own_data(None);
         }
         actor
+    }
+
+    /// Becoming a learner (`from`: the role held until now, `None` at
+    /// start): keeps the rows this node holds of the shard, if any, and
+    /// follows the primary from them (`reconfigure::rejoin`). Returns the
+    /// effects to run (the hello), or `None` when the copy must be built
+    /// from a snapshot.
+    fn rejoin_from_own_data(&mut self, from: Option<LocalRole>) -> Option<Vec<Effect>> {
+        let meta = match self.env.store.meta(self.id) {
+            Ok(meta) => meta,
+            Err(e) => {
+                warn!(shard = %self.key, error = %e, "cannot read what this node holds of the shard; copying a snapshot");
+                return None;
+            }
+        };
+        match rejoin(from, self.copy.role, meta.applied) {
+            Rejoin::Keep => Some(vec![]),
+            Rejoin::Afresh => None,
+            Rejoin::FromApplied => {
+                let epoch = self.copy.replicas.epoch;
+                if let Err(e) = self.env.store.reconcile(self.id, meta.applied, epoch) {
+                    warn!(shard = %self.key, error = %e, "cannot drop the unapplied log; copying a snapshot");
+                    return None;
+                }
+                info!(shard = %self.key, epoch, applied = meta.applied, dropped = meta.logged.saturating_sub(meta.applied), "rejoining as a learner with the rows held here; catching up from the primary's log");
+                self.env.recovery.rejoined();
+                Some(self.configure(false, None))
+            }
+        }
     }
 
     /// Builds the state machine for the current configuration from what is
@@ -243,6 +282,7 @@ impl CopyActor {
                 rows,
                 bytes,
             }) => {
+                act.env.recovery.installed(bytes);
                 info!(shard = %act.key, applied, rows, bytes, ms = started.elapsed().as_millis() as u64, "snapshot installed; following the log");
                 let fx = act.configure(false, None);
                 act.run(fx, ctx);
@@ -341,6 +381,7 @@ impl CopyActor {
                 } => {
                     match self.env.store.log_range(self.id, from, upto) {
                         Ok(found) => {
+                            self.env.recovery.log_sent(found.len() as u64);
                             // Never a gap: without its first entry, the
                             // message goes as a heartbeat.
                             let whole = from > upto || found.first().map(|e| e.seq) == Some(from);
@@ -542,20 +583,28 @@ impl Handler<Reconfigure> for CopyActor {
                 ))));
             }
         }
-        // A member coming back as a learner may hold entries reconciliation
-        // cannot see: discard the copy, copy afresh (see the function).
-        let rejoining = rejoin_discards_copy(self.copy.role, copy.role);
+        let from = self.copy.role;
         self.copy = copy;
         if matches!(self.role, Role::Installing) {
             self.publish(ctx);
             return; // the snapshot being copied stays valid
         }
-        if rejoining {
-            info!(shard = %self.key, epoch = self.copy.replicas.epoch, "rejoining as a learner: discarding this copy and copying the shard afresh");
-            self.copy_afresh(ctx);
+        self.flush_now(ctx);
+        // A member coming back as a learner keeps only its applied rows
+        // (see `reconfigure::rejoin`).
+        if from != LocalRole::Learner && self.copy.role == LocalRole::Learner {
+            self.to_persist.clear();
+            self.pending_truncate = None;
+            self.keep_contact();
+            match self.rejoin_from_own_data(Some(from)) {
+                Some(hello) => {
+                    self.run(hello, ctx);
+                    self.publish(ctx);
+                }
+                None => self.copy_afresh(ctx),
+            }
             return;
         }
-        self.flush_now(ctx);
         let effects = self.configure(led_before, old_primary);
         self.run(effects, ctx);
         self.publish(ctx);

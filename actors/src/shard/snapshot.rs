@@ -19,6 +19,7 @@ use crate::control::MapView;
 use crate::data::store::{ChunkKind, ShardMeta, ShardPrefix, ShardStore};
 use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
 use crate::peer_link::PeerLink;
+use crate::recovery::Recovery;
 
 /// Rows per snapshot frame, by size (well under the frame limit).
 const SNAPSHOT_CHUNK: usize = 256 * 1024;
@@ -35,6 +36,7 @@ pub struct SnapshotServer {
     pub map: MapView,
     /// Bytes per second sent to one learner; 0 is unthrottled.
     pub rate: u64,
+    pub recovery: Recovery,
 }
 
 impl SnapshotServer {
@@ -60,7 +62,7 @@ impl SnapshotServer {
         }
         let id = ShardPrefix { table: t.id, shard };
         let (tx, rx) = tokio::sync::mpsc::channel(SERVER_QUEUE);
-        let (store, rate) = (self.store.clone(), self.rate);
+        let (store, rate, recovery) = (self.store.clone(), self.rate, self.recovery.clone());
         std::thread::spawn(move || {
             let started = std::time::Instant::now();
             let mut sent = 0u64;
@@ -89,7 +91,10 @@ impl SnapshotServer {
                 tx.blocking_send(PeerReply::Snapshot(part)).is_ok()
             };
             let end = match store.snapshot(id, SNAPSHOT_CHUNK, header, chunk) {
-                Ok(_) => PeerReply::Snapshot(SnapshotPart::End),
+                Ok(_) => {
+                    recovery.served(sent);
+                    PeerReply::Snapshot(SnapshotPart::End)
+                }
                 Err(e) => PeerReply::Refused(format!("snapshot failed: {e}")),
             };
             let _ = tx.blocking_send(end);

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::silence::{cut_off_nodes, Namings, ShardRef, Silence};
-use crate::cluster_map::{ClusterMap, MapCommand, NodeId, NodeState, ReplicaSet, Table};
+use crate::cluster_map::{Away, ClusterMap, MapCommand, NodeId, NodeState, ReplicaSet, Table};
 
 /// What the coordinator knows beyond the map.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +50,13 @@ pub struct Health {
     pub suspect: BTreeSet<NodeId>,
     /// Which nodes each primary named silent recently.
     pub namings: Namings,
+    /// The coordinator's wall clock this round (copies away are stamped
+    /// with it, and their wait is measured by it).
+    pub now_unix_ms: u64,
+    /// How long a shard waits for a copy that left because its node was
+    /// down before copying the shard to another node (rule 4); 0 does not
+    /// wait.
+    pub rereplicate_after_ms: u64,
 }
 
 /// One configuration change for one shard.
@@ -64,6 +71,8 @@ pub struct Change {
     pub moves: Vec<(NodeId, NodeId)>,
     pub what: String,
     pub why: String,
+    /// The shard's copies away after the change (see [`ReplicaSet::away`]).
+    pub away: Vec<Away>,
 }
 
 impl Change {
@@ -80,6 +89,7 @@ impl Change {
             what: self.what,
             why: self.why,
             at_unix_ms,
+            away: self.away,
         }
     }
 }
@@ -220,6 +230,22 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
             moves: r.moves.clone(),
             what,
             why,
+            away: r.away.clone(),
+        })
+    };
+    // The down copies dropped by rules 1 and 2 are away from now on: they
+    // may come back with their rows.
+    let left_down = |c: Option<Change>, gone: &[&NodeId]| {
+        c.map(|mut c| {
+            for n in gone {
+                if !c.away.iter().any(|a| a.node == **n) {
+                    c.away.push(Away {
+                        node: (*n).clone(),
+                        since_unix_ms: health.now_unix_ms,
+                    });
+                }
+            }
+            c
         })
     };
     let live_backups: Vec<NodeId> = r.backups.iter().filter(|b| !down(b)).cloned().collect();
@@ -236,17 +262,18 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
         let new = promotion_choice(map, health, load, live_backups.iter())?;
         *load.primaries.entry(new.clone()).or_default() += 1;
         let backups = live_backups.into_iter().filter(|b| *b != new).collect();
-        return change(
+        let c = change(
             new.clone(),
             backups,
             live_learners,
             format!("promoted {new} to primary (dropped {gone_list})"),
             format!("primary {} is down", r.primary),
         );
+        return left_down(c, &gone);
     }
     // 2. A backup or learner is down: drop it.
     if !gone.is_empty() {
-        return change(
+        let c = change(
             r.primary.clone(),
             live_backups,
             live_learners,
@@ -256,6 +283,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
                 if gone.len() == 1 { "is" } else { "are" }
             ),
         );
+        return left_down(c, &gone);
     }
     let min_copies = t.spec.min_copies();
     // 2b. The primary is cut off from the others while gossip still sees
@@ -352,8 +380,43 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
     let wanted = t.spec.replicas as usize;
     let staying = r.members().filter(|m| !draining(map, m)).count();
     // 4. Too few copies (counting draining ones as leaving): add a learner.
+    // A copy away that is live again comes back first; while one may
+    // still come back within the wait, no copy is made elsewhere, unless
+    // the shard is short of the members it needs to take writes.
     if staying + r.learners.len() < wanted && r.learners.is_empty() && *budget > 0 {
         let holders: BTreeSet<&NodeId> = r.holders().collect();
+        let returning = r.away.iter().find(|a| {
+            health.live.contains(&a.node)
+                && !health.suspect.contains(&a.node)
+                && !holders.contains(&a.node)
+                && map
+                    .nodes
+                    .get(&a.node)
+                    .is_some_and(|e| e.state == NodeState::Active)
+        });
+        if let Some(a) = returning {
+            *budget -= 1;
+            *load.copies.entry(a.node.clone()).or_default() += 1;
+            let mut learners = r.learners.clone();
+            learners.push(a.node.clone());
+            return change(
+                r.primary.clone(),
+                r.backups.clone(),
+                learners,
+                format!("added learner {} (its copy is back)", a.node),
+                format!(
+                    "under-replicated: {} of {wanted} copies; {} left it down and is live again, with the shard's rows up to where it left",
+                    r.members().count(),
+                    a.node
+                ),
+            );
+        }
+        let waiting = r.away.iter().any(|a| {
+            health.now_unix_ms < a.since_unix_ms.saturating_add(health.rereplicate_after_ms)
+        });
+        if waiting && r.members().count() >= min_copies {
+            return None;
+        }
         let zone = |n: &str| map.nodes.get(n).map(|e| e.zone.as_str()).unwrap_or("");
         let used: BTreeSet<&str> = holders
             .iter()
@@ -383,6 +446,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
         let mut learners = r.learners.clone();
         learners.push(pick.clone());
         let have = r.members().count();
+        // Copied elsewhere: the copies away are not waited for any more.
         return change(
             r.primary.clone(),
             r.backups.clone(),
@@ -390,10 +454,24 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
             format!("added learner {pick}"),
             if staying < have {
                 format!("replacing draining copies: {staying} staying of {wanted} wanted")
+            } else if !r.away.is_empty() && health.rereplicate_after_ms > 0 {
+                format!(
+                    "under-replicated: {have} of {wanted} copies, and {} did not come back within {} s",
+                    r.away
+                        .iter()
+                        .map(|a| a.node.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    health.rereplicate_after_ms / 1000
+                )
             } else {
                 format!("under-replicated: {have} of {wanted} copies")
             },
-        );
+        )
+        .map(|mut c| {
+            c.away.clear();
+            c
+        });
     }
     // 5. Draining copies with their replacement in place.
     if staying >= wanted.min(r.members().count()) && r.learners.is_empty() {
@@ -493,6 +571,89 @@ pub(crate) mod tests {
             down: down.iter().map(|s| s.to_string()).collect(),
             ..Health::default()
         }
+    }
+
+    /// A copy dropped because its node was down is remembered as away; with
+    /// a wait set and a fourth node live, nothing is copied to it while the
+    /// wait runs; a node that comes back gets its own copies back first;
+    /// past the wait the shard is copied elsewhere and the copy away is
+    /// given up.
+    #[test]
+    fn a_copy_away_is_waited_for_then_given_up() {
+        let mut m = map(4, &[]);
+        let at = |now: u64, wait: u64, live: &[&str], down: &[&str]| Health {
+            now_unix_ms: now,
+            rereplicate_after_ms: wait,
+            ..health(live, down)
+        };
+        let away = |m: &ClusterMap, shard: usize| -> Vec<(String, u64)> {
+            m.tables["t"].shards[shard]
+                .replicas
+                .away
+                .iter()
+                .map(|a| (a.node.clone(), a.since_unix_ms))
+                .collect()
+        };
+        // n3 goes down at t=1000: dropped from both shards, and away.
+        let changes = plan(&m, &at(1000, 60_000, &["n1", "n2", "n4"], &["n3"]), 4);
+        assert_eq!(changes.len(), 2);
+        commit(&mut m, &changes);
+        assert_eq!(away(&m, 0), vec![("n3".to_string(), 1000)]);
+        assert_eq!(away(&m, 1), vec![("n3".to_string(), 1000)]);
+        // Within the wait: nothing is copied to n4.
+        let waiting = at(30_000, 60_000, &["n1", "n2", "n4"], &["n3"]);
+        assert!(plan(&m, &waiting, 4).is_empty());
+        // n3 is back: its copies return to it, not to n4.
+        let back = at(40_000, 60_000, &["n1", "n2", "n3", "n4"], &[]);
+        let changes = plan(&m, &back, 4);
+        assert_eq!(changes.len(), 2);
+        for c in &changes {
+            assert_eq!(c.learners, vec!["n3".to_string()], "{c:?}");
+            assert_eq!(c.what, "added learner n3 (its copy is back)");
+        }
+        let mut back_map = m.clone();
+        commit(&mut back_map, &changes);
+        assert!(away(&back_map, 0).is_empty(), "a holder is not away");
+        // Even with no wait, a node that is back is preferred.
+        let changes = plan(&m, &at(40_000, 0, &["n1", "n2", "n3", "n4"], &[]), 4);
+        assert!(changes.iter().all(|c| c.learners == vec!["n3".to_string()]));
+        // Past the wait, n3 still down: copied to n4, n3 no longer waited for.
+        let late = at(61_001, 60_000, &["n1", "n2", "n4"], &["n3"]);
+        let changes = plan(&m, &late, 4);
+        assert_eq!(changes.len(), 2);
+        for c in &changes {
+            assert_eq!(c.learners, vec!["n4".to_string()]);
+            assert_eq!(
+                c.why,
+                "under-replicated: 2 of 3 copies, and n3 did not come back within 60 s"
+            );
+        }
+        commit(&mut m, &changes);
+        assert!(away(&m, 0).is_empty() && away(&m, 1).is_empty());
+        // With no wait, copied at once (today's behaviour).
+        let mut m = map(4, &[]);
+        let changes = plan(&m, &at(1000, 0, &["n1", "n2", "n4"], &["n3"]), 4);
+        commit(&mut m, &changes);
+        let changes = plan(&m, &at(1001, 0, &["n1", "n2", "n4"], &["n3"]), 4);
+        assert!(changes.iter().all(|c| c.learners == vec!["n4".to_string()]));
+    }
+
+    /// The wait never keeps a shard that has fewer members than it needs
+    /// to take writes short of them.
+    #[test]
+    fn the_wait_does_not_hold_a_shard_below_its_min_copies() {
+        let mut m = map(4, &[]);
+        m.tables.get_mut("t").unwrap().spec.min_copies = 3;
+        let h = |now: u64| Health {
+            now_unix_ms: now,
+            rereplicate_after_ms: 60_000,
+            ..health(&["n1", "n2", "n4"], &["n3"])
+        };
+        let changes = plan(&m, &h(1000), 4);
+        commit(&mut m, &changes);
+        let changes = plan(&m, &h(2000), 4);
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| c.learners == vec!["n4".to_string()]));
     }
 
     /// Commits the changes the way the coordinator does.
@@ -800,6 +961,7 @@ pub fn manual(
         moves,
         what,
         why: why.to_owned(),
+        away: r.away.clone(),
     };
     match op {
         ManualOp::Promote { node } => {

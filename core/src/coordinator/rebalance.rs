@@ -578,6 +578,7 @@ mod tests {
             moves: vec![],
             what: "dropped".into(),
             why: "test".into(),
+            away: vec![],
         };
         commit(&mut m2, &[drop]);
         assert_eq!(

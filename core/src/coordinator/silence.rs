@@ -232,6 +232,7 @@ mod tests {
                             learners: vec![],
                             moves: vec![],
                             epoch: 1,
+                            away: vec![],
                         },
                     })
                     .collect(),

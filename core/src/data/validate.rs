@@ -161,6 +161,7 @@ mod tests {
                         learners: vec![],
                         moves: vec![],
                         epoch: 1,
+                        away: vec![],
                     },
                 })
                 .collect(),

@@ -2,7 +2,7 @@
 //! start serving, and when a copy's data must be thrown away instead of
 //! reconciled. The actor asks these at every reconfiguration.
 
-use super::{Epoch, LeaseConfig, Millis};
+use super::{Epoch, LeaseConfig, Millis, Seq};
 use crate::shard::LocalRole;
 
 /// When a copy that becomes primary of `epoch` may take writes and serve
@@ -27,16 +27,45 @@ pub fn takeover_not_before(
     }
 }
 
-/// Whether a copy going from role `from` to role `to` must discard its data
-/// and copy the shard afresh. Copies are (re)added to a shard only as
-/// learners, so a copy that was a member and comes back as a learner left
-/// the configuration and missed its epochs. It may hold entries no member
-/// has (a cut-off primary's uncommitted tail) below the new primary's
-/// commit point, where log reconciliation cannot see them
+/// What a copy keeps of the data this node already holds for its shard
+/// when it starts (`from` is `None`) or changes role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejoin {
+    /// Go on from the durable log and rows as they are (a member, or a
+    /// learner still being built).
+    Keep,
+    /// Keep the rows, drop the log after `applied`, and follow the primary
+    /// from there as a learner: the primary sends what was missed from its
+    /// retained log, or says `Rebuild` if it no longer holds it.
+    FromApplied,
+    /// Nothing usable here: copy a snapshot from the primary.
+    Afresh,
+}
+
+/// Whether a copy becoming a learner (added, or re-added after it left the
+/// configuration: a restart, a drop for silence, a copy moving back) keeps
+/// its data. It missed epochs, so the entries of its log it has not applied
+/// may be a cut-off primary's uncommitted tail, which no member holds and
+/// log reconciliation cannot see below the new primary's commit point
 /// ([`EpochHistory::agreement`](super::EpochHistory::agreement) trusts
-/// everything below the floor), so its log and rows cannot be kept.
-pub fn rejoin_discards_copy(from: LocalRole, to: LocalRole) -> bool {
-    to == LocalRole::Learner && from != LocalRole::Learner
+/// everything below its floor). Its *applied* entries, though, were
+/// committed (a copy applies only what its primary said was committed, and
+/// a commit needs every member of that configuration, so every later
+/// primary holds them): rows up to `applied` are a prefix of every later
+/// primary's history. So the copy drops its log after `applied` and asks
+/// for the rest, like a Kafka follower truncating to the leader epoch
+/// before fetching. With nothing applied (`applied == 0`: a new copy, or a
+/// snapshot install cut short, which leaves `applied` at 0) it copies a
+/// snapshot. A learner serves no reads, so a returning copy never answers
+/// from an epoch it missed.
+pub fn rejoin(from: Option<LocalRole>, to: LocalRole, applied: Seq) -> Rejoin {
+    if to != LocalRole::Learner || from == Some(LocalRole::Learner) {
+        Rejoin::Keep
+    } else if applied > 0 {
+        Rejoin::FromApplied
+    } else {
+        Rejoin::Afresh
+    }
 }
 
 #[cfg(test)]
@@ -63,19 +92,24 @@ mod tests {
     }
 
     #[test]
-    fn only_a_member_coming_back_as_a_learner_discards_its_copy() {
+    fn a_copy_becoming_a_learner_keeps_its_applied_rows_only() {
         use LocalRole::*;
-        assert!(rejoin_discards_copy(Primary, Learner));
-        assert!(rejoin_discards_copy(Backup, Learner));
-        assert!(
-            !rejoin_discards_copy(Learner, Learner),
-            "still the same copy being built"
-        );
-        assert!(
-            !rejoin_discards_copy(Learner, Backup),
-            "a caught-up learner is kept"
-        );
-        assert!(!rejoin_discards_copy(Backup, Primary));
-        assert!(!rejoin_discards_copy(Primary, Backup));
+        // A member re-added as a learner (a restart, a drop for silence):
+        // its rows, not its unapplied log.
+        assert_eq!(rejoin(Some(Primary), Learner, 40), Rejoin::FromApplied);
+        assert_eq!(rejoin(Some(Backup), Learner, 40), Rejoin::FromApplied);
+        // A node starting a learner over data it kept (restarted, or the
+        // copy moves back): the same.
+        assert_eq!(rejoin(None, Learner, 40), Rejoin::FromApplied);
+        // Nothing applied: a snapshot.
+        assert_eq!(rejoin(None, Learner, 0), Rejoin::Afresh);
+        assert_eq!(rejoin(Some(Backup), Learner, 0), Rejoin::Afresh);
+        // Still the same copy being built.
+        assert_eq!(rejoin(Some(Learner), Learner, 40), Rejoin::Keep);
+        // Members go on from their durable state.
+        assert_eq!(rejoin(Some(Learner), Backup, 40), Rejoin::Keep);
+        assert_eq!(rejoin(None, Backup, 40), Rejoin::Keep);
+        assert_eq!(rejoin(Some(Backup), Primary, 40), Rejoin::Keep);
+        assert_eq!(rejoin(Some(Primary), Backup, 40), Rejoin::Keep);
     }
 }

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 
-use super::reconfigure::takeover_not_before;
+use super::reconfigure::{self, takeover_not_before};
 use super::*;
 use crate::wire::ReadMode;
 
@@ -704,6 +704,67 @@ impl World {
         self.disks.insert(l.into(), VecDeque::new());
     }
 
+    /// The cut-off old primary crashes and comes back (with its data dir),
+    /// and the map re-adds it, in a new epoch, as learner `l` beside the
+    /// lead and its backup. As `reconfigure::rejoin` says, it keeps its rows
+    /// and drops its log after them, then follows the lead from there (or
+    /// installs a snapshot when it applied nothing).
+    fn return_as_learner(&mut self) {
+        let (old, _) = self.deposed.take().expect("a deposed primary");
+        // It crashed: what it sent and what its disk had not written are
+        // gone. It no longer runs under its old name.
+        self.net.retain(|(f, t, _)| *f != old && *t != old);
+        self.disks.get_mut(&old).unwrap().clear();
+        self.dead.insert(old.clone());
+        self.settle();
+        self.finish_apply(&self.lead.clone());
+        let lead = self.lead.clone();
+        let epoch = self.primary.epoch() + 1;
+        let others: Vec<String> = self.backups.keys().cloned().collect();
+        self.primary = Primary::new(
+            epoch,
+            &others,
+            &["l".into()],
+            self.primary.committed(),
+            vec![],
+            cfg(),
+            0,
+        )
+        .with_retention(self.retain, self.start(&lead));
+        for o in others {
+            let b = &self.backups[&o];
+            let (logged, applied) = (b.logged(), b.applied());
+            let tail = self.logs[&o]
+                .range(applied + 1..logged.max(applied) + 1)
+                .map(|(s, e)| (*s, e.epoch))
+                .collect();
+            let b = Backup::new(epoch, lead.clone(), logged, applied, Some(tail), cfg())
+                .with_retention(self.retain, self.start(&o));
+            self.backups.insert(o, b);
+        }
+        // What its store holds: rows up to what it applied, the log kept.
+        let rows = self.rows.get(&old).copied().unwrap_or(0);
+        let start = self.start(&old);
+        let kept: BTreeMap<Seq, LogEntry> = self.logs[&old]
+            .range(..=rows)
+            .map(|(s, e)| (*s, e.clone()))
+            .collect();
+        self.logs.insert("l".into(), kept);
+        self.disks.insert("l".into(), VecDeque::new());
+        self.starts.insert("l".into(), start);
+        self.applied.insert("l".into(), rows);
+        self.rows.insert("l".into(), rows);
+        let b =
+            Backup::new(epoch, lead, rows, rows, None, cfg()).with_retention(self.retain, start);
+        let hello = b.hello().into_iter().collect();
+        self.backups.insert("l".into(), b);
+        match reconfigure::rejoin(None, crate::shard::LocalRole::Learner, rows) {
+            reconfigure::Rejoin::FromApplied => self.run("l", hello),
+            reconfigure::Rejoin::Afresh => self.rebuild_learner(),
+            reconfigure::Rejoin::Keep => unreachable!("a returning learner never keeps its log"),
+        }
+    }
+
     /// `n` heartbeat rounds with every message delivered.
     fn heartbeats(&mut self, n: usize) {
         for _ in 0..n {
@@ -866,6 +927,50 @@ proptest! {
         prop_assert_eq!(&w.logs["l"], &w.logs[P]);
         // Once it has answered, the learner's entries are kept for it: at
         // most one rebuild, for a log truncated before it joined.
+        prop_assert!(w.rebuilds <= 1, "{} rebuilds", w.rebuilds);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The old primary is cut off at a random point of a faulty run, goes
+    /// on taking writes it cannot commit, crashes, and returns as a learner
+    /// keeping its rows (a node restarted with its data dir): whenever it
+    /// reports ready it holds every acknowledged entry (checked at each
+    /// step), and once faults stop its log is the lead's, none of the
+    /// uncommitted tail it had left.
+    #[test]
+    fn a_returning_primary_keeps_only_committed_rows_and_converges(
+        before in proptest::collection::vec(step(), 1..200),
+        pick in 0usize..2,
+        during in proptest::collection::vec(step(), 0..150),
+        after in proptest::collection::vec(step(), 0..200),
+    ) {
+        let mut w = World::new();
+        for s in before {
+            w.apply(s);
+        }
+        w.fail_over(pick);
+        for s in during {
+            w.apply(s);
+        }
+        w.return_as_learner();
+        for s in after {
+            w.apply(s);
+        }
+        w.settle();
+        w.heartbeats(2);
+        let lead = w.lead.clone();
+        prop_assert!(w.backups["l"].caught_up());
+        for (seq, e) in &w.acked {
+            prop_assert_eq!(w.logs["l"].get(seq), Some(e), "acknowledged entry {} missing on l", seq);
+        }
+        let last = w.primary.last_seq();
+        prop_assert_eq!(w.logs["l"].range(..=last).count() as u64, last);
+        for seq in 1..=last {
+            prop_assert_eq!(w.logs["l"].get(&seq), w.logs[&lead].get(&seq));
+        }
         prop_assert!(w.rebuilds <= 1, "{} rebuilds", w.rebuilds);
     }
 }
@@ -1117,6 +1222,74 @@ fn a_learner_behind_the_retained_log_installs_a_snapshot_again() {
     assert_eq!(w.rebuilds, 1);
     assert!(w.backups["l"].caught_up());
     assert_eq!(w.logs["l"], w.logs[P]);
+    for (seq, e) in &w.acked {
+        assert_eq!(w.logs["l"].get(seq), Some(e));
+    }
+}
+
+/// A primary cut off with entries of its own that nobody else logged comes
+/// back after the new primary wrote other entries at the same positions:
+/// with the log retained, it catches up from the log (no snapshot), drops
+/// its divergent tail and ends with the new primary's entries.
+#[test]
+fn a_returning_primary_drops_its_divergent_tail_and_catches_up_from_the_log() {
+    let mut w = World::with_retention(keep_everything());
+    for i in 0..10u8 {
+        w.apply(Step::Propose(i));
+        w.settle();
+    }
+    // Three more entries, durable on p only: nothing reaches the backups.
+    for i in 10..13u8 {
+        w.apply(Step::Propose(i));
+    }
+    w.net.clear();
+    while !w.disks[P].is_empty() {
+        let i = w.disks.keys().position(|n| n == P).unwrap();
+        w.apply(Step::Disk(i));
+    }
+    assert_eq!(w.logs[P].len(), 13);
+    w.fail_over(0);
+    w.now += cfg().grace + 1;
+    for i in 20..25u8 {
+        w.apply(Step::Propose(i));
+        w.settle();
+    }
+    let lead = w.lead.clone();
+    assert_eq!(
+        w.logs[&lead][&11].epoch, 2,
+        "the new primary wrote seq 11 anew"
+    );
+    assert_eq!(w.logs[P][&11].epoch, 1);
+    w.return_as_learner();
+    w.settle();
+    w.heartbeats(2);
+    assert_eq!(w.rebuilds, 0, "caught up from the log");
+    assert!(w.backups["l"].caught_up());
+    assert_eq!(w.logs["l"], w.logs[&lead]);
+}
+
+/// The same past the retention window: the new primary no longer holds
+/// what the returning copy missed, so it installs a snapshot, once.
+#[test]
+fn a_returning_primary_past_the_retained_log_installs_a_snapshot() {
+    let mut w = World::new();
+    for i in 0..10u8 {
+        w.apply(Step::Propose(i));
+        w.settle();
+    }
+    w.fail_over(1);
+    w.now += cfg().grace + 1;
+    for i in 20..50u8 {
+        w.apply(Step::Propose(i));
+        w.settle();
+    }
+    let lead = w.lead.clone();
+    assert!(w.start(&lead) > 11, "the lead truncated what p missed");
+    w.return_as_learner();
+    w.settle();
+    w.heartbeats(2);
+    assert_eq!(w.rebuilds, 1);
+    assert!(w.backups["l"].caught_up());
     for (seq, e) in &w.acked {
         assert_eq!(w.logs["l"].get(seq), Some(e));
     }
