@@ -38,8 +38,10 @@ use crate::shard::actor::{Copies, CopyActor, CopyEnv};
 use crate::shard::local::LocalCopies;
 use crate::shard::messages::{Reconfigure, StopCopy};
 use crate::shard::snapshot::SnapshotServer;
+use crate::storage::StorageHealth;
 use tstore_core::replication::{LeaseConfig, LogRetention};
 use tstore_core::shard::{self, LocalChange, LocalCopy, ShardKey};
+use tstore_core::view::{storage_failed_value, KEY_STORAGE, STORAGE_OK};
 
 /// Messages may queue this deep in the node's mailbox.
 const MAILBOX_CAPACITY: usize = 4096;
@@ -66,6 +68,8 @@ pub struct NodeSettings {
     pub retention: LogRetention,
     /// Bytes per second a snapshot is sent to one new copy; 0 is unthrottled.
     pub recovery_rate: u64,
+    /// The most bytes the shard store may take (its LMDB map size).
+    pub lmdb_map_size: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +134,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         lease,
         retention,
         recovery_rate,
+        lmdb_map_size,
     } = settings;
     // The replication clock starts with the process (see `now_ms`).
     crate::clock::now_ms();
@@ -148,7 +153,8 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     if advertise.is_none() && listen.ip().is_unspecified() {
         return Err(StartError::NoAdvertise { listen });
     }
-    let env = crate::storage::open_env(&data_dir)?;
+    let env = crate::storage::open_data_env(&data_dir, lmdb_map_size)?;
+    let control_env = crate::storage::open_control_env(&data_dir)?;
     let endpoint = Endpoint::bind(listen, &tls, limits)?;
     let addr = match advertise {
         Some(a) => a,
@@ -159,7 +165,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     let membership = Arc::new(membership);
     // Gossip must flow before Raft starts: Raft RPCs and gossip share the endpoint.
     let control = ControlPlane::start(
-        &env,
+        &control_env,
         &identity.node_id,
         endpoint.clone(),
         membership.clone(),
@@ -168,8 +174,14 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     .await?;
     let map = control.view();
     let store = ShardStore::open(&env).map_err(|e| StartError::Storage(e.to_string()))?;
-    let committer =
-        Committer::start(store.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
+    let storage = StorageHealth::default();
+    let committer = Committer::start(store.clone(), storage.clone())
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    actix::spawn(watch_storage(
+        store.clone(),
+        storage.clone(),
+        membership.clone(),
+    ));
     let link: Arc<dyn PeerLink> = Arc::new(QuicPeerLink::new(endpoint.clone(), map.clone()));
     let local = LocalCopies::default();
     let recovery = Recovery::default();
@@ -211,6 +223,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         store: store.clone(),
         local: local.clone(),
         recovery,
+        storage,
     };
     let admin = AdminActor::new(membership, control.clone(), watch_interval, stats).start();
     CoordinatorActor::new(control.clone()).start();
@@ -230,6 +243,38 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         identity,
         addr,
     })
+}
+
+/// How often the node publishes whether its store can write, and probes it
+/// while it cannot.
+const STORAGE_CHECK: Duration = Duration::from_secs(1);
+
+/// Publishes the shard store's health in gossip (`storage` = `ok` or
+/// `failed: <why>`), and while it has failed, probes it every
+/// [`STORAGE_CHECK`] ([`ShardStore::probe`]): once a probe writes, the store
+/// is healthy again, the node says `ok`, and the coordinator brings its
+/// copies back (they catch up from their rows and the primaries' logs).
+async fn watch_storage(store: ShardStore, health: StorageHealth, membership: Arc<Membership>) {
+    let mut published: Option<String> = None;
+    loop {
+        if health.failure().is_some() {
+            let st = store.clone();
+            match tokio::task::spawn_blocking(move || st.probe()).await {
+                Ok(Ok(())) => health.recovered(),
+                Ok(Err(e)) => debug!(error = %e, "the shard store still cannot write"),
+                Err(e) => warn!(error = %e, "storage probe did not finish"),
+            }
+        }
+        let value = match health.failure() {
+            Some(why) => storage_failed_value(&why),
+            None => STORAGE_OK.to_owned(),
+        };
+        if published.as_deref() != Some(value.as_str()) {
+            membership.set(KEY_STORAGE, &value).await;
+            published = Some(value);
+        }
+        tokio::time::sleep(STORAGE_CHECK).await;
+    }
 }
 
 /// One per process: owns the endpoint, membership and the shard copies.

@@ -9,6 +9,7 @@ use tstore_core::wire::NodeStats;
 use crate::data::store::ShardStore;
 use crate::recovery::Recovery;
 use crate::shard::local::LocalCopies;
+use crate::storage::StorageHealth;
 
 /// Most directory entries walked under the data dir for one answer.
 pub const MAX_WALK: usize = 100_000;
@@ -21,6 +22,7 @@ pub struct StatsSource {
     pub store: ShardStore,
     pub local: LocalCopies,
     pub recovery: Recovery,
+    pub storage: StorageHealth,
 }
 
 impl StatsSource {
@@ -44,6 +46,7 @@ impl StatsSource {
                 .filter(|_| entries_logged > 0)
                 .map(|b| b / entries_logged),
             recovery: self.recovery.stats(),
+            storage_error: self.storage.failure(),
         }
     }
 }

@@ -20,6 +20,23 @@ pub const KEY_VERSION: &str = "version";
 pub const KEY_STATUS: &str = "status";
 pub const STATUS_ACTIVE: &str = "active";
 pub const STATUS_LEAVING: &str = "leaving";
+/// Gossip key: `ok`, or `failed: <why>` while the node's shard store cannot
+/// write (disk full, I/O errors). The coordinator then treats the node as
+/// down for its shard copies (they fail over and come back once it is `ok`).
+pub const KEY_STORAGE: &str = "storage";
+pub const STORAGE_OK: &str = "ok";
+const STORAGE_FAILED: &str = "failed: ";
+
+/// The `storage` value of a node whose store cannot write.
+pub fn storage_failed_value(why: &str) -> String {
+    format!("{STORAGE_FAILED}{why}")
+}
+
+/// Why a node's store cannot write, from its `storage` value; `None` when
+/// it can (or says nothing).
+pub fn storage_failure(value: &str) -> Option<&str> {
+    value.strip_prefix(STORAGE_FAILED)
+}
 
 /// A node's liveness as one observer sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +85,7 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    fn key(&self, key: &str) -> Option<&str> {
+    pub fn key(&self, key: &str) -> Option<&str> {
         self.keys
             .get(key)
             .filter(|k| !k.deleted)
@@ -99,6 +116,10 @@ pub struct Member {
     pub version: String,
     /// Heartbeat counter: grows while the node is live.
     pub heartbeat: u64,
+    /// Why the node's shard store cannot write, while it cannot (see
+    /// [`KEY_STORAGE`]).
+    #[serde(default)]
+    pub storage_error: Option<String>,
 }
 
 /// The member list: for each node id, its newest generation (older
@@ -131,6 +152,10 @@ pub fn members(snapshot: &GossipSnapshot) -> Vec<Member> {
                 .collect(),
             version: n.key(KEY_VERSION).unwrap_or_default().to_owned(),
             heartbeat: n.heartbeat,
+            storage_error: n
+                .key(KEY_STORAGE)
+                .and_then(storage_failure)
+                .map(str::to_owned),
         })
         .collect()
 }

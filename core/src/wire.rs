@@ -516,6 +516,10 @@ pub struct NodeStats {
     /// others to build theirs.
     #[serde(default)]
     pub recovery: RecoveryStats,
+    /// Why the shard store cannot write, while it cannot (disk full, I/O
+    /// errors); its copies then fail over to other nodes.
+    #[serde(default)]
+    pub storage_error: Option<String>,
 }
 
 /// Counters of copy recovery on one node since it started: whether copies

@@ -86,6 +86,9 @@ pub struct NodeOptions {
     /// Control-plane Raft entries between snapshots of the map; older entries are then purged; 10..=1000000 [default: 5000].
     #[arg(long)]
     pub raft_snapshot_entries: Option<u64>,
+    /// The most bytes this node's shard data may take (the LMDB map size of `<data dir>/lmdb`); when full, writes there fail and the node's copies fail over to other nodes; 1048576..=17592186044416 [default: 68719476736].
+    #[arg(long)]
+    pub lmdb_map_size: Option<u64>,
     /// Seconds a shard waits for a copy whose node went down to come back (it then catches up from the log) before copying the shard to another node; 0 copies at once; 0..=604800 [default: 0].
     #[arg(long)]
     pub rereplicate_after_secs: Option<u64>,
@@ -111,6 +114,7 @@ pub struct NodeConfig {
     pub lease: LeaseConfig,
     pub retention: LogRetention,
     pub recovery_rate: u64,
+    pub lmdb_map_size: usize,
 }
 
 /// Largest `rebalance_max_moves`.
@@ -122,6 +126,11 @@ pub const MAX_DEAD_NODE_GRACE_SECS: u64 = 30 * 24 * 3600;
 
 /// Longest `voter_replace_after_secs`: a day.
 pub const MAX_VOTER_REPLACE_AFTER_SECS: u64 = 24 * 3600;
+
+/// Most `lmdb_map_size`: 16 TiB.
+pub const MAX_LMDB_MAP_SIZE: u64 = 16 << 40;
+/// Least `lmdb_map_size`: 1 MiB.
+pub const MIN_LMDB_MAP_SIZE: u64 = 1 << 20;
 
 /// Longest `rereplicate_after_secs`: a week.
 pub const MAX_REREPLICATE_AFTER_SECS: u64 = 7 * 24 * 3600;
@@ -202,6 +211,7 @@ impl NodeOptions {
             rebalance_max_moves: self.rebalance_max_moves.or(file.rebalance_max_moves),
             raft_snapshot_entries: self.raft_snapshot_entries.or(file.raft_snapshot_entries),
             rereplicate_after_secs: self.rereplicate_after_secs.or(file.rereplicate_after_secs),
+            lmdb_map_size: self.lmdb_map_size.or(file.lmdb_map_size),
             log_retain_entries: self.log_retain_entries.or(file.log_retain_entries),
             log_retain_bytes: self.log_retain_bytes.or(file.log_retain_bytes),
         }
@@ -272,6 +282,17 @@ impl NodeOptions {
             }
             control.raft_snapshot_entries = n;
         }
+        let lmdb_map_size = match self.lmdb_map_size {
+            Some(n) if !(MIN_LMDB_MAP_SIZE..=MAX_LMDB_MAP_SIZE).contains(&n) => {
+                return Err(invalid(
+                    "lmdb_map_size",
+                    n,
+                    "must be 1048576..=17592186044416 (1 MiB to 16 TiB)",
+                ));
+            }
+            Some(n) => n as usize,
+            None => tstore_actors::storage::MAP_SIZE,
+        };
         if let Some(s) = self.rereplicate_after_secs {
             if s > MAX_REREPLICATE_AFTER_SECS {
                 return Err(invalid("rereplicate_after_secs", s, "must be 0..=604800"));
@@ -326,6 +347,7 @@ impl NodeOptions {
             lease,
             retention,
             recovery_rate: self.recovery_bytes_per_sec.unwrap_or(DEFAULT_RECOVERY_RATE),
+            lmdb_map_size,
             node_id: self.node_id,
             listen: self
                 .listen

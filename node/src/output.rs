@@ -304,6 +304,9 @@ pub fn node_stats(s: &NodeStats) -> String {
         opt(s.disk_write_bytes)
     );
     let _ = writeln!(out, "  bytes per entry:    {}", opt(s.bytes_per_entry));
+    if let Some(why) = &s.storage_error {
+        let _ = writeln!(out, "  STORAGE FAILED:     {why}");
+    }
     let r = &s.recovery;
     let _ = writeln!(out, "  recovery since start:");
     let _ = writeln!(
@@ -385,7 +388,10 @@ pub fn members(observer: &str, members: &[Member]) -> String {
         .map(|m| {
             [
                 m.node_id.clone(),
-                m.status.to_string(),
+                match &m.storage_error {
+                    Some(_) => format!("{} (storage failed)", m.status),
+                    None => m.status.to_string(),
+                },
                 m.generation.to_string(),
                 m.addr.clone(),
                 or_dash(&m.zone).to_owned(),
@@ -415,6 +421,15 @@ pub fn members(observer: &str, members: &[Member]) -> String {
         "({live} of {} live, as seen by {observer})",
         members.len()
     );
+    for m in members {
+        if let Some(why) = &m.storage_error {
+            let _ = writeln!(
+                out,
+                "{}: its shard store cannot write ({why}); its copies fail over to other nodes until it can",
+                m.node_id
+            );
+        }
+    }
     out
 }
 
@@ -473,6 +488,7 @@ mod tests {
             roles: vec!["data".into()],
             version: "0.1.0".into(),
             heartbeat: 3,
+            storage_error: None,
         };
         let out = members(
             "n1",
@@ -482,5 +498,16 @@ mod tests {
         assert!(lines[0].starts_with("NODE      STATUS"), "{out}");
         assert!(lines[2].starts_with("node-two  down"), "{out}");
         assert_eq!(lines[3], "(1 of 2 live, as seen by n1)");
+        // A node whose store cannot write says so.
+        let full = Member {
+            storage_error: Some("the shard store is full".into()),
+            ..m("n3", NodeStatus::Live)
+        };
+        let out = members("n1", &[full]);
+        assert!(out.contains("live (storage failed)"), "{out}");
+        assert!(
+            out.contains("n3: its shard store cannot write (the shard store is full)"),
+            "{out}"
+        );
     }
 }

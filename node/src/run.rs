@@ -52,6 +52,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             lease: Some(config.lease),
             retention: config.retention,
             recovery_rate: config.recovery_rate,
+            lmdb_map_size: config.lmdb_map_size,
         })
         .await?;
         let why = tokio::select! {

@@ -282,18 +282,24 @@ impl Cluster {
     /// [`Cluster::start_formed`] with extra `tstore start` flags for every
     /// node.
     pub async fn start_formed_with(&mut self, ids: &[&str], extra: &[&str]) {
+        self.start_formed_by(ids, |_| extra.to_vec()).await
+    }
+
+    /// [`Cluster::start_formed`] with extra `tstore start` flags for each
+    /// node, as `flags(id)` gives them.
+    pub async fn start_formed_by<'a>(
+        &mut self,
+        ids: &[&str],
+        flags: impl Fn(&str) -> Vec<&'a str>,
+    ) {
         let first: Vec<&str> = ids.iter().take(3).copied().collect();
         for id in ids {
             let seeds: Vec<&str> = first.iter().filter(|s| *s != id).copied().collect();
+            let mut extra = flags(id);
             if first.contains(id) {
-                let flags: Vec<&str> = ["--bootstrap-expect", "3"]
-                    .into_iter()
-                    .chain(extra.iter().copied())
-                    .collect();
-                self.start_with(id, &seeds, &flags);
-            } else {
-                self.start_with(id, &seeds, extra);
+                extra.extend(["--bootstrap-expect", "3"]);
             }
+            self.start_with(id, &seeds, &extra);
         }
         let n = ids.len();
         self.poll(

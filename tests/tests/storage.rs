@@ -5,16 +5,20 @@
 //! with `rereplicate_after_secs`, a node back within the wait gets its own
 //! copies back and nothing is copied to another node, and past the wait its
 //! shards are copied elsewhere. Replication logs stay within their bounds
-//! under a long write load. Every acknowledged write is checked afterwards.
+//! under a long write load. A node whose store fills up fails over and
+//! comes back once given space. Every acknowledged write is checked
+//! afterwards.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tstore_client::admin::AdminClient;
-use tstore_client::cluster_map::{Sharding, TableSpec};
+use tstore_client::cluster_map::{RowKey, Sharding, TableSpec};
+use tstore_client::data::ReadMode;
 use tstore_client::wire::RecoveryStats;
 use tstore_tests::checks::assert_nothing_lost;
-use tstore_tests::load::Load;
+use tstore_tests::load::{scan_all, Load};
 use tstore_tests::Cluster;
 
 const HEAL_LIMIT: Duration = Duration::from_secs(60);
@@ -304,6 +308,116 @@ async fn replication_logs_stay_within_their_retention_under_a_long_write_load() 
     }
     eprintln!(
         "{} writes; at most {most} log entries per copy (bound {BOUND}) over {least}+ entries per shard",
+        report.acked.len()
+    );
+}
+
+/// One node's shard store fills up (a 2 MiB LMDB map) under a write load:
+/// it says why (node-stats, members), the coordinator drops its copies like
+/// a dead node's within a failover's time, the other two keep the table
+/// writable and readable (reads through the full node too); once space is
+/// given (restarted with a larger map) its copies return, and no
+/// acknowledged write is lost.
+#[tokio::test]
+async fn a_node_whose_disk_fills_fails_over_and_comes_back_when_space_is_freed() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    let full = "n3";
+    c.start_formed_by(&ids, |id| {
+        if id == full {
+            vec!["--lmdb-map-size", "2097152"]
+        } else {
+            vec![]
+        }
+    })
+    .await;
+    c.create_table("n1", spec("full", 4)).await;
+    let others = ["n1", "n2"];
+    let addrs: Vec<_> = others.iter().map(|n| c.addr(n)).collect();
+    let certs = c.certs().path().to_path_buf();
+    let load = Load::start(addrs.clone(), certs.clone(), "full", 4, 1_000_000);
+    // The full node says so, clearly.
+    let (why, took) = c
+        .poll(
+            &format!("{full}'s store full"),
+            Duration::from_secs(90),
+            || async {
+                let client = c.client(full).await?;
+                let stats = client.node_stats().await.map_err(|e| e.to_string());
+                client.close().await;
+                Ok(stats?.storage_error)
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        why.contains("the shard store is full: its LMDB map of 2097152 bytes is used up"),
+        "{why}"
+    );
+    eprintln!("{full} full after {took:?}: {why}");
+    let client = c.client("n1").await.unwrap();
+    let shown = c
+        .poll(
+            "the failure in members",
+            Duration::from_secs(10),
+            || async {
+                let (_, members) = client.members().await.map_err(|e| e.to_string())?;
+                Ok(members
+                    .into_iter()
+                    .find(|m| m.node_id == full)
+                    .and_then(|m| m.storage_error))
+            },
+        )
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(shown, why);
+    // Its copies leave every configuration, like a dead node's.
+    let dropped = c
+        .wait_without("n1", "full", full, Duration::from_secs(20))
+        .await
+        .unwrap();
+    eprintln!("{full}'s copies dropped {dropped:?} after the failure was seen");
+    // The table takes writes on the other two...
+    let after = Load::start_writers(addrs, certs, "full", 10..12, 200)
+        .run_to_end()
+        .await;
+    assert_eq!(
+        after.acked.len(),
+        400,
+        "writes after the drop: {:?}",
+        after.errors
+    );
+    // ...and serves reads, through the full node as well.
+    let via_full = c.client(full).await.unwrap();
+    let read = scan_all(&via_full, "full", ReadMode::Strong, HEAL_LIMIT)
+        .await
+        .unwrap();
+    via_full.close().await;
+    for (k, a) in &after.acked {
+        let got = read.iter().find(|(key, _)| *key == RowKey::Int(*k));
+        assert_eq!(
+            got.map(|(_, r)| &r.json),
+            Some(&a.row),
+            "key {k} read through {full}"
+        );
+    }
+    // Space is given: restarted with a larger map, its copies come back.
+    c.signal(full, Signal::SIGTERM);
+    c.wait_exit(full, Duration::from_secs(20)).unwrap();
+    c.start_with(full, &others, &["--lmdb-map-size", "1073741824"]);
+    let back = wait_full(&c, "n1", "full", 3).await;
+    assert!(
+        back.values().all(|h| h.iter().any(|n| n == full)),
+        "{back:?}"
+    );
+    let report = assert_nothing_lost(&c, "n1", "full", load).await;
+    tstore_tests::checks::assert_acked_kept(&c, "n1", "full", &after.acked).await;
+    c.wait_healthy("n1", "full", HEAL_LIMIT).await.unwrap();
+    client.close().await;
+    let r = recovery(&c, full).await;
+    eprintln!(
+        "{full} back in every shard; {} writes acknowledged; its recovery: {r:?}",
         report.acked.len()
     );
 }

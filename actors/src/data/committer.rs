@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error};
 
 use super::store::{Done, ShardStore, StoreError, Work};
+use crate::storage::StorageHealth;
 
 /// Most requests one transaction carries.
 pub const MAX_JOBS: usize = 512;
@@ -36,12 +37,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the commit thread over `store`.
-    pub fn start(store: ShardStore) -> std::io::Result<Self> {
+    /// Starts the commit thread over `store`; a write that fails for want
+    /// of space or with an I/O error marks `health` failed.
+    pub fn start(store: ShardStore, health: StorageHealth) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("tstore-commit".into())
-            .spawn(move || run(store, rx))?;
+            .spawn(move || run(store, health, rx))?;
         Ok(Self { tx })
     }
 
@@ -62,7 +64,7 @@ impl Committer {
     }
 }
 
-fn run(store: ShardStore, rx: mpsc::Receiver<Job>) {
+fn run(store: ShardStore, health: StorageHealth, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS {
@@ -76,8 +78,10 @@ fn run(store: ShardStore, rx: mpsc::Receiver<Job>) {
         let results = store.commit_batch(&work);
         debug!(jobs = work.len(), "group commit");
         for (reply, result) in replies.into_iter().zip(results) {
-            if let Err(e) = &result {
-                error!(error = %e, "shard write failed");
+            match &result {
+                Err(StoreError::Unwritable(why)) => health.failed(why),
+                Err(e) => error!(error = %e, "shard write failed"),
+                Ok(_) => {}
             }
             let _ = reply.send(result);
         }
@@ -117,7 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::storage::open_env(dir.path()).unwrap();
         let store = ShardStore::open(&env).unwrap();
-        let c = Committer::start(store.clone()).unwrap();
+        let c = Committer::start(store.clone(), Default::default()).unwrap();
         let ids: Vec<ShardPrefix> = (0..8).map(|s| ShardPrefix { table: 1, shard: s }).collect();
         let mut pending = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -152,5 +156,59 @@ mod tests {
         }
         let m = store.meta(ShardPrefix { table: 2, shard: 0 }).unwrap();
         assert_eq!(m.logged, 0, "the failed piece left nothing behind");
+    }
+
+    /// A store whose LMDB map is full: the write fails with a clear error
+    /// and leaves nothing behind, the node's storage health says why, what
+    /// was written before is still there, and the probe fails too.
+    #[tokio::test]
+    async fn a_full_store_fails_the_write_not_the_store_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_data_env(dir.path(), 1 << 20).unwrap();
+        let store = ShardStore::open(&env).unwrap();
+        let health = crate::storage::StorageHealth::default();
+        let c = Committer::start(store.clone(), health.clone()).unwrap();
+        let id = ShardPrefix { table: 1, shard: 0 };
+        let big = |seq: u64| {
+            let mut e = entry(seq, seq as i64);
+            e.op.extend(std::iter::repeat_n(0u8, 64 << 10));
+            e
+        };
+        let mut logged = 0;
+        let mut failure = None;
+        for seq in 1..=64 {
+            let work = Work {
+                id,
+                entries: vec![big(seq)],
+                apply: None,
+                truncate: None,
+            };
+            match c.submit(work).await {
+                Ok(done) => logged = done.logged.unwrap(),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = failure.expect("a 1 MiB map never filled");
+        assert!(e.is_unwritable(), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the shard store is full: its LMDB map of 1048576 bytes is used up"),
+            "{e}"
+        );
+        assert!(logged > 0);
+        assert!(health.failure().unwrap().contains("LMDB map"));
+        assert_eq!(
+            store.meta(id).unwrap().logged,
+            logged,
+            "the store is intact"
+        );
+        assert!(store.probe().unwrap_err().is_unwritable());
+        // A store with room answers the probe.
+        let roomy = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(roomy.path()).unwrap();
+        ShardStore::open(&env).unwrap().probe().unwrap();
     }
 }

@@ -148,7 +148,33 @@ pub enum StoreError {
     Gap { logged: Seq, got: Seq },
     #[error("group commit failed: {0}")]
     Batch(String),
+    /// The store cannot write at all (no space, I/O errors): nothing of
+    /// the write was stored, and the node's [`StorageHealth`] says so.
+    ///
+    /// [`StorageHealth`]: crate::storage::StorageHealth
+    #[error("the node's storage cannot write: {0}")]
+    Unwritable(String),
 }
+
+impl StoreError {
+    /// Whether this is the store failing to write (rather than something
+    /// wrong with one shard's data).
+    pub fn is_unwritable(&self) -> bool {
+        matches!(self, StoreError::Unwritable(_))
+    }
+}
+
+/// errno values that mean the disk cannot take writes.
+const ENOSPC: i32 = 28;
+const EIO: i32 = 5;
+const EROFS: i32 = 30;
+const EDQUOT: i32 = 122;
+
+/// Bytes a probe writes (and deletes) to see that the store can write again:
+/// enough headroom that the first writes after recovery do not fail at once.
+pub const PROBE_BYTES: usize = 4 << 20;
+/// The probe's key in `shard-meta`: no shard prefix is this short.
+const PROBE_KEY: &[u8] = b"probe";
 
 /// One shard's share of a group commit: entries to append to its log, then
 /// committed entries to apply (up to a sequence number, with the table's key
@@ -223,6 +249,44 @@ pub enum ChunkKind {
 }
 
 impl ShardStore {
+    /// `e` as the store failing to write, when it is that: no space (the
+    /// LMDB map or the disk is full) or an I/O error; otherwise as it is.
+    fn writing(&self, e: StoreError) -> StoreError {
+        let StoreError::Lmdb(h) = &e else {
+            return e;
+        };
+        let why = match h {
+            heed::Error::Io(io) => format!("I/O error: {io}"),
+            heed::Error::Mdb(heed::MdbError::MapFull) => format!(
+                "the shard store is full: its LMDB map of {} bytes is used up (raise lmdb_map_size)",
+                self.env.info().map_size
+            ),
+            heed::Error::Mdb(heed::MdbError::Other(code))
+                if [ENOSPC, EIO, EROFS, EDQUOT].contains(code) =>
+            {
+                std::io::Error::from_raw_os_error(*code).to_string()
+            }
+            _ => return e,
+        };
+        StoreError::Unwritable(why)
+    }
+
+    /// Writes [`PROBE_BYTES`] and deletes them again, each in a committed
+    /// transaction: `Ok` once the store can take writes again.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let run = || -> Result<(), StoreError> {
+            let mut wtxn = self.env.write_txn()?;
+            self.meta
+                .put(&mut wtxn, PROBE_KEY, &vec![0u8; PROBE_BYTES])?;
+            wtxn.commit()?;
+            let mut wtxn = self.env.write_txn()?;
+            self.meta.delete(&mut wtxn, PROBE_KEY)?;
+            wtxn.commit()?;
+            Ok(())
+        };
+        run().map_err(|e| self.writing(e))
+    }
+
     pub fn open(env: &Env) -> Result<Self, StoreError> {
         let wtxn = env.write_txn()?;
         let (rows, log, meta, sessions) = env
@@ -518,7 +582,7 @@ impl ShardStore {
                     }
                     Err(e) => {
                         nested.abort();
-                        out.push(Err(e));
+                        out.push(Err(self.writing(e)));
                     }
                 }
             }
@@ -533,8 +597,12 @@ impl ShardStore {
                 .fetch_add(appended as u64, Ordering::Relaxed);
             Ok(out)
         };
-        match run() {
+        match run().map_err(|e| self.writing(e)) {
             Ok(out) => out,
+            Err(StoreError::Unwritable(why)) => work
+                .iter()
+                .map(|_| Err(StoreError::Unwritable(why.clone())))
+                .collect(),
             Err(e) => {
                 let msg = e.to_string();
                 work.iter()

@@ -6,6 +6,9 @@
 //! - it is **down** when gossip says down or left, or when it has been
 //!   neither live nor known down (joining, or unknown to this leader's
 //!   gossip, e.g. it died before this leader started) for [`NOT_LIVE_MS`];
+//! - a live node whose shard store cannot write (its `storage` key says
+//!   `failed: ...`: disk full, I/O errors) counts as down for its copies:
+//!   they fail over like a dead node's, and come back once it says `ok`;
 //! - a learner whose gossip value says `ready` has caught up;
 //! - primaries' reports of silent backups go through the
 //!   [`SilenceTracker`], and the nodes they show cut off become suspect.
@@ -20,7 +23,9 @@ use crate::coordinator::failover::Health;
 use crate::coordinator::silence::{cut_off_nodes, Reports, Silence, SilenceTracker};
 use crate::replication::Millis;
 use crate::shard::{parse_gossip_key, parse_gossip_value, LocalRole};
-use crate::view::{GossipSnapshot, NodeStatus, NodeView, KEY_ADDR, KEY_ZONE};
+use crate::view::{
+    storage_failure, GossipSnapshot, NodeStatus, NodeView, KEY_ADDR, KEY_STORAGE, KEY_ZONE,
+};
 
 /// A node neither live nor known down counts as down after this long.
 pub const NOT_LIVE_MS: Millis = 10_000;
@@ -105,7 +110,16 @@ pub fn derive(
         } else {
             newest.get(id.as_str()).map(|n| n.status)
         };
+        let unwritable = newest
+            .get(id.as_str())
+            .and_then(|n| n.key(KEY_STORAGE))
+            .and_then(storage_failure)
+            .is_some();
         match status {
+            Some(NodeStatus::Live) if unwritable => {
+                memory.not_live_since.remove(id);
+                health.down.insert(id.clone());
+            }
             Some(NodeStatus::Live) => {
                 memory.not_live_since.remove(id);
                 health.live.insert(id.clone());
@@ -224,6 +238,30 @@ mod tests {
         assert!(!h.down.contains("n3"));
         let h = derive("n1", &snapshot, &map, &mut memory, 1_000 + NOT_LIVE_MS);
         assert!(h.down.contains("n3") && h.down.contains("n4"));
+    }
+
+    #[test]
+    fn a_live_node_whose_store_cannot_write_is_down_for_its_copies() {
+        let snapshot = GossipSnapshot {
+            observer: "n1".into(),
+            cluster_id: "c".into(),
+            seeds: vec![],
+            nodes: vec![
+                node("n1", 1, NodeStatus::Live, &[(KEY_STORAGE, "ok")]),
+                node(
+                    "n2",
+                    1,
+                    NodeStatus::Live,
+                    &[(KEY_STORAGE, "failed: the LMDB map is full")],
+                ),
+                node("n3", 1, NodeStatus::Live, &[]),
+            ],
+        };
+        let map = map_of(&["n1", "n2", "n3"]);
+        let h = derive("n1", &snapshot, &map, &mut HealthMemory::default(), 1_000);
+        assert!(h.down.contains("n2") && !h.live.contains("n2"));
+        assert!(h.live.contains("n1") && h.live.contains("n3"));
+        assert!(h.down.len() == 1);
     }
 
     #[test]
