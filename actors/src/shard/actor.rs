@@ -300,8 +300,10 @@ impl CopyActor {
     /// Corrupt data met in this copy: a backup or learner is rebuilt from
     /// a snapshot of the primary; a primary stops serving (`fail`).
     fn corrupted(&mut self, e: &StoreError, found_by: &str, ctx: &mut Context<Self>) {
-        if self.corrupt.is_some() && matches!(self.role, Role::Installing) {
-            return; // already being rebuilt
+        if self.failed_corrupt()
+            || (self.corrupt.is_some() && matches!(self.role, Role::Installing))
+        {
+            return; // already stopped, or being rebuilt
         }
         self.note_corrupt(e, found_by);
         if self.copy.role == LocalRole::Primary {
