@@ -300,10 +300,10 @@ impl CopyActor {
     /// Corrupt data met in this copy: a backup or learner is rebuilt from
     /// a snapshot of the primary; a primary stops serving (`fail`).
     fn corrupted(&mut self, e: &StoreError, found_by: &str, ctx: &mut Context<Self>) {
-        if self.failed_corrupt()
-            || (self.corrupt.is_some() && matches!(self.role, Role::Installing))
-        {
-            return; // already stopped, or being rebuilt
+        if self.failed_corrupt() || matches!(self.role, Role::Installing) {
+            // Already stopped, or being replaced by a snapshot (which
+            // drops everything held here first).
+            return;
         }
         self.note_corrupt(e, found_by);
         if self.copy.role == LocalRole::Primary {
