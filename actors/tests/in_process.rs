@@ -942,3 +942,131 @@ async fn a_returning_copy_catches_up_from_the_log_within_the_window_and_from_a_s
         );
     }
 }
+
+impl Cluster {
+    /// Flips a bit in the stored value of row `key` on node `name`, as a
+    /// failing disk might (the store's own key layout: table id, shard,
+    /// encoded key).
+    fn corrupt_row(&self, name: &str, key: i64) {
+        use heed::types::Bytes;
+        let env = self.node(name).store.env();
+        let db = env
+            .create_databases_and_commit(env.write_txn().unwrap(), |opener, wtxn| {
+                let db = opener.create_database::<Bytes, Bytes>(wtxn, Some("shard-rows"))?;
+                Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(db))
+            })
+            .unwrap()
+            .unwrap_commit();
+        let mut wtxn = env.write_txn().unwrap();
+        let mut k = self.shard.table.to_be_bytes().to_vec();
+        k.extend(self.shard.shard.to_be_bytes());
+        k.extend(RowKey::Int(key).encode());
+        let mut v = db.get(&wtxn, &k).unwrap().unwrap().to_vec();
+        let last = v.len() - 1;
+        v[last - 2] ^= 0x01;
+        db.put(&mut wtxn, &k, &v).unwrap();
+        wtxn.commit().unwrap();
+    }
+
+    fn get(&self, key: i64, mode: ReadMode) -> ShardRequest {
+        ShardRequest::Get {
+            shard: ShardKey::new(TABLE, 0),
+            key: RowKey::Int(key),
+            mode,
+        }
+    }
+
+    /// Node `name` serving `req` from its own copy (no forwarding).
+    async fn local(&self, name: &str, req: ShardRequest) -> DataReply {
+        let local = self.node(name).local.current();
+        tokio::time::timeout(PATIENCE, tstore_actors::router::serve_local(&local, req))
+            .await
+            .unwrap()
+    }
+}
+
+fn refused_as_corrupt(reply: &DataReply) -> bool {
+    matches!(reply, DataReply::Error(e) if e.kind == ErrorKind::Unavailable && e.message.contains("corrupt"))
+}
+
+#[actix_rt::test]
+async fn a_corrupt_backup_is_rebuilt_and_a_corrupt_primary_stops_serving() {
+    let c = Cluster::start(12).await;
+    let mut acked = BTreeMap::new();
+    for key in 0..10i64 {
+        let reply = c.insert("a", key as u64 + 1, key).await;
+        acked.insert(key, written(&reply).expect("write"));
+    }
+    c.converged().await;
+
+    // A backup's damaged row is refused, never served, and the copy is
+    // rebuilt from the primary.
+    c.corrupt_row("b", 3);
+    let reply = c.local("b", c.get(3, ReadMode::Replica)).await;
+    assert!(refused_as_corrupt(&reply), "{reply:?}");
+    // Through the router, the read goes on to the primary.
+    let routed = DataRequest::Routed {
+        epoch: c.epoch(),
+        request: c.get(3, ReadMode::Replica),
+    };
+    match c.route("b", routed).await {
+        DataReply::Row(Some(r)) => assert_eq!(r.json, row(3)),
+        DataReply::Error(e) => assert_eq!(e.kind, ErrorKind::Unavailable),
+        other => panic!("{other:?}"),
+    }
+    let cl = &c;
+    eventually("b rebuilt from a snapshot", move || async move {
+        let stats = cl.node("b").env.recovery.stats();
+        let row = cl.node("b").store.get(cl.shard, &RowKey::Int(3));
+        (stats.snapshots_installed >= 1 && matches!(row, Ok(Some(_)))).then_some(())
+    })
+    .await;
+    let reply = c.insert("a", 11, 10).await;
+    acked.insert(10, written(&reply).unwrap_or_else(|| panic!("{reply:?}")));
+    let rows = c.converged().await;
+    check_history(&rows, &acked, &(0..11).collect::<Vec<_>>());
+    let reply = c.local("b", c.get(3, ReadMode::Replica)).await;
+    assert!(
+        matches!(&reply, DataReply::Row(Some(r)) if r.json == row(3)),
+        "{reply:?}"
+    );
+
+    // The primary's damaged row: the read is refused, and so is everything
+    // after it, writes included.
+    c.corrupt_row("a", 5);
+    let reply = c.local("a", c.get(5, ReadMode::Strong)).await;
+    assert!(refused_as_corrupt(&reply), "{reply:?}");
+    let reply = c.local("a", c.get(1, ReadMode::Strong)).await;
+    assert!(refused_as_corrupt(&reply), "{reply:?}");
+    let reply = c.insert("a", 12, 11).await;
+    assert!(refused_as_corrupt(&reply), "{reply:?}");
+
+    // A learner asking the corrupt primary for a snapshot gets none, and
+    // asks again.
+    let mut map = (*c.map.map()).clone();
+    map.apply(&MapCommand::SetReplicas {
+        table: TABLE.into(),
+        shard: 0,
+        expect_epoch: 1,
+        primary: "a".into(),
+        backups: vec!["b".into(), "c".into()],
+        learners: vec!["d".into()],
+        moves: vec![],
+        what: "add learner d".into(),
+        why: "test".into(),
+        at_unix_ms: 0,
+        away: vec![],
+    })
+    .unwrap();
+    c.set_map(map);
+    let cl = &c;
+    eventually("d asked twice", move || async move {
+        (cl.net.count("d", "a", Kind::Snapshot).sent >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        c.rows("d").is_empty(),
+        "no row of a corrupt snapshot installed"
+    );
+    assert_eq!(c.node("d").env.recovery.stats().snapshots_installed, 0);
+}

@@ -19,6 +19,18 @@
 //! it was, and the error is returned to the caller: the write fails, the store
 //! does not.
 //!
+//! Checksums: every stored log entry, row and client session is its
+//! CRC32C (4 bytes, little-endian, of the rest) followed by its postcard
+//! encoding ([`seal`]). Every read checks it ([`unseal`]): reads, scans,
+//! applying (replay) the log, sending it, snapshots served and installed,
+//! and [`ShardStore::verify`]. A mismatch is [`StoreError::Corrupt`],
+//! naming the shard and the key or sequence number, and the bad value is
+//! never returned; the copy then rebuilds itself from another copy (see
+//! `shard::actor`). Snapshots carry the stored values as they are, checksum
+//! included, so an install checks what it received. `log_bytes` and the
+//! row bytes count stored values, checksums included. Shard metadata is
+//! not sealed (postcard still catches most damage to it).
+//!
 //! Log retention: a [`Work`] may carry a [`Truncate`] (what the replication
 //! state machine allows, `Effect::Truncate`), carried out in the same
 //! transaction: the oldest entries are deleted below its `below`, and
@@ -48,6 +60,12 @@ type Db = Database<'static, Bytes, Bytes>;
 pub struct ShardPrefix {
     pub table: u64,
     pub shard: u32,
+}
+
+impl std::fmt::Display for ShardPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {}/{}", self.table, self.shard)
+    }
 }
 
 impl ShardPrefix {
@@ -162,6 +180,12 @@ impl StoreError {
     pub fn is_unwritable(&self) -> bool {
         matches!(self, StoreError::Unwritable(_))
     }
+
+    /// Stored data that fails its checksum or cannot be decoded: the copy
+    /// holding it must not serve it and must be rebuilt.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Corrupt { .. })
+    }
 }
 
 /// errno values that mean the disk cannot take writes.
@@ -216,6 +240,84 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("in-memory encoding cannot fail")
 }
 
+/// Bytes of the checksum in front of every stored log entry, row and
+/// client session.
+const SUM_BYTES: usize = 4;
+
+/// A value as stored: the CRC32C of `payload`, then `payload`.
+fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(SUM_BYTES + payload.len());
+    v.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// `v` encoded and sealed, as stored.
+fn encode_sealed<T: Serialize>(v: &T) -> Vec<u8> {
+    seal(&encode(v))
+}
+
+/// The payload of a stored value if its checksum holds; `at` names where
+/// it was found (shard and key or seq) for the error.
+fn unseal<'a>(
+    what: &'static str,
+    at: impl FnOnce() -> String,
+    bytes: &'a [u8],
+) -> Result<&'a [u8], StoreError> {
+    if bytes.len() < SUM_BYTES {
+        return Err(StoreError::Corrupt {
+            what,
+            cause: format!("{}: {} bytes, too short for a checksum", at(), bytes.len()),
+        });
+    }
+    let (sum, payload) = bytes.split_at(SUM_BYTES);
+    let stored = u32::from_le_bytes(sum.try_into().expect("4 bytes"));
+    let computed = crc32c::crc32c(payload);
+    if stored != computed {
+        return Err(StoreError::Corrupt {
+            what,
+            cause: format!(
+                "{}: checksum mismatch (stored {stored:08x}, computed {computed:08x})",
+                at()
+            ),
+        });
+    }
+    Ok(payload)
+}
+
+/// A stored (sealed) value, checked and decoded.
+fn open<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    at: impl Fn() -> String,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    decode(what, unseal(what, &at, bytes)?).map_err(|e| match e {
+        StoreError::Corrupt { what, cause } => StoreError::Corrupt {
+            what,
+            cause: format!("{}: {cause}", at()),
+        },
+        e => e,
+    })
+}
+
+/// Where a row (or client session) key is, for errors.
+fn key_at(id: ShardPrefix, key: &[u8]) -> String {
+    match RowKey::decode(key.get(12..).unwrap_or_default()) {
+        Some(k) => format!("{id} key {k:?}"),
+        None => format!("{id} key {key:02x?}"),
+    }
+}
+
+/// Where a client session is, for errors.
+fn client_at(id: ShardPrefix, key: &[u8]) -> String {
+    format!("{id} client {:02x?}", key.get(12..).unwrap_or_default())
+}
+
+/// Where a log entry is, for errors.
+fn seq_at(id: ShardPrefix, seq: Seq) -> String {
+    format!("{id} seq {seq}")
+}
+
 /// One applied entry: its sequence number and the operation's outcome.
 pub type Applied = (Seq, Result<OpResult, OpError>);
 
@@ -246,6 +348,22 @@ pub struct Verified {
 pub enum ChunkKind {
     Rows,
     Sessions,
+}
+
+impl ChunkKind {
+    fn what(self) -> &'static str {
+        match self {
+            ChunkKind::Rows => "row",
+            ChunkKind::Sessions => "client session",
+        }
+    }
+
+    fn at(self, id: ShardPrefix, key: &[u8]) -> String {
+        match self {
+            ChunkKind::Rows => key_at(id, key),
+            ChunkKind::Sessions => client_at(id, key),
+        }
+    }
 }
 
 impl ShardStore {
@@ -369,7 +487,7 @@ impl ShardStore {
                     got: e.seq,
                 });
             }
-            let value = encode(e);
+            let value = encode_sealed(e);
             self.log.put(wtxn, &id.key(&e.seq.to_be_bytes()), &value)?;
             m.log_bytes += value.len() as u64;
             m.logged = e.seq;
@@ -404,7 +522,7 @@ impl ShardStore {
         let mut results = Vec::new();
         for seq in m.applied + 1..=upto {
             let entry: LogEntry = match self.log.get(wtxn, &id.key(&seq.to_be_bytes()))? {
-                Some(b) => decode("log entry", b)?,
+                Some(b) => open("log entry", || seq_at(id, seq), b)?,
                 None => {
                     return Err(StoreError::Gap {
                         logged: m.applied,
@@ -418,30 +536,42 @@ impl ShardStore {
             }
             let session_key = id.key(&cmd.id.client.to_bytes());
             let known: Option<ClientRecord> = match self.sessions.get(wtxn, &session_key)? {
-                Some(b) => Some(decode("client session", b)?),
+                Some(b) => Some(open("client session", || client_at(id, &session_key), b)?),
                 None => None,
             };
             let mut writes = Default::default();
+            // A row that cannot be read fails the whole apply: evaluating
+            // the operation without it would write a wrong outcome.
+            let failed: std::cell::RefCell<Option<StoreError>> = Default::default();
             let (res, record) = decide(known, &cmd.id, &m.clock, || {
                 let txn: &heed::RoTxn = wtxn;
                 let lookup = |k: &RowKey| -> Option<RowRecord> {
-                    self.rows
-                        .get(txn, &id.key(&k.encode()))
-                        .ok()
-                        .flatten()
-                        .and_then(|b| decode("row", b).ok())
+                    let key = id.key(&k.encode());
+                    let found = self
+                        .rows
+                        .get(txn, &key)
+                        .map_err(StoreError::from)
+                        .and_then(|b| b.map(|b| open("row", || key_at(id, &key), b)).transpose());
+                    found.unwrap_or_else(|e| {
+                        failed.borrow_mut().get_or_insert(e);
+                        None
+                    })
                 };
                 let (res, w) = evaluate(&cmd.op, seq, key_column, &lookup);
                 writes = w;
                 res
             });
+            if let Some(e) = failed.into_inner() {
+                return Err(e);
+            }
             if let Some(record) = record {
-                self.sessions.put(wtxn, &session_key, &encode(&record))?;
+                self.sessions
+                    .put(wtxn, &session_key, &encode_sealed(&record))?;
             }
             for (key, w) in writes {
                 let k = id.key(&key.encode());
                 match w {
-                    Some(r) => self.rows.put(wtxn, &k, &encode(&r))?,
+                    Some(r) => self.rows.put(wtxn, &k, &encode_sealed(&r))?,
                     None => {
                         self.rows.delete(wtxn, &k)?;
                     }
@@ -524,7 +654,7 @@ impl ShardStore {
         let mut expired = Vec::new();
         for item in self.sessions.prefix_iter(wtxn, &id.prefix())? {
             let (k, v) = item?;
-            let r: ClientRecord = decode("client session", v)?;
+            let r: ClientRecord = open("client session", || client_at(id, k), v)?;
             if clock.expired(&r) {
                 expired.push(k.to_vec());
             }
@@ -614,8 +744,9 @@ impl ShardStore {
 
     pub fn get(&self, id: ShardPrefix, key: &RowKey) -> Result<Option<RowRecord>, StoreError> {
         let rtxn = self.env.read_txn()?;
-        match self.rows.get(&rtxn, &id.key(&key.encode()))? {
-            Some(b) => decode("row", b).map(Some),
+        let k = id.key(&key.encode());
+        match self.rows.get(&rtxn, &k)? {
+            Some(b) => open("row", || key_at(id, &k), b).map(Some),
             None => Ok(None),
         }
     }
@@ -645,7 +776,7 @@ impl ShardStore {
             if to.is_some_and(|t| key >= *t) || out.len() >= limit {
                 break;
             }
-            out.push((key, decode("row", v)?));
+            out.push((key, open("row", || key_at(id, k), v)?));
         }
         Ok(out)
     }
@@ -668,8 +799,12 @@ impl ShardStore {
         );
         let mut out = Vec::new();
         for item in self.log.range(&rtxn, &range)? {
-            let (_, v) = item?;
-            let entry: LogEntry = decode("log entry", v)?;
+            let (k, v) = item?;
+            let at = || match k.get(12..).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
+                Some(seq) => seq_at(id, Seq::from_be_bytes(seq)),
+                None => format!("{id} log key {k:02x?}"),
+            };
+            let entry: LogEntry = open("log entry", at, v)?;
             if entry.seq > to {
                 break;
             }
@@ -724,6 +859,8 @@ impl ShardStore {
             let (mut batch, mut size) = (Vec::new(), 0usize);
             for item in db.prefix_iter(&rtxn, &id.prefix())? {
                 let (k, v) = item?;
+                // Never ship a value that fails its checksum.
+                unseal(kind.what(), || kind.at(id, k), v)?;
                 size += k.len() + v.len();
                 batch.push((k[12..].to_vec(), v.to_vec()));
                 if kind == ChunkKind::Rows {
@@ -757,7 +894,10 @@ impl ShardStore {
         };
         let mut wtxn = self.env.write_txn()?;
         for (k, v) in pairs {
-            db.put(&mut wtxn, &id.key(k), v)?;
+            let key = id.key(k);
+            // What arrived is stored as it was sent: check it first.
+            unseal(kind.what(), || kind.at(id, &key), v)?;
+            db.put(&mut wtxn, &key, v)?;
         }
         wtxn.commit()?;
         Ok(())
@@ -815,7 +955,8 @@ impl ShardStore {
 
     /// A checksum of a shard's rows (keys, versions, content) and client
     /// sessions, to compare copies (on any node: the shard prefix is left
-    /// out).
+    /// out). Every stored value's own checksum is checked on the way: a
+    /// corrupt copy answers [`StoreError::Corrupt`], not a checksum.
     pub fn checksum(&self, id: ShardPrefix) -> Result<u64, StoreError> {
         Ok(self.verify(id)?.checksum)
     }
@@ -827,8 +968,10 @@ impl ShardStore {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let (mut rows, mut row_bytes) = (0, 0);
         for (i, db) in [&self.rows, &self.sessions].into_iter().enumerate() {
+            let kind = [ChunkKind::Rows, ChunkKind::Sessions][i];
             for item in db.prefix_iter(&rtxn, &id.prefix())? {
                 let (k, v) = item?;
+                unseal(kind.what(), || kind.at(id, k), v)?;
                 if i == 0 {
                     rows += 1;
                     row_bytes += (k.len() - 12 + v.len()) as u64;
@@ -1208,6 +1351,130 @@ mod tests {
         let m = s.meta(a).unwrap();
         assert_eq!((m.log_start, m.logged, m.log_bytes), (91, 90, 0));
         assert_eq!(s.log_size(a).unwrap(), (0, 0));
+    }
+
+    /// Flips one bit of the stored value under `key` in `db`, as a disk
+    /// might.
+    fn flip(s: &ShardStore, db: Db, key: &[u8], at: usize) {
+        let mut wtxn = s.env.write_txn().unwrap();
+        let mut v = db.get(&wtxn, key).unwrap().unwrap().to_vec();
+        let i = at.min(v.len() - 1);
+        v[i] ^= 0x04;
+        db.put(&mut wtxn, key, &v).unwrap();
+        wtxn.commit().unwrap();
+    }
+
+    fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>, names: &str) {
+        match r {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                assert!(e.is_corrupt());
+                assert!(e.to_string().contains(names), "{e} should name {names}");
+            }
+            other => panic!("expected a corrupt record naming {names}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_row_is_reported_and_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let a = ShardPrefix { table: 7, shard: 3 };
+        let entries: Vec<LogEntry> = (1..=3).map(|i| entry(i, &put(i as i64))).collect();
+        s.append(a, &entries).unwrap();
+        s.apply(a, 3, "id").unwrap();
+        let good = s.checksum(a).unwrap();
+        let key = a.key(&RowKey::Int(2).encode());
+        // A byte inside the row's content (past the checksum).
+        let len = s
+            .rows
+            .get(&s.env.read_txn().unwrap(), &key)
+            .unwrap()
+            .unwrap()
+            .len();
+        flip(&s, s.rows, &key, len - 3);
+        assert_corrupt(s.get(a, &RowKey::Int(2)), "shard 7/3 key Int(2)");
+        assert_eq!(
+            s.get(a, &RowKey::Int(1)).unwrap().unwrap().version,
+            1,
+            "other rows read"
+        );
+        assert_corrupt(s.scan(a, None, None, 10), "key Int(2)");
+        assert_eq!(
+            s.scan(a, None, None, 1).unwrap().len(),
+            1,
+            "rows before it scan"
+        );
+        assert_corrupt(s.verify(a), "key Int(2)");
+        assert_corrupt(s.checksum(a), "key Int(2)");
+        assert_corrupt(s.snapshot(a, 1 << 20, |_| true, |_, _| true), "key Int(2)");
+        // Applying an entry that reads the row fails rather than writing a
+        // wrong outcome; one that does not read it applies.
+        let patch = Op::Update {
+            key: RowKey::Int(2),
+            patch: r#"{"x":1}"#.into(),
+            if_version: None,
+        };
+        s.append(a, &[entry(4, &patch)]).unwrap();
+        assert_corrupt(s.apply(a, 4, "id"), "key Int(2)");
+        assert_eq!(s.meta(a).unwrap().applied, 3, "nothing applied");
+        // The checksum's own bytes are covered too.
+        flip(&s, s.rows, &key, len - 3);
+        assert_eq!(s.checksum(a).unwrap(), good, "flipped back: whole again");
+        flip(&s, s.rows, &key, 0);
+        assert_corrupt(s.get(a, &RowKey::Int(2)), "checksum mismatch");
+        // A snapshot chunk damaged on the way is not installed.
+        let b = ShardPrefix { table: 7, shard: 4 };
+        let mut bad = encode_sealed(&s.get(a, &RowKey::Int(1)).unwrap().unwrap());
+        bad[6] ^= 1;
+        assert_corrupt(
+            s.install(b, ChunkKind::Rows, &[(RowKey::Int(1).encode(), bad)]),
+            "shard 7/4 key Int(1)",
+        );
+        assert_eq!(s.verify(b).unwrap().rows, 0);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_log_entry_is_reported_at_replay_and_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let a = ShardPrefix { table: 1, shard: 0 };
+        let entries: Vec<LogEntry> = (1..=4).map(|i| entry(i, &put(i as i64))).collect();
+        s.append(a, &entries).unwrap();
+        let stored: u64 = s.log_size(a).unwrap().1;
+        assert_eq!(stored, s.meta(a).unwrap().log_bytes, "stored bytes counted");
+        assert_eq!(
+            stored,
+            entries
+                .iter()
+                .map(|e| (SUM_BYTES + encode(e).len()) as u64)
+                .sum::<u64>()
+        );
+        s.apply(a, 1, "id").unwrap();
+        let key = a.key(&3u64.to_be_bytes());
+        flip(&s, s.log, &key, 9);
+        assert_corrupt(s.log_range(a, 1, 4), "shard 1/0 seq 3");
+        assert_eq!(
+            s.log_range(a, 1, 2).unwrap().len(),
+            2,
+            "entries before it read"
+        );
+        // Replay stops at the bad entry: nothing of it, or after it, applies.
+        assert_corrupt(s.apply(a, 4, "id"), "seq 3");
+        assert_eq!(s.meta(a).unwrap().applied, 1);
+        let w = Work {
+            id: a,
+            entries: vec![],
+            apply: Some((4, "id".into())),
+            truncate: None,
+        };
+        assert_corrupt(s.commit_batch(&[w]).pop().unwrap(), "seq 3");
+        assert_eq!(s.meta(a).unwrap().applied, 1);
+        assert!(
+            s.get(a, &RowKey::Int(3)).unwrap().is_none(),
+            "never applied"
+        );
     }
 
     #[test]

@@ -22,6 +22,15 @@
 //! group commit (`Work::truncate`), bounded by entries by the state machine
 //! and by bytes by the store (`CopyEnv::retention`).
 //!
+//! Corruption: stored data that fails its checksum
+//! (`StoreError::Corrupt`, met by a read, a scan, an apply, sending the log
+//! or a status checksum) is never served: the request that met it gets an
+//! error and the copy reports it (a warning naming the shard and the key or
+//! seq, and `corrupt: ...` in its status). A backup or learner then discards
+//! its copy and installs a snapshot from the primary (`corrupted`); one
+//! that reflects at least what it had acknowledged, so the primary's view of
+//! it holds. A primary fails instead (`fail`): it refuses reads and writes.
+//!
 //! Each copy publishes itself in gossip (`shard:<table>/<index>` =
 //! `<role> e<epoch>`, plus `copying` or `ready` for a learner) and withdraws
 //! when stopped.
@@ -102,6 +111,14 @@ pub struct CopyActor {
     waiting: HashMap<Seq, Reply>,
     /// A storage failure stopped this copy; it refuses work until restarted.
     failed: Option<String>,
+    /// Corrupt data found in this copy, while it is being rebuilt.
+    corrupt: Option<String>,
+    /// A rebuild is due (corruption met where no context was at hand).
+    rebuild_due: bool,
+    /// The epoch and log position this copy had acknowledged when it was
+    /// found corrupt: in that epoch, the snapshot replacing it must reflect
+    /// at least that much (the primary goes on from what was acknowledged).
+    snapshot_floor: (u64, Seq),
     /// The last word from a primary (`Backup::primary_contact`) of the
     /// backup this copy last ran, kept while it runs something else: a
     /// later backup starts from it, a promoted primary waits out the old
@@ -132,6 +149,9 @@ impl CopyActor {
             pending_truncate: None,
             waiting: HashMap::new(),
             failed: None,
+            corrupt: None,
+            rebuild_due: false,
+            snapshot_floor: (0, 0),
             primary_contact: 0,
             copied: Arc::default(),
             published: String::new(),
@@ -242,11 +262,63 @@ impl CopyActor {
                 self.role = role;
                 effects
             }
+            Err(e) if e.is_corrupt() && self.copy.role != LocalRole::Primary => {
+                // Rebuilt by the caller (`after_configure`) or at start.
+                self.note_corrupt(&e, "reading the log at configuration");
+                self.role = Role::Installing;
+                self.rebuild_due = true;
+                vec![]
+            }
             Err(e) => {
                 self.fail(format!("cannot read shard state: {e}"));
                 vec![]
             }
         }
+    }
+
+    /// After `configure`: starts the rebuild it found due, if any.
+    fn after_configure(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::take(&mut self.rebuild_due) {
+            self.copy_afresh(ctx);
+        }
+    }
+
+    /// Records corrupt data found in this copy (see the module notes) and
+    /// the floor of the snapshot that will replace it.
+    fn note_corrupt(&mut self, e: &StoreError, found_by: &str) {
+        let why = e.to_string();
+        warn!(shard = %self.key, role = %self.copy.role, found_by, error = %why, "corrupt data in this shard copy; not serving it");
+        let logged = match &self.role {
+            Role::Backup(b) => b.logged(),
+            _ => 0,
+        };
+        let logged = logged.max(self.env.store.meta(self.id).map(|m| m.logged).unwrap_or(0));
+        self.snapshot_floor = (self.copy.replicas.epoch, logged);
+        self.corrupt = Some(why);
+    }
+
+    /// Corrupt data met in this copy: a backup or learner is rebuilt from
+    /// a snapshot of the primary; a primary stops serving (`fail`).
+    fn corrupted(&mut self, e: &StoreError, found_by: &str, ctx: &mut Context<Self>) {
+        if self.failed_corrupt() || matches!(self.role, Role::Installing) {
+            // Already stopped, or being replaced by a snapshot (which
+            // drops everything held here first).
+            return;
+        }
+        self.note_corrupt(e, found_by);
+        if self.copy.role == LocalRole::Primary {
+            self.fail(format!("corrupt: {e}"));
+            return;
+        }
+        warn!(shard = %self.key, role = %self.copy.role, "discarding the corrupt copy; copying a snapshot from the primary");
+        self.copy_afresh(ctx);
+    }
+
+    /// Whether this copy stopped because its data is corrupt.
+    fn failed_corrupt(&self) -> bool {
+        self.failed
+            .as_deref()
+            .is_some_and(|f| f.starts_with("corrupt"))
     }
 
     /// Before the backup state machine is replaced: remember its last word
@@ -267,6 +339,7 @@ impl CopyActor {
         let started = Instant::now();
         let progress = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         self.copied = progress.clone();
+        let (floor_epoch, floor) = self.snapshot_floor;
         let fetch = snapshot::fetch(Fetch {
             link: self.env.link.clone(),
             primary,
@@ -274,6 +347,7 @@ impl CopyActor {
             store: self.env.store.clone(),
             id: self.id,
             epoch,
+            min_applied: if floor_epoch == epoch { floor } else { 0 },
             progress,
         });
         ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| match res {
@@ -284,8 +358,13 @@ impl CopyActor {
             }) => {
                 act.env.recovery.installed(bytes);
                 info!(shard = %act.key, applied, rows, bytes, ms = started.elapsed().as_millis() as u64, "snapshot installed; following the log");
+                if let Some(why) = act.corrupt.take() {
+                    info!(shard = %act.key, corrupt = %why, "corrupt copy rebuilt from the primary's snapshot");
+                }
+                act.snapshot_floor = (0, 0);
                 let fx = act.configure(false, None);
                 act.run(fx, ctx);
+                act.after_configure(ctx);
                 act.publish(ctx);
             }
             Err(e) => {
@@ -391,6 +470,10 @@ impl CopyActor {
                             if let ReplMsg::Prepare { entries, .. } = &mut msg {
                                 *entries = if whole { found } else { vec![] };
                             }
+                        }
+                        Err(e) if e.is_corrupt() => {
+                            self.corrupted(&e, "sending the log", ctx);
+                            return;
                         }
                         Err(e) => {
                             self.fail(format!("log read failed: {e}"));
@@ -524,6 +607,7 @@ impl CopyActor {
                     self.run(effects, ctx);
                 }
             }
+            Err(e) if e.is_corrupt() => self.corrupted(&e, "applying the log", ctx),
             Err(e) => self.fail(format!("log write failed: {e}")),
         }
     }
@@ -542,6 +626,7 @@ impl Actor for CopyActor {
         ctx.set_mailbox_capacity(4096);
         info!(shard = %self.key, role = %self.copy.role, epoch = self.copy.replicas.epoch, "shard copy started");
         self.publish(ctx);
+        self.rebuild_due = false; // an installing copy copies anyway
         match &self.role {
             Role::Installing => self.install(ctx),
             Role::Backup(b) => {
@@ -585,6 +670,12 @@ impl Handler<Reconfigure> for CopyActor {
         }
         let from = self.copy.role;
         self.copy = copy;
+        if self.failed_corrupt() && self.copy.role != LocalRole::Primary {
+            // A corrupt primary moved away: rebuilt like a corrupt backup.
+            self.failed = None;
+            self.copy_afresh(ctx);
+            return;
+        }
         if matches!(self.role, Role::Installing) {
             self.publish(ctx);
             return; // the snapshot being copied stays valid
@@ -599,6 +690,7 @@ impl Handler<Reconfigure> for CopyActor {
             match self.rejoin_from_own_data(Some(from)) {
                 Some(hello) => {
                     self.run(hello, ctx);
+                    self.after_configure(ctx);
                     self.publish(ctx);
                 }
                 None => self.copy_afresh(ctx),
@@ -607,6 +699,7 @@ impl Handler<Reconfigure> for CopyActor {
         }
         let effects = self.configure(led_before, old_primary);
         self.run(effects, ctx);
+        self.after_configure(ctx);
         self.publish(ctx);
     }
 }
@@ -715,30 +808,43 @@ impl CopyActor {
         };
         permit.map_err(|why| DataError::unavailable(format!("shard {} {why}", self.key)))
     }
+
+    /// The answer to a read that failed; corrupt data is reported and the
+    /// copy rebuilt or stopped (`corrupted`), never served.
+    fn read_failed(&mut self, what: &str, e: StoreError, ctx: &mut Context<Self>) -> DataError {
+        if e.is_corrupt() {
+            self.corrupted(&e, what, ctx);
+            return DataError::unavailable(format!(
+                "shard {} {what} failed: this copy is corrupt ({e}); it is not served and is being repaired, read from another copy",
+                self.key
+            ));
+        }
+        DataError::unavailable(format!("shard {} {what} failed: {e}", self.key))
+    }
 }
 
 impl Handler<Read> for CopyActor {
     type Result = Result<Option<RowRecord>, DataError>;
 
-    fn handle(&mut self, Read { key, mode }: Read, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Read { key, mode }: Read, ctx: &mut Context<Self>) -> Self::Result {
         self.check_read(mode)?;
         self.env
             .store
             .get(self.id, &key)
-            .map_err(|e| DataError::unavailable(format!("shard {} read failed: {e}", self.key)))
+            .map_err(|e| self.read_failed("read", e, ctx))
     }
 }
 
 impl Handler<ScanShard> for CopyActor {
     type Result = Result<Vec<(RowKey, RowRecord)>, DataError>;
 
-    fn handle(&mut self, s: ScanShard, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, s: ScanShard, ctx: &mut Context<Self>) -> Self::Result {
         self.check_read(s.mode)?;
         let res = self
             .env
             .store
             .scan(self.id, s.from.as_ref(), s.to.as_ref(), s.limit)
-            .map_err(|e| DataError::unavailable(format!("shard {} scan failed: {e}", self.key)));
+            .map_err(|e| self.read_failed("scan", e, ctx));
         debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
         res
     }
@@ -747,10 +853,34 @@ impl Handler<ScanShard> for CopyActor {
 impl Handler<GetStatus> for CopyActor {
     type Result = MessageResult<GetStatus>;
 
-    fn handle(&mut self, GetStatus { checksum }: GetStatus, _: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        GetStatus { checksum }: GetStatus,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        // Counting rows is a scan: done only with the checksum. It checks
+        // every stored value, so corruption found shows here at once.
+        let verified = match (checksum, &self.role) {
+            (false, _) | (_, Role::Installing) => None,
+            _ => match self.env.store.verify(self.id) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    if e.is_corrupt() {
+                        self.corrupted(&e, "a status checksum", ctx);
+                    }
+                    None
+                }
+            },
+        };
         let meta = self.env.store.meta(self.id).unwrap_or_default();
         let state = match (&self.failed, &self.role) {
             (Some(why), _) => format!("failed: {why}"),
+            (None, Role::Installing) if self.corrupt.is_some() => format!(
+                "corrupt: {}; copying a snapshot from the primary: {} rows, {} bytes so far",
+                self.corrupt.as_deref().unwrap_or_default(),
+                self.copied.0.load(Ordering::Relaxed),
+                self.copied.1.load(Ordering::Relaxed)
+            ),
             (None, Role::Installing) => format!(
                 "copying: {} rows, {} bytes so far",
                 self.copied.0.load(Ordering::Relaxed),
@@ -761,10 +891,6 @@ impl Handler<GetStatus> for CopyActor {
             }
             (None, _) => "serving".into(),
         };
-        // Counting rows is a scan: done only with the checksum.
-        let verified = (checksum && !matches!(self.role, Role::Installing))
-            .then(|| self.env.store.verify(self.id).ok())
-            .flatten();
         MessageResult(CopyStatus {
             role: self.copy.role.to_string(),
             epoch: self.copy.replicas.epoch,

@@ -61,6 +61,7 @@ impl SnapshotServer {
             }
         }
         let id = ShardPrefix { table: t.id, shard };
+        let label = format!("{table}/{shard}");
         let (tx, rx) = tokio::sync::mpsc::channel(SERVER_QUEUE);
         let (store, rate, recovery) = (self.store.clone(), self.rate, self.recovery.clone());
         std::thread::spawn(move || {
@@ -95,7 +96,12 @@ impl SnapshotServer {
                     recovery.served(sent);
                     PeerReply::Snapshot(SnapshotPart::End)
                 }
-                Err(e) => PeerReply::Refused(format!("snapshot failed: {e}")),
+                Err(e) => {
+                    // A corrupt row is never shipped: the learner retries
+                    // (from the next primary, if this one is replaced).
+                    tracing::warn!(shard = %label, error = %e, "snapshot not served");
+                    PeerReply::Refused(format!("snapshot failed: {e}"))
+                }
             };
             let _ = tx.blocking_send(end);
         });
@@ -112,6 +118,9 @@ pub(crate) struct Fetch {
     pub(crate) id: ShardPrefix,
     /// The epoch the installed copy is recorded at.
     pub(crate) epoch: u64,
+    /// A snapshot reflecting less than this is refused (the copy had
+    /// acknowledged up to here before it was found corrupt).
+    pub(crate) min_applied: u64,
     /// Rows and bytes installed so far.
     pub(crate) progress: Arc<(AtomicU64, AtomicU64)>,
 }
@@ -135,6 +144,7 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
         store,
         id,
         epoch,
+        min_applied,
         progress,
     } = f;
     let blocking = |f: Box<dyn FnOnce() -> Result<(), String> + Send>| async move {
@@ -161,6 +171,11 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
             .map_err(|e| e.to_string())?;
         let (kind, chunk) = match part {
             Some(PeerReply::Snapshot(SnapshotPart::Header { applied: a, clock })) => {
+                if a < min_applied {
+                    return Err(format!(
+                        "the primary's snapshot reflects entries up to {a}, short of the {min_applied} this copy acknowledged; waiting for the primary to apply them"
+                    ));
+                }
                 applied = Some((a, clock));
                 continue;
             }
