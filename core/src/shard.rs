@@ -148,16 +148,21 @@ pub const LEARNER_READY: &str = "ready";
 /// What a primary publishes before the backups it has not heard within
 /// the lease.
 pub const SILENT: &str = "silent=";
+/// What a copy that failed (corrupt data, a write it could not carry out)
+/// publishes: it serves nothing, and the coordinator treats it as down.
+pub const FAILED: &str = "failed";
 
 /// A copy's gossip value, parsed: `<role> e<epoch>`, then `ready` for a
-/// learner that has caught up, or `silent=<node>,...` for a primary with
-/// backups that did not answer within the lease.
+/// learner that has caught up, `silent=<node>,...` for a primary with
+/// backups that did not answer within the lease, or `failed` for a copy
+/// that serves nothing any more.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyGossip {
     pub role: LocalRole,
     pub epoch: u64,
     pub ready: bool,
     pub silent: Vec<NodeId>,
+    pub failed: bool,
 }
 
 /// Parses a copy's gossip value.
@@ -175,10 +180,13 @@ pub fn parse_gossip_value(v: &str) -> Option<CopyGossip> {
         epoch,
         ready: false,
         silent: vec![],
+        failed: false,
     };
     for p in parts {
         if p == LEARNER_READY {
             out.ready = true;
+        } else if p == FAILED {
+            out.failed = true;
         } else if let Some(list) = p.strip_prefix(SILENT) {
             out.silent = list.split(',').map(str::to_owned).collect();
         }
@@ -204,6 +212,9 @@ mod tests {
         assert_eq!((v.role, v.epoch, v.ready), (LocalRole::Primary, 3, false));
         assert_eq!(v.silent, vec!["n2".to_owned(), "n3".to_owned()]);
         assert!(parse_gossip_value("learner e1 ready").unwrap().ready);
+        let failed = parse_gossip_value("primary e4 failed").unwrap();
+        assert!(failed.failed && failed.epoch == 4 && !failed.ready);
+        assert!(!parse_gossip_value("backup e4").unwrap().failed);
         assert_eq!(parse_gossip_value("leader e1"), None);
     }
 

@@ -60,7 +60,9 @@ use tstore_core::replication::reconfigure::{rejoin, takeover_not_before, Rejoin}
 use tstore_core::replication::{
     Backup, Effect, LeaseConfig, LogEntry, LogRetention, Millis, Primary, ReadRefusal, ReplMsg, Seq,
 };
-use tstore_core::shard::{gossip_key, LocalCopy, LocalRole, ShardKey, LEARNER_READY, SILENT};
+use tstore_core::shard::{
+    gossip_key, LocalCopy, LocalRole, ShardKey, FAILED, LEARNER_READY, SILENT,
+};
 use tstore_core::wire::ReadMode;
 use tstore_core::wire::{CopyStatus, DataError};
 
@@ -389,6 +391,10 @@ impl CopyActor {
 
     fn gossip_value(&self) -> String {
         let base = format!("{} e{}", self.copy.role, self.copy.replicas.epoch);
+        if self.failed.is_some() {
+            // Serves nothing: the coordinator treats the copy as down.
+            return format!("{base} {FAILED}");
+        }
         match (&self.role, self.copy.role) {
             (Role::Primary(p), LocalRole::Primary) => {
                 let silent = p.silent_backups(now_ms());
@@ -638,6 +644,12 @@ impl Actor for CopyActor {
         ctx.run_interval(
             Duration::from_millis(self.env.lease.heartbeat),
             |act, ctx| {
+                if act.failed.is_some() {
+                    // A failed copy says so (and a failed primary stops
+                    // heartbeating): the coordinator replaces it.
+                    act.publish(ctx);
+                    return;
+                }
                 if let Role::Primary(p) = &mut act.role {
                     let effects = p.on_tick(now_ms());
                     act.run(effects, ctx);

@@ -9,6 +9,7 @@
 //!    primary; down backups and learners are dropped in the same change. Any
 //!    backup will do for safety (each holds every committed entry; the others
 //!    reconcile with it), and the new primary waits out the old lease itself;
+//!    (A copy that reports itself `failed` counts as down, for its shard.)
 //! 2. **backup or learner down** → dropped, so writes need only live copies;
 //!    then, from what primaries report of backups that stopped answering
 //!    (see [`super::silence`]): a **deaf primary** (it hears none of its
@@ -43,6 +44,10 @@ pub struct Health {
     pub down: BTreeSet<NodeId>,
     /// Learners that report having caught up: (table, shard, node, epoch).
     pub ready: BTreeSet<(String, u32, NodeId, u64)>,
+    /// Copies that report they failed (corrupt data, a write they could not
+    /// carry out) and serve nothing: (table, shard, node). Each is handled
+    /// as if its node were down, for that shard only.
+    pub failed: BTreeSet<(String, u32, NodeId)>,
     /// Confirmed reports of primaries about backups that stopped answering.
     pub silent: BTreeMap<ShardRef, Silence>,
     /// Nodes recently named silent: no new copy goes there and none is
@@ -218,7 +223,12 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
         health,
         deaf,
     } = *ctx;
-    let down = |n: &NodeId| health.down.contains(n);
+    let down = |n: &NodeId| {
+        health.down.contains(n)
+            || health
+                .failed
+                .contains(&(t.spec.name.clone(), shard, n.clone()))
+    };
     let change = |primary: NodeId, backups: Vec<NodeId>, learners: Vec<NodeId>, what, why| {
         Some(Change {
             table: t.spec.name.clone(),
@@ -267,7 +277,11 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
             backups,
             live_learners,
             format!("promoted {new} to primary (dropped {gone_list})"),
-            format!("primary {} is down", r.primary),
+            if health.down.contains(&r.primary) {
+                format!("primary {} is down", r.primary)
+            } else {
+                format!("the primary's copy on {} failed", r.primary)
+            },
         );
         return left_down(c, &gone);
     }
@@ -571,6 +585,27 @@ pub(crate) mod tests {
             down: down.iter().map(|s| s.to_string()).collect(),
             ..Health::default()
         }
+    }
+
+    /// A copy that reports itself failed (corrupt data) is handled as if its
+    /// node were down, for its shard only: a failed primary is replaced by
+    /// a backup, and the node's other copies stay.
+    #[test]
+    fn a_failed_copy_is_replaced_like_a_down_one_for_its_shard_only() {
+        let m = map(3, &[]);
+        let h = Health {
+            failed: [("t".to_string(), 0, "n1".to_string())].into(),
+            ..health(&["n1", "n2", "n3"], &[])
+        };
+        let changes = plan(&m, &h, 4);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let c = &changes[0];
+        assert_eq!(c.shard, 0);
+        assert_ne!(c.primary, "n1");
+        assert!(!c.backups.contains(&"n1".to_string()));
+        assert_eq!(c.why, "the primary's copy on n1 failed");
+        assert_eq!(c.away.len(), 1);
+        assert_eq!(c.away[0].node, "n1");
     }
 
     /// A copy dropped because its node was down is remembered as away; with

@@ -9,6 +9,7 @@
 //! - a live node whose shard store cannot write (its `storage` key says
 //!   `failed: ...`: disk full, I/O errors) counts as down for its copies:
 //!   they fail over like a dead node's, and come back once it says `ok`;
+//! - a copy whose gossip value says `failed` is down, for its shard only;
 //! - a learner whose gossip value says `ready` has caught up;
 //! - primaries' reports of silent backups go through the
 //!   [`SilenceTracker`], and the nodes they show cut off become suspect.
@@ -144,6 +145,12 @@ pub fn derive(
             let Some(copy) = parse_gossip_value(&v.value) else {
                 continue;
             };
+            if copy.failed {
+                health
+                    .failed
+                    .insert((table.to_owned(), index, n.node_id.clone()));
+                continue;
+            }
             match copy.role {
                 LocalRole::Learner if copy.ready => {
                     health
