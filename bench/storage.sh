@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 OVERWRITES=${OVERWRITES:-200000}
 ROWS=${ROWS:-100000}
 PORT=${PORT:-7950}
-T=target/release/tstore
+T=${TSTORE_BIN:-target/release/tstore}
 work=$(mktemp -d /tmp/tstore-storage.XXXXXX)
 demo_pid=
 cleanup() {
@@ -76,6 +76,19 @@ measure() { # label, keys preloaded, bench args...
     after=$(write_bytes "$pid")
     mib=$(du -sm "$DIR/$id" | cut -f1)
     echo "$label $id: data dir ${mib} MiB; $(( (after - before[$id]) / (writes > 0 ? writes : 1) )) disk bytes written per acknowledged write"
+  done
+  # Group commits since the node started (the scenario's cluster is fresh):
+  # how many log entries each carried, and the bytes written per commit.
+  local i=0
+  for p in $PIDS; do
+    local id=${p%%=*}
+    "$T" admin --node "127.0.0.1:$((PORT + i))" --certs "$DIR/certs" --output json node-stats |
+      python3 -c 'import json, sys
+s = json.load(sys.stdin)
+g = s["group_commits"]; c = max(g, 1)
+e = s["entries_logged"] / c; b = (s["disk_write_bytes"] or 0) // c
+print(f"{sys.argv[1]} {sys.argv[2]}: {g} group commits, {e:.1f} log entries and {b} disk bytes per commit")' "$label" "$id"
+    i=$((i + 1))
   done
 }
 

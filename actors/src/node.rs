@@ -70,6 +70,9 @@ pub struct NodeSettings {
     pub recovery_rate: u64,
     /// The most bytes the shard store may take (its LMDB map size).
     pub lmdb_map_size: usize,
+    /// How long the group commit waits for more work under load
+    /// (`Committer::start`).
+    pub commit_linger: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         retention,
         recovery_rate,
         lmdb_map_size,
+        commit_linger,
     } = settings;
     // The replication clock starts with the process (see `now_ms`).
     crate::clock::now_ms();
@@ -175,7 +179,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     let map = control.view();
     let store = ShardStore::open(&env).map_err(|e| StartError::Storage(e.to_string()))?;
     let storage = StorageHealth::default();
-    let committer = Committer::start(store.clone(), storage.clone())
+    let committer = Committer::start(store.clone(), storage.clone(), commit_linger)
         .map_err(|e| StartError::Storage(e.to_string()))?;
     actix::spawn(watch_storage(
         store.clone(),

@@ -46,6 +46,7 @@ impl StatsSource {
                 .filter(|_| entries_logged > 0)
                 .map(|b| b / entries_logged),
             recovery: self.recovery.stats(),
+            group_commits: self.store.commits(),
             storage_error: self.storage.failure(),
         }
     }

@@ -142,7 +142,8 @@ impl Cluster {
             let dir = tempfile::tempdir().unwrap();
             let env = tstore_actors::storage::open_env(dir.path()).unwrap();
             let store = ShardStore::open(&env).unwrap();
-            let committer = Committer::start(store.clone(), Default::default()).unwrap();
+            let committer =
+                Committer::start(store.clone(), Default::default(), Duration::ZERO).unwrap();
             let identity = NodeIdentity {
                 node_id: name.into(),
                 generation: 1,

@@ -512,6 +512,10 @@ pub struct NodeStats {
     pub disk_write_bytes: Option<u64>,
     /// `disk_write_bytes / entries_logged`, when both are known and nonzero.
     pub bytes_per_entry: Option<u64>,
+    /// Group commits (one LMDB write transaction, one fsync, for the log
+    /// appends and applies of many copies) since start.
+    #[serde(default)]
+    pub group_commits: u64,
     /// How this node's copies were (re)built since start, and what it sent
     /// others to build theirs.
     #[serde(default)]

@@ -304,6 +304,16 @@ pub fn node_stats(s: &NodeStats) -> String {
         opt(s.disk_write_bytes)
     );
     let _ = writeln!(out, "  bytes per entry:    {}", opt(s.bytes_per_entry));
+    let _ = writeln!(
+        out,
+        "  group commits:      {} (since start; entries per commit: {})",
+        s.group_commits,
+        if s.group_commits == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", s.entries_logged as f64 / s.group_commits as f64)
+        }
+    );
     if let Some(why) = &s.storage_error {
         let _ = writeln!(out, "  STORAGE FAILED:     {why}");
     }

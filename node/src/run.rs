@@ -53,6 +53,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             retention: config.retention,
             recovery_rate: config.recovery_rate,
             lmdb_map_size: config.lmdb_map_size,
+            commit_linger: config.commit_linger,
         })
         .await?;
         let why = tokio::select! {

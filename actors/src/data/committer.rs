@@ -14,6 +14,7 @@
 //! actor (network replies included) while they ran.
 
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::{debug, error};
@@ -23,6 +24,13 @@ use crate::storage::StorageHealth;
 
 /// Most requests one transaction carries.
 pub const MAX_JOBS: usize = 512;
+/// How long the commit thread waits for more work before a transaction,
+/// when the previous one carried more than one request.
+/// Default [`Committer::start`] linger: 1.5 ms. On this machine (3 nodes,
+/// concurrency 64, 100 B overwrites) it took a group commit from about 8 to
+/// 18 log entries and cut the disk bytes written per write by a third, at
+/// the same throughput (docs/engineering-notes.md, "write amplification").
+pub const DEFAULT_LINGER: Duration = Duration::from_micros(1500);
 
 struct Job {
     work: Work,
@@ -38,12 +46,20 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the commit thread over `store`; a write that fails for want
-    /// of space or with an I/O error marks `health` failed.
-    pub fn start(store: ShardStore, health: StorageHealth) -> std::io::Result<Self> {
+    /// of space or with an I/O error marks `health` failed. Under load (the
+    /// previous transaction carried more than one request) the thread
+    /// waits up to `linger` for more work before the next transaction, so
+    /// that each fsync and each rewritten LMDB page carries more writes;
+    /// with a single writer it never waits. Zero never waits.
+    pub fn start(
+        store: ShardStore,
+        health: StorageHealth,
+        linger: Duration,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("tstore-commit".into())
-            .spawn(move || run(store, health, rx))?;
+            .spawn(move || run(store, health, linger, rx))?;
         Ok(Self { tx })
     }
 
@@ -64,15 +80,26 @@ impl Committer {
     }
 }
 
-fn run(store: ShardStore, health: StorageHealth, rx: mpsc::Receiver<Job>) {
+fn run(store: ShardStore, health: StorageHealth, linger_for: Duration, rx: mpsc::Receiver<Job>) {
+    let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
+        // Under load (the last batch had company), wait a little for more
+        // work, so one transaction and one fsync carry more of it.
+        let linger = (last_batch > 1 && !linger_for.is_zero()).then(|| Instant::now() + linger_for);
         while jobs.len() < MAX_JOBS {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+            let next = match linger {
+                Some(until) => until
+                    .checked_duration_since(Instant::now())
+                    .map_or_else(|| rx.try_recv().ok(), |left| rx.recv_timeout(left).ok()),
+                None => rx.try_recv().ok(),
+            };
+            match next {
+                Some(j) => jobs.push(j),
+                None => break,
             }
         }
+        last_batch = jobs.len();
         let (work, replies): (Vec<Work>, Vec<_>) =
             jobs.into_iter().map(|j| (j.work, j.reply)).unzip();
         let results = store.commit_batch(&work);
@@ -121,7 +148,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::storage::open_env(dir.path()).unwrap();
         let store = ShardStore::open(&env).unwrap();
-        let c = Committer::start(store.clone(), Default::default()).unwrap();
+        let c = Committer::start(store.clone(), Default::default(), Duration::ZERO).unwrap();
         let ids: Vec<ShardPrefix> = (0..8).map(|s| ShardPrefix { table: 1, shard: s }).collect();
         let mut pending = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -167,7 +194,7 @@ mod tests {
         let env = crate::storage::open_data_env(dir.path(), 1 << 20).unwrap();
         let store = ShardStore::open(&env).unwrap();
         let health = crate::storage::StorageHealth::default();
-        let c = Committer::start(store.clone(), health.clone()).unwrap();
+        let c = Committer::start(store.clone(), health.clone(), Duration::ZERO).unwrap();
         let id = ShardPrefix { table: 1, shard: 0 };
         let big = |seq: u64| {
             let mut e = entry(seq, seq as i64);

@@ -331,6 +331,8 @@ pub struct ShardStore {
     sessions: Db,
     /// Log entries committed since the process started (for node stats).
     entries_logged: Arc<AtomicU64>,
+    /// Write transactions committed by the group commit since start.
+    commits: Arc<AtomicU64>,
 }
 
 /// A scan of a shard copy's rows and sessions.
@@ -426,6 +428,7 @@ impl ShardStore {
             meta,
             sessions,
             entries_logged: Arc::default(),
+            commits: Arc::default(),
         })
     }
 
@@ -437,6 +440,11 @@ impl ShardStore {
     /// Log entries committed by this store since the process started.
     pub fn entries_logged(&self) -> u64 {
         self.entries_logged.load(Ordering::Relaxed)
+    }
+
+    /// Group commits (write transactions of `commit_batch`) since start.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     pub fn meta(&self, id: ShardPrefix) -> Result<ShardMeta, StoreError> {
@@ -725,6 +733,7 @@ impl ShardStore {
                 .sum();
             self.entries_logged
                 .fetch_add(appended as u64, Ordering::Relaxed);
+            self.commits.fetch_add(1, Ordering::Relaxed);
             Ok(out)
         };
         match run().map_err(|e| self.writing(e)) {
