@@ -3,7 +3,7 @@
 # (`tstore demo`) with ROWS rows of 1 KB (default 1,000,000: about 1 GB,
 # on every node) in a table of 8 shards x 3 copies, one node is killed with
 # kill -9, stays away AWAY seconds (default 10) while a short write load
-# runs on another table, and is started again with its data dir. Prints
+# runs on a second table it holds, and is started again with its data dir. Prints
 # the seconds until it is back in every configuration of both tables (every
 # shard with 3 members, no learner), and what it was sent: snapshot bytes
 # and log entries (from node-stats), against its data dir size.
@@ -39,6 +39,10 @@ grep -q "pids:" "$work/demo.log" || { echo "the demo cluster did not start" >&2;
 A=("$T" admin --node "127.0.0.1:$PORT" --certs "$d/certs")
 for _ in $(seq 1 50); do "${A[@]}" create-table rs --key id --shards 8 --replicas 3 >/dev/null 2>&1 && break; sleep 0.2; done
 
+# The table written while the node is away (created now, so that the node
+# holds copies of it and must catch up).
+"$T" bench --node "127.0.0.1:$PORT" --certs "$d/certs" --table away --shards 8 --replicas 3 \
+  --keys 1000 --value-size 100 --mix write:100 --ops 1000 --concurrency 16 >/dev/null
 echo "== loading $ROWS rows of 1 KB"
 python3 - "$ROWS" >"$work/rows.jsonl" <<'EOF'
 import sys

@@ -593,22 +593,7 @@ async fn learner_copies_a_snapshot_then_follows_the_log() {
         acked.insert(key, written(&reply).expect("write before the learner"));
     }
     // The coordinator's step, by hand: d joins the shard as a learner.
-    let mut map = (*c.map.map()).clone();
-    map.apply(&MapCommand::SetReplicas {
-        table: TABLE.into(),
-        shard: 0,
-        expect_epoch: 1,
-        primary: "a".into(),
-        backups: vec!["b".into(), "c".into()],
-        learners: vec!["d".into()],
-        moves: vec![],
-        what: "add learner d".into(),
-        why: "test".into(),
-        at_unix_ms: 0,
-        away: vec![],
-    })
-    .unwrap();
-    c.set_map(map);
+    c.configure(&["b", "c"], &["d"]);
     let cl = &c;
     eventually("d installed the snapshot", move || async move {
         (cl.rows("d").len() == 20).then_some(())
@@ -780,22 +765,7 @@ async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_u
             .from("d")
             .kind(Kind::Repl),
     );
-    let mut map = (*c.map.map()).clone();
-    map.apply(&MapCommand::SetReplicas {
-        table: TABLE.into(),
-        shard: 0,
-        expect_epoch: 1,
-        primary: "a".into(),
-        backups: vec!["b".into(), "c".into()],
-        learners: vec!["d".into()],
-        moves: vec![],
-        what: "add learner d".into(),
-        why: "test".into(),
-        at_unix_ms: 0,
-        away: vec![],
-    })
-    .unwrap();
-    c.set_map(map);
+    c.configure(&["b", "c"], &["d"]);
     let installed_at = eventually("d installed the snapshot", move || async move {
         let applied = cl.node("d").store.meta(cl.shard).unwrap().applied;
         (cl.rows("d").len() == 20 && applied > 0).then_some(applied)
@@ -1044,22 +1014,7 @@ async fn a_corrupt_backup_is_rebuilt_and_a_corrupt_primary_stops_serving() {
 
     // A learner asking the corrupt primary for a snapshot gets none, and
     // asks again.
-    let mut map = (*c.map.map()).clone();
-    map.apply(&MapCommand::SetReplicas {
-        table: TABLE.into(),
-        shard: 0,
-        expect_epoch: 1,
-        primary: "a".into(),
-        backups: vec!["b".into(), "c".into()],
-        learners: vec!["d".into()],
-        moves: vec![],
-        what: "add learner d".into(),
-        why: "test".into(),
-        at_unix_ms: 0,
-        away: vec![],
-    })
-    .unwrap();
-    c.set_map(map);
+    c.configure(&["b", "c"], &["d"]);
     let cl = &c;
     eventually("d asked twice", move || async move {
         (cl.net.count("d", "a", Kind::Snapshot).sent >= 2).then_some(())

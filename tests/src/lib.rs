@@ -153,6 +153,23 @@ impl Cluster {
         self.procs.insert(id.to_owned(), Proc { child });
     }
 
+    /// A write load on `table` through `nodes` (see [`load::Load::start`]).
+    pub fn load(
+        &self,
+        nodes: &[&str],
+        table: &str,
+        writers: usize,
+        max_writes: usize,
+    ) -> load::Load {
+        load::Load::start(
+            nodes.iter().map(|n| self.addr(n)).collect(),
+            self.certs.path().to_path_buf(),
+            table,
+            writers,
+            max_writes,
+        )
+    }
+
     /// Whether node `id` was started and not killed or waited for since.
     pub fn is_running(&self, id: &str) -> bool {
         self.procs.contains_key(id)

@@ -96,13 +96,7 @@ async fn a_node_back_within_the_retention_window_catches_up_from_the_log() {
     c.create_table("n1", spec("r", 4)).await;
     let victim = not_the_leader(&c, &ids).await;
     let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
-    let load = Load::start(
-        others.iter().map(|n| c.addr(n)).collect(),
-        c.certs().path().to_path_buf(),
-        "r",
-        4,
-        1_000_000,
-    );
+    let load = c.load(&others, "r", 4, 1_000_000);
     tokio::time::sleep(Duration::from_millis(800)).await;
     c.kill9(&victim);
     c.wait_without(others[0], "r", &victim, Duration::from_secs(20))
@@ -200,13 +194,7 @@ async fn a_node_back_within_the_rereplication_wait_gets_its_own_copies_back() {
         .unwrap()
         .to_owned();
     let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
-    let load = Load::start(
-        others.iter().map(|n| c.addr(n)).collect(),
-        c.certs().path().to_path_buf(),
-        "w",
-        4,
-        1_000_000,
-    );
+    let load = c.load(&others, "w", 4, 1_000_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.kill9(&victim);
     c.wait_without(others[0], "w", &victim, Duration::from_secs(20))
@@ -263,13 +251,7 @@ async fn replication_logs_stay_within_their_retention_under_a_long_write_load() 
     c.start_formed_with(&ids, &["--log-retain-entries", "300"])
         .await;
     c.create_table("n1", spec("soak", 2)).await;
-    let load = Load::start(
-        ids.iter().map(|n| c.addr(n)).collect(),
-        c.certs().path().to_path_buf(),
-        "soak",
-        8,
-        1_000_000,
-    );
+    let load = c.load(&ids, "soak", 8, 1_000_000);
     let client = c.client("n1").await.unwrap();
     let mut most = 0;
     for _ in 0..15 {
