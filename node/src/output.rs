@@ -223,6 +223,7 @@ pub fn table_with_copies(
         })
         .collect();
     out.push_str(&copy_lines(t, reports));
+    out.push_str(&away_lines(t));
     if !busy.is_empty() {
         out.push_str("copies not serving:\n");
         out.push_str(&busy.join("\n"));
@@ -243,6 +244,35 @@ pub fn table_with_copies(
         out.push('\n');
     }
     out
+}
+
+/// The copies that left with a down node and may come back (the
+/// coordinator re-adds that node first, and waits `rereplicate_after_secs`
+/// before copying the shard elsewhere).
+fn away_lines(t: &Table) -> String {
+    let lines: Vec<String> = t
+        .shards
+        .iter()
+        .flat_map(|s| {
+            s.replicas.away.iter().map(move |a| {
+                format!(
+                    "  {}/{}: {} (down since {})",
+                    t.spec.name,
+                    s.index,
+                    a.node,
+                    clock(a.since_unix_ms)
+                )
+            })
+        })
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "copies away with their node (re-added first when it is back):\n{}\n",
+            lines.join("\n")
+        )
+    }
 }
 
 /// One line per copy that answered: its role, log position, rows (counted
@@ -480,6 +510,41 @@ pub fn changes(at_unix_ms: u64, changes: &[GossipChange]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_away_are_listed_with_when_their_node_went_down() {
+        use tstore_core::cluster_map::{Away, ClusterMap, MapCommand, Sharding, TableSpec};
+        let mut m = ClusterMap::default();
+        for n in ["n1", "n2"] {
+            m.apply(&MapCommand::RegisterNode {
+                node_id: n.into(),
+                addr: String::new(),
+                zone: String::new(),
+            })
+            .unwrap();
+        }
+        m.apply(&MapCommand::CreateTable {
+            spec: TableSpec {
+                name: "t".into(),
+                key: "id".into(),
+                sharding: Sharding::Hash { shards: 2 },
+                replicas: 1,
+                min_copies: 0,
+            },
+            placement: vec![("n1".into(), vec![]), ("n2".into(), vec![])],
+        })
+        .unwrap();
+        let mut t = m.tables["t"].clone();
+        assert_eq!(away_lines(&t), "", "nothing away, nothing said");
+        t.shards[1].replicas.away.push(Away {
+            node: "n3".into(),
+            since_unix_ms: 3_723_045,
+        });
+        assert_eq!(
+            away_lines(&t),
+            "copies away with their node (re-added first when it is back):\n  t/1: n3 (down since 01:02:03.045Z)\n"
+        );
+    }
 
     #[test]
     fn clock_formats_utc_time_of_day() {
