@@ -101,6 +101,9 @@ pub struct NodeOptions {
     /// At most this many bytes of such log per shard copy; 0..=1099511627776 [default: 67108864].
     #[arg(long)]
     pub log_retain_bytes: Option<u64>,
+    /// At most this many log entries a new copy that is still copying (or stuck) holds back on its primary; past it the entries are deleted and the copy starts its snapshot again; 1000..=1000000000 [default: 1000000].
+    #[arg(long)]
+    pub log_learner_hold_entries: Option<u64>,
 }
 
 /// A node's fully resolved configuration.
@@ -219,6 +222,9 @@ impl NodeOptions {
             group_commit_linger_us: self.group_commit_linger_us.or(file.group_commit_linger_us),
             log_retain_entries: self.log_retain_entries.or(file.log_retain_entries),
             log_retain_bytes: self.log_retain_bytes.or(file.log_retain_bytes),
+            log_learner_hold_entries: self
+                .log_learner_hold_entries
+                .or(file.log_learner_hold_entries),
         }
     }
 
@@ -355,6 +361,16 @@ impl NodeOptions {
             }
             retention.bytes = b;
         }
+        if let Some(n) = self.log_learner_hold_entries {
+            if !(1_000..=1_000_000_000).contains(&n) {
+                return Err(invalid(
+                    "log_learner_hold_entries",
+                    n,
+                    "must be 1000..=1000000000",
+                ));
+            }
+            retention.learner_hold = n;
+        }
         Ok(NodeConfig {
             lease,
             retention,
@@ -408,6 +424,30 @@ mod tests {
         assert_eq!(cfg.membership.gossip_interval, Duration::from_millis(100));
         assert_eq!(cfg.certs, PathBuf::from("certs"));
         assert_eq!(cfg.control.rebalance_max_moves, 2);
+    }
+
+    #[test]
+    fn log_learner_hold_entries_is_read_and_checked() {
+        let cfg = NodeOptions::default().resolve().unwrap();
+        assert_eq!(cfg.retention.learner_hold, 1_000_000);
+        let cfg = NodeOptions {
+            log_learner_hold_entries: Some(5_000),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.retention.learner_hold, 5_000);
+        let err = NodeOptions {
+            log_learner_hold_entries: Some(10),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "log_learner_hold_entries = 10: must be 1000..=1000000000"
+        );
     }
 
     #[test]

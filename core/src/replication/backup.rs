@@ -435,6 +435,7 @@ mod tests {
             entries: 10,
             bytes: 0,
             batch: 4,
+            ..LogRetention::default()
         };
         let mut b = Backup::new(1, "p".into(), 0, 0, None, LeaseConfig::default())
             .with_retention(retention, 1);

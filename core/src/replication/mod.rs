@@ -56,6 +56,9 @@
 //!   feeds: backups and learners)`: every peer already holds those entries
 //!   (a peer that has not answered in this epoch counts as holding nothing,
 //!   so a new epoch or a new learner truncates nothing until it answers);
+//!   but a learner that does not count for commits holds back at most
+//!   `LogRetention::learner_hold` entries below what the members have (a
+//!   learner it leaves behind is told to rebuild, never sent a gap);
 //! - a backup may delete below `min(applied, the primary's commit point it
 //!   heard)`: those entries are on every member;
 //! - below that safe point a retention window is kept (`LogRetention`:
@@ -262,6 +265,14 @@ pub struct LogRetention {
     /// The safe point must move by this many entries before the next
     /// deletion, so each one deletes a run of entries in one range.
     pub batch: u64,
+    /// At most this many entries a learner that does not count for commits
+    /// yet (one copying a snapshot, or one that stopped answering) holds
+    /// back below what the members have: past it the primary deletes the
+    /// entries anyway, and the learner, once it answers, is told to copy a
+    /// snapshot again (`ReplMsg::Rebuild`). Keeps a stuck learner from
+    /// growing the log without bound; a learner whose snapshot takes longer
+    /// than this many writes of its shard copies again.
+    pub learner_hold: u64,
 }
 
 /// Default entries kept: 10,000 writes, a few seconds of a busy shard, so
@@ -272,6 +283,9 @@ pub const DEFAULT_RETAIN_ENTRIES: u64 = 10_000;
 pub const DEFAULT_RETAIN_BYTES: u64 = 64 << 20;
 /// Default amortisation: one range deletion per 256 entries.
 pub const DEFAULT_TRUNCATE_BATCH: u64 = 256;
+/// Default hold of a learner that does not count yet: 1,000,000 entries
+/// (over three minutes of a shard taking 5,000 writes/s).
+pub const DEFAULT_LEARNER_HOLD: u64 = 1_000_000;
 
 impl Default for LogRetention {
     fn default() -> Self {
@@ -279,6 +293,7 @@ impl Default for LogRetention {
             entries: DEFAULT_RETAIN_ENTRIES,
             bytes: DEFAULT_RETAIN_BYTES,
             batch: DEFAULT_TRUNCATE_BATCH,
+            learner_hold: DEFAULT_LEARNER_HOLD,
         }
     }
 }

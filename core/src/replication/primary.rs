@@ -263,14 +263,24 @@ impl Primary {
     /// below what the rows hold and what every peer fed, backup or
     /// learner, has acknowledged (0 for one that has not answered).
     fn truncate(&mut self) -> Option<Effect> {
-        let safe = self
+        let members = self
             .peers
             .values()
+            .filter(|p| p.counts())
             .map(|p| p.acked)
             .chain(std::iter::once(self.applied))
             .min()
             .unwrap_or(self.applied);
-        self.trunc.step(safe)
+        let learners = self
+            .peers
+            .values()
+            .filter(|p| !p.counts())
+            .map(|p| p.acked)
+            .min()
+            .unwrap_or(members);
+        // A learner not counted yet holds back at most `learner_hold`.
+        let held = learners.max(members.saturating_sub(self.trunc.cfg.learner_hold));
+        self.trunc.step(held.min(members))
     }
 
     /// The invariants of `super` (module docs), checked in debug builds
@@ -707,6 +717,7 @@ mod tests {
             entries: 10,
             bytes: 0,
             batch: 4,
+            learner_hold: 1_000,
         }
     }
 

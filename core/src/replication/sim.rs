@@ -108,6 +108,7 @@ fn retain() -> LogRetention {
         entries: 2,
         bytes: 0,
         batch: 3,
+        learner_hold: u64::MAX,
     }
 }
 
@@ -1288,6 +1289,50 @@ fn a_returning_primary_past_the_retained_log_installs_a_snapshot() {
     w.return_as_learner();
     w.settle();
     w.heartbeats(2);
+    assert_eq!(w.rebuilds, 1);
+    assert!(w.backups["l"].caught_up());
+    for (seq, e) in &w.acked {
+        assert_eq!(w.logs["l"].get(seq), Some(e));
+    }
+}
+
+/// A learner that stops answering holds the primary's log back by at most
+/// `learner_hold` entries: past that the primary deletes them anyway, and
+/// the learner, once it answers again, is told to rebuild (never sent a
+/// gap), installs a snapshot once, and catches up.
+#[test]
+fn a_silent_learner_holds_the_log_back_only_so_far() {
+    let mut w = World::with_retention(LogRetention {
+        learner_hold: 10,
+        ..retain()
+    });
+    for i in 0..5u8 {
+        w.apply(Step::Propose(i));
+        w.settle();
+    }
+    // The learner never answers (as one copying a big snapshot, or stuck).
+    w.add_learner("l");
+    w.dead.insert("l".into());
+    let held_at = 0;
+    for i in 5..65u8 {
+        w.apply(Step::Propose(i));
+        w.deliver_all_but(&["l"]);
+        w.finish_apply(P);
+    }
+    w.net.retain(|(_, to, _)| to != "l");
+    let start = w.start(P);
+    assert!(
+        start > held_at + 1,
+        "the primary kept everything since {held_at} for the silent learner (log starts at {start})"
+    );
+    assert!(
+        w.primary.committed() - start < 10 + 2 * retain().batch + 10,
+        "log from {start} to {}",
+        w.primary.committed()
+    );
+    w.dead.remove("l");
+    w.settle();
+    w.heartbeats(3);
     assert_eq!(w.rebuilds, 1);
     assert!(w.backups["l"].caught_up());
     for (seq, e) in &w.acked {
