@@ -12,7 +12,9 @@
 #           strong reads only, replica reads only;
 #   etcd:   3 members, bench/etcd-load: puts, linearizable gets,
 #           serializable gets;
-#   Redis:  `redis-benchmark --cluster -t set` then `-t get`, CONC clients.
+#   Redis:  `redis-benchmark --cluster -t set` then `-t get`, CONC clients,
+#           `-r KEYS` (in cluster mode it draws from KEYS keys per master,
+#           each master's keys tagged to its own slots: 3 x KEYS in all).
 # Reads follow the write run over the same keys (no separate preload), for
 # every system alike. Beside each throughput, the servers' CPU seconds per
 # 1,000 operations: utime+stime of every server process of the cluster

@@ -95,7 +95,11 @@ async fn run(
     keys_in_order: bool,
 ) -> (Outcome, Duration) {
     let next = Arc::new(AtomicU64::new(0));
-    let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect());
+    let value: Arc<Vec<u8>> = Arc::new(
+        (0..args.value_size)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect(),
+    );
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.time_limit);
     let mut tasks = Vec::with_capacity(args.concurrency);
@@ -124,12 +128,15 @@ async fn run(
                     Mode::Put => timeout_at(deadline, kv.put(k, value.as_slice(), None))
                         .await
                         .map(|r| r.map(|_| ())),
-                    Mode::Get => timeout_at(deadline, kv.get(k, None)).await.map(|r| r.map(|_| ())),
-                    Mode::GetSerializable => {
-                        timeout_at(deadline, kv.get(k, Some(GetOptions::new().with_serializable())))
-                            .await
-                            .map(|r| r.map(|_| ()))
-                    }
+                    Mode::Get => timeout_at(deadline, kv.get(k, None))
+                        .await
+                        .map(|r| r.map(|_| ())),
+                    Mode::GetSerializable => timeout_at(
+                        deadline,
+                        kv.get(k, Some(GetOptions::new().with_serializable())),
+                    )
+                    .await
+                    .map(|r| r.map(|_| ())),
                 };
                 match res {
                     Ok(Ok(())) => {
@@ -143,7 +150,8 @@ async fn run(
                     }
                     Err(_) => {
                         out.errors += 1;
-                        out.first_error.get_or_insert_with(|| "time limit reached".into());
+                        out.first_error
+                            .get_or_insert_with(|| "time limit reached".into());
                         break;
                     }
                 }
@@ -169,7 +177,9 @@ async fn run(
             }
             Err(e) => {
                 total.errors += 1;
-                total.first_error.get_or_insert_with(|| format!("task failed: {e}"));
+                total
+                    .first_error
+                    .get_or_insert_with(|| format!("task failed: {e}"));
             }
         }
     }
@@ -212,14 +222,28 @@ async fn main() {
             std::process::exit(1);
         }
         if !args.json {
-            println!("preloaded {} keys in {:.1} s", args.keys, took.as_secs_f64());
+            println!(
+                "preloaded {} keys in {:.1} s",
+                args.keys,
+                took.as_secs_f64()
+            );
         }
     }
 
     let (out, took) = run(&client, &args, args.mode, args.ops, false).await;
     let secs = took.as_secs_f64();
-    let ops_per_sec = if secs > 0.0 { out.ok as f64 / secs } else { 0.0 };
-    let p = |q: f64| if out.ok > 0 { out.hist.value_at_quantile(q) as f64 / 1000.0 } else { 0.0 };
+    let ops_per_sec = if secs > 0.0 {
+        out.ok as f64 / secs
+    } else {
+        0.0
+    };
+    let p = |q: f64| {
+        if out.ok > 0 {
+            out.hist.value_at_quantile(q) as f64 / 1000.0
+        } else {
+            0.0
+        }
+    };
     if args.json {
         let j = serde_json::json!({
             "mode": format!("{:?}", args.mode),
