@@ -803,15 +803,7 @@ async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_u
         assert_eq!(c.net.count("c", n, Kind::Snapshot).sent, 0);
     }
     // Every write's outcome is in the rows: the last put of each key.
-    for (key, r) in &rows {
-        let RowKey::Int(k) = key else { panic!() };
-        let last = (1..seq).rev().find(|s| (s % 20) as i64 == *k).unwrap();
-        assert!(
-            r.json.contains(&format!("write {last}\"")),
-            "{key}: {}",
-            r.json
-        );
-    }
+    assert_last_puts(&rows, seq);
 }
 
 impl Cluster {
@@ -903,15 +895,7 @@ async fn a_returning_copy_catches_up_from_the_log_within_the_window_and_from_a_s
     c.put_all(seq..seq + CONCURRENT).await;
     seq += CONCURRENT;
     let rows = c.converged().await;
-    for (key, r) in &rows {
-        let RowKey::Int(k) = key else { panic!() };
-        let last = (1..seq).rev().find(|s| (s % 20) as i64 == *k).unwrap();
-        assert!(
-            r.json.contains(&format!("write {last}\"")),
-            "{key}: {}",
-            r.json
-        );
-    }
+    assert_last_puts(&rows, seq);
 }
 
 impl Cluster {
@@ -1025,4 +1009,18 @@ async fn a_corrupt_backup_is_rebuilt_and_a_corrupt_primary_stops_serving() {
         "no row of a corrupt snapshot installed"
     );
     assert_eq!(c.node("d").env.recovery.stats().snapshots_installed, 0);
+}
+
+/// Every key's row holds its last put among requests `1..seq` (request
+/// `s` puts key `s % 20`, see `Cluster::put_request`).
+fn assert_last_puts(rows: &[(RowKey, RowRecord)], seq: u64) {
+    for (key, r) in rows {
+        let RowKey::Int(k) = key else { panic!() };
+        let last = (1..seq).rev().find(|s| (s % 20) as i64 == *k).unwrap();
+        assert!(
+            r.json.contains(&format!("write {last}\"")),
+            "{key}: {}",
+            r.json
+        );
+    }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tstore_client::admin::AdminClient;
-use tstore_client::cluster_map::{NodeState, Table, TableSpec};
+use tstore_client::cluster_map::{NodeState, Sharding, Table, TableSpec};
 use tstore_client::wire::ClusterStatus;
 use tstore_membership::{Member, NodeStatus};
 use tstore_transport::certs::CertDir;
@@ -63,6 +63,18 @@ fn unique_loopback() -> Ipv4Addr {
 
 struct Proc {
     child: Child,
+}
+
+/// A hash-sharded table keyed by `id` with 3 copies of each of `shards`
+/// shards, as the failure tests use.
+pub fn hash_table(name: &str, shards: u32) -> TableSpec {
+    TableSpec {
+        name: name.into(),
+        key: "id".into(),
+        sharding: Sharding::Hash { shards },
+        replicas: 3,
+        min_copies: 0,
+    }
 }
 
 /// Real node processes on one loopback address.

@@ -13,23 +13,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tstore_client::admin::{AdminClient, ClientError};
-use tstore_client::cluster_map::{RowKey, Sharding, TableSpec};
+use tstore_client::cluster_map::RowKey;
 use tstore_client::data::ReadMode;
 use tstore_tests::checks::{assert_acked_kept, assert_nothing_lost};
 use tstore_tests::load::{first_ack_per_shard, nonce, scan_all, Acked, Load};
-use tstore_tests::{tstore_binary, Cluster};
+use tstore_tests::{hash_table, tstore_binary, Cluster};
 
 const HEAL_LIMIT: Duration = Duration::from_secs(60);
-
-fn spec(name: &str, shards: u32) -> TableSpec {
-    TableSpec {
-        name: name.into(),
-        key: "id".into(),
-        sharding: Sharding::Hash { shards },
-        replicas: 3,
-        min_copies: 0,
-    }
-}
 
 /// Kill -9 the primary of a busy shard mid-load, twice (a second round after
 /// the first victim came back): no acknowledged write is lost, writes to the
@@ -40,7 +30,7 @@ async fn no_acknowledged_write_is_lost_when_a_primary_is_killed() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3", "n4"];
     c.start_formed(&ids).await;
-    c.create_table("n1", spec("seq", 8)).await;
+    c.create_table("n1", hash_table("seq", 8)).await;
     for round in 0..2 {
         let (_, t) = c.client("n1").await.unwrap().describe("seq").await.unwrap();
         // A primary that is not the Raft leader's node in round 0, any in round 1.
@@ -125,7 +115,7 @@ async fn writes_resume_after_a_primary_is_killed() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3"];
     c.start_formed(&ids).await;
-    let t = c.create_table("n1", spec("r", 4)).await;
+    let t = c.create_table("n1", hash_table("r", 4)).await;
     let leader = c.status("n1").await.unwrap().leader.unwrap();
     let victim_shard = t
         .shards
@@ -179,7 +169,7 @@ async fn a_killed_backup_is_dropped_then_rebuilt_when_it_returns() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3"];
     c.start_formed(&ids).await;
-    c.create_table("n1", spec("b", 4)).await;
+    c.create_table("n1", hash_table("b", 4)).await;
     let leader = c.status("n1").await.unwrap().leader.unwrap();
     let victim = ids
         .iter()
@@ -406,7 +396,7 @@ async fn a_paused_primary_is_replaced_and_refuses_writes_when_it_resumes() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3"];
     c.start_formed(&ids).await;
-    let t = c.create_table("n1", spec("p", 2)).await;
+    let t = c.create_table("n1", hash_table("p", 2)).await;
     let leader = c.status("n1").await.unwrap().leader.unwrap();
     let s0 = t
         .shards
@@ -542,7 +532,7 @@ async fn a_rolling_restart_loses_nothing() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3"];
     c.start_formed(&ids).await;
-    c.create_table("n1", spec("roll", 4)).await;
+    c.create_table("n1", hash_table("roll", 4)).await;
     let load = Load::start(
         ids.iter().map(|n| c.addr(n)).collect(),
         c.certs().path().to_path_buf(),
@@ -580,7 +570,7 @@ async fn stopping_a_drained_node_is_invisible_to_writers() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3", "n4"];
     c.start_formed(&ids).await;
-    let t = c.create_table("n1", spec("d", 4)).await;
+    let t = c.create_table("n1", hash_table("d", 4)).await;
     let held_before = t
         .shards
         .iter()

@@ -14,24 +14,14 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tstore_client::admin::AdminClient;
-use tstore_client::cluster_map::{RowKey, Sharding, TableSpec};
+use tstore_client::cluster_map::RowKey;
 use tstore_client::data::ReadMode;
 use tstore_client::wire::RecoveryStats;
 use tstore_tests::checks::assert_nothing_lost;
 use tstore_tests::load::{scan_all, Load};
-use tstore_tests::Cluster;
+use tstore_tests::{hash_table, Cluster};
 
 const HEAL_LIMIT: Duration = Duration::from_secs(60);
-
-fn spec(name: &str, shards: u32) -> TableSpec {
-    TableSpec {
-        name: name.into(),
-        key: "id".into(),
-        sharding: Sharding::Hash { shards },
-        replicas: 3,
-        min_copies: 0,
-    }
-}
 
 /// How node `id` rebuilt its copies, and served others, since it started.
 async fn recovery(c: &Cluster, id: &str) -> RecoveryStats {
@@ -93,7 +83,7 @@ async fn a_node_back_within_the_retention_window_catches_up_from_the_log() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3"];
     c.start_formed(&ids).await;
-    c.create_table("n1", spec("r", 4)).await;
+    c.create_table("n1", hash_table("r", 4)).await;
     let victim = not_the_leader(&c, &ids).await;
     let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
     let load = c.load(&others, "r", 4, 1_000_000);
@@ -138,7 +128,7 @@ async fn a_node_back_past_the_retention_window_is_rebuilt_from_snapshots() {
     let ids = ["n1", "n2", "n3"];
     c.start_formed_with(&ids, &["--log-retain-entries", "50"])
         .await;
-    c.create_table("n1", spec("r", 4)).await;
+    c.create_table("n1", hash_table("r", 4)).await;
     let victim = not_the_leader(&c, &ids).await;
     let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
     let addrs: Vec<_> = others.iter().map(|n| c.addr(n)).collect();
@@ -180,7 +170,7 @@ async fn a_node_back_within_the_rereplication_wait_gets_its_own_copies_back() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3", "n4"];
     c.start_formed_with(&ids, &flags).await;
-    c.create_table("n1", spec("w", 4)).await;
+    c.create_table("n1", hash_table("w", 4)).await;
     let client = c.client("n1").await.unwrap();
     let before = holders(&client, "w").await;
     client.close().await;
@@ -250,7 +240,7 @@ async fn replication_logs_stay_within_their_retention_under_a_long_write_load() 
     let ids = ["n1", "n2", "n3"];
     c.start_formed_with(&ids, &["--log-retain-entries", "300"])
         .await;
-    c.create_table("n1", spec("soak", 2)).await;
+    c.create_table("n1", hash_table("soak", 2)).await;
     let load = c.load(&ids, "soak", 8, 1_000_000);
     let client = c.client("n1").await.unwrap();
     let mut most = 0;
@@ -313,7 +303,7 @@ async fn a_node_whose_disk_fills_fails_over_and_comes_back_when_space_is_freed()
         }
     })
     .await;
-    c.create_table("n1", spec("full", 4)).await;
+    c.create_table("n1", hash_table("full", 4)).await;
     let others = ["n1", "n2"];
     let addrs: Vec<_> = others.iter().map(|n| c.addr(n)).collect();
     let certs = c.certs().path().to_path_buf();
