@@ -640,6 +640,14 @@ async fn resent_write_whose_answer_was_lost_applies_once() {
 /// Entries each copy keeps below what every copy has, in the retention
 /// test: small, so a few thousand writes truncate many times.
 const RETAIN: u64 = 200;
+
+/// The default retention, but keeping `entries` entries.
+fn retaining(entries: u64) -> LogRetention {
+    LogRetention {
+        entries,
+        ..LogRetention::default()
+    }
+}
 /// Writes sent at once in the retention test.
 const CONCURRENT: u64 = 50;
 
@@ -709,10 +717,7 @@ impl Cluster {
 
 #[actix_rt::test]
 async fn replication_logs_stay_within_their_retention_and_lagging_copies_catch_up_from_them() {
-    let retention = LogRetention {
-        entries: RETAIN,
-        ..LogRetention::default()
-    };
+    let retention = retaining(RETAIN);
     let c = Cluster::start_with(8, retention).await;
     // Thousands of overwrites of 20 keys, `CONCURRENT` at a time.
     let mut seq = 1;
@@ -847,10 +852,7 @@ impl Cluster {
 /// primary keeps its log, it copies one snapshot.
 #[actix_rt::test]
 async fn a_returning_copy_catches_up_from_the_log_within_the_window_and_from_a_snapshot_past_it() {
-    let retention = LogRetention {
-        entries: RETAIN,
-        ..LogRetention::default()
-    };
+    let retention = retaining(RETAIN);
     let c = Cluster::start_with(9, retention).await;
     let mut seq = 1;
     for _ in 0..2 {

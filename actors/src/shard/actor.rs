@@ -138,7 +138,6 @@ impl CopyActor {
             table: copy.table_id,
             shard: key.index,
         };
-        let learner = copy.role == LocalRole::Learner;
         let mut actor = Self {
             key,
             id,
@@ -158,34 +157,39 @@ impl CopyActor {
             copied: Arc::default(),
             published: String::new(),
         };
-        if !learner {
-            // A restarted backup's hello is sent once the actor runs.
-            let _ = actor.configure(false, None);
-        } else {
-            // Installing, unless the rows held here can be kept; the hello
-            // is sent once the actor runs.
-            let _ = actor.rejoin_from_own_data(None);
-        }
+        // Installing (a snapshot) unless what this node holds serves; a
+        // restarted copy's hello is sent once the actor runs.
+        let _ = actor.take_role(None, false, None);
         actor
     }
 
-    /// Becoming a learner (`from`: the role held until now, `None` at
-    /// start): keeps the rows this node holds of the shard, if any, and
-    /// follows the primary from them (`reconfigure::rejoin`). Returns the
-    /// effects to run (the hello), or `None` when the copy must be built
-    /// from a snapshot.
-    fn rejoin_from_own_data(&mut self, from: Option<LocalRole>) -> Option<Vec<Effect>> {
-        let meta = match self.env.store.meta(self.id) {
-            Ok(meta) => meta,
-            Err(e) => {
-                warn!(shard = %self.key, error = %e, "cannot read what this node holds of the shard; copying a snapshot");
-                return None;
-            }
-        };
-        match rejoin(from, self.copy.role, meta.applied) {
-            Rejoin::Keep => Some(vec![]),
+    /// Builds the state machine for the copy's role from what this node
+    /// holds of the shard; `from` is the role held until now (`None` at
+    /// start), and `reconfigure::rejoin` says what is kept: members go on
+    /// from their durable state, a copy becoming a learner keeps its
+    /// applied rows and follows the primary from them. Returns the effects
+    /// to run, or `None` when the copy must be built from a snapshot.
+    fn take_role(
+        &mut self,
+        from: Option<LocalRole>,
+        led_before: bool,
+        old_primary: Option<NodeId>,
+    ) -> Option<Vec<Effect>> {
+        // Unreadable: nothing to keep (a member then fails in `configure`).
+        let meta = self
+            .env
+            .store
+            .meta(self.id)
+            .inspect_err(|e| warn!(shard = %self.key, error = %e, "cannot read what this node holds of the shard"))
+            .ok();
+        match rejoin(from, self.copy.role, meta.as_ref().map_or(0, |m| m.applied)) {
+            Rejoin::Keep => Some(self.configure(led_before, old_primary)),
             Rejoin::Afresh => None,
             Rejoin::FromApplied => {
+                let meta = meta.expect("something applied was read");
+                // The unapplied log goes, and what was about to be written.
+                self.to_persist.clear();
+                self.pending_truncate = None;
                 let epoch = self.copy.replicas.epoch;
                 if let Err(e) = self.env.store.reconcile(self.id, meta.applied, epoch) {
                     warn!(shard = %self.key, error = %e, "cannot drop the unapplied log; copying a snapshot");
@@ -693,26 +697,14 @@ impl Handler<Reconfigure> for CopyActor {
             return; // the snapshot being copied stays valid
         }
         self.flush_now(ctx);
-        // A member coming back as a learner keeps only its applied rows
-        // (see `reconfigure::rejoin`).
-        if from != LocalRole::Learner && self.copy.role == LocalRole::Learner {
-            self.to_persist.clear();
-            self.pending_truncate = None;
-            self.keep_contact();
-            match self.rejoin_from_own_data(Some(from)) {
-                Some(hello) => {
-                    self.run(hello, ctx);
-                    self.after_configure(ctx);
-                    self.publish(ctx);
-                }
-                None => self.copy_afresh(ctx),
+        match self.take_role(Some(from), led_before, old_primary) {
+            Some(effects) => {
+                self.run(effects, ctx);
+                self.after_configure(ctx);
+                self.publish(ctx);
             }
-            return;
+            None => self.copy_afresh(ctx),
         }
-        let effects = self.configure(led_before, old_primary);
-        self.run(effects, ctx);
-        self.after_configure(ctx);
-        self.publish(ctx);
     }
 }
 

@@ -399,91 +399,80 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
     // the shard is short of the members it needs to take writes.
     if staying + r.learners.len() < wanted && r.learners.is_empty() && *budget > 0 {
         let holders: BTreeSet<&NodeId> = r.holders().collect();
-        let returning = r.away.iter().find(|a| {
-            health.live.contains(&a.node)
-                && !health.suspect.contains(&a.node)
-                && !holders.contains(&a.node)
+        let eligible = |n: &NodeId| {
+            health.live.contains(n)
+                && !health.suspect.contains(n)
+                && !holders.contains(n)
                 && map
                     .nodes
-                    .get(&a.node)
+                    .get(n)
                     .is_some_and(|e| e.state == NodeState::Active)
-        });
-        if let Some(a) = returning {
-            *budget -= 1;
-            *load.copies.entry(a.node.clone()).or_default() += 1;
-            let mut learners = r.learners.clone();
-            learners.push(a.node.clone());
-            return change(
-                r.primary.clone(),
-                r.backups.clone(),
-                learners,
-                format!("added learner {} (its copy is back)", a.node),
+        };
+        let have = r.members().count();
+        let returning = r.away.iter().map(|a| &a.node).find(|n| eligible(n));
+        let (pick, what, why) = match returning {
+            Some(n) => (
+                n.clone(),
+                format!("added learner {n} (its copy is back)"),
                 format!(
-                    "under-replicated: {} of {wanted} copies; {} left it down and is live again, with the shard's rows up to where it left",
-                    r.members().count(),
-                    a.node
+                    "under-replicated: {have} of {wanted} copies; {n} left it down and is live again, with the shard's rows up to where it left"
                 ),
-            );
-        }
-        let waiting = r.away.iter().any(|a| {
-            health.now_unix_ms < a.since_unix_ms.saturating_add(health.rereplicate_after_ms)
-        });
-        if waiting && r.members().count() >= min_copies {
-            return None;
-        }
-        let zone = |n: &str| map.nodes.get(n).map(|e| e.zone.as_str()).unwrap_or("");
-        let used: BTreeSet<&str> = holders
-            .iter()
-            .map(|h| zone(h))
-            .filter(|z| !z.is_empty())
-            .collect();
-        let pick = health
-            .live
-            .iter()
-            .filter(|n| !holders.contains(n) && !health.suspect.contains(*n))
-            .filter(|n| {
-                map.nodes
-                    .get(*n)
-                    .is_some_and(|e| e.state == NodeState::Active)
-            })
-            .min_by_key(|n| {
-                let z = zone(n);
-                (
-                    !z.is_empty() && used.contains(z),
-                    load.copies(n),
-                    (*n).clone(),
-                )
-            })?
-            .clone();
+            ),
+            None => {
+                let waiting = r.away.iter().any(|a| {
+                    health.now_unix_ms
+                        < a.since_unix_ms.saturating_add(health.rereplicate_after_ms)
+                });
+                if waiting && have >= min_copies {
+                    return None;
+                }
+                let zone = |n: &str| map.nodes.get(n).map(|e| e.zone.as_str()).unwrap_or("");
+                let used: BTreeSet<&str> = holders
+                    .iter()
+                    .map(|h| zone(h))
+                    .filter(|z| !z.is_empty())
+                    .collect();
+                let pick = health
+                    .live
+                    .iter()
+                    .filter(|n| eligible(n))
+                    .min_by_key(|n| {
+                        let z = zone(n);
+                        (
+                            !z.is_empty() && used.contains(z),
+                            load.copies(n),
+                            (*n).clone(),
+                        )
+                    })?
+                    .clone();
+                let why = if staying < have {
+                    format!("replacing draining copies: {staying} staying of {wanted} wanted")
+                } else if !r.away.is_empty() && health.rereplicate_after_ms > 0 {
+                    format!(
+                        "under-replicated: {have} of {wanted} copies, and {} did not come back within {} s",
+                        r.away
+                            .iter()
+                            .map(|a| a.node.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        health.rereplicate_after_ms / 1000
+                    )
+                } else {
+                    format!("under-replicated: {have} of {wanted} copies")
+                };
+                (pick.clone(), format!("added learner {pick}"), why)
+            }
+        };
         *budget -= 1;
         *load.copies.entry(pick.clone()).or_default() += 1;
         let mut learners = r.learners.clone();
-        learners.push(pick.clone());
-        let have = r.members().count();
-        // Copied elsewhere: the copies away are not waited for any more.
-        return change(
-            r.primary.clone(),
-            r.backups.clone(),
-            learners,
-            format!("added learner {pick}"),
-            if staying < have {
-                format!("replacing draining copies: {staying} staying of {wanted} wanted")
-            } else if !r.away.is_empty() && health.rereplicate_after_ms > 0 {
-                format!(
-                    "under-replicated: {have} of {wanted} copies, and {} did not come back within {} s",
-                    r.away
-                        .iter()
-                        .map(|a| a.node.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    health.rereplicate_after_ms / 1000
-                )
-            } else {
-                format!("under-replicated: {have} of {wanted} copies")
-            },
-        )
-        .map(|mut c| {
-            c.away.clear();
+        learners.push(pick);
+        let back = returning.is_some();
+        return change(r.primary.clone(), r.backups.clone(), learners, what, why).map(|mut c| {
+            // Copied elsewhere: the copies away are not waited for any more.
+            if !back {
+                c.away.clear();
+            }
             c
         });
     }

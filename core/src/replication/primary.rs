@@ -263,14 +263,7 @@ impl Primary {
     /// below what the rows hold and what every peer fed, backup or
     /// learner, has acknowledged (0 for one that has not answered).
     fn truncate(&mut self) -> Option<Effect> {
-        let members = self
-            .peers
-            .values()
-            .filter(|p| p.counts())
-            .map(|p| p.acked)
-            .chain(std::iter::once(self.applied))
-            .min()
-            .unwrap_or(self.applied);
+        let members = self.counted_min(self.applied);
         let learners = self
             .peers
             .values()
@@ -566,17 +559,20 @@ impl Primary {
         }]
     }
 
-    /// Commits what is durable on the primary, on every backup and on
-    /// every learner that has caught up.
-    fn advance(&mut self) -> Vec<Effect> {
-        let everywhere = self
-            .peers
+    /// The lowest of `own` (a position of the primary's) and what every
+    /// peer that counts for commits (backups, caught-up learners) has acked.
+    fn counted_min(&self, own: Seq) -> Seq {
+        self.peers
             .values()
             .filter(|p| p.counts())
             .map(|p| p.acked)
-            .chain(std::iter::once(self.persisted))
-            .min()
-            .unwrap_or(self.persisted);
+            .fold(own, Seq::min)
+    }
+
+    /// Commits what is durable on the primary, on every backup and on
+    /// every learner that has caught up.
+    fn advance(&mut self) -> Vec<Effect> {
+        let everywhere = self.counted_min(self.persisted);
         let mut effects = Vec::new();
         if everywhere > self.committed {
             self.committed = everywhere;
