@@ -29,14 +29,12 @@ cleanup() {
 trap cleanup EXIT
 
 [ -x "$T" ] || cargo build --release -q
+. bench/demo-lib.sh
 command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 
 d="$work/cluster"
-$T demo --dir "$d" --nodes 3 --base-port "$PORT" >"$work/demo.log" 2>&1 &
-demo_pid=$!
-for _ in $(seq 1 150); do grep -q "pids:" "$work/demo.log" && break; sleep 0.2; done
-grep -q "pids:" "$work/demo.log" || { echo "the demo cluster did not start" >&2; exit 1; }
-pid=$(grep -o "pids:.*" "$work/demo.log" | tr ' ' '\n' | grep "^n1=" | cut -d= -f2)
+start_demo "$d" "$PORT" "$work/demo.log"
+pid=$(demo_pid_of "$work/demo.log" n1)
 B=("$T" bench --node "127.0.0.1:$PORT" --certs "$d/certs" --table prof --shards 8 --replicas 3
   --keys 10000 --value-size 100 --concurrency "$CONC" --max-seconds $((SECS + 20)))
 "${B[@]}" --mix write:100 --ops 10000 >/dev/null # creates and fills the table

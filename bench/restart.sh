@@ -30,12 +30,10 @@ trap cleanup EXIT
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 [ -x "$T" ] || cargo build --release -q
+. bench/demo-lib.sh
 
 d="$work/cluster"
-$T demo --dir "$d" --nodes 3 --base-port "$PORT" >"$work/demo.log" 2>&1 &
-demo_pid=$!
-for _ in $(seq 1 150); do grep -q "pids:" "$work/demo.log" && break; sleep 0.2; done
-grep -q "pids:" "$work/demo.log" || { echo "the demo cluster did not start" >&2; exit 1; }
+start_demo "$d" "$PORT" "$work/demo.log"
 A=("$T" admin --node "127.0.0.1:$PORT" --certs "$d/certs")
 for _ in $(seq 1 50); do "${A[@]}" create-table rs --key id --shards 8 --replicas 3 >/dev/null 2>&1 && break; sleep 0.2; done
 
@@ -59,7 +57,7 @@ rm -f "$work/rows.jsonl"
 leader=$("${A[@]}" --output json cluster | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
 victim=n3; [ "$leader" = n3 ] && victim=n2
 vport=$((PORT + ${victim#n} - 1))
-pid=$(grep -o "pids:.*" "$work/demo.log" | tr ' ' '\n' | grep "^$victim=" | cut -d= -f2)
+pid=$(demo_pid_of "$work/demo.log" "$victim")
 mapfile -d '' cmd <"/proc/$pid/cmdline"
 stats() { # port -> "rejoined installed installed_bytes log_entries_sent"
   "$T" admin --node "127.0.0.1:$1" --certs "$d/certs" --output json node-stats |

@@ -30,17 +30,15 @@ cleanup() {
 trap cleanup EXIT
 
 [ -x "$T" ] || cargo build --release -q
+. bench/demo-lib.sh
 
 # Starts a fresh 3-node cluster in $work/$1; sets A (admin command) and PIDS.
 start_cluster() {
   local d="$work/$1"
-  $T demo --dir "$d" --nodes 3 --base-port "$PORT" >"$work/$1.log" 2>&1 &
-  demo_pid=$!
-  for _ in $(seq 1 150); do grep -q "pids:" "$work/$1.log" && break; sleep 0.2; done
-  grep -q "pids:" "$work/$1.log" || { echo "the demo cluster did not start" >&2; exit 1; }
+  start_demo "$d" "$PORT" "$work/$1.log"
   A=("$T" admin --node "127.0.0.1:$PORT" --certs "$d/certs")
   B=("$T" bench --node "127.0.0.1:$PORT" --certs "$d/certs" --shards 8 --replicas 3 --concurrency 64 --json)
-  PIDS=$(grep -o "pids:.*" "$work/$1.log" | tr ' ' '\n' | grep '=' )
+  PIDS=$(demo_pids "$work/$1.log")
   DIR=$d
 }
 
