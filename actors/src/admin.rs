@@ -77,7 +77,7 @@ impl Handler<AdminCall> for AdminActor {
             AdminRequest::WatchGossip => self.watch(membership),
             // Reads and writes are routed by the node's service straight
             // to the shard copies (`service::Routing`), not through here.
-            AdminRequest::Data(_) => stream::once(async {
+            AdminRequest::Data(_) | AdminRequest::DataMany(_) => stream::once(async {
                 AdminReply::Data(DataReply::Error(DataError::unavailable(
                     "data requests are served by the node's router, not the admin actor",
                 )))

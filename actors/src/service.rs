@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix::Addr;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, FuturesUnordered, StreamExt};
 use tstore_transport::{Remote, Service};
 
 use crate::admin::{AdminActor, AdminCall};
@@ -15,7 +15,8 @@ use crate::peer::{PeerMessage, PeerReply};
 use crate::peer_link::PeerLink;
 use crate::router::Router;
 use crate::shard::local::LocalCopies;
-use tstore_core::wire::{AdminReply, AdminRequest};
+use tstore_core::wire::{AdminError, AdminErrorKind, MAX_COALESCED};
+use tstore_core::wire::{AdminReply, AdminRequest, DataRequest};
 
 pub(crate) struct NodeService {
     pub(crate) peers: Arc<PeerDispatch>,
@@ -44,6 +45,37 @@ impl Routing {
     }
 }
 
+impl NodeService {
+    /// Serves a client's coalesced requests on this one stream, all at
+    /// once, answering each as it finishes (`client::coalesce`).
+    fn serve_many(&self, reqs: Vec<DataRequest>) -> BoxStream<'static, AdminReply> {
+        if reqs.len() > MAX_COALESCED {
+            let refusal = AdminReply::Error(AdminError::new(
+                AdminErrorKind::Invalid,
+                format!(
+                    "{} requests in one batch; at most {MAX_COALESCED} travel together",
+                    reqs.len()
+                ),
+            ));
+            return stream::once(async move { refusal }).boxed();
+        }
+        let router = Arc::new(self.routing.router());
+        reqs.into_iter()
+            .enumerate()
+            .map(|(index, req)| {
+                let router = router.clone();
+                async move {
+                    AdminReply::DataAt {
+                        index: index as u32,
+                        reply: router.route(req).await,
+                    }
+                }
+            })
+            .collect::<FuturesUnordered<_>>()
+            .boxed()
+    }
+}
+
 impl Service for NodeService {
     type PeerMsg = PeerMessage;
     type PeerReply = PeerReply;
@@ -63,9 +95,14 @@ impl Service for NodeService {
         _from: Remote,
         req: AdminRequest,
     ) -> BoxStream<'static, AdminReply> {
-        if let AdminRequest::Data(req) = req {
-            let router = self.routing.router();
-            return stream::once(async move { AdminReply::Data(router.route(req).await) }).boxed();
+        match req {
+            AdminRequest::Data(req) => {
+                let router = self.routing.router();
+                return stream::once(async move { AdminReply::Data(router.route(req).await) })
+                    .boxed();
+            }
+            AdminRequest::DataMany(reqs) => return self.serve_many(reqs),
+            _ => {}
         }
         let admin = self.admin.clone();
         stream::once(async move { admin.send(AdminCall(req)).await })

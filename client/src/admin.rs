@@ -61,6 +61,7 @@ fn reply_kind(r: &AdminReply) -> &'static str {
         AdminReply::Error(_) => "an error",
         AdminReply::Route { .. } => "a route",
         AdminReply::NodeStats(_) => "node stats",
+        AdminReply::DataAt { .. } => "a data reply",
     }
 }
 

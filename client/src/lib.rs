@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod batch;
+mod coalesce;
 pub mod error;
 pub mod routing;
 

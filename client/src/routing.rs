@@ -62,6 +62,7 @@ use tstore_core::wire::{
 use tstore_transport::certs::CertDir;
 use tstore_transport::{ClientSession, Limits, Role, TlsIdentity, TransportError};
 
+use crate::coalesce::{Coalescer, TrafficCounters};
 use crate::error::ClientError;
 
 /// How a read is served.
@@ -144,6 +145,15 @@ impl Default for ClientOptions {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionToken(pub BTreeMap<String, u64>);
 
+/// Row requests a [`Client`] sent (each attempt counts) and the QUIC
+/// streams they took: requests in flight to one node at the same moment
+/// share one stream (see the `coalesce` module).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub requests: u64,
+    pub streams: u64,
+}
+
 /// A table's routing, as cached.
 struct Route {
     table: Table,
@@ -216,7 +226,9 @@ pub struct Client {
     identity: TlsIdentity,
     seeds: Vec<SocketAddr>,
     options: ClientOptions,
-    sessions: Mutex<HashMap<SocketAddr, Arc<ClientSession>>>,
+    /// One session per node, with the queue that coalesces its row requests.
+    sessions: Mutex<HashMap<SocketAddr, Arc<Coalescer>>>,
+    traffic: Arc<TrafficCounters>,
     routes: Mutex<HashMap<String, Arc<Route>>>,
     token: Mutex<SessionToken>,
     ids: Mutex<Ids>,
@@ -255,6 +267,7 @@ impl Client {
             seeds: seeds.to_vec(),
             options,
             sessions: Mutex::default(),
+            traffic: Arc::default(),
             routes: Mutex::default(),
             token: Mutex::default(),
             ids: Mutex::default(),
@@ -269,6 +282,14 @@ impl Client {
             }
         }
         Err(last.unwrap_or(ClientError::NoNode("no seed address given".into())))
+    }
+
+    /// The row requests this client sent so far and the streams they took.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.traffic.requests.load(Ordering::Relaxed),
+            streams: self.traffic.streams.load(Ordering::Relaxed),
+        }
     }
 
     /// The session token: what a [`Consistency::Session`] read must see.
@@ -303,7 +324,7 @@ impl Client {
             .unwrap_or(0)
     }
 
-    async fn session_to(&self, addr: SocketAddr) -> Result<Arc<ClientSession>, ClientError> {
+    async fn session_to(&self, addr: SocketAddr) -> Result<Arc<Coalescer>, ClientError> {
         if let Some(s) = self.sessions.lock().expect("sessions lock").get(&addr) {
             return Ok(s.clone());
         }
@@ -313,6 +334,11 @@ impl Client {
             ..Limits::default()
         };
         let s = Arc::new(ClientSession::connect(addr, &self.identity, limits).await?);
+        let s = Arc::new(Coalescer::new(
+            s,
+            self.options.attempt_timeout,
+            self.traffic.clone(),
+        ));
         let mut sessions = self.sessions.lock().expect("sessions lock");
         Ok(sessions.entry(addr).or_insert(s).clone())
     }
@@ -347,6 +373,7 @@ impl Client {
         for addr in candidates {
             let reply = match self.session_to(addr).await {
                 Ok(s) => s
+                    .session()
                     .request::<_, AdminReply>(&AdminRequest::Route {
                         table: table.to_owned(),
                     })
@@ -480,12 +507,12 @@ impl Client {
             } else {
                 target
             };
-            let req = AdminRequest::Data(DataRequest::Routed {
+            let req = DataRequest::Routed {
                 epoch: s.replicas.epoch,
                 request: request.clone(),
-            });
+            };
             let outcome: Result<(), ClientError> = match self.session_to(addr).await {
-                Ok(session) => match session.request::<_, AdminReply>(&req).await {
+                Ok(session) => match session.call(req).await {
                     Ok(AdminReply::Data(DataReply::Error(e))) => Err(ClientError::Data(e)),
                     Ok(AdminReply::Data(reply)) => return Ok(reply),
                     Ok(AdminReply::Error(e)) => return Err(ClientError::Admin(e)),

@@ -489,7 +489,15 @@ pub enum AdminRequest {
     /// The contacted node's storage: data dir size, LMDB map size and use,
     /// shard copies held, bytes written per logged entry.
     NodeStats,
+    /// Several row requests in one stream, as a client coalesces what it
+    /// has in flight to one node: each is served as if sent alone, and
+    /// answered by one [`AdminReply::DataAt`] as soon as it finishes (not
+    /// in order); the stream then ends. At most [`MAX_COALESCED`].
+    DataMany(Vec<DataRequest>),
 }
+
+/// The most row requests one [`AdminRequest::DataMany`] may carry.
+pub const MAX_COALESCED: usize = 256;
 
 /// One node's storage, as it measures it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -610,6 +618,12 @@ pub enum AdminReply {
     },
     /// Answer to [`AdminRequest::NodeStats`].
     NodeStats(NodeStats),
+    /// One answer to an [`AdminRequest::DataMany`]: the position of the
+    /// request it answers, and the reply.
+    DataAt {
+        index: u32,
+        reply: DataReply,
+    },
 }
 
 #[cfg(test)]

@@ -310,6 +310,8 @@ fn main() {
             .take(2)
             .map(|(n, m)| (*n, json!({"Data": m}))),
     );
+    let many: Vec<_> = data_requests.iter().take(3).map(|(_, m)| m.clone()).collect();
+    admin.push(("data_many", json!({ "DataMany": many })));
     for (name, msg) in admin {
         s.typed::<AdminRequest>("admin_request", 0, name, msg);
     }
@@ -349,6 +351,10 @@ fn main() {
             "route",
             json!({"Route": {"map_version": 3, "table": table, "nodes": [["n1", "127.0.0.1:7401"]],
                 "now_unix_ms": 1_700_000_000_000u64}}),
+        ),
+        (
+            "data_at",
+            json!({"DataAt": {"index": 2, "reply": {"Row": {"version": 4, "json": row}}}}),
         ),
         (
             "error",

@@ -46,8 +46,10 @@ pub struct BenchArgs {
     /// Operations in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Clients the workers share (each keeps one QUIC connection per node it uses).
-    #[arg(long, default_value_t = 4)]
+    /// Clients the workers share (each keeps one QUIC connection per node it
+    /// uses). One, as an application shares one client among its tasks:
+    /// what one client has in flight to a node travels together.
+    #[arg(long, default_value_t = 1)]
     pub connections: usize,
     /// How reads are served: strong, replica or session.
     #[arg(long, default_value_t = Consistency::Strong)]
@@ -121,6 +123,9 @@ pub struct Report {
     pub write: OpStats,
     pub read: OpStats,
     pub first_error: Option<String>,
+    /// Row requests sent per QUIC stream during the run (requests in
+    /// flight to one node at once share a stream).
+    pub requests_per_stream: f64,
 }
 
 fn stats(h: &Histogram<u64>, errors: u64) -> OpStats {
@@ -185,6 +190,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        println!(
+            "  {:.1} requests per QUIC stream (what is in flight to a node at once travels together)",
+            report.requests_per_stream
+        );
         if let Some(e) = &report.first_error {
             println!("  first error: {e}");
         }
@@ -257,6 +266,13 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
         }
     }
 
+    let traffic = |clients: &[Arc<Client>]| {
+        clients
+            .iter()
+            .map(|c| c.traffic())
+            .fold((0, 0), |(r, s), t| (r + t.requests, s + t.streams))
+    };
+    let before = traffic(&clients);
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -315,6 +331,8 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let ok = wh.len() + rh.len();
+    let after = traffic(&clients);
+    let requests_per_stream = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
     for c in clients {
         if let Ok(c) = Arc::try_unwrap(c) {
             c.close().await
@@ -332,6 +350,7 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
         write: stats(&wh, werr),
         read: stats(&rh, rerr),
         first_error,
+        requests_per_stream,
     })
 }
 

@@ -418,3 +418,73 @@ async fn row_commands_exit_with_one_code_per_kind_of_failure() {
     assert!(report["read"]["p99_us"].as_u64().unwrap() > 0, "{report}");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Requests one client has in flight to a node at the same moment share a
+/// stream (`DataMany`), and each still gets its own answer: its own row, its
+/// own error, nothing crossed. A batch too large is refused by name.
+#[tokio::test]
+async fn requests_in_flight_together_share_a_stream_and_each_gets_its_own_answer() {
+    use tstore_client::wire::{AdminReply, AdminRequest, DataRequest, MAX_COALESCED};
+    use tstore_transport::Role;
+
+    let mut c = Cluster::new();
+    c.start_formed(&ALL).await;
+    c.create_table("n1", user()).await;
+    let client = Client::connect(&[c.addr("n1")], c.certs().path(), "admin")
+        .await
+        .unwrap();
+    const N: i64 = 300;
+    let rows: Vec<String> = (0..N)
+        .map(|i| format!(r#"{{"id":{i},"name":"u{i}"}}"#))
+        .collect();
+    let again: Vec<String> = (0..N)
+        .step_by(3)
+        .map(|i| format!(r#"{{"id":{i},"name":"again"}}"#))
+        .collect();
+    let puts = futures::future::join_all(rows.iter().map(|r| client.put("user", r))).await;
+    assert!(puts.iter().all(Result::is_ok), "{puts:?}");
+    // Inserts of rows that exist fail, each alone, among reads that succeed.
+    let (inserts, gets) = tokio::join!(
+        futures::future::join_all(again.iter().map(|r| client.insert("user", r))),
+        futures::future::join_all((0..N + 20).map(|i| client.get(
+            "user",
+            RowKey::Int(i),
+            Consistency::Strong
+        ))),
+    );
+    for r in inserts {
+        assert_eq!(kind(r), ErrorKind::Conflict);
+    }
+    for (i, got) in gets.into_iter().enumerate() {
+        let got = got.unwrap();
+        if (i as i64) < N {
+            let row: serde_json::Value = serde_json::from_str(&got.unwrap().json).unwrap();
+            assert_eq!(row, serde_json::json!({"id": i, "name": format!("u{i}")}));
+        } else {
+            assert!(got.is_none(), "key {i} was never written");
+        }
+    }
+    let traffic = client.traffic();
+    assert!(
+        traffic.streams < traffic.requests,
+        "concurrent requests should have shared streams: {traffic:?}"
+    );
+
+    // A node refuses a batch over the limit, naming it.
+    let id = c.certs().identity(Role::Client, "admin").unwrap();
+    let session = tstore_transport::ClientSession::connect(c.addr("n1"), &id, Default::default())
+        .await
+        .unwrap();
+    let get = DataRequest::Copies {
+        table: "user".into(),
+        checksums: false,
+    };
+    let reply: AdminReply = session
+        .request(&AdminRequest::DataMany(vec![get; MAX_COALESCED + 1]))
+        .await
+        .unwrap();
+    match reply {
+        AdminReply::Error(e) => assert!(e.message.contains("at most 256"), "{e:?}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

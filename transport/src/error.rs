@@ -49,4 +49,18 @@ pub enum TransportError {
     Saturated { limit: usize },
     #[error("frame from/to {addr}: {cause}")]
     Frame { addr: SocketAddr, cause: FrameError },
+    /// One failure shared by several requests that travelled together (a
+    /// coalesced stream of requests): each of them gets this.
+    #[error("{0}")]
+    Shared(std::sync::Arc<TransportError>),
+}
+
+impl TransportError {
+    /// The error at the bottom of any [`TransportError::Shared`] wrapping.
+    pub fn root(&self) -> &TransportError {
+        match self {
+            TransportError::Shared(e) => e.root(),
+            e => e,
+        }
+    }
 }

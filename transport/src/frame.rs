@@ -17,7 +17,7 @@ use serde::Serialize;
 
 /// The version of every message enum carried by this build. Bump it when a
 /// wire type changes incompatibly.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 
 /// Default upper bound of one frame (8 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
@@ -75,6 +75,14 @@ pub fn encode<M: Serialize>(msg: &M, max: usize) -> Result<Vec<u8>, FrameError> 
     }
     buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(buf)
+}
+
+/// The size `msg` takes in a frame body, without encoding it into a buffer
+/// (for a sender packing several messages under [`DEFAULT_MAX_FRAME`]).
+pub fn encoded_len<M: Serialize>(msg: &M) -> Result<usize, FrameError> {
+    postcard::experimental::serialized_size(msg)
+        .map(|n| n + 1)
+        .map_err(FrameError::Encode)
 }
 
 /// Decodes the body of a frame (the bytes after the length prefix); values
