@@ -2,13 +2,13 @@
 //! one-way messages.
 //!
 //! Bounds (see [`Limits`]): frame size, request timeout, handshake timeout,
-//! concurrent streams per connection, one-way sends in flight. A peer that
+//! concurrent streams per connection, one-way messages queued per peer. A peer that
 //! breaks the framing (oversized, undecodable or wrong-version frame) has its
 //! connection closed with the reason; nothing else is affected.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
@@ -18,7 +18,7 @@ use quinn::{Connection, VarInt};
 use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -59,7 +59,8 @@ pub struct Limits {
     pub max_bidi_streams: u32,
     /// Concurrent one-way streams per connection.
     pub max_uni_streams: u32,
-    /// One-way sends in flight on this endpoint; beyond it a send is refused.
+    /// One-way messages queued for one peer and not yet written; beyond it
+    /// a send to that peer is refused.
     pub max_oneway_in_flight: usize,
 }
 
@@ -142,7 +143,8 @@ struct Inner {
     peer_client: quinn::ClientConfig,
     limits: Limits,
     peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<PeerSlot>>>>,
-    oneway_permits: Arc<Semaphore>,
+    /// The queue of one-way frames to each peer, drained by its lane task.
+    lanes: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     /// Serves the streams a peer opens on a connection we dialed (connections
     /// are used both ways); set by [`Endpoint::serve`].
     serve_dialed: std::sync::OnceLock<ServeFn>,
@@ -190,7 +192,7 @@ impl Endpoint {
             inner: Arc::new(Inner {
                 quic: endpoint,
                 peer_client,
-                oneway_permits: Arc::new(Semaphore::new(limits.max_oneway_in_flight)),
+                lanes: Mutex::new(HashMap::new()),
                 limits,
                 peers: Mutex::new(HashMap::new()),
                 serve_dialed: std::sync::OnceLock::new(),
@@ -268,28 +270,25 @@ impl Endpoint {
     }
 
     /// Sends a one-way message to a peer without waiting: the frame is encoded
-    /// now and delivered in the background; it may be lost (like a datagram).
-    /// Fails at once if the message cannot be encoded or too many sends are in
-    /// flight.
+    /// now and delivered in the background, on the peer's lane (see
+    /// [`run_lane`]); it may be lost (like a datagram). Fails at once if the
+    /// message cannot be encoded or the lane's queue is full.
     pub fn send_oneway<M: Serialize>(&self, to: SocketAddr, msg: &M) -> Result<(), TransportError> {
         let buf = frame::encode(msg, self.inner.limits.max_frame)
             .map_err(|cause| TransportError::Frame { addr: to, cause })?;
-        let permit = self
-            .inner
-            .oneway_permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| TransportError::Saturated {
-                limit: self.inner.limits.max_oneway_in_flight,
-            })?;
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = inner.send_frame_oneway(to, &buf).await {
-                debug!(peer = %to, error = %e, "one-way message not delivered");
-            }
+        let mut lanes = self.inner.lanes.lock().unwrap();
+        let lane = lanes.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.inner.limits.max_oneway_in_flight.max(1));
+            tokio::spawn(run_lane(Arc::downgrade(&self.inner), to, rx));
+            tx
         });
-        Ok(())
+        lane.try_send(buf).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TransportError::Saturated {
+                limit: self.inner.limits.max_oneway_in_flight,
+            },
+            // The lane task ended (only with its endpoint): nothing to send on.
+            mpsc::error::TrySendError::Closed(_) => TransportError::NoReply { addr: to },
+        })
     }
 
     /// Sends a request to a peer node and waits for its reply.
@@ -442,33 +441,77 @@ impl Inner {
             }
         }
     }
+}
 
-    async fn send_frame_oneway(&self, to: SocketAddr, buf: &[u8]) -> Result<(), TransportError> {
-        let conn = self.connection(to).await?;
+/// Bytes of queued one-way frames a lane writes in one go at most.
+const LANE_BATCH_BYTES: usize = 1 << 20;
+
+/// Carries the one-way messages to one peer: one long-lived unidirectional
+/// stream, on which the frames queued meanwhile are written together.
+///
+/// A stream per message, as it was, cost a task, a stream opening and a
+/// stream accept on each side for every replication message and gossip
+/// round; on one stream, messages queued together leave in one write. The
+/// messages to a peer now arrive in the order they were sent (what a
+/// datagram never promised, so no reader relies on either). What cannot be
+/// written (no connection, a write that fails or outlasts the request
+/// timeout) is dropped, like a lost datagram, and the next message opens a
+/// new stream, reconnecting if need be. The task ends with its endpoint.
+async fn run_lane(inner: Weak<Inner>, to: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut stream: Option<(Connection, quinn::SendStream)> = None;
+    let mut carried: Option<Vec<u8>> = None;
+    loop {
+        let mut buf = match carried.take() {
+            Some(buf) => buf,
+            None => match rx.recv().await {
+                Some(buf) => buf,
+                None => return,
+            },
+        };
+        while buf.len() < LANE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(more) if buf.len() + more.len() > LANE_BATCH_BYTES => {
+                    carried = Some(more);
+                    break;
+                }
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let timeout = inner.limits.request_timeout;
         let write = async {
-            let mut send = conn
-                .open_uni()
-                .await
-                .map_err(|cause| TransportError::Connection { addr: to, cause })?;
-            send.write_all(buf)
-                .await
-                .map_err(|e| TransportError::Frame {
+            let (conn, send) = match &mut stream {
+                Some((conn, send)) if conn.close_reason().is_none() => (conn.clone(), send),
+                _ => {
+                    let conn = inner.connection(to).await?;
+                    let send = conn
+                        .open_uni()
+                        .await
+                        .map_err(|cause| TransportError::Connection { addr: to, cause })?;
+                    let (_, send) = stream.insert((conn.clone(), send));
+                    (conn, send)
+                }
+            };
+            send.write_all(&buf).await.map_err(|e| {
+                if let quinn::WriteError::ConnectionLost(_) = e {
+                    inner.forget(to, &conn);
+                }
+                TransportError::Frame {
                     addr: to,
                     cause: FrameError::Write(e),
-                })?;
-            let _ = send.finish();
-            Ok(())
+                }
+            })
         };
-        let res = tokio::time::timeout(self.limits.request_timeout, write)
+        let res = tokio::time::timeout(timeout, write)
             .await
-            .unwrap_or(Err(TransportError::Timeout {
-                addr: to,
-                timeout: self.limits.request_timeout,
-            }));
-        if let Err(TransportError::Connection { .. }) = &res {
-            self.forget(to, &conn);
+            .unwrap_or(Err(TransportError::Timeout { addr: to, timeout }));
+        if let Err(e) = res {
+            debug!(peer = %to, error = %e, bytes = buf.len(), "one-way messages not delivered");
+            if let Some((_, mut send)) = stream.take() {
+                let _ = send.reset(VarInt::from_u32(0));
+            }
         }
-        res
     }
 }
 
@@ -770,8 +813,25 @@ async fn serve_oneway<S: Service>(
         );
         return;
     }
-    if let Some(msg) = read_first::<S::PeerMsg>(inner, &mut recv, conn, &remote).await {
-        service.on_peer_oneway(remote, msg);
+    // A lane (`run_lane`) sends frame after frame on one stream; the first
+    // must come within the request timeout, the next whenever there is one.
+    let Some(msg) = read_first::<S::PeerMsg>(inner, &mut recv, conn, &remote).await else {
+        return;
+    };
+    service.on_peer_oneway(remote.clone(), msg);
+    loop {
+        match frame::read::<S::PeerMsg>(&mut recv, inner.limits.max_frame).await {
+            Ok(Some(msg)) => service.on_peer_oneway(remote.clone(), msg),
+            Ok(None) => return,
+            Err(e) if e.is_protocol_violation() => {
+                protocol_violation(conn, &remote, &e);
+                return;
+            }
+            Err(e) => {
+                debug!(peer = %remote.addr, error = %e, "one-way stream ended");
+                return;
+            }
+        }
     }
 }
 

@@ -323,3 +323,84 @@ async fn a_connection_dialed_before_serving_is_served_once_serving_starts() {
         .unwrap();
     assert_eq!(reply, Msg::Echo("n2:x".into()));
 }
+
+/// One-way messages to a peer travel on one long-lived stream (its lane):
+/// thousands sent at once all arrive, in the order sent; a full lane
+/// refuses by name; and when the peer comes back on a new endpoint at the
+/// same address, the lane reconnects and delivers again.
+#[tokio::test]
+async fn one_way_messages_arrive_in_order_on_a_lane_that_survives_a_peer_restart() {
+    let f = fixture();
+    let (a, _a_rx) = node(&f.certs, "n1");
+    let (b, mut b_rx) = node(&f.certs, "n2");
+    let to = b.local_addr();
+    const N: u32 = 3000;
+    for i in 0..N {
+        a.send_oneway(to, &Msg::Count(i)).unwrap();
+    }
+    for i in 0..N {
+        let got = tokio::time::timeout(Duration::from_secs(10), b_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {N} did not arrive"));
+        assert_eq!(got, Some(("n1".into(), Msg::Count(i))));
+    }
+
+    // A lane holds at most `max_oneway_in_flight` messages not yet written.
+    let identity = f.certs.identity(Role::Node, "n1").unwrap();
+    let tight = Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        Limits {
+            max_oneway_in_flight: 4,
+            ..limits()
+        },
+    )
+    .unwrap();
+    let refused = (0..1000)
+        .map(|i| tight.send_oneway(to, &Msg::Count(i)))
+        .find_map(Result::err)
+        .expect("a lane of 4 refuses sends once full");
+    assert!(
+        matches!(refused, TransportError::Saturated { limit: 4 }),
+        "{refused}"
+    );
+
+    // b restarts at the same address: the lane's next messages reach it.
+    b.shutdown().await;
+    drop(b);
+    drop(b_rx);
+    let identity = f.certs.identity(Role::Node, "n2").unwrap();
+    // The old socket closes once the endpoint's tasks have wound down.
+    let mut tries = 0;
+    let b = loop {
+        match Endpoint::bind(to, &identity, limits()) {
+            Ok(b) => break b,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!(error = %e, "address not free yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot bind the restarted peer: {e}"),
+        }
+    };
+    let (tx, mut b_rx) = mpsc::unbounded_channel();
+    b.serve(Arc::new(TestService { oneway: tx }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut sent = 0u32;
+    loop {
+        // Messages sent before the lane noticed the old connection's end
+        // may be lost (like datagrams); keep sending until one arrives.
+        let _ = a.send_oneway(to, &Msg::Count(N + sent));
+        sent += 1;
+        if let Ok(Some((from, Msg::Count(_)))) =
+            tokio::time::timeout(Duration::from_millis(200), b_rx.recv()).await
+        {
+            assert_eq!(from, "n1");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message reached the restarted peer after {sent} sends"
+        );
+    }
+}
