@@ -6,7 +6,10 @@
 #   process and connection, for both systems).
 # tstore: 4 nodes (`tstore demo`), a table of 8 shards x 3 copies holding
 # ROWS rows of ~100 bytes; also reports how long until every shard is back at
-# 3 copies (re-replication onto the survivors).
+# 3 copies (re-replication onto the survivors). Each run is done twice: once
+# killing the primary of a key, once killing the node that is both the
+# control plane's Raft leader and the primary of a key (a new leader must be
+# elected before its coordinator can promote anyone).
 # Redis: 3 masters + 3 replicas, cluster-node-timeout 1000 ms.
 # RUNS runs each (default 5); prints every run, then median and max.
 # Needs a release build (cargo build --release) and redis-server/redis-tools
@@ -49,34 +52,60 @@ for i in range(int(sys.argv[1])):
     print('{"id": %d, "payload": "%s"}' % (i, "x" * 80))
 EOF
 
-tstore_unavail=(); tstore_heal=(); redis_unavail=()
-for run in $(seq 1 "$RUNS"); do
-  d="$work/t$run"; port=$((7900 + run * 10))
-  $T demo --dir "$d" --nodes 4 --base-port $port >"$work/demo$run.log" 2>&1 &
+# One tstore run: $1 = run number, $2 = "primary" (kill the primary of a
+# key) or "leader" (kill the node that is both the control plane's Raft
+# leader and the primary of a key: the failover then waits for a new
+# leader first). Appends to tstore_unavail/tstore_heal or leader_unavail.
+tstore_run() {
+  local run=$1 mode=$2
+  local d="$work/$mode$run" port=$((7900 + run * 10 + ${3:-0}))
+  $T demo --dir "$d" --nodes 4 --base-port $port >"$work/demo-$mode$run.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 150); do grep -q "pids:" "$work/demo$run.log" && break; sleep 0.2; done
+  for _ in $(seq 1 150); do grep -q "pids:" "$work/demo-$mode$run.log" && break; sleep 0.2; done
   A=("$T" admin --node "127.0.0.1:$port" --certs "$d/certs")
   for _ in $(seq 1 50); do "${A[@]}" create-table fo --key id --shards 8 --replicas 3 >/dev/null 2>&1 && break; sleep 0.2; done
   sleep 1
   "${A[@]}" import fo "$work/rows.jsonl" --concurrency 64 >/dev/null
-  key=7
+  local key=7 primary leader
   primary=$("${A[@]}" --output json locate fo $key | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"])')
-  pid=$(grep -o "pids:.*" "$work/demo$run.log" | tr ' ' '\n' | grep "^$primary=" | cut -d= -f2)
+  if [ "$mode" = leader ]; then
+    leader=$("${A[@]}" --output json cluster | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
+    for key in $(seq 0 200); do
+      primary=$("${A[@]}" --output json locate fo $key | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"])')
+      [ "$primary" = "$leader" ] && break
+    done
+    [ "$primary" = "$leader" ] || { echo "no key led by the Raft leader $leader" >&2; exit 1; }
+  fi
+  local pid
+  pid=$(grep -o "pids:.*" "$work/demo-$mode$run.log" | tr ' ' '\n' | grep "^$primary=" | cut -d= -f2)
+  # Probe through a node that survives (n4 is never a voter, so never the leader).
   probe=("$T" admin --node "127.0.0.1:$((port + 3))" --certs "$d/certs")
   [ "$primary" = n4 ] && probe=("${A[@]}")
+  local start up healed dl
   start=$(now_ms)
   kill -9 "$pid"
   dl=$(deadline)
   until "${probe[@]}" put fo "{\"id\":$key,\"run\":$run}" >/dev/null 2>&1; do check "$dl" "a write after the kill"; sleep 0.02; done
   up=$(now_ms)
-  dl=$(deadline)
-  until check "$dl" "full replication" && "${probe[@]}" --output json describe fo 2>/dev/null |
-    python3 -c 'import json,sys; sys.exit(any(h["state"] != "healthy" for h in json.load(sys.stdin)["health"]))'; do sleep 0.2; done
-  healed=$(now_ms)
-  echo "tstore run $run: killed primary $primary of key $key; writes back after $((up - start)) ms; 3 copies of every shard ($ROWS rows) after $((healed - start)) ms"
-  tstore_unavail+=($((up - start))); tstore_heal+=($((healed - start)))
+  if [ "$mode" = leader ]; then
+    echo "tstore run $run: killed $primary, Raft leader and primary of key $key; writes back after $((up - start)) ms"
+    leader_unavail+=($((up - start)))
+  else
+    dl=$(deadline)
+    until check "$dl" "full replication" && "${probe[@]}" --output json describe fo 2>/dev/null |
+      python3 -c 'import json,sys; sys.exit(any(h["state"] != "healthy" for h in json.load(sys.stdin)["health"]))'; do sleep 0.2; done
+    healed=$(now_ms)
+    echo "tstore run $run: killed primary $primary of key $key; writes back after $((up - start)) ms; 3 copies of every shard ($ROWS rows) after $((healed - start)) ms"
+    tstore_unavail+=($((up - start))); tstore_heal+=($((healed - start)))
+  fi
   kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
   pkill -9 -f "$d" 2>/dev/null || true
+}
+
+tstore_unavail=(); tstore_heal=(); leader_unavail=(); redis_unavail=()
+for run in $(seq 1 "$RUNS"); do
+  tstore_run "$run" primary
+  tstore_run "$run" leader 5
 done
 
 for run in $(seq 1 "$RUNS"); do
@@ -119,5 +148,6 @@ done
 
 echo
 stats "tstore write unavailability after kill -9 of a primary" "${tstore_unavail[@]}"
+stats "tstore write unavailability after kill -9 of the Raft leader that is also the primary" "${leader_unavail[@]}"
 stats "tstore time to full replication ($ROWS rows)" "${tstore_heal[@]}"
 stats "Redis Cluster write unavailability (cluster-node-timeout 1000)" "${redis_unavail[@]}"

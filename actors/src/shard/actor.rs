@@ -56,6 +56,7 @@ use crate::recovery::Recovery;
 use tstore_core::cluster_map::{NodeId, RowKey};
 use tstore_core::data::ops::{OpResult, RowRecord};
 use tstore_core::data::sessions::Command;
+use tstore_core::replication::outbox;
 use tstore_core::replication::reconfigure::{rejoin, takeover_not_before, Rejoin};
 use tstore_core::replication::{
     Backup, Effect, LeaseConfig, LogEntry, LogRetention, Millis, Primary, ReadRefusal, ReplMsg, Seq,
@@ -104,6 +105,9 @@ pub struct CopyActor {
     role: Role,
     /// Entries handed to the disk and not yet written (group commit).
     to_persist: Vec<LogEntry>,
+    /// Replication messages of this turn, sent merged at its end
+    /// (`tstore_core::replication::outbox`).
+    outbox: Vec<(NodeId, ReplMsg)>,
     flush_scheduled: bool,
     /// Entries committed and not yet applied, up to here.
     pending_apply: Option<Seq>,
@@ -145,6 +149,7 @@ impl CopyActor {
             copy,
             env,
             to_persist: Vec::new(),
+            outbox: Vec::new(),
             flush_scheduled: false,
             pending_apply: None,
             pending_truncate: None,
@@ -454,13 +459,8 @@ impl CopyActor {
                     if let ReplMsg::Rebuild { log_start, .. } = &msg {
                         debug!(shard = %self.key, to, log_start, "learner behind the retained log: told to copy a snapshot again");
                     }
-                    let m = PeerMessage::Repl {
-                        shard: self.key.clone(),
-                        msg,
-                    };
-                    if let Err(e) = self.env.link.send_oneway(&to, m) {
-                        debug!(shard = %self.key, to, error = %e, "replication message not sent");
-                    }
+                    self.outbox.push((to, msg));
+                    self.schedule_flush(ctx);
                 }
                 Effect::SendLog {
                     to,
@@ -564,6 +564,7 @@ impl CopyActor {
     /// transaction.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
+        self.send_outbox();
         let Some(work) = self.take_work() else {
             return;
         };
@@ -574,9 +575,24 @@ impl CopyActor {
         );
     }
 
+    /// Sends this turn's replication messages, merged (a turn's Prepares
+    /// to one backup leave as one).
+    fn send_outbox(&mut self) {
+        for (to, msg) in outbox::merge(std::mem::take(&mut self.outbox)) {
+            let m = PeerMessage::Repl {
+                shard: self.key.clone(),
+                msg,
+            };
+            if let Err(e) = self.env.link.send_oneway(&to, m) {
+                debug!(shard = %self.key, to, error = %e, "replication message not sent");
+            }
+        }
+    }
+
     /// The same, done here and now: before a reconfiguration reads the
     /// store to build the next state machine.
     fn flush_now(&mut self, ctx: &mut Context<Self>) {
+        self.send_outbox();
         // Bounded: a flush can add one more (an apply the persist unlocked).
         for _ in 0..4 {
             let Some(work) = self.take_work() else {

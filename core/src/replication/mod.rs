@@ -94,6 +94,7 @@
 //!   its own.
 
 mod backup;
+pub mod outbox;
 mod primary;
 mod read;
 pub mod reconfigure;

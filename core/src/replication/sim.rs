@@ -36,6 +36,9 @@ enum Step {
     Deliver(usize),
     Drop(usize),
     Duplicate(usize),
+    /// The messages in flight from one sender are merged as its actor
+    /// merges a turn's (`outbox::merge`).
+    Merge(usize),
     Disk(usize),
     /// A copy applies what it was told is committed (its rows catch up).
     Apply(usize),
@@ -51,6 +54,7 @@ fn step() -> impl Strategy<Value = Step> {
         6 => any::<usize>().prop_map(Step::Deliver),
         1 => any::<usize>().prop_map(Step::Drop),
         1 => any::<usize>().prop_map(Step::Duplicate),
+        1 => any::<usize>().prop_map(Step::Merge),
         4 => any::<usize>().prop_map(Step::Disk),
         3 => any::<usize>().prop_map(Step::Apply),
         3 => (any::<usize>(), any::<u8>(), any::<usize>()).prop_map(|(n, m, t)| Step::Read(n, m, t)),
@@ -387,6 +391,17 @@ impl World {
             Step::Duplicate(i) if !self.net.is_empty() => {
                 let m = self.net[i % self.net.len()].clone();
                 self.net.push(m);
+            }
+            Step::Merge(i) if !self.net.is_empty() => {
+                let from = self.net[i % self.net.len()].0.clone();
+                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net)
+                    .into_iter()
+                    .partition(|(f, _, _)| *f == from);
+                let sends = mine.into_iter().map(|(_, to, msg)| (to, msg)).collect();
+                self.net = rest;
+                for (to, msg) in super::outbox::merge(sends) {
+                    self.net.push((from.clone(), to, msg));
+                }
             }
             Step::Disk(i) => {
                 let nodes: Vec<String> = self
