@@ -9,8 +9,9 @@
 //! Messages are serde types, encoded with postcard inside length-prefixed,
 //! versioned frames with a hard size limit ([`frame`]) and a bound on how
 //! deeply a decoded value may nest ([`decode`]). A request opens a
-//! bidirectional stream and reads back one or more reply frames; a one-way
-//! message is one frame on a unidirectional stream.
+//! bidirectional stream and reads back one or more reply frames; one-way
+//! messages to a peer are frames one after another on one long-lived
+//! unidirectional stream, the peer's lane.
 //!
 //! This crate knows nothing of tables, shards or membership: it moves typed
 //! messages between authenticated endpoints. It must not depend on any other
