@@ -6,6 +6,8 @@
 //! - [`demo`]: a local 3-node cluster with generated certificates.
 //! - [`bench`]: `tstore bench`, a closed-loop load over the routing client.
 //! - [`import`]: `tstore admin import`, rows from a JSON-lines file.
+//! - [`http`]: the node's HTTP listener (`--metrics-listen`).
+//! - [`metrics`]: the node's figures in Prometheus text, for `/metrics`.
 //!
 //! The Rust client the CLI is built on is the `tstore-client` crate.
 
@@ -13,6 +15,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod import;
+pub mod metrics;
 mod output;
 pub mod run;
