@@ -211,7 +211,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("  {}  {}  (log: {})", n.id, n.addr, n.log.display());
         }
         if let Some(m) = metrics[0] {
-            println!("\n  metrics: http://{m}/metrics (and the next ports for the other nodes)");
+            println!("\n  console: http://{m}/   metrics: http://{m}/metrics   (the next ports: the other nodes)");
         }
         println!("\nTry, in another terminal:");
         println!("  {me} admin --node {} --certs {c} members", addrs[0]);

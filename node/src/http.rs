@@ -1,5 +1,6 @@
 //! The node's HTTP listener (`metrics_listen` / `--metrics-listen`):
-//! Prometheus metrics at `GET /metrics`.
+//! Prometheus metrics at `GET /metrics`, the live console at `GET /` and its
+//! event stream at `GET /events` (see [`crate::console`]).
 //!
 //! Plain HTTP/1.1 on a TCP port of its own, and only on a loopback address
 //! (the configuration refuses others): it has no TLS and no authentication,
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
@@ -33,12 +35,15 @@ pub const MAX_HEADERS: usize = 32;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are closed as soon as accepted.
 pub const MAX_CONNECTIONS: usize = 32;
+/// Console event streams open at once; more get `503`.
+pub const MAX_EVENT_STREAMS: usize = 8;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Serves `listener` until the process ends.
 pub async fn serve(listener: TcpListener, observe: Observe) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let streams = Arc::new(Semaphore::new(MAX_EVENT_STREAMS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -52,11 +57,11 @@ pub async fn serve(listener: TcpListener, observe: Observe) {
             debug!(%peer, "metrics listener: too many connections; closing this one");
             continue;
         };
-        let observe = observe.clone();
+        let (observe, streams) = (observe.clone(), streams.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let observe = observe.clone();
-                async move { Ok::<_, Infallible>(answer(req, &observe).await) }
+                let (observe, streams) = (observe.clone(), streams.clone());
+                async move { Ok::<_, Infallible>(answer(req, &observe, &streams).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -80,7 +85,11 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         .expect("a static response")
 }
 
-async fn answer(req: Request<Incoming>, observe: &Observe) -> Response<Body> {
+async fn answer(
+    req: Request<Incoming>,
+    observe: &Observe,
+    streams: &Arc<Semaphore>,
+) -> Response<Body> {
     let has_body = req.headers().contains_key(TRANSFER_ENCODING)
         || req
             .headers()
@@ -103,6 +112,29 @@ async fn answer(req: Request<Incoming>, observe: &Observe) -> Response<Body> {
                 .body(Full::new(Bytes::from(body)).boxed_unsync())
                 .expect("a metrics response")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
+        "/" => Response::builder()
+            .header(CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from_static(crate::console::PAGE.as_bytes())).boxed_unsync())
+            .expect("the console page"),
+        "/events" => {
+            let Ok(permit) = streams.clone().try_acquire_owned() else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many console streams open on this node\n",
+                );
+            };
+            let events = crate::console::events(observe.clone()).map(move |f| {
+                let _held = &permit;
+                f
+            });
+            Response::builder()
+                .header(CONTENT_TYPE, "text/event-stream")
+                .header("cache-control", "no-cache")
+                .body(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+                    events,
+                )))
+                .expect("an event stream")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found; try / or /metrics\n"),
     }
 }

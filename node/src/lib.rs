@@ -7,6 +7,7 @@
 //! - [`bench`]: `tstore bench`, a closed-loop load over the routing client.
 //! - [`import`]: `tstore admin import`, rows from a JSON-lines file.
 //! - [`http`]: the node's HTTP listener (`--metrics-listen`).
+//! - [`console`]: the live web console that listener serves.
 //! - [`metrics`]: the node's figures in Prometheus text, for `/metrics`.
 //!
 //! The Rust client the CLI is built on is the `tstore-client` crate.
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod http;
 pub mod import;
