@@ -11,6 +11,8 @@
 //! - [`data`]: shard storage on LMDB and the node's group commit.
 //! - [`storage`]: the node's LMDB environment.
 //! - [`node_stats`]: a node's storage figures for operators.
+//! - [`metrics`]: the counters and histograms the hot paths keep, as atomics.
+//! - [`observe`]: a node's figures for its Prometheus endpoint and console.
 //! - [`peer`]: the node-to-node messages.
 //! - [`clock`]: the monotonic and wall clocks handed to the core.
 //! - [`peer_link`]: how copies and the router reach other nodes (QUIC, or an
@@ -27,8 +29,10 @@ pub mod control;
 pub mod coordinator;
 pub mod data;
 pub mod dispatch;
+pub mod metrics;
 pub mod node;
 pub mod node_stats;
+pub mod observe;
 pub mod peer;
 pub mod peer_link;
 pub mod recovery;

@@ -100,6 +100,8 @@ pub struct NodeHandle {
     pub identity: NodeIdentity,
     /// The advertised address (peer and client traffic).
     pub addr: SocketAddr,
+    /// The node's figures, for its metrics endpoint and console.
+    pub observe: crate::observe::Observe,
 }
 
 impl NodeHandle {
@@ -229,7 +231,21 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         recovery,
         storage,
     };
-    let admin = AdminActor::new(membership, control.clone(), watch_interval, stats).start();
+    let requests = crate::metrics::RequestMetrics::default();
+    let recovery = stats.recovery.clone();
+    let admin = AdminActor::new(membership.clone(), control.clone(), watch_interval, stats).start();
+    let observe = crate::observe::Observe {
+        node_id: identity.node_id.clone(),
+        membership,
+        control: control.clone(),
+        local: local.clone(),
+        store: store.clone(),
+        recovery,
+        requests: requests.clone(),
+        endpoint: endpoint.clone(),
+        admin: admin.clone(),
+        decisions: Default::default(),
+    };
     CoordinatorActor::new(control.clone()).start();
     endpoint.serve(Arc::new(NodeService {
         peers,
@@ -239,6 +255,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
             map,
             local,
             link,
+            requests,
         },
     }));
     info!(node_id = %identity.node_id, generation = identity.generation, %addr, "node serving");
@@ -246,6 +263,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         node,
         identity,
         addr,
+        observe,
     })
 }
 

@@ -11,6 +11,7 @@ use tstore_transport::{Remote, Service};
 use crate::admin::{AdminActor, AdminCall};
 use crate::control::MapView;
 use crate::dispatch::PeerDispatch;
+use crate::metrics::{OpKind, RequestMetrics};
 use crate::peer::{PeerMessage, PeerReply};
 use crate::peer_link::PeerLink;
 use crate::router::Router;
@@ -32,6 +33,8 @@ pub(crate) struct Routing {
     pub(crate) map: MapView,
     pub(crate) local: LocalCopies,
     pub(crate) link: Arc<dyn PeerLink>,
+    /// Counts every row request served, by operation and outcome.
+    pub(crate) requests: RequestMetrics,
 }
 
 impl Routing {
@@ -60,14 +63,18 @@ impl NodeService {
             return stream::once(async move { refusal }).boxed();
         }
         let router = Arc::new(self.routing.router());
+        let requests = self.routing.requests.clone();
         reqs.into_iter()
             .enumerate()
             .map(|(index, req)| {
-                let router = router.clone();
+                let (router, requests) = (router.clone(), requests.clone());
                 async move {
+                    let (op, started) = (OpKind::of(&req), std::time::Instant::now());
+                    let reply = router.route(req).await;
+                    requests.served(op, &reply, started.elapsed());
                     AdminReply::DataAt {
                         index: index as u32,
-                        reply: router.route(req).await,
+                        reply,
                     }
                 }
             })
@@ -98,8 +105,14 @@ impl Service for NodeService {
         match req {
             AdminRequest::Data(req) => {
                 let router = self.routing.router();
-                return stream::once(async move { AdminReply::Data(router.route(req).await) })
-                    .boxed();
+                let requests = self.routing.requests.clone();
+                return stream::once(async move {
+                    let (op, started) = (OpKind::of(&req), std::time::Instant::now());
+                    let reply = router.route(req).await;
+                    requests.served(op, &reply, started.elapsed());
+                    AdminReply::Data(reply)
+                })
+                .boxed();
             }
             AdminRequest::DataMany(reqs) => return self.serve_many(reqs),
             _ => {}

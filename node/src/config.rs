@@ -104,6 +104,9 @@ pub struct NodeOptions {
     /// At most this many log entries a new copy that is still copying (or stuck) holds back on its primary; past it the entries are deleted and the copy starts its snapshot again; 1000..=1000000000 [default: 1000000].
     #[arg(long)]
     pub log_learner_hold_entries: Option<u64>,
+    /// TCP address (a loopback one) of the node's HTTP listener: Prometheus metrics at /metrics; off when unset [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A node's fully resolved configuration.
@@ -122,6 +125,8 @@ pub struct NodeConfig {
     pub recovery_rate: u64,
     pub lmdb_map_size: usize,
     pub commit_linger: Duration,
+    /// The HTTP listener's address (loopback only), if any.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Largest `rebalance_max_moves`.
@@ -225,6 +230,7 @@ impl NodeOptions {
             log_learner_hold_entries: self
                 .log_learner_hold_entries
                 .or(file.log_learner_hold_entries),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
         }
     }
 
@@ -371,7 +377,19 @@ impl NodeOptions {
             }
             retention.learner_hold = n;
         }
+        if let Some(addr) = self.metrics_listen {
+            // Plain HTTP, no authentication, the cluster's layout on show:
+            // loopback only (see `crate::http`).
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "metrics_listen",
+                    addr,
+                    "must be a loopback address (127.0.0.0/8 or ::1): the listener is plain HTTP without authentication; scrape it from the same host, or put a proxy that terminates TLS in front",
+                ));
+            }
+        }
         Ok(NodeConfig {
+            metrics_listen: self.metrics_listen,
             lease,
             retention,
             recovery_rate: self.recovery_bytes_per_sec.unwrap_or(DEFAULT_RECOVERY_RATE),
@@ -448,6 +466,40 @@ mod tests {
             err,
             "log_learner_hold_entries = 10: must be 1000..=1000000000"
         );
+    }
+
+    #[test]
+    fn the_metrics_listener_is_off_by_default_and_loopback_only() {
+        assert_eq!(
+            NodeOptions::default().resolve().unwrap().metrics_listen,
+            None
+        );
+        for ok in ["127.0.0.1:9100", "127.3.4.5:9100", "[::1]:9100"] {
+            let cfg = NodeOptions {
+                metrics_listen: Some(ok.parse().unwrap()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap();
+            assert_eq!(cfg.metrics_listen, Some(ok.parse().unwrap()));
+        }
+        for refused in ["0.0.0.0:9100", "10.1.2.3:9100", "[::]:9100"] {
+            let err = NodeOptions {
+                metrics_listen: Some(refused.parse().unwrap()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "metrics_listen = {refused}: must be a loopback address"
+                )),
+                "{err}"
+            );
+        }
+        let file = NodeOptions::parse(r#"metrics_listen = "127.0.0.1:9100""#).unwrap();
+        assert_eq!(file.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
     }
 
     #[test]

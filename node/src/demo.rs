@@ -37,6 +37,9 @@ pub struct DemoArgs {
     /// Port of the first node; the others follow.
     #[arg(long, default_value_t = 7401)]
     pub base_port: u16,
+    /// TCP port of the first node's HTTP listener (metrics, console); the others follow; 0 for none [default: base port + 2000].
+    #[arg(long)]
+    pub metrics_base_port: Option<u16>,
 }
 
 /// How long the cluster may take to come up.
@@ -145,6 +148,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|i| SocketAddr::new(args.host, args.base_port + i))
         .collect();
 
+    let metrics: Vec<Option<SocketAddr>> = match args
+        .metrics_base_port
+        .unwrap_or(args.base_port.saturating_add(2000))
+    {
+        0 => vec![None; addrs.len()],
+        base => (0..args.nodes)
+            .map(|i| Some(SocketAddr::new(args.host, base + i)))
+            .collect(),
+    };
+
     let mut nodes = Nodes(Vec::new());
     for (index, (id, addr)) in ids.iter().zip(&addrs).enumerate() {
         let log = dir.join(format!("{id}.log"));
@@ -168,6 +181,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .stdout(out.try_clone()?)
             .stderr(out)
             .process_group(0);
+        if let Some(m) = metrics[index] {
+            cmd.args(["--metrics-listen", &m.to_string()]);
+        }
         let child = cmd.spawn().with_context(|| format!("starting node {id}"))?;
         nodes.0.push(Node {
             id: id.clone(),
@@ -193,6 +209,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         for n in &nodes.0 {
             println!("  {}  {}  (log: {})", n.id, n.addr, n.log.display());
+        }
+        if let Some(m) = metrics[0] {
+            println!("\n  console: http://{m}/   metrics: http://{m}/metrics   (the next ports: the other nodes)");
         }
         println!("\nTry, in another terminal:");
         println!("  {me} admin --node {} --certs {c} members", addrs[0]);

@@ -56,6 +56,13 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             commit_linger: config.commit_linger,
         })
         .await?;
+        if let Some(addr) = config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener on {addr}"))?;
+            info!(%addr, "metrics at http://{addr}/metrics");
+            tokio::spawn(crate::http::serve(listener, handle.observe.clone()));
+        }
         let why = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",
             _ = sigint.recv() => "SIGINT",

@@ -25,8 +25,8 @@ pub mod frame;
 mod tls;
 
 pub use endpoint::{
-    ClientSession, Endpoint, Limits, Remote, ReplyStream, Service, SessionKind, ALPN_CLIENT,
-    ALPN_PEER,
+    ClientSession, Endpoint, Limits, Refusals, Remote, ReplyStream, Service, SessionKind,
+    ALPN_CLIENT, ALPN_PEER,
 };
 pub use error::TransportError;
 pub use tls::{Role, TlsIdentity};

@@ -333,6 +333,8 @@ pub struct ShardStore {
     entries_logged: Arc<AtomicU64>,
     /// Write transactions committed by the group commit since start.
     commits: Arc<AtomicU64>,
+    /// Their sizes and commit times (for the node's metrics).
+    commit_metrics: crate::metrics::CommitMetrics,
 }
 
 /// A scan of a shard copy's rows and sessions.
@@ -429,12 +431,18 @@ impl ShardStore {
             sessions,
             entries_logged: Arc::default(),
             commits: Arc::default(),
+            commit_metrics: Default::default(),
         })
     }
 
     /// The environment the store lives in.
     pub fn env(&self) -> &Env {
         &self.env
+    }
+
+    /// The group commit's batch sizes and commit times since start.
+    pub fn commit_metrics(&self) -> crate::metrics::CommitMetrics {
+        self.commit_metrics.clone()
     }
 
     /// Log entries committed by this store since the process started.
@@ -724,7 +732,10 @@ impl ShardStore {
                     }
                 }
             }
+            let committing = std::time::Instant::now();
             wtxn.commit()?;
+            self.commit_metrics
+                .committed(work.len(), committing.elapsed());
             let appended: usize = work
                 .iter()
                 .zip(&out)
