@@ -80,6 +80,8 @@ impl ShardHealth {
 pub struct Observation {
     pub node_id: String,
     pub members: Vec<Member>,
+    /// Each peer's phi-accrual suspicion, as this node's gossip computes it.
+    pub phis: Vec<(String, f64)>,
     pub cluster: ClusterStatus,
     pub map: Arc<ClusterMap>,
     /// Each shard of each table with its health, from the map and gossip.
@@ -101,6 +103,7 @@ impl Observe {
     pub async fn gather(&self) -> Observation {
         let snapshot = self.membership.snapshot().await;
         let members = view::members(&snapshot);
+        let phis = self.membership.phis().await;
         let cluster = self.control.status().await;
         let map = self.control.map();
         let live: BTreeMap<&str, bool> = members
@@ -149,6 +152,7 @@ impl Observe {
         Observation {
             node_id: self.node_id.clone(),
             members,
+            phis,
             cluster,
             decisions: self.count_decisions(&map),
             map,

@@ -164,6 +164,26 @@ impl Membership {
         }
     }
 
+    /// The phi-accrual suspicion of each peer gossip has heard from at
+    /// least twice, by node id (newest incarnation): it climbs while a peer
+    /// is silent, and the peer is marked down past `phi_threshold`.
+    pub async fn phis(&self) -> Vec<(String, f64)> {
+        let chitchat = self.handle.chitchat();
+        let chitchat = chitchat.lock().await;
+        let mut newest: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        for id in chitchat.node_states().keys() {
+            if let Some(phi) = chitchat.phi(id) {
+                let slot = newest
+                    .entry(id.node_id.to_string())
+                    .or_insert((id.generation_id, phi));
+                if id.generation_id >= slot.0 {
+                    *slot = (id.generation_id, phi);
+                }
+            }
+        }
+        newest.into_iter().map(|(n, (_, phi))| (n, phi)).collect()
+    }
+
     /// Each known node's status (newest incarnation), this node included,
     /// without waiting on the gossip state's lock.
     pub fn statuses_now(&self) -> Vec<(String, NodeStatus)> {

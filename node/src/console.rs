@@ -3,7 +3,7 @@
 //! it reads, `GET /events` (server-sent events).
 //!
 //! Each event is the whole picture as JSON: members with status,
-//! generation and zone; every table's shards with primary, backups,
+//! generation, zone and phi; every table's shards with primary, backups,
 //! learners, epoch and health; the newest coordinator events; request
 //! totals (the page turns them into rates). An event is sent when the
 //! node's gossip watch (the one `tstore admin gossip --watch` reads) reports
@@ -42,9 +42,14 @@ pub fn state_json(o: &Observation) -> serde_json::Value {
         .members
         .iter()
         .map(|m| {
+            let phi = o
+                .phis
+                .iter()
+                .find(|(n, _)| *n == m.node_id)
+                .map(|(_, p)| *p);
             json!({
                 "node": m.node_id, "status": status(m.status), "generation": m.generation,
-                "zone": m.zone, "addr": m.addr, "heartbeat": m.heartbeat,
+                "zone": m.zone, "addr": m.addr, "heartbeat": m.heartbeat, "phi": phi,
             })
         })
         .collect();

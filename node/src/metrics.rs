@@ -334,6 +334,16 @@ impl Collector for Scrape {
                 .map(|m| (vec![("node", m.node_id.as_str())], m.heartbeat as f64)),
         )?;
 
+        gauge(
+            e,
+            "gossip_node_phi",
+            "Each peer's phi-accrual suspicion as this node's gossip computes it: it climbs while the peer is silent, and the peer is marked down past phi_threshold.",
+            None,
+            o.phis
+                .iter()
+                .map(|(node, phi)| (vec![("node", node.as_str())], *phi)),
+        )?;
+
         // The control plane.
         let c = &o.cluster;
         gauge(

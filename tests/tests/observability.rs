@@ -121,6 +121,14 @@ async fn metrics_parse_and_follow_writes_a_kill_and_the_healing() {
         assert_eq!(value(&m, r#"tstore_gossip_nodes{status="live"}"#), 3.0);
         assert!(m.contains_key(r#"tstore_group_commit_duration_seconds_count"#));
         assert!(value(&m, "tstore_raft_term") >= 1.0);
+        // Each live peer's phi, a small finite number while it gossips.
+        for peer in ids.iter().filter(|p| **p != id) {
+            let phi = value(&m, &format!(r#"tstore_gossip_node_phi{{node="{peer}"}}"#));
+            assert!(
+                phi.is_finite() && phi >= 0.0,
+                "{id} sees {peer} at phi {phi}"
+            );
+        }
     }
 
     // N writes raise the write counters, summed over the nodes, by N.

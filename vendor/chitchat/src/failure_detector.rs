@@ -122,7 +122,8 @@ impl FailureDetector {
     /// Returns the current phi value of a node.
     ///
     /// If we have received less than 2 heartbeat, `phi()` returns `None`.
-    fn phi(&self, chitchat_id: &ChitchatId) -> Option<f64> {
+    // tstore patch: visible to the crate, for `Chitchat::phi`.
+    pub(crate) fn phi(&self, chitchat_id: &ChitchatId) -> Option<f64> {
         self.node_samples.get(chitchat_id)?.phi()
     }
 

@@ -316,6 +316,17 @@ impl Chitchat {
         self.failure_detector.failure_detection_timeout(chitchat_id)
     }
 
+    /// tstore patch: the current phi (suspicion level) of a peer, `None`
+    /// for this node, unknown nodes and nodes with fewer than two
+    /// heartbeats observed. Operators watch it (metrics) to see how close
+    /// a peer is to being marked down.
+    pub fn phi(&self, chitchat_id: &ChitchatId) -> Option<f64> {
+        if chitchat_id == self.self_chitchat_id() {
+            return None;
+        }
+        self.failure_detector.phi(chitchat_id)
+    }
+
     /// Returns a watch stream for monitoring changes in the cluster.
     ///
     /// The stream will emit a new value whenever a node:
