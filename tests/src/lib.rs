@@ -316,6 +316,28 @@ impl Cluster {
 
     /// [`Cluster::start_formed`] with extra `tstore start` flags for each
     /// node, as `flags(id)` gives them.
+    /// Where node `id`'s HTTP listener (metrics, console) is, when started
+    /// by [`Cluster::start_formed_with_http`]: on the node's own loopback
+    /// address, so clusters of parallel tests do not collide.
+    pub fn http_addr(&self, id: &str) -> std::net::SocketAddr {
+        let quic = self.addr(id);
+        std::net::SocketAddr::new(quic.ip(), 9100 + quic.port() % 100)
+    }
+
+    /// [`Cluster::start_formed`], each node with its HTTP listener at
+    /// [`Cluster::http_addr`].
+    pub async fn start_formed_with_http(&mut self, ids: &[&str]) {
+        let flags: std::collections::BTreeMap<String, [String; 2]> = ids
+            .iter()
+            .map(|id| {
+                let addr = self.http_addr(id).to_string();
+                (id.to_string(), ["--metrics-listen".into(), addr])
+            })
+            .collect();
+        self.start_formed_by(ids, |id| flags[id].iter().map(String::as_str).collect())
+            .await;
+    }
+
     pub async fn start_formed_by<'a>(
         &mut self,
         ids: &[&str],

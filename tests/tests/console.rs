@@ -19,11 +19,6 @@ use tstore_tests::{hash_table, Cluster};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn console_addr(c: &Cluster, id: &str) -> SocketAddr {
-    let quic = c.addr(id);
-    SocketAddr::new(quic.ip(), 9200 + quic.port() % 100)
-}
-
 /// One HTTP/1.1 exchange; returns status and body. chromedriver keeps the
 /// connection open whatever the request says, so the body is read by its
 /// `Content-Length` (or its chunks), not to the end of the stream.
@@ -228,17 +223,7 @@ fn status_of(page: &Value, node: &str) -> Option<String> {
 async fn the_console_shows_members_shards_and_a_failover_live_in_a_browser() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3"];
-    let flags: std::collections::BTreeMap<&str, [String; 2]> = ids
-        .iter()
-        .map(|id| {
-            (
-                *id,
-                ["--metrics-listen".into(), console_addr(&c, id).to_string()],
-            )
-        })
-        .collect();
-    c.start_formed_by(&ids, |id| flags[id].iter().map(String::as_str).collect())
-        .await;
+    c.start_formed_with_http(&ids).await;
     c.create_table("n1", hash_table("web", 4)).await;
     let (_, t) = c.client("n1").await.unwrap().describe("web").await.unwrap();
     let victim = t.shards[0].replicas.primary.clone();
@@ -246,7 +231,7 @@ async fn the_console_shows_members_shards_and_a_failover_live_in_a_browser() {
 
     let browser = Browser::start(&c.dir().join("chromium-profile")).await;
     browser
-        .go(&format!("http://{}/", console_addr(&c, viewer)))
+        .go(&format!("http://{}/", c.http_addr(viewer)))
         .await;
     let (page, took) = c
         .poll(

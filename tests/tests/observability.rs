@@ -16,11 +16,6 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// The metrics address of node `id`: the node's loopback address, TCP port
 /// 9100 + its index.
-fn metrics_addr(c: &Cluster, id: &str) -> SocketAddr {
-    let quic = c.addr(id);
-    SocketAddr::new(quic.ip(), 9100 + quic.port() % 100)
-}
-
 /// Sends `request` as is and returns the whole answer (bounded in time).
 async fn raw(addr: SocketAddr, request: &[u8]) -> Result<String, String> {
     let exchange = async {
@@ -49,7 +44,7 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> Result<String, String> {
 /// (sorted, `name{k="v",...}`) to its value.
 async fn scrape(c: &Cluster, id: &str) -> Result<BTreeMap<String, f64>, String> {
     let answer = raw(
-        metrics_addr(c, id),
+        c.http_addr(id),
         b"GET /metrics HTTP/1.1\r\nHost: tstore\r\nConnection: close\r\n\r\n",
     )
     .await?;
@@ -102,17 +97,7 @@ async fn writes_ok(c: &Cluster, ids: &[&str]) -> f64 {
 async fn metrics_parse_and_follow_writes_a_kill_and_the_healing() {
     let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3"];
-    let flags: BTreeMap<&str, [String; 2]> = ids
-        .iter()
-        .map(|id| {
-            (
-                *id,
-                ["--metrics-listen".into(), metrics_addr(&c, id).to_string()],
-            )
-        })
-        .collect();
-    c.start_formed_by(&ids, |id| flags[id].iter().map(String::as_str).collect())
-        .await;
+    c.start_formed_with_http(&ids).await;
     c.create_table("n1", hash_table("obs", 4)).await;
 
     // Every node answers; its histograms and gauges are there.
@@ -172,8 +157,8 @@ async fn metrics_parse_and_follow_writes_a_kill_and_the_healing() {
     );
 
     // Healing: n3 back, every shard back at 3 live copies.
-    let n3 = flags["n3"].clone();
-    c.start_with("n3", &["n1", "n2"], &[&n3[0], &n3[1]]);
+    let n3 = c.http_addr("n3").to_string();
+    c.start_with("n3", &["n1", "n2"], &["--metrics-listen", &n3]);
     c.poll("n1's metrics to show the cluster healed", LIMIT, || async {
         let m = scrape(&c, "n1").await?;
         let healed = value(&m, r#"tstore_gossip_nodes{status="live"}"#) == 3.0
@@ -190,7 +175,7 @@ async fn metrics_parse_and_follow_writes_a_kill_and_the_healing() {
 #[tokio::test]
 async fn the_metrics_listener_refuses_malformed_oversized_and_bodied_requests() {
     let mut c = Cluster::new();
-    let addr = metrics_addr(&c, "n1");
+    let addr = c.http_addr("n1");
     c.start_with("n1", &[], &["--metrics-listen", &addr.to_string()]);
     let (first, _) = c
         .poll("the metrics listener to answer", LIMIT, || async {
