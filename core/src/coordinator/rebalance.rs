@@ -86,7 +86,21 @@ pub fn unsettled(map: &ClusterMap, health: &Health) -> Option<String> {
 
 /// The rebalancing changes to commit now (empty when balanced, unsettled, or
 /// `max_moves` is 0).
+///
+/// Tables with a placement rule are left out: their copies stay where the
+/// operator put them (the failover planner keeps the rule), they count in
+/// no node's load, and one of their shards running short (a named node is
+/// down) does not hold back rebalancing the other tables.
 pub fn plan(map: &ClusterMap, health: &Health, max_moves: usize) -> Vec<Change> {
+    if map.tables.values().any(|t| t.placement.is_some()) {
+        let mut free = map.clone();
+        free.tables.retain(|_, t| t.placement.is_none());
+        return plan_free(&free, health, max_moves);
+    }
+    plan_free(map, health, max_moves)
+}
+
+fn plan_free(map: &ClusterMap, health: &Health, max_moves: usize) -> Vec<Change> {
     if max_moves == 0 || unsettled(map, health).is_some() {
         return vec![];
     }
