@@ -966,12 +966,6 @@ pub(crate) mod tests {
                 ("n1".into(), vec!["n2".into(), "n3".into()])
             );
         }
-        // The rebalancer leaves the table alone (n4 holds nothing)...
-        assert!(crate::coordinator::rebalance::plan(&m, &all, 2).is_empty());
-        // ...which, without the rule, would move copies to n4.
-        let mut free = m.clone();
-        set_rule(&mut free, None).unwrap();
-        assert!(!crate::coordinator::rebalance::plan(&free, &all, 2).is_empty());
         // An operator cannot move a copy outside the rule either.
         let err = manual(
             &m,
