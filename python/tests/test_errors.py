@@ -170,3 +170,13 @@ def test_every_kind_maps_to_its_exception_and_exit_code():
     assert e.current_version == 9
     e = from_native("conflict", "row 7 already exists (version 12)")
     assert e.current_version == 12
+
+
+def test_a_drain_that_could_never_finish_is_a_conflict(cluster, users):
+    # Three nodes, three copies of every shard: nowhere to move them.
+    node = cluster.members()[0].node_id
+    with pytest.raises(ConflictError) as e:
+        cluster.drain(node)
+    assert "add a node first" in str(e.value)
+    with pytest.raises(NoSuchTable):
+        cluster.drain("no-such-node")

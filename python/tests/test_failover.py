@@ -135,3 +135,17 @@ def test_replicate_primary_goes_back_to_a_named_primary(four):
     wait_for("the primary handed back to a", lambda: all(s.primary == a for s in t.describe().shards), timeout=90)
     assert [r["v"] for r in t.scan()] == [1, 2]
     assert all(d not in [s.primary, *s.backups, *s.learners] for s in t.describe().shards)
+
+
+def test_drain_empties_a_node_then_undrain(four):
+    cluster = four
+    t = cluster.create_table("drained", shards=4, replicas=3)
+    for k in range(50):
+        t.put({"id": k, "v": k})
+    victim = t.describe().shards[0].primary
+    result = cluster.drain(victim, timeout=90)
+    assert result["safe_to_stop"] and result["copies_left"] == []
+    assert all(victim not in [s.primary, *s.backups, *s.learners] for s in t.describe().shards)
+    assert any("draining" in e.why for e in cluster.events())
+    assert [r["v"] for r in t.scan()] == list(range(50))
+    assert cluster.undrain(victim) > result["map_version"]
