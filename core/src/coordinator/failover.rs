@@ -28,7 +28,10 @@
 //!    over to a backup, then the draining copy is dropped;
 //! 6. **the primary is not on one of its table's named primaries** (a
 //!    placement rule, [`PlacementRule`]) while a live backup is → it hands
-//!    over to that backup.
+//!    over to that backup;
+//! 7. **no member is on a named primary** → a live named primary that
+//!    holds no copy gets a learner that replaces a backup once caught up
+//!    (as `move-shard`), after which rule 6 hands the primary over.
 //!
 //! A table with a placement rule keeps its copies on the rule's nodes: rule
 //! 4 adds copies only there (preferring the rule's backup nodes), so a shard
@@ -562,9 +565,10 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
             }
         }
     }
-    // 6. The primary is not one of the rule's primaries, and a live backup is.
     if let Some(rule) = &t.placement {
         if r.learners.is_empty() && !named_primary(Some(rule), &r.primary) {
+            // 6. The primary is not one of the rule's primaries, and a
+            // live backup is: it hands over.
             let to = r
                 .backups
                 .iter()
@@ -573,22 +577,68 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
                         && health.live.contains(*b)
                         && !health.suspect.contains(*b)
                 })
-                .min_by_key(|b| (load.primaries(b), (*b).clone()))?
-                .clone();
-            let mut backups: Vec<NodeId> =
-                r.backups.iter().filter(|b| **b != to).cloned().collect();
-            backups.push(r.primary.clone());
-            return change(
-                to.clone(),
-                backups,
-                vec![],
-                format!("handed primary over from {} to {to}", r.primary),
-                format!(
-                    "placement: table {:?} has its primaries on {}",
-                    t.spec.name,
-                    rule.primaries.join(",")
-                ),
-            );
+                .min_by_key(|b| (load.primaries(b), (*b).clone()));
+            if let Some(to) = to {
+                let mut backups: Vec<NodeId> =
+                    r.backups.iter().filter(|b| *b != to).cloned().collect();
+                backups.push(r.primary.clone());
+                return change(
+                    to.clone(),
+                    backups,
+                    vec![],
+                    format!("handed primary over from {} to {to}", r.primary),
+                    format!(
+                        "placement: table {:?} has its primaries on {}",
+                        t.spec.name,
+                        rule.primaries.join(",")
+                    ),
+                );
+            }
+            // 7. No member is one of them: a live one that holds no copy
+            // gets one, replacing a backup (as move-shard does), so that
+            // rule 6 can then hand over to it.
+            if *budget > 0 {
+                let holders: BTreeSet<&NodeId> = r.holders().collect();
+                let to = rule
+                    .primaries
+                    .iter()
+                    .filter(|n| {
+                        health.live.contains(*n)
+                            && !health.suspect.contains(*n)
+                            && !holders.contains(n)
+                            && map
+                                .nodes
+                                .get(*n)
+                                .is_some_and(|e| e.state == NodeState::Active)
+                    })
+                    .min_by_key(|n| (load.copies(n), (*n).clone()));
+                // The backup replaced: one outside the rule's backups first.
+                let from = r
+                    .backups
+                    .iter()
+                    .max_by_key(|b| (!rule.backups.contains(b), load.copies(b), (*b).clone()));
+                if let (Some(to), Some(from)) = (to, from) {
+                    *budget -= 1;
+                    *load.copies.entry(to.clone()).or_default() += 1;
+                    let mut moves = r.moves.clone();
+                    moves.push((to.clone(), from.clone()));
+                    return change(
+                        r.primary.clone(),
+                        r.backups.clone(),
+                        vec![to.clone()],
+                        format!("added learner {to} to replace {from}"),
+                        format!(
+                            "placement: table {:?} has its primaries on {}, and none holds a copy",
+                            t.spec.name,
+                            rule.primaries.join(",")
+                        ),
+                    )
+                    .map(|mut c| {
+                        c.moves = moves;
+                        c
+                    });
+                }
+            }
         }
     }
     None
@@ -997,6 +1047,28 @@ pub(crate) mod tests {
             all_copies.push(p);
             all_copies.sort();
             assert_eq!(all_copies, vec!["n2", "n3", "n4"]);
+        }
+        m.check_invariants();
+    }
+
+    /// Every copy is on a node the rule allows, but none on a named
+    /// primary: one moves there (replacing a backup), then leads.
+    #[test]
+    fn a_named_primary_without_a_copy_gets_one_then_leads() {
+        let mut m = map(4, &[]);
+        let all = health(&["n1", "n2", "n3", "n4"], &[]);
+        set_rule(&mut m, rule(&["n4"], &["n1", "n2", "n3"])).unwrap();
+        let changes = plan(&m, &all, 4);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes.iter().all(|c| c.learners == vec!["n4".to_string()]));
+        assert!(changes
+            .iter()
+            .all(|c| c.moves.len() == 1 && c.moves[0].0 == "n4"));
+        settle(&mut m, &all);
+        for s in 0..2 {
+            let (p, b) = holders(&m, s);
+            assert_eq!(p, "n4");
+            assert_eq!(b.len(), 2, "{b:?}");
         }
         m.check_invariants();
     }
