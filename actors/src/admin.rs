@@ -167,6 +167,16 @@ impl Handler<AdminCall> for AdminActor {
                 })
                 .boxed()
             }
+            AdminRequest::SetPlacement { table, rule } => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.set_placement(table, rule).await {
+                        Ok(map_version) => AdminReply::Done { map_version },
+                        Err(e) => AdminReply::Error(e.into()),
+                    }
+                })
+                .boxed()
+            }
             AdminRequest::Shard { table, shard, op } => {
                 let control = self.control.clone();
                 stream::once(async move {

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use tstore_core::cluster_map::RowKey;
-use tstore_core::cluster_map::{MapEvent, NodeState, Table, TableSpec};
+use tstore_core::cluster_map::{MapEvent, NodeState, PlacementRule, Table, TableSpec};
 use tstore_core::coordinator::failover::ManualOp;
 use tstore_core::data::ops::RowRecord;
 use tstore_core::view::{GossipChange, GossipSnapshot, Member};
@@ -302,6 +302,21 @@ impl AdminClient {
         self.done(&AdminRequest::SetNodeState {
             node_id: node_id.into(),
             state,
+        })
+        .await
+    }
+
+    /// Sets (or with `None` clears) a table's placement rule; returns the
+    /// map version holding it. The coordinator then moves the table's
+    /// copies where the rule says (see [`PlacementRule`]).
+    pub async fn set_placement(
+        &self,
+        table: &str,
+        rule: Option<PlacementRule>,
+    ) -> Result<u64, ClientError> {
+        self.done(&AdminRequest::SetPlacement {
+            table: table.into(),
+            rule,
         })
         .await
     }

@@ -187,6 +187,82 @@ pub struct Table {
     pub id: u64,
     pub spec: TableSpec,
     pub shards: Vec<Shard>,
+    /// Where the table's copies may be, when an operator said so
+    /// ([`MapCommand::SetPlacement`]); `None`: anywhere.
+    pub placement: Option<PlacementRule>,
+}
+
+/// An operator's rule for where a table's copies go (`tstore admin
+/// placement`, the Python package's `replicate` and `shard_key`).
+///
+/// Every copy of every shard is kept on [`PlacementRule::nodes`]: the
+/// coordinator adds copies only there, moves copies that are elsewhere
+/// there (as a drain does), and the rebalancer leaves the table alone. A
+/// shard's primary is on one of `primaries` whenever one of them holds an
+/// in-sync copy. When a named node dies, its shards run short (fewer copies)
+/// rather than copy to a node outside the rule; when the primary's node
+/// dies, any backup is promoted (the shard stays writable) and the primary
+/// is handed back to a named primary once one is a backup again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementRule {
+    /// Nodes a shard's primary goes to; at least one.
+    pub primaries: Vec<NodeId>,
+    /// Nodes its backups go to first; then the other `primaries`.
+    pub backups: Vec<NodeId>,
+}
+
+impl PlacementRule {
+    /// Whether a copy may be on `node`.
+    pub fn allows(&self, node: &str) -> bool {
+        self.primaries
+            .iter()
+            .chain(&self.backups)
+            .any(|n| n == node)
+    }
+
+    /// Every node named, once.
+    pub fn nodes(&self) -> std::collections::BTreeSet<&NodeId> {
+        self.primaries.iter().chain(&self.backups).collect()
+    }
+
+    /// Checks the rule against a table of `replicas` copies per shard.
+    pub fn validate(&self, replicas: u32) -> Result<(), MapError> {
+        if self.primaries.is_empty() {
+            return Err(MapError::InvalidPlacement(
+                "a placement rule names at least one node for primaries".into(),
+            ));
+        }
+        let nodes = self.nodes().len();
+        if nodes < replicas as usize {
+            return Err(MapError::InvalidPlacement(format!(
+                "the table keeps {replicas} copies of each shard but the rule names {nodes} node{}: name at least {replicas}",
+                if nodes == 1 { "" } else { "s" }
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for PlacementRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "primaries on {}; backups on {}",
+            self.primaries.join(","),
+            if self.backups.is_empty() {
+                "-".to_owned()
+            } else {
+                self.backups.join(",")
+            }
+        )
+    }
+}
+
+impl Table {
+    /// Whether a copy of this table may be on `node` (its placement rule).
+    pub fn allows(&self, node: &str) -> bool {
+        self.placement.as_ref().is_none_or(|r| r.allows(node))
+    }
 }
 
 /// A node's place in the cluster, as committed in the map.
@@ -256,6 +332,13 @@ pub enum MapCommand {
         /// change; a node holding a copy is never away.
         #[serde(default)]
         away: Vec<Away>,
+    },
+    /// Sets (or with `None` clears) a table's placement rule; the
+    /// coordinator then moves its copies where the rule says.
+    SetPlacement {
+        table: String,
+        rule: Option<PlacementRule>,
+        at_unix_ms: u64,
     },
 }
 
@@ -498,6 +581,7 @@ impl ClusterMap {
                         id: self.next_table_id,
                         spec: spec.clone(),
                         shards,
+                        placement: None,
                     },
                 );
             }
@@ -573,7 +657,7 @@ impl ClusterMap {
                 let epoch = next.epoch;
                 let t = self.tables.get_mut(table).expect("checked above");
                 t.shards[*shard as usize].replicas = next;
-                self.events.push_back(MapEvent {
+                self.push_event(MapEvent {
                     version: self.version + 1,
                     at_unix_ms: *at_unix_ms,
                     subject: name,
@@ -581,13 +665,53 @@ impl ClusterMap {
                     why: why.clone(),
                     epoch: Some(epoch),
                 });
-                while self.events.len() > MAX_EVENTS {
-                    self.events.pop_front();
+            }
+            MapCommand::SetPlacement {
+                table,
+                rule,
+                at_unix_ms,
+            } => {
+                let t = self
+                    .tables
+                    .get(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                if let Some(rule) = rule {
+                    rule.validate(t.spec.replicas)?;
+                    if let Some(n) = rule.nodes().into_iter().find(|n| {
+                        self.nodes
+                            .get(*n)
+                            .is_none_or(|e| e.state == NodeState::Removed)
+                    }) {
+                        return Err(MapError::UnknownNode(n.clone()));
+                    }
                 }
+                if t.placement == *rule {
+                    return Ok(());
+                }
+                self.tables.get_mut(table).expect("checked above").placement = rule.clone();
+                self.push_event(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: table.clone(),
+                    what: match rule {
+                        Some(r) => format!("placement: {r}"),
+                        None => "placement rule cleared".into(),
+                    },
+                    why: "operator: placement".into(),
+                    epoch: None,
+                });
             }
         }
         self.version += 1;
         Ok(())
+    }
+
+    /// Keeps `event`, dropping the oldest beyond [`MAX_EVENTS`].
+    fn push_event(&mut self, event: MapEvent) {
+        self.events.push_back(event);
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
     }
 
     /// The shards (table, index, replica set) a node holds a copy of,

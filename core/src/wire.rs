@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_map::{ClusterMap, MapError, MapEvent, NodeState, RowKey, Table, TableSpec};
+use crate::cluster_map::{
+    ClusterMap, MapError, MapEvent, NodeState, PlacementRule, RowKey, Table, TableSpec,
+};
 use crate::coordinator::failover::ManualOp;
 use crate::coordinator::placement::PlacementError;
 use crate::data::ops::{Op, OpResult, RowRecord};
@@ -442,6 +444,10 @@ pub enum ControlRequest {
         shard: u32,
         op: ManualOp,
     },
+    SetPlacement {
+        table: String,
+        rule: Option<PlacementRule>,
+    },
 }
 
 /// Client and operator requests (ALPN `tstore-client/1`).
@@ -494,6 +500,12 @@ pub enum AdminRequest {
     /// answered by one [`AdminReply::DataAt`] as soon as it finishes (not
     /// in order); the stream then ends. At most [`MAX_COALESCED`].
     DataMany(Vec<DataRequest>),
+    /// Sets (or with `None` clears) a table's placement rule: where its
+    /// copies and primaries may be.
+    SetPlacement {
+        table: String,
+        rule: Option<PlacementRule>,
+    },
 }
 
 /// The most row requests one [`AdminRequest::DataMany`] may carry.

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use tstore_transport::certs::CertDir;
 use tstore_transport::Role;
 
-use tstore_core::cluster_map::{NodeState, RowKey, Sharding, TableSpec};
+use tstore_core::cluster_map::{NodeState, PlacementRule, RowKey, Sharding, TableSpec};
 use tstore_core::coordinator::failover::ManualOp;
 use tstore_core::data::ops::{OpResult, RowRecord};
 
@@ -160,6 +160,18 @@ pub enum AdminCommand {
         /// with fewer members refuses writes. Default: min(2, replicas).
         #[arg(long)]
         min_copies: Option<u32>,
+        #[command(flatten)]
+        rule: RuleArgs,
+    },
+    /// Keep a table's copies on named nodes (a placement rule), or
+    /// `--clear` the rule: `placement user --primaries n1 --backups n2,n3`.
+    Placement {
+        table: String,
+        #[command(flatten)]
+        rule: RuleArgs,
+        /// Remove the table's rule: its copies may go anywhere again.
+        #[arg(long, conflicts_with_all = ["nodes", "primaries", "backups"])]
+        clear: bool,
     },
     /// Drop a table and all its shards.
     DropTable { name: String },
@@ -220,6 +232,37 @@ pub enum AdminCommand {
     /// import, scan), served through the routing client.
     #[command(flatten)]
     Row(RowCommand),
+}
+
+/// A placement rule on the command line: `--nodes`, or `--primaries` with
+/// `--backups`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuleArgs {
+    /// Keep every copy on these nodes, primaries spread over them.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["primaries", "backups"])]
+    nodes: Option<Vec<String>>,
+    /// Keep each shard's primary on one of these nodes...
+    #[arg(long, value_delimiter = ',', requires = "backups")]
+    primaries: Option<Vec<String>>,
+    /// ...and its backups on these (then on the other primaries).
+    #[arg(long, value_delimiter = ',', requires = "primaries")]
+    backups: Option<Vec<String>>,
+}
+
+impl RuleArgs {
+    fn rule(&self) -> Option<PlacementRule> {
+        match (&self.nodes, &self.primaries, &self.backups) {
+            (Some(nodes), _, _) => Some(PlacementRule {
+                primaries: nodes.clone(),
+                backups: nodes.clone(),
+            }),
+            (None, Some(primaries), Some(backups)) => Some(PlacementRule {
+                primaries: primaries.clone(),
+                backups: backups.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The row commands: one request each, through the routing client.
@@ -457,6 +500,7 @@ async fn admin(
             range_splits,
             replicas,
             min_copies,
+            rule,
         } => {
             let sharding = match (shards, range_splits) {
                 (Some(shards), None) => Sharding::Hash { shards },
@@ -472,7 +516,13 @@ async fn admin(
                 replicas,
                 min_copies: min_copies.unwrap_or(0),
             };
-            let (version, table) = client.create_table(spec).await?;
+            let (mut version, mut table) = client.create_table(spec).await?;
+            if let Some(rule) = rule.rule() {
+                // Placed by the coordinator first; its copies then move to
+                // the named nodes (at once for an empty table).
+                client.set_placement(&table.spec.name, Some(rule)).await?;
+                (version, table) = client.describe(&table.spec.name).await?;
+            }
             if json {
                 print_json(&serde_json::json!({ "map_version": version, "table": table }))?;
             } else {
@@ -482,6 +532,20 @@ async fn admin(
                 );
                 print!("{}", output::table(version, &table));
             }
+        }
+        AdminCommand::Placement { table, rule, clear } => {
+            let rule = match (rule.rule(), clear) {
+                (None, false) => {
+                    anyhow::bail!("give --nodes, --primaries with --backups, or --clear")
+                }
+                (rule, _) => rule,
+            };
+            let text = match &rule {
+                Some(r) => format!("table {table:?}: {r}; the coordinator moves its copies there"),
+                None => format!("table {table:?} has no placement rule now"),
+            };
+            let v = client.set_placement(&table, rule).await?;
+            done(json, v, &text)?;
         }
         AdminCommand::DropTable { name } => {
             let version = client.drop_table(&name).await?;

@@ -75,16 +75,21 @@ pub fn tables(map_version: u64, tables: &[Table]) -> String {
     out
 }
 
-/// A table's first line: its definition and the map version.
+/// A table's first line: its definition and the map version; then its
+/// placement rule, if it has one.
 fn table_line(map_version: u64, t: &Table) -> String {
-    format!(
+    let mut out = format!(
         "table {} (key {:?}, {}, {} replicas, writes need {}; map version {map_version})\n",
         t.spec.name,
         t.spec.key,
         sharding(t),
         t.spec.replicas,
         t.spec.min_copies()
-    )
+    );
+    if let Some(rule) = &t.placement {
+        let _ = writeln!(out, "placement: {rule}");
+    }
+    out
 }
 
 /// One table and its shards.

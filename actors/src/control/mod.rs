@@ -36,7 +36,9 @@ use tstore_transport::Endpoint;
 
 use crate::peer::{PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
 use store::{LogStore, MapState, StateMachine};
-use tstore_core::cluster_map::{ClusterMap, MapCommand, NodeState, Table, TableSpec};
+use tstore_core::cluster_map::{
+    ClusterMap, MapCommand, NodeState, PlacementRule, Table, TableSpec,
+};
 use tstore_core::coordinator::failover::{self, Health, ManualOp};
 use tstore_core::coordinator::health::{self, live_peers, HealthMemory, KEY_BOOTSTRAP_EXPECT};
 use tstore_core::coordinator::placement::{self, Candidate, Load};
@@ -584,6 +586,31 @@ impl ControlPlane {
             .await
     }
 
+    /// Sets (or clears) a table's placement rule; the coordinator then
+    /// moves the table's copies where it says.
+    pub async fn set_placement(
+        &self,
+        table: String,
+        rule: Option<PlacementRule>,
+    ) -> Result<u64, ControlError> {
+        let map = self.map();
+        let Some(t) = map.tables.get(&table) else {
+            return Err(ControlError::no_such_table(&table, &map));
+        };
+        if let Some(rule) = &rule {
+            rule.validate(t.spec.replicas)?;
+            if let Some(n) = rule
+                .nodes()
+                .into_iter()
+                .find(|n| !map.nodes.contains_key(*n))
+            {
+                return Err(ControlError::NoSuchNode(n.clone()));
+            }
+        }
+        self.on_leader(ControlRequest::SetPlacement { table, rule })
+            .await
+    }
+
     /// Runs a request on the leader (here, or forwarded) and waits until this
     /// node has applied its result.
     async fn on_leader(&self, req: ControlRequest) -> Result<u64, ControlError> {
@@ -616,6 +643,16 @@ impl ControlPlane {
                 self.write(MapCommand::SetNodeState { node_id, state })
                     .await
                     .map(|v| (v, None))
+            }
+            ControlRequest::SetPlacement { table, rule } => {
+                self.confirm_leadership().await?;
+                self.write(MapCommand::SetPlacement {
+                    table,
+                    rule,
+                    at_unix_ms: crate::clock::wall_ms(),
+                })
+                .await
+                .map(|v| (v, None))
             }
             ControlRequest::Manual { table, shard, op } => {
                 self.confirm_leadership().await?;

@@ -25,7 +25,21 @@
 //! 5. **a draining node holds a copy** (and nothing above applied) → its
 //!    replacement is added first as a learner (rule 4 counts the draining copy
 //!    as leaving); once the replacement is a backup, a draining primary hands
-//!    over to a backup, then the draining copy is dropped.
+//!    over to a backup, then the draining copy is dropped;
+//! 6. **the primary is not on one of its table's named primaries** (a
+//!    placement rule, [`PlacementRule`]) while a live backup is → it hands
+//!    over to that backup;
+//! 7. **no member is on a named primary** → a live named primary that
+//!    holds no copy gets a learner that replaces a backup once caught up
+//!    (as `move-shard`), after which rule 6 hands the primary over.
+//!
+//! A table with a placement rule keeps its copies on the rule's nodes: rule
+//! 4 adds copies only there (preferring the rule's backup nodes), so a shard
+//! whose named nodes are down runs short instead of copying elsewhere, and
+//! a copy outside the rule (the rule was set or changed later) is treated
+//! like a draining one by rule 5: replaced first, then dropped. Promotion
+//! (rules 1 and 2b) prefers a named primary but takes any live backup, so
+//! the shard stays writable; rule 6 hands the primary back later.
 //!
 //! A shard whose every member is down is left alone (unavailable) until one
 //! comes back: choosing a copy that missed writes would lose them.
@@ -33,7 +47,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::silence::{cut_off_nodes, Namings, ShardRef, Silence};
-use crate::cluster_map::{Away, ClusterMap, MapCommand, NodeId, NodeState, ReplicaSet, Table};
+use crate::cluster_map::{
+    Away, ClusterMap, MapCommand, NodeId, NodeState, PlacementRule, ReplicaSet, Table,
+};
 
 /// What the coordinator knows beyond the map.
 #[derive(Debug, Clone, Default)]
@@ -140,14 +156,17 @@ pub fn drain_blocker(map: &ClusterMap, node: &str) -> Option<String> {
         .collect();
     map.tables.values().find_map(|t| {
         let held = t.shards.iter().any(|s| s.replicas.holders().any(|h| h == node));
+        // A table with a placement rule may use only the nodes it names.
+        let others: Vec<&str> = others.iter().copied().filter(|n| t.allows(n)).collect();
         (held && others.len() < t.spec.replicas as usize).then(|| {
             format!(
-                "cannot drain {node}: table {:?} keeps {} copies of each shard and only {} other active node{} ({}) could hold them; add a node first",
+                "cannot drain {node}: table {:?} keeps {} copies of each shard and only {} other active node{} ({}) could hold them; add a node first{}",
                 t.spec.name,
                 t.spec.replicas,
                 others.len(),
                 if others.len() == 1 { "" } else { "s" },
-                if others.is_empty() { "none".to_owned() } else { others.join(", ") }
+                if others.is_empty() { "none".to_owned() } else { others.join(", ") },
+                if t.placement.is_some() { " and name it in the table's placement rule" } else { "" }
             )
         })
     })
@@ -178,9 +197,11 @@ pub fn plan(map: &ClusterMap, health: &Health, max_new_copies: usize) -> Vec<Cha
 }
 
 /// The backup to promote among `candidates`: a live one, preferring one
-/// not suspect of silence, not draining, leading the fewest shards.
+/// not suspect of silence, not leaving (draining, or outside the table's
+/// placement rule), one of the rule's primaries, leading the fewest shards.
 fn promotion_choice<'a>(
     map: &ClusterMap,
+    t: &Table,
     health: &Health,
     load: &Load,
     candidates: impl Iterator<Item = &'a NodeId>,
@@ -190,12 +211,24 @@ fn promotion_choice<'a>(
         .min_by_key(|b| {
             (
                 health.suspect.contains(*b),
-                draining(map, b),
+                leaving(map, t, b),
+                !named_primary(t.placement.as_ref(), b),
                 load.primaries(b),
                 (*b).clone(),
             )
         })
         .cloned()
+}
+
+/// Whether `n`'s copies of `t` are to go: it is draining, or outside the
+/// table's placement rule.
+fn leaving(map: &ClusterMap, t: &Table, n: &str) -> bool {
+    draining(map, n) || !t.allows(n)
+}
+
+/// Whether `n` may lead a shard under `rule` (any node, without one).
+fn named_primary(rule: Option<&PlacementRule>, n: &str) -> bool {
+    rule.is_none_or(|r| r.primaries.iter().any(|p| p == n))
 }
 
 fn draining(map: &ClusterMap, n: &str) -> bool {
@@ -269,7 +302,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
 
     // 1. The primary is down: promote a live backup.
     if down(&r.primary) {
-        let new = promotion_choice(map, health, load, live_backups.iter())?;
+        let new = promotion_choice(map, t, health, load, live_backups.iter())?;
         *load.primaries.entry(new.clone()).or_default() += 1;
         let backups = live_backups.into_iter().filter(|b| *b != new).collect();
         let c = change(
@@ -305,7 +338,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
     // out the old lease as after a crash.
     if deaf.contains(&r.primary) && r.backups.len() >= min_copies {
         let candidates = r.backups.iter().filter(|b| !deaf.contains(*b));
-        let new = promotion_choice(map, health, load, candidates)?;
+        let new = promotion_choice(map, t, health, load, candidates)?;
         *load.primaries.entry(new.clone()).or_default() += 1;
         let backups = r.backups.iter().filter(|b| **b != new).cloned().collect();
         return change(
@@ -392,7 +425,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
         );
     }
     let wanted = t.spec.replicas as usize;
-    let staying = r.members().filter(|m| !draining(map, m)).count();
+    let staying = r.members().filter(|m| !leaving(map, t, m)).count();
     // 4. Too few copies (counting draining ones as leaving): add a learner.
     // A copy away that is live again comes back first; while one may
     // still come back within the wait, no copy is made elsewhere, unless
@@ -403,6 +436,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
             health.live.contains(n)
                 && !health.suspect.contains(n)
                 && !holders.contains(n)
+                && t.allows(n)
                 && map
                     .nodes
                     .get(n)
@@ -439,6 +473,10 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
                     .min_by_key(|n| {
                         let z = zone(n);
                         (
+                            // A rule's backup nodes first, then its primaries.
+                            t.placement
+                                .as_ref()
+                                .is_some_and(|p| !p.backups.contains(n)),
                             !z.is_empty() && used.contains(z),
                             load.copies(n),
                             (*n).clone(),
@@ -476,14 +514,32 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
             c
         });
     }
-    // 5. Draining copies with their replacement in place.
+    // Why a copy on `n` is leaving (rule 5).
+    let leaving_why = |n: &NodeId| {
+        if draining(map, n) {
+            format!("{n} is draining")
+        } else {
+            format!(
+                "{n} is outside the placement rule of table {:?}",
+                t.spec.name
+            )
+        }
+    };
+    // 5. Draining copies (or copies outside the table's placement rule)
+    // with their replacement in place.
     if staying >= wanted.min(r.members().count()) && r.learners.is_empty() {
-        if draining(map, &r.primary) {
+        if leaving(map, t, &r.primary) {
             let to = r
                 .backups
                 .iter()
-                .filter(|b| !draining(map, b) && health.live.contains(*b))
-                .min_by_key(|b| (load.primaries(b), (*b).clone()))?
+                .filter(|b| !leaving(map, t, b) && health.live.contains(*b))
+                .min_by_key(|b| {
+                    (
+                        !named_primary(t.placement.as_ref(), b),
+                        load.primaries(b),
+                        (*b).clone(),
+                    )
+                })?
                 .clone();
             let mut backups: Vec<NodeId> =
                 r.backups.iter().filter(|b| **b != to).cloned().collect();
@@ -493,10 +549,10 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
                 backups,
                 vec![],
                 format!("handed primary over from {} to {to}", r.primary),
-                format!("{} is draining", r.primary),
+                leaving_why(&r.primary),
             );
         }
-        if let Some(d) = r.backups.iter().find(|b| draining(map, b)) {
+        if let Some(d) = r.backups.iter().find(|b| leaving(map, t, b)) {
             if staying >= wanted {
                 let backups = r.backups.iter().filter(|b| *b != d).cloned().collect();
                 return change(
@@ -504,8 +560,84 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
                     backups,
                     vec![],
                     format!("dropped {d}"),
-                    format!("{d} is draining and its replacement is in place"),
+                    format!("{} and its replacement is in place", leaving_why(d)),
                 );
+            }
+        }
+    }
+    if let Some(rule) = &t.placement {
+        if r.learners.is_empty() && !named_primary(Some(rule), &r.primary) {
+            // 6. The primary is not one of the rule's primaries, and a
+            // live backup is: it hands over.
+            let to = r
+                .backups
+                .iter()
+                .filter(|b| {
+                    named_primary(Some(rule), b)
+                        && health.live.contains(*b)
+                        && !health.suspect.contains(*b)
+                })
+                .min_by_key(|b| (load.primaries(b), (*b).clone()));
+            if let Some(to) = to {
+                let mut backups: Vec<NodeId> =
+                    r.backups.iter().filter(|b| *b != to).cloned().collect();
+                backups.push(r.primary.clone());
+                return change(
+                    to.clone(),
+                    backups,
+                    vec![],
+                    format!("handed primary over from {} to {to}", r.primary),
+                    format!(
+                        "placement: table {:?} has its primaries on {}",
+                        t.spec.name,
+                        rule.primaries.join(",")
+                    ),
+                );
+            }
+            // 7. No member is one of them: a live one that holds no copy
+            // gets one, replacing a backup (as move-shard does), so that
+            // rule 6 can then hand over to it.
+            if *budget > 0 {
+                let holders: BTreeSet<&NodeId> = r.holders().collect();
+                let to = rule
+                    .primaries
+                    .iter()
+                    .filter(|n| {
+                        health.live.contains(*n)
+                            && !health.suspect.contains(*n)
+                            && !holders.contains(n)
+                            && map
+                                .nodes
+                                .get(*n)
+                                .is_some_and(|e| e.state == NodeState::Active)
+                    })
+                    .min_by_key(|n| (load.copies(n), (*n).clone()));
+                // The backup replaced: one outside the rule's backups first.
+                let from = r
+                    .backups
+                    .iter()
+                    .max_by_key(|b| (!rule.backups.contains(b), load.copies(b), (*b).clone()));
+                if let (Some(to), Some(from)) = (to, from) {
+                    *budget -= 1;
+                    *load.copies.entry(to.clone()).or_default() += 1;
+                    let mut moves = r.moves.clone();
+                    moves.push((to.clone(), from.clone()));
+                    return change(
+                        r.primary.clone(),
+                        r.backups.clone(),
+                        vec![to.clone()],
+                        format!("added learner {to} to replace {from}"),
+                        format!(
+                            "placement: table {:?} has its primaries on {}, and none holds a copy",
+                            t.spec.name,
+                            rule.primaries.join(",")
+                        ),
+                    )
+                    .map(|mut c| {
+                        c.moves = moves;
+                        c
+                    });
+                }
             }
         }
     }
@@ -515,7 +647,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cluster_map::{Sharding, TableSpec};
+    use crate::cluster_map::{MapError, Sharding, TableSpec};
 
     fn map(nodes: usize, zones: &[&str]) -> ClusterMap {
         let mut m = ClusterMap::default();
@@ -780,6 +912,182 @@ pub(crate) mod tests {
         assert!(plan(&m, &h, 4).is_empty(), "{:?}", plan(&m, &h, 4));
     }
 
+    fn rule(primaries: &[&str], backups: &[&str]) -> Option<PlacementRule> {
+        Some(PlacementRule {
+            primaries: primaries.iter().map(|s| s.to_string()).collect(),
+            backups: backups.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn set_rule(m: &mut ClusterMap, r: Option<PlacementRule>) -> Result<(), MapError> {
+        m.apply(&MapCommand::SetPlacement {
+            table: "t".into(),
+            rule: r,
+            at_unix_ms: 0,
+        })
+    }
+
+    fn holders(m: &ClusterMap, shard: usize) -> (String, Vec<String>) {
+        let r = &m.tables["t"].shards[shard].replicas;
+        let mut b: Vec<String> = r.backups.iter().chain(&r.learners).cloned().collect();
+        b.sort();
+        (r.primary.clone(), b)
+    }
+
+    /// Learners that caught up, as gossip would report them.
+    fn ready(m: &ClusterMap) -> BTreeSet<(String, u32, NodeId, u64)> {
+        m.tables["t"]
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.replicas
+                    .learners
+                    .iter()
+                    .map(|l| ("t".to_string(), s.index, l.clone(), s.replicas.epoch))
+            })
+            .collect()
+    }
+
+    /// Plans and commits until nothing is left to do (learners catching up
+    /// at once); returns how many rounds it took.
+    fn settle(m: &mut ClusterMap, h: &Health) -> usize {
+        for round in 0..20 {
+            let h = Health {
+                ready: ready(m),
+                ..h.clone()
+            };
+            let changes = plan(m, &h, 4);
+            if changes.is_empty() {
+                return round;
+            }
+            commit(m, &changes);
+        }
+        panic!("no settling within 20 rounds: {:?}", m.tables["t"].shards);
+    }
+
+    /// A placement rule (`replicate([n1], [n2, n3])` in the Python package):
+    /// the primary goes to the named primary; when that node dies a backup
+    /// is promoted and the shard runs short rather than copy to n4, which
+    /// the rule does not name; when it is back it gets its copies and
+    /// then the primaries back.
+    #[test]
+    fn a_placement_rule_is_kept_through_a_death_and_a_return() {
+        let mut m = map(4, &[]);
+        let all = health(&["n1", "n2", "n3", "n4"], &[]);
+        set_rule(&mut m, rule(&["n1"], &["n2", "n3"])).unwrap();
+        assert_eq!(
+            m.events.back().unwrap().what,
+            "placement: primaries on n1; backups on n2,n3"
+        );
+        // Shard 1 is led by n2: handed over to n1, its backup.
+        let changes = plan(&m, &all, 4);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!((changes[0].shard, changes[0].primary.as_str()), (1, "n1"));
+        assert!(changes[0].why.starts_with("placement:"), "{changes:?}");
+        settle(&mut m, &all);
+        for s in 0..2 {
+            assert_eq!(
+                holders(&m, s),
+                ("n1".into(), vec!["n2".into(), "n3".into()])
+            );
+        }
+
+        // n1 dies: a backup leads (writes go on), and nothing goes to n4.
+        let n1_down = health(&["n2", "n3", "n4"], &["n1"]);
+        settle(&mut m, &n1_down);
+        for s in 0..2 {
+            let (p, b) = holders(&m, s);
+            assert!(p == "n2" || p == "n3", "{p}");
+            assert_eq!(b.len(), 1, "the shard runs short: {b:?}");
+            assert!(!b.contains(&"n4".to_string()) && !b.contains(&"n1".to_string()));
+        }
+        // Without the rule, the same map would copy to n4 at once.
+        let mut free = m.clone();
+        set_rule(&mut free, None).unwrap();
+        let changes = plan(&free, &n1_down, 4);
+        assert!(changes.iter().all(|c| c.learners == vec!["n4".to_string()]));
+        assert_eq!(changes.len(), 2);
+
+        // n1 is back: it gets its copies back, then the primaries.
+        settle(&mut m, &all);
+        for s in 0..2 {
+            assert_eq!(
+                holders(&m, s),
+                ("n1".into(), vec!["n2".into(), "n3".into()])
+            );
+        }
+        // An operator cannot move a copy outside the rule either.
+        let err = manual(
+            &m,
+            "t",
+            0,
+            &ManualOp::Move {
+                from: "n2".into(),
+                to: "n4".into(),
+            },
+            &all,
+        )
+        .unwrap_err();
+        assert!(err.contains("outside the placement rule"), "{err}");
+    }
+
+    /// A rule set on a table placed elsewhere moves its copies there, as a
+    /// drain does: the new copy first, then the primary handed over, then
+    /// the old copy dropped.
+    #[test]
+    fn a_new_rule_moves_copies_onto_the_named_nodes() {
+        let mut m = map(4, &[]);
+        let all = health(&["n1", "n2", "n3", "n4"], &[]);
+        set_rule(&mut m, rule(&["n2", "n3", "n4"], &["n2", "n3", "n4"])).unwrap();
+        let rounds = settle(&mut m, &all);
+        assert!(rounds >= 3, "{rounds}");
+        for s in 0..2 {
+            let (p, b) = holders(&m, s);
+            let mut all_copies = b.clone();
+            all_copies.push(p);
+            all_copies.sort();
+            assert_eq!(all_copies, vec!["n2", "n3", "n4"]);
+        }
+        m.check_invariants();
+    }
+
+    /// Every copy is on a node the rule allows, but none on a named
+    /// primary: one moves there (replacing a backup), then leads.
+    #[test]
+    fn a_named_primary_without_a_copy_gets_one_then_leads() {
+        let mut m = map(4, &[]);
+        let all = health(&["n1", "n2", "n3", "n4"], &[]);
+        set_rule(&mut m, rule(&["n4"], &["n1", "n2", "n3"])).unwrap();
+        let changes = plan(&m, &all, 4);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes.iter().all(|c| c.learners == vec!["n4".to_string()]));
+        assert!(changes
+            .iter()
+            .all(|c| c.moves.len() == 1 && c.moves[0].0 == "n4"));
+        settle(&mut m, &all);
+        for s in 0..2 {
+            let (p, b) = holders(&m, s);
+            assert_eq!(p, "n4");
+            assert_eq!(b.len(), 2, "{b:?}");
+        }
+        m.check_invariants();
+    }
+
+    #[test]
+    fn a_rule_must_name_enough_known_nodes() {
+        let mut m = map(4, &[]);
+        let e = set_rule(&mut m, rule(&["n1"], &["n2"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid placement: the table keeps 3 copies of each shard but the rule names 2 nodes: name at least 3"
+        );
+        let e = set_rule(&mut m, rule(&["n1"], &["n2", "n9"])).unwrap_err();
+        assert_eq!(e, MapError::UnknownNode("n9".into()));
+        let e = set_rule(&mut m, rule(&[], &["n1", "n2", "n3"])).unwrap_err();
+        assert!(matches!(e, MapError::InvalidPlacement(_)));
+        assert_eq!(m.tables["t"].placement, None);
+    }
+
     #[test]
     fn nothing_to_do_when_all_is_well() {
         let m = map(3, &[]);
@@ -1024,6 +1332,11 @@ pub fn manual(
             }
             if r.holders().any(|h| h == to) {
                 return Err(format!("{to} already holds a copy of {name}"));
+            }
+            if let Some(rule) = t.placement.as_ref().filter(|p| !p.allows(to)) {
+                return Err(format!(
+                    "{to} is outside the placement rule of table {table:?} ({rule}): change the rule first"
+                ));
             }
             match map.nodes.get(to) {
                 Some(e) if e.state == NodeState::Active => {}

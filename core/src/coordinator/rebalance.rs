@@ -86,7 +86,21 @@ pub fn unsettled(map: &ClusterMap, health: &Health) -> Option<String> {
 
 /// The rebalancing changes to commit now (empty when balanced, unsettled, or
 /// `max_moves` is 0).
+///
+/// Tables with a placement rule are left out: their copies stay where the
+/// operator put them (the failover planner keeps the rule), they count in
+/// no node's load, and one of their shards running short (a named node is
+/// down) does not hold back rebalancing the other tables.
 pub fn plan(map: &ClusterMap, health: &Health, max_moves: usize) -> Vec<Change> {
+    if map.tables.values().any(|t| t.placement.is_some()) {
+        let mut free = map.clone();
+        free.tables.retain(|_, t| t.placement.is_none());
+        return plan_free(&free, health, max_moves);
+    }
+    plan_free(map, health, max_moves)
+}
+
+fn plan_free(map: &ClusterMap, health: &Health, max_moves: usize) -> Vec<Change> {
     if max_moves == 0 || unsettled(map, health).is_some() {
         return vec![];
     }
@@ -412,6 +426,64 @@ mod tests {
     }
 
     use crate::coordinator::failover::tests::commit;
+
+    /// A table with a placement rule is the operator's: a fourth node
+    /// holding nothing gets none of its copies, while the same table
+    /// without the rule would be rebalanced onto it; and a table of it
+    /// running short does not hold the others back.
+    #[test]
+    fn tables_with_a_placement_rule_are_left_alone() {
+        let mut m = cluster(&["", "", ""], &[(4, 3)]);
+        register(&mut m, "n4", "");
+        let rule = |r: Option<crate::cluster_map::PlacementRule>| MapCommand::SetPlacement {
+            table: "t0".into(),
+            rule: r,
+            at_unix_ms: 0,
+        };
+        let named = crate::cluster_map::PlacementRule {
+            primaries: vec!["n1".into(), "n2".into(), "n3".into()],
+            backups: vec!["n1".into(), "n2".into(), "n3".into()],
+        };
+        m.apply(&rule(Some(named))).unwrap();
+        assert!(plan(&m, &all_live(&m), 2).is_empty());
+        let mut free = m.clone();
+        free.apply(&rule(None)).unwrap();
+        assert!(!plan(&free, &all_live(&free), 2).is_empty());
+        // A second table, unbalanced, beside a short ruled one (a backup
+        // gone from its shard 0): the second is still rebalanced.
+        let mut short = m.clone();
+        let r = short.tables["t0"].shards[0].replicas.clone();
+        short
+            .apply(&MapCommand::SetReplicas {
+                table: "t0".into(),
+                shard: 0,
+                expect_epoch: r.epoch,
+                primary: r.primary.clone(),
+                backups: r.backups[1..].to_vec(),
+                learners: vec![],
+                moves: vec![],
+                what: String::new(),
+                why: String::new(),
+                at_unix_ms: 0,
+                away: vec![],
+            })
+            .unwrap();
+        short
+            .apply(&MapCommand::CreateTable {
+                spec: TableSpec {
+                    name: "t1".into(),
+                    key: "id".into(),
+                    sharding: Sharding::Hash { shards: 2 },
+                    replicas: 2,
+                    min_copies: 0,
+                },
+                placement: vec![("n1".into(), vec!["n2".into()]); 2],
+            })
+            .unwrap();
+        let changes = plan(&short, &all_live(&short), 2);
+        assert!(!changes.is_empty());
+        assert!(changes.iter().all(|c| c.table == "t1"), "{changes:?}");
+    }
 
     fn in_flight(m: &ClusterMap) -> usize {
         shards(m).map(|(_, _, r)| r.moves.len()).sum()

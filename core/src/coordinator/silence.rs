@@ -210,6 +210,7 @@ mod tests {
             "t".into(),
             Table {
                 id: 1,
+                placement: None,
                 spec: TableSpec {
                     name: "t".into(),
                     key: "id".into(),

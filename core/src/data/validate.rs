@@ -141,6 +141,7 @@ mod tests {
     fn table(shards: u32) -> Table {
         Table {
             id: 1,
+            placement: None,
             spec: TableSpec {
                 name: "user".into(),
                 key: "id".into(),
