@@ -82,6 +82,8 @@ pub struct Observation {
     pub members: Vec<Member>,
     /// Each peer's phi-accrual suspicion, as this node's gossip computes it.
     pub phis: Vec<(String, f64)>,
+    /// Gossip messages and bytes this node sent and received.
+    pub gossip: tstore_membership::GossipTraffic,
     pub cluster: ClusterStatus,
     pub map: Arc<ClusterMap>,
     /// Each shard of each table with its health, from the map and gossip.
@@ -104,6 +106,7 @@ impl Observe {
         let snapshot = self.membership.snapshot().await;
         let members = view::members(&snapshot);
         let phis = self.membership.phis().await;
+        let gossip = self.membership.traffic();
         let cluster = self.control.status().await;
         let map = self.control.map();
         let live: BTreeMap<&str, bool> = members
@@ -153,6 +156,7 @@ impl Observe {
             node_id: self.node_id.clone(),
             members,
             phis,
+            gossip,
             cluster,
             decisions: self.count_decisions(&map),
             map,

@@ -25,6 +25,6 @@ pub use tstore_core::view;
 pub use config::{MembershipConfig, NodeProfile};
 pub use error::MembershipError;
 pub use identity::NodeIdentity;
-pub use link::{GossipInbox, GossipLink};
+pub use link::{GossipInbox, GossipLink, GossipTraffic};
 pub use membership::{Membership, MembershipEvent};
 pub use view::{GossipChange, GossipSnapshot, Member, NodeStatus};

@@ -8,6 +8,7 @@
 //! without bound.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -23,6 +24,37 @@ pub const INBOX_CAPACITY: usize = 1024;
 pub trait GossipLink: Send + Sync + 'static {
     /// Hands `payload` over for delivery to the node at `to`, without waiting.
     fn send(&self, to: SocketAddr, payload: Vec<u8>) -> Result<(), String>;
+}
+
+/// Gossip messages and bytes this node sent and received since it started
+/// (one message per gossip exchange step: syn, syn-ack, ack).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GossipTraffic {
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_received: u64,
+    pub bytes_received: u64,
+}
+
+/// The counters behind [`GossipTraffic`], shared by the socket and the
+/// membership handle.
+#[derive(Debug, Default)]
+pub(crate) struct TrafficCounters {
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    messages_received: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+impl TrafficCounters {
+    pub(crate) fn now(&self) -> GossipTraffic {
+        GossipTraffic {
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            messages_received: self.messages_received.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A received gossip payload and the address of the node that sent it.
@@ -55,6 +87,7 @@ pub(crate) struct LinkTransport {
     pub(crate) link: Arc<dyn GossipLink>,
     pub(crate) local: SocketAddr,
     pub(crate) inbox: Mutex<Option<mpsc::Receiver<Inbound>>>,
+    pub(crate) traffic: Arc<TrafficCounters>,
 }
 
 #[async_trait]
@@ -70,6 +103,7 @@ impl Transport for LinkTransport {
             link: self.link.clone(),
             local: self.local,
             inbox,
+            traffic: self.traffic.clone(),
         }))
     }
 }
@@ -78,6 +112,7 @@ struct LinkSocket {
     link: Arc<dyn GossipLink>,
     local: SocketAddr,
     inbox: mpsc::Receiver<Inbound>,
+    traffic: Arc<TrafficCounters>,
 }
 
 #[async_trait]
@@ -96,6 +131,11 @@ impl Socket for LinkSocket {
         if let Err(e) = self.link.send(to, payload) {
             // Not fatal: chitchat treats an error here as a broken transport.
             debug!(peer = %to, error = %e, "gossip not sent");
+        } else {
+            self.traffic.messages_sent.fetch_add(1, Ordering::Relaxed);
+            self.traffic
+                .bytes_sent
+                .fetch_add(num_bytes_sent as u64, Ordering::Relaxed);
         }
         Ok(SendOutcome { num_bytes_sent })
     }
@@ -107,6 +147,12 @@ impl Socket for LinkSocket {
                 .recv()
                 .await
                 .ok_or_else(|| anyhow::anyhow!("gossip inbox closed"))?;
+            self.traffic
+                .messages_received
+                .fetch_add(1, Ordering::Relaxed);
+            self.traffic
+                .bytes_received
+                .fetch_add(payload.len() as u64, Ordering::Relaxed);
             match ChitchatEnvelope::deserialize(&mut payload.as_slice()) {
                 Ok(envelope) => {
                     return Ok(RecvOutcome {

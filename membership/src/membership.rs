@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::link::{self, GossipInbox, GossipLink, LinkTransport};
+use crate::link::{self, GossipInbox, GossipLink, GossipTraffic, LinkTransport, TrafficCounters};
 use crate::view::{
     self, GossipSnapshot, KeyView, Member, NodeStatus, NodeView, KEY_ADDR, KEY_ROLES, KEY_STATUS,
     KEY_VERSION, KEY_ZONE, STATUS_ACTIVE, STATUS_LEAVING,
@@ -43,6 +43,7 @@ pub struct Membership {
     statuses: Statuses,
     events: broadcast::Sender<MembershipEvent>,
     tracker: JoinHandle<()>,
+    traffic: Arc<TrafficCounters>,
 }
 
 fn is_leaving(state: &chitchat::NodeState) -> bool {
@@ -87,10 +88,12 @@ impl Membership {
             (KEY_STATUS.to_owned(), STATUS_ACTIVE.to_owned()),
         ];
         let (inbox, inbox_rx) = link::channel();
+        let traffic = Arc::<TrafficCounters>::default();
         let transport = LinkTransport {
             link,
             local: advertise,
             inbox: Mutex::new(Some(inbox_rx)),
+            traffic: traffic.clone(),
         };
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
@@ -113,6 +116,7 @@ impl Membership {
                 statuses,
                 events,
                 tracker,
+                traffic,
             },
             inbox,
         ))
@@ -162,6 +166,11 @@ impl Membership {
             seeds,
             nodes,
         }
+    }
+
+    /// Gossip messages and bytes sent and received since start.
+    pub fn traffic(&self) -> GossipTraffic {
+        self.traffic.now()
     }
 
     /// The phi-accrual suspicion of each peer gossip has heard from at

@@ -334,6 +334,27 @@ impl Collector for Scrape {
                 .map(|m| (vec![("node", m.node_id.as_str())], m.heartbeat as f64)),
         )?;
 
+        let g = &o.gossip;
+        counter(
+            e,
+            "gossip_messages",
+            "Gossip messages this node sent and received since it started (three per gossip round with a peer: syn, syn-ack, ack).",
+            None,
+            [
+                (vec![("direction", "sent")], g.messages_sent),
+                (vec![("direction", "received")], g.messages_received),
+            ],
+        )?;
+        counter(
+            e,
+            "gossip",
+            "Bytes of gossip this node sent and received since it started.",
+            bytes,
+            [
+                (vec![("direction", "sent")], g.bytes_sent),
+                (vec![("direction", "received")], g.bytes_received),
+            ],
+        )?;
         gauge(
             e,
             "gossip_node_phi",

@@ -106,6 +106,21 @@ async fn metrics_parse_and_follow_writes_a_kill_and_the_healing() {
         assert_eq!(value(&m, r#"tstore_gossip_nodes{status="live"}"#), 3.0);
         assert!(m.contains_key(r#"tstore_group_commit_duration_seconds_count"#));
         assert!(value(&m, "tstore_raft_term") >= 1.0);
+        // Gossip flows both ways, counted in messages and bytes.
+        for dir in ["sent", "received"] {
+            let msgs = value(
+                &m,
+                &format!(r#"tstore_gossip_messages_total{{direction="{dir}"}}"#),
+            );
+            let bytes = value(
+                &m,
+                &format!(r#"tstore_gossip_bytes_total{{direction="{dir}"}}"#),
+            );
+            assert!(
+                msgs > 0.0 && bytes > msgs,
+                "{id} gossip {dir}: {msgs} messages, {bytes} bytes"
+            );
+        }
         // Each live peer's phi, a small finite number while it gossips.
         for peer in ids.iter().filter(|p| **p != id) {
             let phi = value(&m, &format!(r#"tstore_gossip_node_phi{{node="{peer}"}}"#));
