@@ -276,6 +276,14 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
             away: r.away.clone(),
         })
     };
+    // A live backup `to` takes over the primary; the old primary stays as
+    // a backup (rules 5 and 6).
+    let hand_over = |to: &NodeId, why| {
+        let mut backups: Vec<NodeId> = r.backups.iter().filter(|b| *b != to).cloned().collect();
+        backups.push(r.primary.clone());
+        let what = format!("handed primary over from {} to {to}", r.primary);
+        change(to.clone(), backups, vec![], what, why)
+    };
     // The down copies dropped by rules 1 and 2 are away from now on: they
     // may come back with their rows.
     let left_down = |c: Option<Change>, gone: &[&NodeId]| {
@@ -539,18 +547,8 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
                         load.primaries(b),
                         (*b).clone(),
                     )
-                })?
-                .clone();
-            let mut backups: Vec<NodeId> =
-                r.backups.iter().filter(|b| **b != to).cloned().collect();
-            backups.push(r.primary.clone());
-            return change(
-                to.clone(),
-                backups,
-                vec![],
-                format!("handed primary over from {} to {to}", r.primary),
-                leaving_why(&r.primary),
-            );
+                })?;
+            return hand_over(to, leaving_why(&r.primary));
         }
         if let Some(d) = r.backups.iter().find(|b| leaving(map, t, b)) {
             if staying >= wanted {
@@ -579,14 +577,8 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
                 })
                 .min_by_key(|b| (load.primaries(b), (*b).clone()));
             if let Some(to) = to {
-                let mut backups: Vec<NodeId> =
-                    r.backups.iter().filter(|b| *b != to).cloned().collect();
-                backups.push(r.primary.clone());
-                return change(
-                    to.clone(),
-                    backups,
-                    vec![],
-                    format!("handed primary over from {} to {to}", r.primary),
+                return hand_over(
+                    to,
                     format!(
                         "placement: table {:?} has its primaries on {}",
                         t.spec.name,
