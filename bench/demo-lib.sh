@@ -1,6 +1,26 @@
 # Shared by the bench scripts that run a local cluster with `tstore demo`;
 # sourced, not run. Needs $T (the tstore binary).
 
+# demo_workdir NAME: makes the work directory $work (/tmp/tstore-NAME.*),
+# arranges that on exit the demo ($demo_pid), whatever the script's own
+# `cleanup_more` function stops (when it defines one), and every process
+# started under $work are stopped and $work removed; builds $T (release)
+# when it is missing.
+demo_workdir() {
+  work=$(mktemp -d "/tmp/tstore-$1.XXXXXX")
+  demo_pid=
+  trap demo_cleanup EXIT
+  [ -x "$T" ] || cargo build --release -q
+}
+
+demo_cleanup() {
+  if declare -F cleanup_more >/dev/null; then cleanup_more; fi
+  [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null || true
+  sleep 1
+  pkill -9 -f "$work" 2>/dev/null || true
+  rm -rf "$work"
+}
+
 # start_demo DIR PORT LOG: starts a 3-node cluster in DIR on ports PORT..,
 # logging to LOG, and waits (at most 30 s) until it printed its node pids;
 # sets demo_pid.

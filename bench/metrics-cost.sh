@@ -14,19 +14,10 @@ ROUNDS=${ROUNDS:-3}
 OPS=${OPS:-30000}
 PORT=${PORT:-7960}
 T=${TSTORE_BIN:-target/release/tstore}
-work=$(mktemp -d /tmp/tstore-metrics-cost.XXXXXX)
-demo_pid=
 scraper_pid=
-cleanup() {
-  [ -n "$scraper_pid" ] && kill "$scraper_pid" 2>/dev/null || true
-  [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-[ -x "$T" ] || cargo build --release -q
+cleanup_more() { [ -n "$scraper_pid" ] && kill "$scraper_pid" 2>/dev/null || true; }
 . bench/demo-lib.sh
+demo_workdir metrics-cost
 
 d="$work/cluster"
 start_demo "$d" "$PORT" "$work/demo.log"

@@ -18,18 +18,8 @@ SECS=${SECS:-10}
 TOP=${TOP:-25}
 PORT=${PORT:-7990}
 T=${TSTORE_BIN:-target/release/tstore}
-work=$(mktemp -d /tmp/tstore-profile.XXXXXX)
-demo_pid=
-cleanup() {
-  [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null || true
-  sleep 1
-  pkill -9 -f "$work" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-[ -x "$T" ] || cargo build --release -q
 . bench/demo-lib.sh
+demo_workdir profile
 command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 
 d="$work/cluster"

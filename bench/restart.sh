@@ -16,21 +16,11 @@ ROWS=${ROWS:-1000000}
 AWAY=${AWAY:-10}
 PORT=${PORT:-7980}
 T=${TSTORE_BIN:-target/release/tstore}
-work=$(mktemp -d /tmp/tstore-restart.XXXXXX)
-demo_pid=
 victim_pid=
-cleanup() {
-  [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null || true
-  [ -n "$victim_pid" ] && kill -9 "$victim_pid" 2>/dev/null || true
-  sleep 1
-  pkill -9 -f "$work" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+cleanup_more() { [ -n "$victim_pid" ] && kill -9 "$victim_pid" 2>/dev/null || true; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-[ -x "$T" ] || cargo build --release -q
 . bench/demo-lib.sh
+demo_workdir restart
 
 d="$work/cluster"
 start_demo "$d" "$PORT" "$work/demo.log"

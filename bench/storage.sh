@@ -19,18 +19,8 @@ OVERWRITES=${OVERWRITES:-200000}
 ROWS=${ROWS:-100000}
 PORT=${PORT:-7950}
 T=${TSTORE_BIN:-target/release/tstore}
-work=$(mktemp -d /tmp/tstore-storage.XXXXXX)
-demo_pid=
-cleanup() {
-  [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null || true
-  sleep 1
-  pkill -9 -f "$work" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-[ -x "$T" ] || cargo build --release -q
 . bench/demo-lib.sh
+demo_workdir storage
 
 # Starts a fresh 3-node cluster in $work/$1; sets A (admin command) and PIDS.
 start_cluster() {
