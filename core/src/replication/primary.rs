@@ -203,12 +203,24 @@ impl Primary {
     /// backups that stay: their last answers still bound the lease (none of
     /// them can have followed anyone else meanwhile), so strong reads do
     /// not pause at every reconfiguration.
+    ///
+    /// It also keeps waiting for an older primary's lease if it still was
+    /// (`not_before`, and the handover that may lift it): a configuration
+    /// change (a learner added, a backup dropped) right after a promotion
+    /// does not end a lease that may still run elsewhere.
     pub fn carry_lease_from(mut self, previous: &Primary) -> Self {
         debug_assert!(previous.epoch <= self.epoch, "an epoch went backwards");
         for (id, peer) in self.peers.iter_mut() {
             if let Some(old) = previous.peers.get(id).filter(|p| p.voting) {
                 peer.heard_at = old.heard_at;
             }
+        }
+        if previous.not_before > self.not_before {
+            self.not_before = previous.not_before;
+            self.handover_from = previous
+                .handover_from
+                .clone()
+                .filter(|old| self.peers.get(old).is_some_and(|p| p.voting));
         }
         self
     }
@@ -687,6 +699,42 @@ mod tests {
             refusal(&p, 1501 + cfg.lease),
             "shard t/0 refuses reads: primary lease not held at epoch 2"
         );
+    }
+
+    #[test]
+    fn a_new_configuration_keeps_waiting_out_the_old_primarys_lease() {
+        // Regression: promoted at epoch 2 (waiting until 1500), then given a
+        // learner at epoch 3 before 1500. Built as "led before" (no wait of
+        // its own), it took writes at once while the old lease could run.
+        let cfg = LeaseConfig::default();
+        let backups = ["b".to_string()];
+        let promoted = Primary::new(2, &backups, &[], 0, vec![], cfg, 1500);
+        let mut p =
+            Primary::new(3, &backups, &["l".into()], 0, vec![], cfg, 0).carry_lease_from(&promoted);
+        assert_eq!(
+            p.propose(vec![], 1000).unwrap_err(),
+            ProposeError::NotYet {
+                epoch: 3,
+                wait_ms: 500
+            }
+        );
+        assert!(p.propose(vec![], 1500).is_ok());
+        // A handover still pending carries over too: the old primary's
+        // answer in the new epoch lifts the wait.
+        let handed =
+            Primary::new(2, &backups, &[], 0, vec![], cfg, 1500).with_handover_from("b".into());
+        let mut p = Primary::new(3, &backups, &[], 0, vec![], cfg, 0).carry_lease_from(&handed);
+        assert!(p.propose(vec![], 1000).is_err());
+        p.on_message(
+            "b",
+            ReplMsg::Ack {
+                epoch: 3,
+                logged: 0,
+                echo: 1000,
+            },
+            1001,
+        );
+        assert!(p.propose(vec![], 1001).is_ok());
     }
 
     #[test]
