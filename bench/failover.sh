@@ -4,6 +4,9 @@
 #   from the kill to the first successful write of a key owned by the killed
 #   primary, probing with one CLI write every ~20 ms (each probe is a new
 #   process and connection, for both systems).
+# tstore is also measured from a long-lived client: `tstore bench` writing
+# (concurrency 8) while the primary of a key is killed; its longest write
+# (max latency) is the longest any write waited through the failover.
 # tstore: 4 nodes (`tstore demo`), a table of 8 shards x 3 copies holding
 # ROWS rows of ~100 bytes; also reports how long until every shard is back at
 # 3 copies (re-replication onto the survivors). Each run is done twice: once
@@ -55,10 +58,12 @@ EOF
 # One tstore run: $1 = run number, $2 = "primary" (kill the primary of a
 # key) or "leader" (kill the node that is both the control plane's Raft
 # leader and the primary of a key: the failover then waits for a new
-# leader first). Appends to tstore_unavail/tstore_heal or leader_unavail.
+# leader first) or "client" (kill the primary of a key while a long-lived
+# `tstore bench` client writes). Appends to tstore_unavail/tstore_heal,
+# leader_unavail or client_waited.
 tstore_run() {
   local run=$1 mode=$2
-  local d="$work/$mode$run" port=$((7900 + run * 10 + ${3:-0}))
+  local d="$work/$mode$run" port=$((7900 + run * 20 + ${3:-0}))
   $T demo --dir "$d" --nodes 4 --base-port $port >"$work/demo-$mode$run.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 150); do grep -q "pids:" "$work/demo-$mode$run.log" && break; sleep 0.2; done
@@ -66,7 +71,7 @@ tstore_run() {
   for _ in $(seq 1 50); do "${A[@]}" create-table fo --key id --shards 8 --replicas 3 >/dev/null 2>&1 && break; sleep 0.2; done
   sleep 1
   "${A[@]}" import fo "$work/rows.jsonl" --concurrency 64 >/dev/null
-  local key=7 primary leader
+  local key=7 primary leader bench_pid=
   primary=$("${A[@]}" --output json locate fo $key | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"])')
   if [ "$mode" = leader ]; then
     leader=$("${A[@]}" --output json cluster | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
@@ -82,6 +87,22 @@ tstore_run() {
   probe=("$T" admin --node "127.0.0.1:$((port + 3))" --certs "$d/certs")
   [ "$primary" = n4 ] && probe=("${A[@]}")
   local start up healed dl
+  if [ "$mode" = client ]; then
+    # A long-lived client keeps writing; kill the primary 2 s in.
+    "$T" bench --node "127.0.0.1:$((port + 3))" --certs "$d/certs" --table fo --mix write:100 \
+      --concurrency 8 --keys 10000 --no-preload --ops 100000000 --max-seconds 6 --json >"$work/bench-$run.json" 2>"$work/bench-$run.err" &
+    bench_pid=$!
+    sleep 2
+    kill -9 "$pid"
+    wait "$bench_pid" || { echo "bench failed: $(cat "$work/bench-$run.err")" >&2; exit 1; }
+    local waited errors
+    read -r waited errors < <(python3 -c 'import json,sys; w=json.load(open(sys.argv[1]))["write"]; print(w["max_us"] // 1000, w["errors"])' "$work/bench-$run.json")
+    echo "tstore run $run: killed primary $primary under a long-lived client's writes; longest write $waited ms, $errors errors"
+    client_waited+=("$waited")
+    kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
+    pkill -9 -f "$d" 2>/dev/null || true
+    return
+  fi
   start=$(now_ms)
   kill -9 "$pid"
   dl=$(deadline)
@@ -102,10 +123,11 @@ tstore_run() {
   pkill -9 -f "$d" 2>/dev/null || true
 }
 
-tstore_unavail=(); tstore_heal=(); leader_unavail=(); redis_unavail=()
+tstore_unavail=(); tstore_heal=(); leader_unavail=(); client_waited=(); redis_unavail=()
 for run in $(seq 1 "$RUNS"); do
   tstore_run "$run" primary
   tstore_run "$run" leader 5
+  tstore_run "$run" client 10
 done
 
 for run in $(seq 1 "$RUNS"); do
@@ -146,8 +168,44 @@ for run in $(seq 1 "$RUNS"); do
   for p in "${rpids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 done
 
+# No spurious failover under load: 3 nodes, STEADY_S seconds (default 60)
+# of `tstore bench` at full load (concurrency 64, half writes, half strong
+# reads, 100 B values, 10,000 keys). Afterwards the map's event log must
+# show no change made during the load, and no node may have become Raft
+# leader during it.
+STEADY_S=${STEADY_S:-60}
+steady() {
+  local d="$work/steady" port=7990
+  $T demo --dir "$d" --nodes 3 --base-port $port >"$work/demo-steady.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 150); do grep -q "pids:" "$work/demo-steady.log" && break; sleep 0.2; done
+  local A=("$T" admin --node "127.0.0.1:$port" --certs "$d/certs")
+  for _ in $(seq 1 50); do "${A[@]}" create-table st --key id --shards 8 --replicas 3 >/dev/null 2>&1 && break; sleep 0.2; done
+  sleep 3
+  local before leaders_before leaders_after
+  before=$("${A[@]}" --output json events | python3 -c 'import json,sys; print(json.load(sys.stdin)["map_version"])')
+  leaders_before=$(cat "$d"/n*.log | grep -c "now the Raft leader" || true)
+  "$T" bench --node "127.0.0.1:$port" --certs "$d/certs" --table st --mix write:50,read:50 --concurrency 64 \
+    --keys 10000 --value-size 100 --ops 100000000 --max-seconds "$STEADY_S" >"$work/steady.txt"
+  leaders_after=$(cat "$d"/n*.log | grep -c "now the Raft leader" || true)
+  "${A[@]}" --output json events | python3 -c '
+import json, sys
+before = int(sys.argv[1])
+new = [e for e in json.load(sys.stdin)["events"] if e["version"] > before]
+for e in new:
+    print("  map change during the load: %s %s (%s)" % (e["subject"], e["what"], e["why"]))
+print("map changes during %s s of full load: %d" % (sys.argv[2], len(new)))
+' "$before" "$STEADY_S"
+  echo "Raft leader elections during the load: $((leaders_after - leaders_before))"
+  grep -E "^ +(write|read)" "$work/steady.txt" | sed 's/^/  /'
+  kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
+  pkill -9 -f "$d" 2>/dev/null || true
+}
+[ "$STEADY_S" -gt 0 ] && steady
+
 echo
 stats "tstore write unavailability after kill -9 of a primary" "${tstore_unavail[@]}"
 stats "tstore write unavailability after kill -9 of the Raft leader that is also the primary" "${leader_unavail[@]}"
+stats "tstore longest write of a long-lived client through a primary's kill -9" "${client_waited[@]}"
 stats "tstore time to full replication ($ROWS rows)" "${tstore_heal[@]}"
 stats "Redis Cluster write unavailability (cluster-node-timeout 1000)" "${redis_unavail[@]}"

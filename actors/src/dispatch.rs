@@ -16,6 +16,7 @@ use tstore_membership::{GossipInbox, NodeIdentity};
 use tstore_transport::Remote;
 
 use crate::control::ControlPlane;
+use crate::hearing::Hearing;
 use crate::peer::{PeerMessage, PeerReply};
 use crate::router::serve_local;
 use crate::shard::local::LocalCopies;
@@ -31,6 +32,8 @@ pub struct PeerDispatch {
     /// `None` where no control plane runs (in-process tests): Raft and map
     /// changes are refused.
     control: Option<ControlPlane>,
+    /// When each peer's replication traffic last arrived.
+    hearing: Hearing,
 }
 
 impl PeerDispatch {
@@ -47,7 +50,14 @@ impl PeerDispatch {
             local,
             snapshots,
             control,
+            hearing: Hearing::default(),
         }
+    }
+
+    /// When each peer's replication traffic last arrived (read by
+    /// [`watch_primaries`](crate::hearing::watch_primaries)).
+    pub fn hearing(&self) -> Hearing {
+        self.hearing.clone()
     }
 
     /// A one-way message from another node.
@@ -55,6 +65,7 @@ impl PeerDispatch {
         match msg {
             PeerMessage::Gossip(payload) => self.gossip.deliver(from.addr, payload),
             PeerMessage::Repl { shard: key, msg } => {
+                self.hearing.heard(&from.name);
                 let Some(copy) = self.local.get(&key) else {
                     debug!(shard = %key, "replication message for a copy not held here");
                     return;
@@ -62,6 +73,14 @@ impl PeerDispatch {
                 let from = from.name.clone();
                 if copy.try_send(Replicate { from, msg }).is_err() {
                     debug!(shard = %key, "copy mailbox full; replication message dropped");
+                }
+            }
+            PeerMessage::Suspect { node, silent_ms } => {
+                if let Some(control) = self.control.clone() {
+                    let reporter = from.name.clone();
+                    tokio::spawn(async move {
+                        control.on_suspect(&reporter, node, silent_ms).await;
+                    });
                 }
             }
             other => {
@@ -88,6 +107,7 @@ impl PeerDispatch {
                 ))
             }
             PeerMessage::Repl { .. } => one(PeerReply::Refused("replication is one-way".into())),
+            PeerMessage::Suspect { .. } => one(PeerReply::Refused("suspicion is one-way".into())),
             PeerMessage::Snapshot { shard } => self.snapshots.serve(shard),
             PeerMessage::Data(req) => {
                 let local = self.local.current();

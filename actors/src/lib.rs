@@ -18,6 +18,8 @@
 //! - [`peer_link`]: how copies and the router reach other nodes (QUIC, or an
 //!   in-memory network with faults for in-process tests).
 //! - [`dispatch`]: the one place inbound peer messages are dispatched.
+//! - [`hearing`]: which peers this node still hears; reports silent
+//!   primaries to the coordinator.
 //!
 //! Decisions live in `tstore-core` (pure, no I/O); this crate carries them
 //! out. Uses `tstore-transport`, `tstore-membership` and `tstore-core`; used
@@ -29,6 +31,7 @@ pub mod control;
 pub mod coordinator;
 pub mod data;
 pub mod dispatch;
+pub mod hearing;
 pub mod metrics;
 pub mod node;
 pub mod node_stats;

@@ -247,6 +247,11 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         decisions: Default::default(),
     };
     CoordinatorActor::new(control.clone()).start();
+    actix::spawn(crate::hearing::watch_primaries(
+        identity.node_id.clone(),
+        peers.hearing(),
+        control.clone(),
+    ));
     endpoint.serve(Arc::new(NodeService {
         peers,
         admin,

@@ -36,6 +36,10 @@ pub enum PeerMessage {
     /// A learner asks the shard's primary for a snapshot of its rows;
     /// answered by a stream of [`SnapshotPart`]s.
     Snapshot { shard: ShardKey },
+    /// To the Raft leader, one-way: `node` leads a shard backed up on the
+    /// sender and has sent it nothing for `silent_ms`
+    /// (`tstore_core::coordinator::suspicion`).
+    Suspect { node: String, silent_ms: u64 },
 }
 
 /// One frame of a snapshot stream: a header, row chunks, client session

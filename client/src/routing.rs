@@ -161,6 +161,13 @@ struct Route {
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// While an attempt waits longer than this (and every time as long again),
+/// the client asks another node whether the shard has moved on to a new
+/// epoch: its primary died (or handed over) and a new one serves. It then
+/// resends at once to the new primary rather than wait out
+/// `attempt_timeout` on a node that may be dead. A write carries its
+/// identity, so the resend is recognised if the first attempt was applied.
+const MOVED_CHECK: Duration = Duration::from_millis(300);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The identities of this client's write requests.
@@ -363,6 +370,7 @@ impl Client {
             .expect("sessions lock")
             .keys()
             .copied()
+            .filter(|a| !self.is_suspect(*a))
             .collect();
         for seed in &self.seeds {
             if !candidates.contains(seed) {
@@ -512,15 +520,28 @@ impl Client {
                 request: request.clone(),
             };
             let outcome: Result<(), ClientError> = match self.session_to(addr).await {
-                Ok(session) => match session.call(req).await {
-                    Ok(AdminReply::Data(DataReply::Error(e))) => Err(ClientError::Data(e)),
-                    Ok(AdminReply::Data(reply)) => return Ok(reply),
-                    Ok(AdminReply::Error(e)) => return Err(ClientError::Admin(e)),
-                    Ok(_) => return Err(ClientError::Unexpected("not a data reply")),
-                    Err(e) => {
-                        self.drop_session(addr);
+                Ok(session) => match self
+                    .call_watching(&session, req, &route, table, shard, addr)
+                    .await
+                {
+                    Some(r) => match r {
+                        Ok(AdminReply::Data(DataReply::Error(e))) => Err(ClientError::Data(e)),
+                        Ok(AdminReply::Data(reply)) => return Ok(reply),
+                        Ok(AdminReply::Error(e)) => return Err(ClientError::Admin(e)),
+                        Ok(_) => return Err(ClientError::Unexpected("not a data reply")),
+                        Err(e) => {
+                            self.drop_session(addr);
+                            self.suspect(addr);
+                            Err(sent_error(e, write))
+                        }
+                    },
+                    None => {
+                        // The new route is cached: resend now. The node we
+                        // waited on is likely dead: route around it.
+                        debug!(%table, shard, %node, "the shard moved on while an attempt waited; resending to its new primary");
                         self.suspect(addr);
-                        Err(sent_error(e, write))
+                        maybe_applied |= write;
+                        continue;
                     }
                 },
                 Err(e) => {
@@ -566,6 +587,92 @@ impl Client {
                 pause = (pause * 2).min(MAX_RETRY_PAUSE);
             }
         }
+    }
+
+    /// One attempt on `session`; while it waits, checks every
+    /// [`MOVED_CHECK`] with another node whether the shard has moved on.
+    /// `None`: it has (a newer epoch, whose route is now cached).
+    async fn call_watching(
+        &self,
+        session: &Coalescer,
+        req: DataRequest,
+        route: &Route,
+        table: &str,
+        shard: u32,
+        addr: SocketAddr,
+    ) -> Option<Result<AdminReply, TransportError>> {
+        let epoch = route
+            .table
+            .shards
+            .get(shard as usize)
+            .map(|s| s.replicas.epoch);
+        let call = session.call(req);
+        tokio::pin!(call);
+        let start = tokio::time::Instant::now() + MOVED_CHECK;
+        let mut check = tokio::time::interval_at(start, MOVED_CHECK);
+        loop {
+            tokio::select! {
+                r = &mut call => return Some(r),
+                _ = check.tick() => {
+                    if let Some(epoch) = epoch {
+                        if self.moved_on(table, shard, epoch, route, addr).await {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks a node other than `avoid` for `table`'s route (within
+    /// [`MOVED_CHECK`]); if `shard` is past `epoch` there, caches the new
+    /// route and says so.
+    async fn moved_on(
+        &self,
+        table: &str,
+        shard: u32,
+        epoch: u64,
+        route: &Route,
+        avoid: SocketAddr,
+    ) -> bool {
+        let Some(other) = self.detour(route, avoid) else {
+            return false;
+        };
+        let ask = async {
+            let session = self.session_to(other).await.ok()?;
+            let reply = session
+                .session()
+                .request::<_, AdminReply>(&AdminRequest::Route {
+                    table: table.to_owned(),
+                })
+                .await
+                .ok()?;
+            match reply {
+                AdminReply::Route {
+                    table: t, nodes, ..
+                } => Some((t, nodes)),
+                _ => None,
+            }
+        };
+        let Ok(Some((t, nodes))) = tokio::time::timeout(MOVED_CHECK, ask).await else {
+            return false;
+        };
+        let moved = t
+            .shards
+            .get(shard as usize)
+            .is_some_and(|s| s.replicas.epoch > epoch);
+        if moved {
+            let nodes = nodes
+                .into_iter()
+                .filter_map(|(id, a)| Some((id, a.parse().ok()?)))
+                .collect();
+            let route = Arc::new(Route { table: t, nodes });
+            self.routes
+                .lock()
+                .expect("routes lock")
+                .insert(table.to_owned(), route);
+        }
+        moved
     }
 
     fn suspect(&self, addr: SocketAddr) {

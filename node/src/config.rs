@@ -68,10 +68,10 @@ pub struct NodeOptions {
     /// Seconds a voter may be down before a live learner replaces it, 1..=86400 [default: 30].
     #[arg(long)]
     pub voter_replace_after_secs: Option<u64>,
-    /// A shard primary serves while every backup answered within this many ms [default: 1000].
+    /// A shard primary serves while every backup answered within this many ms [default: 500].
     #[arg(long)]
     pub lease_ms: Option<u64>,
-    /// A promoted primary waits this long (ms) after it last heard the old one; must exceed lease_ms, at most 600000 [default: 1500].
+    /// A promoted primary waits this long (ms) after it last heard the old one; must exceed lease_ms, at most 600000 [default: 700].
     #[arg(long)]
     pub lease_grace_ms: Option<u64>,
     /// Replication heartbeat in ms; at most half of lease_ms [default: 100].
@@ -676,7 +676,7 @@ mod tests {
         .to_string();
         assert_eq!(
             err,
-            "lease settings: grace (1500 ms) must be longer than the lease (2000 ms)"
+            "lease settings: grace (700 ms) must be longer than the lease (2000 ms)"
         );
     }
 

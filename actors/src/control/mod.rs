@@ -42,8 +42,14 @@ use tstore_core::cluster_map::{
 use tstore_core::coordinator::failover::{self, Health, ManualOp};
 use tstore_core::coordinator::health::{self, live_peers, HealthMemory, KEY_BOOTSTRAP_EXPECT};
 use tstore_core::coordinator::placement::{self, Candidate, Load};
+use tstore_core::coordinator::suspicion::{Suspicions, Verdict};
+use tstore_core::replication::Millis;
 use tstore_core::wire::{ClusterStatus, ControlError, ControlRequest};
 use types::{raft_id, Raft};
+
+/// How long the coordinator waits for a node reported silent to answer a
+/// ping before it counts the node down (`coordinator::suspicion`).
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Control-plane settings.
 #[derive(Debug, Clone)]
@@ -80,9 +86,13 @@ impl Default for ControlSettings {
             voters: 3,
             voter_replace_after: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
-            heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(600),
-            election_timeout_max: Duration::from_millis(1200),
+            // openraft 0.9 has a follower wait `election_timeout_max` (its
+            // leader lease) plus a random timeout in [min, max) after the
+            // last heartbeat, checked every 1.5 heartbeats: 400 to 575 ms
+            // here before a new leader is elected (docs/engineering-notes.md).
+            heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(250),
             rebalance_max_moves: 2,
             raft_snapshot_entries: 5000,
             rereplicate_after: Duration::ZERO,
@@ -119,6 +129,12 @@ pub(crate) struct Upkeep {
     pub(crate) health: HealthMemory,
     /// This leader stopped its heartbeats: no majority answered it.
     pub(crate) heartbeats_off: bool,
+    /// Nodes reported silent by the backups of their shards, probed, and
+    /// those held down (`coordinator::suspicion`).
+    pub(crate) suspicions: Suspicions,
+    /// The nodes the last health derivation had down (a report about one
+    /// of them needs no probe).
+    pub(crate) last_down: BTreeSet<String>,
 }
 
 /// The control plane of one node.
@@ -137,6 +153,8 @@ pub(crate) struct Inner {
     pub(crate) membership: Arc<Membership>,
     pub(crate) settings: ControlSettings,
     pub(crate) upkeep: tokio::sync::Mutex<Upkeep>,
+    /// Runs a coordinator round now rather than at the next [`ROUND`](crate::coordinator::actor::ROUND).
+    pub(crate) wake: tokio::sync::Notify,
 }
 
 enum Leader {
@@ -193,6 +211,7 @@ impl ControlPlane {
                 membership,
                 settings,
                 upkeep: Default::default(),
+                wake: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -551,9 +570,111 @@ impl ControlPlane {
             &mut upkeep.health,
             crate::clock::now_ms(),
         );
+        upkeep
+            .suspicions
+            .apply(&self.inner.node_id, &mut health, crate::clock::now_ms());
+        upkeep.last_down = health.down.clone();
         health.now_unix_ms = crate::clock::wall_ms();
         health.rereplicate_after_ms = self.inner.settings.rereplicate_after.as_millis() as u64;
         health
+    }
+
+    /// This node's backups have heard nothing from `node` for `silent_ms`:
+    /// tells the Raft leader (this node's own coordinator if it leads).
+    pub async fn report_silent(&self, me: &str, node: String, silent_ms: Millis) {
+        match self.leader() {
+            Ok(Leader::Me) => self.on_suspect(me, node, silent_ms).await,
+            Ok(Leader::Other { addr, .. }) => {
+                let msg = PeerMessage::Suspect { node, silent_ms };
+                if let Err(e) = self.inner.endpoint.send_oneway(addr, &msg) {
+                    debug!(error = %e, "could not report a silent primary to the leader");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A report that `node` has been silent for `silent_ms` to `reporter`'s
+    /// backups. On the leader: probes the node, and if it does not answer
+    /// within [`PROBE_TIMEOUT`] counts it down and runs a coordinator round
+    /// at once (see `coordinator::suspicion`).
+    pub async fn on_suspect(&self, reporter: &str, node: String, silent_ms: Millis) {
+        if !self.is_leader() {
+            return;
+        }
+        let map = self.map();
+        let verdict = {
+            let mut upkeep = self.inner.upkeep.lock().await;
+            let Upkeep {
+                suspicions,
+                last_down,
+                ..
+            } = &mut *upkeep;
+            suspicions.report(&node, &map, last_down, crate::clock::now_ms())
+        };
+        match verdict {
+            Verdict::Ignore => {}
+            Verdict::Confirmed => {
+                warn!(%node, %reporter, silent_ms, "the node this one replaced as Raft leader is silent to a backup: counting it down");
+                self.inner.wake.notify_one();
+            }
+            Verdict::Probe => {
+                let Some(addr) = map
+                    .nodes
+                    .get(&node)
+                    .and_then(|n| n.addr.parse::<SocketAddr>().ok())
+                else {
+                    let mut upkeep = self.inner.upkeep.lock().await;
+                    upkeep
+                        .suspicions
+                        .probed(&node, true, crate::clock::now_ms());
+                    return;
+                };
+                let ping = self
+                    .inner
+                    .endpoint
+                    .request::<_, PeerReply>(addr, &PeerMessage::Ping);
+                let answered = matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, ping).await,
+                    Ok(Ok(PeerReply::Pong { node_id, .. })) if node_id == node
+                );
+                let down = {
+                    let mut upkeep = self.inner.upkeep.lock().await;
+                    upkeep
+                        .suspicions
+                        .probed(&node, answered, crate::clock::now_ms())
+                };
+                if down {
+                    warn!(%node, %reporter, silent_ms, probe_ms = PROBE_TIMEOUT.as_millis() as u64, "a primary's node is silent to a backup and did not answer a probe: counting it down");
+                    self.inner.wake.notify_one();
+                } else {
+                    debug!(%node, %reporter, silent_ms, "a node reported silent answered the probe");
+                }
+            }
+        }
+    }
+
+    /// This node became the Raft leader, replacing `previous` (see
+    /// `Suspicions::leading_since`).
+    pub(crate) async fn leading_since(&self, previous: Option<String>) {
+        let mut upkeep = self.inner.upkeep.lock().await;
+        upkeep
+            .suspicions
+            .leading_since(previous, crate::clock::now_ms());
+    }
+
+    /// Resolves when a coordinator round should run at once.
+    pub(crate) async fn woken(&self) {
+        self.inner.wake.notified().await
+    }
+
+    /// This node's Raft id.
+    pub(crate) fn raft_id(&self) -> u64 {
+        self.inner.raft_id
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self.leader(), Ok(Leader::Me))
     }
 
     /// An operator's change to one shard (promote, move, remove a copy).

@@ -48,6 +48,7 @@ pub enum Kind {
     Repl,
     Data,
     Snapshot,
+    Suspect,
 }
 
 impl Kind {
@@ -60,6 +61,7 @@ impl Kind {
             PeerMessage::Repl { .. } => Kind::Repl,
             PeerMessage::Data(_) => Kind::Data,
             PeerMessage::Snapshot { .. } => Kind::Snapshot,
+            PeerMessage::Suspect { .. } => Kind::Suspect,
         }
     }
 }

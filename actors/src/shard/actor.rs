@@ -59,7 +59,8 @@ use tstore_core::data::sessions::Command;
 use tstore_core::replication::outbox;
 use tstore_core::replication::reconfigure::{rejoin, takeover_not_before, Rejoin};
 use tstore_core::replication::{
-    Backup, Effect, LeaseConfig, LogEntry, LogRetention, Millis, Primary, ReadRefusal, ReplMsg, Seq,
+    Backup, Effect, LeaseConfig, LogEntry, LogRetention, Millis, Primary, ProposeError,
+    ReadRefusal, ReplMsg, Seq,
 };
 use tstore_core::shard::{
     gossip_key, LocalCopy, LocalRole, ShardKey, FAILED, LEARNER_READY, SILENT,
@@ -805,6 +806,23 @@ impl Handler<Write> for CopyActor {
                     rx.await.unwrap_or_else(|_| {
                         Err(DataError::unknown(
                             "the shard copy stopped before the write committed; its outcome is unknown",
+                        ))
+                    })
+                })
+            }
+            Err(ProposeError::NotYet { wait_ms, .. }) => {
+                // A new primary waiting out the old lease (at most the
+                // grace period): hold the write and take it then, rather
+                // than send the client away to retry after a backoff.
+                // Nothing was proposed, so taking it later is taking it once.
+                debug!(shard = %self.key, wait_ms, "holding a write until the old primary's lease is over");
+                let me = ctx.address();
+                let Command { id, op, .. } = cmd;
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    me.send(Write { id, op }).await.unwrap_or_else(|_| {
+                        Err(DataError::unavailable(
+                            "the shard copy stopped before it could take the write; retry",
                         ))
                     })
                 })

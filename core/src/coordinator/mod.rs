@@ -8,4 +8,5 @@ pub mod health;
 pub mod placement;
 pub mod rebalance;
 pub mod silence;
+pub mod suspicion;
 pub mod voters;

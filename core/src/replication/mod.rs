@@ -348,8 +348,8 @@ pub struct LeaseConfig {
 impl Default for LeaseConfig {
     fn default() -> Self {
         Self {
-            lease: 1000,
-            grace: 1500,
+            lease: 500,
+            grace: 700,
             heartbeat: 100,
             window: 1024,
         }
@@ -427,6 +427,7 @@ mod tests {
     fn grace_must_outlast_the_lease() {
         assert!(LeaseConfig::default().check().is_ok());
         let bad = LeaseConfig {
+            lease: 1000,
             grace: 1000,
             ..Default::default()
         };
