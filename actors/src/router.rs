@@ -303,7 +303,14 @@ pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
                 "shard {key} stopped with the write queued ({e}); its outcome is unknown"
             ))),
         },
-        ShardRequest::Get { key: k, mode, .. } => match copy.send(Read { key: k, mode }).await {
+        ShardRequest::Get { key: k, mode, .. } => match copy
+            .send(Read {
+                key: k,
+                mode,
+                needs: None,
+            })
+            .await
+        {
             Ok(Ok(r)) => DataReply::Row(r),
             Ok(Err(e)) => err(e),
             Err(e) => gone(e),

@@ -116,6 +116,9 @@ pub struct CopyActor {
     pending_truncate: Option<(Seq, Seq)>,
     /// Clients waiting for their entry to commit.
     waiting: HashMap<Seq, Reply>,
+    /// Reads held until the rows reach the commit point (the next apply
+    /// wakes them to be checked again): at most [`MAX_PARKED_READS`].
+    parked_reads: Vec<oneshot::Sender<()>>,
     /// A storage failure stopped this copy; it refuses work until restarted.
     failed: Option<String>,
     /// Corrupt data found in this copy, while it is being rebuilt.
@@ -137,6 +140,10 @@ pub struct CopyActor {
     published: String,
 }
 
+/// Reads one copy holds at most while its rows catch up with its commit
+/// point (see `CopyActor::park_read`); more are refused, to be retried.
+const MAX_PARKED_READS: usize = 4096;
+
 impl CopyActor {
     pub fn new(key: ShardKey, copy: LocalCopy, env: CopyEnv) -> Self {
         let id = ShardPrefix {
@@ -155,6 +162,7 @@ impl CopyActor {
             pending_apply: None,
             pending_truncate: None,
             waiting: HashMap::new(),
+            parked_reads: Vec::new(),
             failed: None,
             corrupt: None,
             rebuild_due: false,
@@ -629,6 +637,10 @@ impl CopyActor {
                         let _ = reply.send(res.map_err(DataError::from));
                     }
                 }
+                // Reads waiting for the rows: check them again.
+                for wake in self.parked_reads.drain(..) {
+                    let _ = wake.send(());
+                }
                 if let Some(logged) = done.logged {
                     let effects = match &mut self.role {
                         Role::Primary(p) => p.on_persisted(logged),
@@ -840,15 +852,46 @@ impl CopyActor {
     /// decides (`read_permit`: the primary under its lease, a backup in
     /// sync with its primary, rows holding what the read needs).
     fn check_read(&self, mode: ReadMode) -> Result<(), DataError> {
+        self.check_read_upto(mode, None)
+    }
+
+    /// `needs`: see [`Read::needs`].
+    fn check_read_upto(&self, mode: ReadMode, needs: Option<Seq>) -> Result<(), DataError> {
         if let Some(e) = self.unavailable() {
             return Err(DataError::unavailable(e));
         }
-        let permit = match &self.role {
-            Role::Installing => Err(ReadRefusal::Copying),
-            Role::Primary(p) => p.read_permit(mode, now_ms()),
-            Role::Backup(b) => b.read_permit(mode, now_ms()),
+        let permit = match (&self.role, needs) {
+            (Role::Installing, _) => Err(ReadRefusal::Copying),
+            (Role::Primary(p), Some(n)) => p.read_permit_upto(mode, now_ms(), n),
+            (Role::Primary(p), None) => p.read_permit(mode, now_ms()),
+            (Role::Backup(b), _) => b.read_permit(mode, now_ms()),
         };
         permit.map_err(|why| DataError::unavailable(format!("shard {} {why}", self.key)))
+    }
+
+    /// A read the primary will serve once its rows hold what was committed
+    /// when it arrived (the apply is already under way): it waits for the
+    /// next apply and is checked again, rather than sending the client
+    /// away to retry after a backoff. Returns the wake-up and what the rows
+    /// must hold; `None`: serve or refuse now.
+    fn park_read(
+        &mut self,
+        mode: ReadMode,
+        needs: Option<Seq>,
+    ) -> Option<(oneshot::Receiver<()>, Seq)> {
+        let Role::Primary(p) = &self.role else {
+            return None;
+        };
+        if self.unavailable().is_some() || self.parked_reads.len() >= MAX_PARKED_READS {
+            return None;
+        }
+        let needs = needs.unwrap_or(p.committed());
+        let Err(ReadRefusal::Applying { .. }) = p.read_permit_upto(mode, now_ms(), needs) else {
+            return None;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.parked_reads.push(tx);
+        Some((rx, needs))
     }
 
     /// The answer to a read that failed; corrupt data is reported and the
@@ -866,14 +909,32 @@ impl CopyActor {
 }
 
 impl Handler<Read> for CopyActor {
-    type Result = Result<Option<RowRecord>, DataError>;
+    type Result = Response<Result<Option<RowRecord>, DataError>>;
 
-    fn handle(&mut self, Read { key, mode }: Read, ctx: &mut Context<Self>) -> Self::Result {
-        self.check_read(mode)?;
-        self.env
-            .store
-            .get(self.id, &key)
-            .map_err(|e| self.read_failed("read", e, ctx))
+    fn handle(&mut self, read: Read, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some((applied, needs)) = self.park_read(read.mode, read.needs) {
+            let me = ctx.address();
+            return Response::fut(async move {
+                // Woken by the next apply, or dropped with the copy.
+                let _ = applied.await;
+                let again = Read {
+                    needs: Some(needs),
+                    ..read
+                };
+                me.send(again).await.unwrap_or_else(|_| {
+                    Err(DataError::unavailable(
+                        "the shard copy stopped before it could serve the read; retry",
+                    ))
+                })
+            });
+        }
+        let Read { key, mode, needs } = read;
+        Response::reply(self.check_read_upto(mode, needs).and_then(|()| {
+            self.env
+                .store
+                .get(self.id, &key)
+                .map_err(|e| self.read_failed("read", e, ctx))
+        }))
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Write {
 pub struct Read {
     pub key: RowKey,
     pub mode: ReadMode,
+    /// Set on a read the primary held while its rows caught up: the commit
+    /// point when it arrived, all the rows must hold to serve it
+    /// (`Primary::read_permit_upto`). `None` for a read just arrived.
+    pub needs: Option<u64>,
 }
 
 /// A range read within the shard.

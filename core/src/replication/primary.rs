@@ -248,14 +248,30 @@ impl Primary {
     /// everything it committed. Applies are written a group commit after
     /// the commit point moves; a promoted primary's inherited entries,
     /// acknowledged by its predecessor, are among them.
-    pub fn read_permit(&self, _mode: ReadMode, now: Millis) -> Result<(), ReadRefusal> {
+    pub fn read_permit(&self, mode: ReadMode, now: Millis) -> Result<(), ReadRefusal> {
+        self.read_permit_upto(mode, now, self.committed)
+    }
+
+    /// As [`read_permit`](Self::read_permit) for a read that arrived when
+    /// the commit point was `needed` and has waited for the rows since:
+    /// they need to hold only that much. Every write acknowledged before
+    /// the read arrived, and every row an earlier read saw, is at or below
+    /// it, so serving there is linearizable, and a read is not kept
+    /// waiting behind writes committed after it arrived.
+    pub fn read_permit_upto(
+        &self,
+        _mode: ReadMode,
+        now: Millis,
+        needed: Seq,
+    ) -> Result<(), ReadRefusal> {
         if !self.lease_valid(now) {
             return Err(ReadRefusal::NoLease { epoch: self.epoch });
         }
-        if self.applied < self.committed {
+        let needed = needed.min(self.committed);
+        if self.applied < needed {
             return Err(ReadRefusal::Applying {
                 from: self.applied + 1,
-                upto: self.committed,
+                upto: needed,
             });
         }
         Ok(())
@@ -692,6 +708,13 @@ mod tests {
                 "shard t/0 is applying entries 1..=1; retry"
             );
         }
+        // A read that arrived before entry 1 committed (and was held)
+        // needs only what was committed then; one arriving now needs 1.
+        assert_eq!(p.read_permit_upto(ReadMode::Strong, 1510, 0), Ok(()));
+        assert_eq!(
+            p.read_permit_upto(ReadMode::Strong, 1510, 1),
+            Err(ReadRefusal::Applying { from: 1, upto: 1 })
+        );
         p.on_applied(1);
         assert_eq!(p.read_permit(ReadMode::Strong, 1510), Ok(()));
         // The backup silent for longer than the lease: no more reads.
