@@ -398,16 +398,7 @@ impl Client {
                 }) => {
                     self.clock_offset_ms
                         .store(now_unix_ms as i64 - wall_ms(), Ordering::Relaxed);
-                    let nodes = nodes
-                        .into_iter()
-                        .filter_map(|(id, a)| Some((id, a.parse().ok()?)))
-                        .collect();
-                    let route = Arc::new(Route { table: t, nodes });
-                    self.routes
-                        .lock()
-                        .expect("routes lock")
-                        .insert(table.to_owned(), route.clone());
-                    return Ok(route);
+                    return Ok(self.cache_route(table, t, nodes));
                 }
                 Ok(AdminReply::Data(DataReply::Error(e))) => return Err(ClientError::Data(e)),
                 Ok(AdminReply::Error(e)) => return Err(ClientError::Admin(e)),
@@ -662,17 +653,29 @@ impl Client {
             .get(shard as usize)
             .is_some_and(|s| s.replicas.epoch > epoch);
         if moved {
-            let nodes = nodes
-                .into_iter()
-                .filter_map(|(id, a)| Some((id, a.parse().ok()?)))
-                .collect();
-            let route = Arc::new(Route { table: t, nodes });
-            self.routes
-                .lock()
-                .expect("routes lock")
-                .insert(table.to_owned(), route);
+            self.cache_route(table, t, nodes);
         }
         moved
+    }
+
+    /// Caches a table's route as a node answered it (`nodes`: id and
+    /// address of every node of the map).
+    fn cache_route(
+        &self,
+        name: &str,
+        table: Table,
+        nodes: impl IntoIterator<Item = (String, String)>,
+    ) -> Arc<Route> {
+        let nodes = nodes
+            .into_iter()
+            .filter_map(|(id, a)| Some((id, a.parse().ok()?)))
+            .collect();
+        let route = Arc::new(Route { table, nodes });
+        self.routes
+            .lock()
+            .expect("routes lock")
+            .insert(name.to_owned(), route.clone());
+        route
     }
 
     fn suspect(&self, addr: SocketAddr) {

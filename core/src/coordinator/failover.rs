@@ -639,34 +639,8 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cluster_map::{MapError, Sharding, TableSpec};
-
-    fn map(nodes: usize, zones: &[&str]) -> ClusterMap {
-        let mut m = ClusterMap::default();
-        for i in 1..=nodes {
-            m.apply(&MapCommand::RegisterNode {
-                node_id: format!("n{i}"),
-                addr: String::new(),
-                zone: zones.get(i - 1).map(|z| z.to_string()).unwrap_or_default(),
-            })
-            .unwrap();
-        }
-        m.apply(&MapCommand::CreateTable {
-            spec: TableSpec {
-                name: "t".into(),
-                key: "id".into(),
-                sharding: Sharding::Hash { shards: 2 },
-                replicas: 3,
-                min_copies: 0,
-            },
-            placement: vec![
-                ("n1".into(), vec!["n2".into(), "n3".into()]),
-                ("n2".into(), vec!["n3".into(), "n1".into()]),
-            ],
-        })
-        .unwrap();
-        m
-    }
+    use crate::cluster_map::MapError;
+    use crate::coordinator::test_maps::map;
 
     #[test]
     fn a_drain_that_could_never_finish_is_refused() {

@@ -10,3 +10,6 @@ pub mod rebalance;
 pub mod silence;
 pub mod suspicion;
 pub mod voters;
+
+#[cfg(test)]
+pub(crate) mod test_maps;

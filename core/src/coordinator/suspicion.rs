@@ -192,33 +192,9 @@ impl Suspicions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster_map::{MapCommand, Sharding, TableSpec};
 
     fn map() -> ClusterMap {
-        let mut map = ClusterMap::default();
-        for n in ["n1", "n2", "n3"] {
-            map.apply(&MapCommand::RegisterNode {
-                node_id: n.into(),
-                addr: "127.0.0.1:1".into(),
-                zone: String::new(),
-            })
-            .unwrap();
-        }
-        map.apply(&MapCommand::CreateTable {
-            spec: TableSpec {
-                name: "t".into(),
-                key: "id".into(),
-                sharding: Sharding::Hash { shards: 2 },
-                replicas: 3,
-                min_copies: 0,
-            },
-            placement: vec![
-                ("n1".into(), vec!["n2".into(), "n3".into()]),
-                ("n2".into(), vec!["n3".into(), "n1".into()]),
-            ],
-        })
-        .unwrap();
-        map
+        crate::coordinator::test_maps::map(3, &[])
     }
 
     #[test]
