@@ -167,7 +167,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// resends at once to the new primary rather than wait out
 /// `attempt_timeout` on a node that may be dead. A write carries its
 /// identity, so the resend is recognised if the first attempt was applied.
-const MOVED_CHECK: Duration = Duration::from_millis(300);
+const MOVED_CHECK: Duration = Duration::from_millis(200);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The identities of this client's write requests.
@@ -245,6 +245,10 @@ pub struct Client {
     /// through another node meanwhile (which answers `Stale` once the map
     /// has moved on, or forwards).
     suspects: Mutex<HashMap<SocketAddr, Instant>>,
+    /// When each table's route was last fetched to see whether a shard
+    /// moved on (`moved_on`): at most one fetch per table per half
+    /// [`MOVED_CHECK`], however many requests wait.
+    route_checked: Mutex<HashMap<String, Instant>>,
 }
 
 /// How long a node that failed an attempt is routed around.
@@ -280,6 +284,7 @@ impl Client {
             ids: Mutex::default(),
             clock_offset_ms: AtomicI64::new(0),
             suspects: Mutex::default(),
+            route_checked: Mutex::default(),
         };
         let mut last = None;
         for &seed in seeds {
@@ -626,6 +631,27 @@ impl Client {
         route: &Route,
         avoid: SocketAddr,
     ) -> bool {
+        let past = |t: &Table| {
+            t.shards
+                .get(shard as usize)
+                .is_some_and(|s| s.replicas.epoch > epoch)
+        };
+        // Another waiting request may have fetched the news already.
+        let cached = self.routes.lock().expect("routes lock").get(table).cloned();
+        if cached.is_some_and(|r| past(&r.table)) {
+            return true;
+        }
+        {
+            let mut checked = self.route_checked.lock().expect("route_checked lock");
+            let now = Instant::now();
+            if checked
+                .get(table)
+                .is_some_and(|at| now.duration_since(*at) < MOVED_CHECK / 2)
+            {
+                return false;
+            }
+            checked.insert(table.to_owned(), now);
+        }
         let Some(other) = self.detour(route, avoid) else {
             return false;
         };
@@ -648,10 +674,7 @@ impl Client {
         let Ok(Some((t, nodes))) = tokio::time::timeout(MOVED_CHECK, ask).await else {
             return false;
         };
-        let moved = t
-            .shards
-            .get(shard as usize)
-            .is_some_and(|s| s.replicas.epoch > epoch);
+        let moved = past(&t);
         if moved {
             self.cache_route(table, t, nodes);
         }
