@@ -12,7 +12,8 @@
 //!
 //! And one-way cuts: a node that can send but not hear (a primary, and the
 //! Raft leader) is replaced although gossip still sees it live, and writes
-//! go on on every shard while the cut lasts.
+//! go on on every shard while the cut lasts; a backup that cannot hear its
+//! primary does not get it replaced while the coordinator hears it.
 
 use std::time::{Duration, Instant};
 
@@ -321,4 +322,74 @@ async fn a_primary_that_cannot_hear_is_replaced_and_writes_go_on() {
 #[tokio::test]
 async fn a_raft_leader_that_cannot_hear_steps_aside_and_its_shards_move() {
     a_node_that_cannot_hear(true).await;
+}
+
+/// A backup that stops hearing its primary reports it silent to the
+/// coordinator (`coordinator::suspicion`), but a report alone never moves
+/// a shard: the coordinator pings the primary itself, it answers, and it
+/// stays primary. Here the link from a primary to one backup is cut one
+/// way while the Raft leader (the third node) still hears it.
+#[tokio::test]
+async fn a_backup_that_cannot_hear_its_primary_does_not_get_it_replaced() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    c.start_formed(&ids).await;
+    let table = "hush";
+    c.create_table(
+        "n1",
+        TableSpec {
+            name: table.into(),
+            key: "id".into(),
+            sharding: Sharding::Hash { shards: 6 },
+            replicas: 3,
+            min_copies: 0,
+        },
+    )
+    .await;
+    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let client = c.client(&leader).await.unwrap();
+    let (_, t) = client.describe(table).await.unwrap();
+    let (primary, led) = primary_to_cut(&t, &leader, false);
+    let backup = ids
+        .iter()
+        .copied()
+        .find(|n| *n != leader && *n != primary)
+        .expect("a third node");
+    // The backup hears nothing from the primary; everything else flows.
+    let cut =
+        Partition::one_way(c.addr(&primary), &[c.addr(backup)]).expect("iptables rule for the cut");
+    // Bounded: the backup reports within 0.3 s of the cut, and a
+    // confirmed report would fail the shard over within about a second.
+    let leader_log = c.log_path(&leader);
+    let mut probed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = std::fs::read_to_string(&leader_log).unwrap_or_default();
+        probed |= log.contains("a node reported silent answered the probe");
+        if probed {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, now) = client.describe(table).await.unwrap();
+    cut.heal();
+    for index in &led {
+        let s = &now.shards[*index as usize];
+        assert_eq!(
+            s.replicas.primary, primary,
+            "{table}/{index} was taken from {primary}, whom the leader {leader} still heard: {s:?}"
+        );
+    }
+    assert!(
+        probed,
+        "{backup} never reported {primary} silent (or the leader {leader} never probed it)"
+    );
+    let log = std::fs::read_to_string(&leader_log).unwrap_or_default();
+    assert!(
+        !log.contains(&format!("counting it down node={primary}")),
+        "the leader counted {primary} down on {backup}'s report alone"
+    );
+    eprintln!(
+        "{backup} could not hear {primary}; the leader probed it and {primary} still leads {led:?}"
+    );
 }

@@ -648,7 +648,7 @@ impl ControlPlane {
                     warn!(%node, %reporter, silent_ms, probe_ms = PROBE_TIMEOUT.as_millis() as u64, "a primary's node is silent to a backup and did not answer a probe: counting it down");
                     self.inner.wake.notify_one();
                 } else {
-                    debug!(%node, %reporter, silent_ms, "a node reported silent answered the probe");
+                    info!(%node, %reporter, silent_ms, "a node reported silent answered the probe: not counting it down (the reporter may be the one cut off)");
                 }
             }
         }
