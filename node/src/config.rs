@@ -86,7 +86,7 @@ pub struct NodeOptions {
     /// Control-plane Raft entries between snapshots of the map; older entries are then purged; 10..=1000000 [default: 5000].
     #[arg(long)]
     pub raft_snapshot_entries: Option<u64>,
-    /// Microseconds the group commit waits for more writes under load before each transaction (more writes per fsync and per rewritten page, a little latency); never with a single writer; 0 does not wait; 0..=100000 [default: 1500].
+    /// Microseconds the group commit waits for more writes under load before each transaction (more writes per fsync and per rewritten page, a little latency); never with a single writer; 0 does not wait; 0..=100000 [default: 250].
     #[arg(long)]
     pub group_commit_linger_us: Option<u64>,
     /// The most bytes this node's shard data may take (the LMDB map size of `<data dir>/lmdb`); when full, writes there fail and the node's copies fail over to other nodes; 1048576..=17592186044416 [default: 68719476736].
@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn group_commit_linger_defaults_and_is_checked() {
         let cfg = NodeOptions::default().resolve().unwrap();
-        assert_eq!(cfg.commit_linger, Duration::from_micros(1500));
+        assert_eq!(cfg.commit_linger, Duration::from_micros(250));
         let cfg = NodeOptions {
             group_commit_linger_us: Some(0),
             ..Default::default()
