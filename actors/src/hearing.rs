@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tstore_core::cluster_map::ClusterMap;
-use tstore_core::coordinator::suspicion::{primaries_of, PrimaryWatch};
+use tstore_core::coordinator::suspicion::{primaries_of, suspect_after, PrimaryWatch};
 use tstore_core::replication::Millis;
 
 use crate::clock::now_ms;
@@ -44,11 +44,16 @@ impl Hearing {
 }
 
 /// Every [`WATCH_EVERY`], reports to the Raft leader each node that leads
-/// a shard backed up here and has sent nothing for
-/// [`SUSPECT_AFTER_MS`](tstore_core::coordinator::suspicion::SUSPECT_AFTER_MS).
-/// Runs until the process ends.
-pub async fn watch_primaries(me: String, hearing: Hearing, control: ControlPlane) {
-    let mut watch = PrimaryWatch::default();
+/// a shard backed up here and has sent nothing for three replication
+/// heartbeats (`heartbeat` ms; at least 300 ms, see
+/// [`suspect_after`]). Runs until the process ends.
+pub async fn watch_primaries(
+    me: String,
+    hearing: Hearing,
+    control: ControlPlane,
+    heartbeat: Millis,
+) {
+    let mut watch = PrimaryWatch::new(suspect_after(heartbeat));
     let mut every = tokio::time::interval(WATCH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen: Option<Arc<ClusterMap>> = None;

@@ -251,6 +251,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         identity.node_id.clone(),
         peers.hearing(),
         control.clone(),
+        lease.unwrap_or_default().heartbeat,
     ));
     endpoint.serve(Arc::new(NodeService {
         peers,

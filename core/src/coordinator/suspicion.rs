@@ -31,8 +31,15 @@ use crate::coordinator::failover::Health;
 use crate::replication::Millis;
 
 /// A primary's node silent this long to a backup is reported: three
-/// heartbeats missed at the default 100 ms.
+/// heartbeats missed at the default 100 ms ([`suspect_after`] for others).
 pub const SUSPECT_AFTER_MS: Millis = 300;
+
+/// How long a primary's node may be silent before a backup reports it,
+/// for a replication `heartbeat` (ms): three heartbeats, at least
+/// [`SUSPECT_AFTER_MS`].
+pub fn suspect_after(heartbeat: Millis) -> Millis {
+    heartbeat.saturating_mul(3).max(SUSPECT_AFTER_MS)
+}
 /// A node whose probe went unanswered counts as down this long (unless it
 /// answers a later probe first).
 pub const DOWN_HOLD_MS: Millis = 5_000;
@@ -54,14 +61,24 @@ pub fn primaries_of(me: &str, map: &ClusterMap) -> BTreeSet<NodeId> {
 
 /// Node side: the primaries this node's backups hear from, and which of
 /// their nodes have gone silent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PrimaryWatch {
     /// Primary node → since when this node has expected to hear from it (a
-    /// primary newly seen is given [`SUSPECT_AFTER_MS`] from then).
+    /// primary newly seen is given `after` from then).
     expected_since: BTreeMap<NodeId, Millis>,
+    /// Silence reported (see [`suspect_after`]).
+    after: Millis,
 }
 
 impl PrimaryWatch {
+    /// Reports primaries silent for `after` ms ([`suspect_after`]).
+    pub fn new(after: Millis) -> Self {
+        Self {
+            expected_since: BTreeMap::new(),
+            after,
+        }
+    }
+
     /// From `now` on, this node expects to hear from `primaries` (see
     /// [`primaries_of`]; call it when the map changes).
     pub fn expect(&mut self, primaries: BTreeSet<NodeId>, now: Millis) {
@@ -74,7 +91,7 @@ impl PrimaryWatch {
 
     /// The nodes to report at `now`, each with how long it has been
     /// silent: the expected primaries whose last message here
-    /// (`last_heard`) is older than [`SUSPECT_AFTER_MS`].
+    /// (`last_heard`) is older than the watch's silence.
     pub fn silent(
         &self,
         last_heard: impl Fn(&str) -> Option<Millis>,
@@ -85,7 +102,7 @@ impl PrimaryWatch {
             .filter_map(|(node, since)| {
                 let heard = last_heard(node).unwrap_or(0).max(*since);
                 let silent = now.saturating_sub(heard);
-                (silent >= SUSPECT_AFTER_MS).then(|| (node.clone(), silent))
+                (silent >= self.after).then(|| (node.clone(), silent))
             })
             .collect()
     }
@@ -208,7 +225,9 @@ mod tests {
             .map(|s| &s.replicas.primary)
             .collect();
         assert!(!led_by_others.is_empty());
-        let mut w = PrimaryWatch::default();
+        let mut w = PrimaryWatch::new(suspect_after(100));
+        assert_eq!(suspect_after(100), SUSPECT_AFTER_MS);
+        assert_eq!(suspect_after(500), 1_500, "a slow heartbeat: three of them");
         w.expect(primaries_of(me, &map), 1_000);
         // Newly expected: given SUSPECT_AFTER_MS from then, even with
         // nothing heard yet.
