@@ -554,6 +554,57 @@ mod tests {
         assert_eq!(groups[0].shards, vec![4]);
     }
 
+    use proptest::prelude::*;
+
+    fn state() -> impl Strategy<Value = CopyGossip> {
+        (
+            0..3u8,
+            0..5u64,
+            any::<bool>(),
+            proptest::collection::vec("[a-z0-9_-]{1,6}", 0..3),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(role, epoch, ready, silent, failed, copying)| CopyGossip {
+                role: [LocalRole::Primary, LocalRole::Backup, LocalRole::Learner][role as usize],
+                epoch,
+                ready,
+                silent,
+                failed,
+                copying,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_copies_read_back(
+            copies in proptest::collection::btree_map(
+                ("[a-z]{1,3}", 0..MAX_SHARDS).prop_map(|(t, i)| ShardKey::new(&t, i)),
+                state(),
+                0..300,
+            )
+        ) {
+            round_trip(&copies);
+        }
+
+        #[test]
+        fn any_text_decodes_or_is_refused_and_what_decodes_reads_back(
+            text in "(v1 )?[a-z0-9=:;,./+x -]{0,60}"
+        ) {
+            if let Ok(groups) = decode(&text) {
+                let mut copies = BTreeMap::new();
+                for g in &groups {
+                    prop_assert!(!g.shards.is_empty());
+                    for &s in &g.shards {
+                        prop_assert!(s < MAX_SHARDS);
+                        copies.insert(key(&g.table, s), g.state.clone());
+                    }
+                }
+                round_trip(&copies);
+            }
+        }
+    }
+
     #[test]
     fn a_publisher_sets_what_changed_and_withdraws_what_is_gone() {
         let a = vec!["v1 a".to_owned(), "v1 b".to_owned(), "v1 c".to_owned()];
