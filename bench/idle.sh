@@ -9,10 +9,12 @@
 #   - RSS (VmRSS from /proc/<pid>/status);
 #   - gossip bytes/s sent and received (`tstore_gossip_bytes_total` on the
 #     node's /metrics, which the demo serves on PORT + 2000 and on).
-# For every table it adds, it also prints how long `create-table` took and
-# the time from `create-table` until every one of its 1,000 shards took a
-# write (one key per shard, imported at once; the import is repeated while
-# any row fails, for at most WRITABLE_LIMIT seconds, default 180).
+# For every table it adds, it also prints how long `create-table` took, the
+# time from `create-table` until every one of its 1,000 shards took a write
+# (one key per shard, imported at once; the import is repeated while any
+# row fails, for at most WRITABLE_LIMIT seconds, default 180), and the
+# gossip bytes the three nodes sent from `create-table` until 2 s after
+# that (the idle rate, about 2.9 KB/s per node, included).
 # Every process started is stopped, and the work directory removed, on exit.
 # Usage: bench/idle.sh              (TEN_K=1 WINDOW=... SETTLE=... PORT=...)
 set -euo pipefail
@@ -102,9 +104,18 @@ print("%6s  %4s  %6.1f%%  %8s  %10.0f  %10.0f" % (c, i, 100 * (int(t1) - int(t0)
   done
 }
 
+gossip_sent_all() { # gossip bytes sent so far, summed over the nodes
+  local i total=0
+  for i in 0 1 2; do
+    total=$(python3 -c "print(int($total + float('$(gossip_bytes $((M + i)) sent)')))")
+  done
+  echo "$total"
+}
+
 creations=()
 add_table() { # name, copies per node once it exists
-  local started created writable tries=0
+  local started created writable tries=0 sent0 sent1
+  sent0=$(gossip_sent_all)
   started=$(date +%s.%N)
   "${A[@]}" create-table "$1" --key id --shards "$SHARDS" --replicas 3 >/dev/null
   created=$(date +%s.%N)
@@ -119,11 +130,13 @@ add_table() { # name, copies per node once it exists
     sleep 0.1
   done
   writable=$(date +%s.%N)
+  sleep 2 # the copies' last gossip of their start-up
+  sent1=$(gossip_sent_all)
   local line
   line=$(python3 -c 'import sys
-n, c, s, cr, w, tries = sys.argv[1:]
-print("%-6s %6s  %7.2f  %7.2f  %d" % (n, c, float(cr) - float(s), float(w) - float(s), int(tries)))' \
-    "$1" "$2" "$started" "$created" "$writable" "$tries")
+n, c, s, cr, w, tries, g0, g1 = sys.argv[1:]
+print("%-6s %6s  %7.2f  %7.2f  %d  %9d" % (n, c, float(cr) - float(s), float(w) - float(s), int(tries), int(g1) - int(g0)))' \
+    "$1" "$2" "$started" "$created" "$writable" "$tries" "$sent0" "$sent1")
   echo "$line"
   creations+=("$line")
 }
@@ -145,5 +158,5 @@ echo "copies  node     cpu  rss(MiB)  gossip-tx/s  gossip-rx/s"
 printf '%s\n' "${results[@]}"
 echo
 echo "== table of $SHARDS shards x 3: create-table, and from create-table to every shard writable"
-echo "table  copies/node  create(s)  writable(s)  failed-imports"
+echo "table  copies/node  create(s)  writable(s)  failed-imports  gossip-bytes"
 printf '%s\n' "${creations[@]}"
