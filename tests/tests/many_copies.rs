@@ -146,23 +146,33 @@ async fn thousands_of_idle_copies_per_node_stay_live_serve_after_the_lease_and_f
     assert_eq!(read.version, version);
     assert!(read.json.contains("after idling"), "{read:?}");
 
-    // kill -9 of a node that is not the Raft leader: every shard it led
-    // gets a new primary and takes writes.
+    // kill -9 of the node, other than the Raft leader's, that leads the
+    // most shards: every shard it led gets a new primary and takes writes.
     let leader = c.status("n1").await.unwrap().leader.unwrap();
-    let victim = *ids.iter().find(|id| **id != leader).unwrap();
-    let survivors: Vec<&str> = ids.iter().copied().filter(|id| *id != victim).collect();
-    let mut led = Vec::new();
+    let mut tables = Vec::new();
     for name in TABLES {
-        let t = describe(&c, survivors[0], name).await.unwrap();
-        led.push(
-            t.shards
-                .iter()
-                .filter(|s| s.replicas.primary == victim)
-                .map(|s| s.index)
-                .collect::<Vec<u32>>(),
-        );
+        tables.push(describe(&c, "n1", name).await.unwrap());
     }
-    assert!(led.iter().all(|l| !l.is_empty()), "{victim} leads nothing");
+    let led_by = |node: &str| -> Vec<Vec<u32>> {
+        tables
+            .iter()
+            .map(|t| {
+                t.shards
+                    .iter()
+                    .filter(|s| s.replicas.primary == node)
+                    .map(|s| s.index)
+                    .collect()
+            })
+            .collect()
+    };
+    let victim = *ids
+        .iter()
+        .filter(|id| **id != leader)
+        .max_by_key(|id| led_by(id).iter().map(Vec::len).sum::<usize>())
+        .unwrap();
+    let survivors: Vec<&str> = ids.iter().copied().filter(|id| *id != victim).collect();
+    let led = led_by(victim);
+    assert!(led.iter().any(|l| !l.is_empty()), "{victim} leads nothing");
     c.kill9(victim);
     c.poll(&format!("no shard led by {victim}"), LIMIT, || async {
         for name in TABLES {

@@ -7,15 +7,16 @@
 //! actor reports under its own [`ticket`](CopyPublisher::ticket), and the
 //! newest actor of a shard wins: a copy stopped here and started again at
 //! once (it moved away and back) is not withdrawn, or overwritten, by the
-//! old actor's late words. One task
-//! publishes the whole set as the compact chunks of
-//! `tstore_core::copy_gossip`, only when something changed and at most once
-//! every [`COALESCE`]: the first change after a quiet spell goes out at
-//! once, later ones together. Only the chunks whose value changed are set.
+//! old actor's late words. One task publishes the whole set as the compact
+//! chunks of `tstore_core::copy_gossip`, only when something changed and
+//! at most once every [`COALESCE`]: the first change after a quiet spell
+//! goes out at once, later ones together. Only the chunks whose value
+//! changed are set.
 //!
-//! Before, every copy published its own key, so a node's gossip state (and
-//! every digest and delta carrying it) grew by a key per copy, and a table
-//! created or dropped set or deleted a key per copy.
+//! Before, every copy published a key of its own: every node held a key
+//! per copy of every node, a change of one copy was a key-value sent to
+//! every peer, and a table created or dropped set, then left a tombstone
+//! of, a key per copy.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
