@@ -26,12 +26,14 @@ use tstore_actors::router::Router;
 use tstore_actors::shard::actor::{CopyActor, CopyEnv};
 use tstore_actors::shard::local::LocalCopies;
 use tstore_actors::shard::messages::{Reconfigure, StopCopy};
+use tstore_actors::shard::publish::CopyPublisher;
 use tstore_actors::shard::snapshot::SnapshotServer;
 use tstore_core::cluster_map::{ClusterMap, MapCommand, RowKey, Sharding, TableSpec};
+use tstore_core::copy_gossip::node_copies;
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{ClientId, RequestId};
 use tstore_core::replication::{LeaseConfig, LogRetention, DEFAULT_TRUNCATE_BATCH};
-use tstore_core::shard::{gossip_key, parse_gossip_value, ShardKey};
+use tstore_core::shard::ShardKey;
 use tstore_core::wire::{DataReply, DataRequest, ErrorKind, ReadMode, ShardRequest};
 use tstore_membership::{GossipLink, Membership, MembershipConfig, NodeIdentity};
 
@@ -177,6 +179,7 @@ impl Cluster {
                 lease: LEASE,
                 retention,
                 recovery: recovery.clone(),
+                gossip: CopyPublisher::start(membership.clone()),
             };
             let node = Node {
                 name,
@@ -307,17 +310,13 @@ impl Cluster {
 
     /// The backups node `name`'s primary publishes as silent.
     async fn silent(&self, name: &str) -> Vec<String> {
-        let key = gossip_key(&ShardKey {
-            table: TABLE.into(),
-            index: 0,
-        });
         let snapshot = self.node(name).membership.snapshot().await;
         let me = snapshot.nodes.iter().find(|n| n.node_id == name).unwrap();
-        me.keys
-            .get(&key)
-            .filter(|k| !k.deleted)
-            .and_then(|k| parse_gossip_value(&k.value))
-            .map(|g| g.silent)
+        let keys = me.keys.iter().filter(|(_, v)| !v.deleted);
+        node_copies(keys.map(|(k, v)| (k.as_str(), v.value.as_str())))
+            .into_iter()
+            .find(|g| g.table == TABLE && g.shards.contains(&0))
+            .map(|g| g.state.silent)
             .unwrap_or_default()
     }
 }

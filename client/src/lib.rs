@@ -27,6 +27,10 @@ pub use tstore_core::wire;
 /// The cluster map types (tables, shards, replica sets), as the admin API returns them.
 pub use tstore_core::cluster_map;
 
+/// How a node shows its shard copies in gossip (read a gossip snapshot's
+/// `copies:<n>` keys with `copy_gossip::node_copies`).
+pub use tstore_core::copy_gossip;
+
 /// Operators' changes to one shard (promote, move, remove a copy).
 pub use tstore_core::coordinator::failover::ManualOp;
 

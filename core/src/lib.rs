@@ -8,7 +8,9 @@
 //!   simulation.
 //! - [`coordinator`]: the placement, failover, rebalance and voter planners,
 //!   and the silence tracker.
-//! - [`shard`]: which copies a node holds; how a copy shows in gossip.
+//! - [`shard`]: which copies a node holds.
+//! - [`copy_gossip`]: how a node shows its copies in gossip (one compact
+//!   value for all of them).
 //! - [`view`]: gossip state as plain data (members, snapshots, changes).
 //! - [`wire`]: the client-facing messages.
 //!
@@ -21,6 +23,7 @@
 
 pub mod cluster_map;
 pub mod coordinator;
+pub mod copy_gossip;
 pub mod data;
 pub mod keys;
 pub mod replication;

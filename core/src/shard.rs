@@ -1,19 +1,17 @@
-//! Shard copies on a node: which the map gives it, and how each copy
-//! publishes itself in gossip.
+//! Shard copies on a node: which the map gives it.
 //!
 //! [`plan`] is the pure decision: given the copies running here and the
 //! committed map, which to start, which to stop, which to reconfigure (a new
 //! epoch or a role change). The NodeActor carries it out every time the map
-//! version changes. [`parse_gossip_value`] reads back the value a copy
-//! publishes under [`gossip_key`]; the coordinator's health derivation reads
-//! it.
+//! version changes. How the copies show in gossip is
+//! [`crate::copy_gossip`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_map::{ClusterMap, NodeId, ReplicaSet};
+use crate::cluster_map::{ClusterMap, ReplicaSet};
 
 /// One shard of one table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -38,7 +36,7 @@ impl fmt::Display for ShardKey {
 }
 
 /// What this node is for a shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LocalRole {
     Primary,
     Backup,
@@ -129,94 +127,10 @@ pub fn plan(
     out
 }
 
-// ---- How a copy publishes itself in gossip ----
-
-/// The gossip key a copy is published under.
-pub fn gossip_key(key: &ShardKey) -> String {
-    format!("shard:{key}")
-}
-
-/// The table and shard index of a copy's gossip key, or `None` for any
-/// other key.
-pub fn parse_gossip_key(key: &str) -> Option<(&str, u32)> {
-    let (table, index) = key.strip_prefix("shard:")?.rsplit_once('/')?;
-    Some((table, index.parse().ok()?))
-}
-
-/// What a learner publishes once it has everything the primary committed.
-pub const LEARNER_READY: &str = "ready";
-/// What a primary publishes before the backups it has not heard within
-/// the lease.
-pub const SILENT: &str = "silent=";
-/// What a copy that failed (corrupt data, a write it could not carry out)
-/// publishes: it serves nothing, and the coordinator treats it as down.
-pub const FAILED: &str = "failed";
-
-/// A copy's gossip value, parsed: `<role> e<epoch>`, then `ready` for a
-/// learner that has caught up, `silent=<node>,...` for a primary with
-/// backups that did not answer within the lease, or `failed` for a copy
-/// that serves nothing any more.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyGossip {
-    pub role: LocalRole,
-    pub epoch: u64,
-    pub ready: bool,
-    pub silent: Vec<NodeId>,
-    pub failed: bool,
-}
-
-/// Parses a copy's gossip value.
-pub fn parse_gossip_value(v: &str) -> Option<CopyGossip> {
-    let mut parts = v.split_whitespace();
-    let role = match parts.next()? {
-        "primary" => LocalRole::Primary,
-        "backup" => LocalRole::Backup,
-        "learner" => LocalRole::Learner,
-        _ => return None,
-    };
-    let epoch = parts.next()?.strip_prefix('e')?.parse().ok()?;
-    let mut out = CopyGossip {
-        role,
-        epoch,
-        ready: false,
-        silent: vec![],
-        failed: false,
-    };
-    for p in parts {
-        if p == LEARNER_READY {
-            out.ready = true;
-        } else if p == FAILED {
-            out.failed = true;
-        } else if let Some(list) = p.strip_prefix(SILENT) {
-            out.silent = list.split(',').map(str::to_owned).collect();
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster_map::{MapCommand, Sharding, TableSpec};
-
-    #[test]
-    fn gossip_keys_and_values_read_back() {
-        let key = ShardKey {
-            table: "a/b".into(),
-            index: 7,
-        };
-        assert_eq!(parse_gossip_key(&gossip_key(&key)), Some(("a/b", 7)));
-        assert_eq!(parse_gossip_key("addr"), None);
-        assert_eq!(parse_gossip_key("shard:t/x"), None);
-        let v = parse_gossip_value("primary e3 silent=n2,n3").unwrap();
-        assert_eq!((v.role, v.epoch, v.ready), (LocalRole::Primary, 3, false));
-        assert_eq!(v.silent, vec!["n2".to_owned(), "n3".to_owned()]);
-        assert!(parse_gossip_value("learner e1 ready").unwrap().ready);
-        let failed = parse_gossip_value("primary e4 failed").unwrap();
-        assert!(failed.failed && failed.epoch == 4 && !failed.ready);
-        assert!(!parse_gossip_value("backup e4").unwrap().failed);
-        assert_eq!(parse_gossip_value("leader e1"), None);
-    }
 
     fn map() -> ClusterMap {
         let mut m = ClusterMap::default();

@@ -522,6 +522,15 @@ rebalance_max_moves = 2
         );
     }
 
+    // copy_gossip: a node's copies as it publishes them (bitmaps, runs,
+    // flags, a primary's silent backups).
+    s.write(
+        "copy_gossip",
+        "mixed",
+        b"v1 user=p1:x0.9249;b1:x1.6db6 events=b1:1023;l2c:6;l2r:5;p3/n2+n-3_b:1;b7f:2",
+    );
+    s.write("copy_gossip", "runs", b"v1 t=p2:0-4,9,12-15");
+
     if !s.failed.is_empty() {
         for f in &s.failed {
             eprintln!("seed not written: {f}");

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tstore_client::cluster_map::{RowKey, Sharding, Table, TableSpec};
+use tstore_client::copy_gossip::{node_copies, CopyGroup, LocalRole};
 use tstore_client::wire::{AdminError, AdminErrorKind, ClusterStatus, ControlError};
 use tstore_client::ClientError;
+use tstore_membership::view::NodeView;
 use tstore_tests::Cluster;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -211,16 +213,22 @@ async fn bootstrap_elects_one_leader_and_ddl_from_any_node_is_seen_everywhere() 
         let client = c.client("n1").await?;
         let snapshot = client.gossip().await.map_err(|e| e.to_string())?;
         client.close().await;
-        let live_keys = snapshot
+        let events_copies = snapshot
             .nodes
             .iter()
-            .flat_map(|n| n.keys.iter())
-            .filter(|(k, v)| k.starts_with("shard:events/") && !v.deleted)
+            .flat_map(copies_of)
+            .filter(|g| g.table == "events")
             .count();
-        Ok((live_keys == 0).then_some(()))
+        Ok((events_copies == 0).then_some(()))
     })
     .await
     .unwrap();
+}
+
+/// The copies a node's gossip keys show.
+fn copies_of(node: &NodeView) -> Vec<CopyGroup> {
+    let keys = node.keys.iter().filter(|(_, v)| !v.deleted);
+    node_copies(keys.map(|(k, v)| (k.as_str(), v.value.as_str())))
 }
 
 /// True when `via`'s gossip state shows every copy of `table` on the node
@@ -229,24 +237,24 @@ async fn copies_in_gossip(c: &Cluster, via: &str, table: &Table) -> Result<bool,
     let client = c.client(via).await?;
     let snapshot = client.gossip().await.map_err(|e| e.to_string())?;
     client.close().await;
-    let value = |node: &str, key: &str| {
-        snapshot
+    let shown = |node: &str, index: u32| -> Option<(LocalRole, u64)> {
+        let n = snapshot
             .nodes
             .iter()
             .filter(|n| n.node_id == node)
-            .max_by_key(|n| n.generation)
-            .and_then(|n| n.keys.get(key))
-            .filter(|v| !v.deleted)
-            .map(|v| v.value.clone())
+            .max_by_key(|n| n.generation)?;
+        copies_of(n)
+            .into_iter()
+            .find(|g| g.table == table.spec.name && g.shards.contains(&index))
+            .map(|g| (g.state.role, g.state.epoch))
     };
     Ok(table.shards.iter().all(|s| {
-        let key = format!("shard:{}/{}", table.spec.name, s.index);
         let epoch = s.replicas.epoch;
-        value(&s.replicas.primary, &key) == Some(format!("primary e{epoch}"))
+        shown(&s.replicas.primary, s.index) == Some((LocalRole::Primary, epoch))
             && s.replicas
                 .backups
                 .iter()
-                .all(|b| value(b, &key) == Some(format!("backup e{epoch}")))
+                .all(|b| shown(b, s.index) == Some((LocalRole::Backup, epoch)))
     }))
 }
 

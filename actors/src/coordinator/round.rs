@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use futures::stream::{self, StreamExt};
 use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
 use tracing::{debug, info, warn};
@@ -36,6 +37,9 @@ use crate::control::ControlPlane;
 const BOOTSTRAP_STABLE: Duration = Duration::from_secs(1);
 /// New copies started per coordinator round, cluster-wide.
 const NEW_COPIES_PER_ROUND: usize = 4;
+/// Shard changes of one round proposed to Raft and not yet committed, at
+/// most.
+const COMMITS_IN_FLIGHT: usize = 256;
 /// A leader no majority has answered for this long stops its heartbeats
 /// (see [`ControlPlane::step_aside_if_unheard`]).
 const QUORUM_LOST: Duration = Duration::from_millis(1000);
@@ -85,13 +89,21 @@ impl ControlPlane {
             warn!(error = %e, "not healing shards");
             return;
         }
-        for c in changes {
-            let (shard, what, why) = (
-                format!("{}/{}", c.table, c.shard),
-                c.what.clone(),
-                c.why.clone(),
-            );
-            match self.commit_change(c).await {
+        // Proposed in the planner's order, and pipelined: committing one
+        // change after the other cost a Raft round and an apply each, about
+        // 30 ms, so a dead node holding 3,000 copies took 90 s to fail over.
+        let commits = stream::iter(changes)
+            .map(|c| async move {
+                let (shard, what, why) = (
+                    format!("{}/{}", c.table, c.shard),
+                    c.what.clone(),
+                    c.why.clone(),
+                );
+                (shard, what, why, self.commit_change(c).await)
+            })
+            .buffered(COMMITS_IN_FLIGHT);
+        for (shard, what, why, res) in commits.collect::<Vec<_>>().await {
+            match res {
                 Ok(v) => info!(%shard, %what, %why, map_version = v, "shard reconfigured"),
                 Err(e) => warn!(%shard, %what, error = %e, "shard change not committed"),
             }

@@ -467,12 +467,32 @@ impl ShardStore {
         }
     }
 
-    /// Records the configuration epoch this copy now serves in.
+    /// Records the configuration epoch this copy now serves in (nothing
+    /// is written when it is already recorded).
     pub fn set_epoch(&self, id: ShardPrefix, epoch: Epoch) -> Result<(), StoreError> {
+        self.record_epochs(&[(id, epoch)])
+    }
+
+    /// [`ShardStore::set_epoch`] for many copies, in one transaction.
+    pub fn record_epochs(&self, copies: &[(ShardPrefix, Epoch)]) -> Result<(), StoreError> {
+        {
+            let rtxn = self.env.read_txn()?;
+            let mut recorded = true;
+            for (id, epoch) in copies {
+                recorded &= self.meta_in(&rtxn, *id)?.epoch == *epoch;
+            }
+            if recorded {
+                return Ok(());
+            }
+        }
         let mut wtxn = self.env.write_txn()?;
-        let mut m = self.meta_in(&wtxn, id)?;
-        m.epoch = epoch;
-        self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
+        for (id, epoch) in copies {
+            let mut m = self.meta_in(&wtxn, *id)?;
+            if m.epoch != *epoch {
+                m.epoch = *epoch;
+                self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
+            }
+        }
         wtxn.commit()?;
         Ok(())
     }
@@ -1046,6 +1066,24 @@ mod tests {
             key: RowKey::Int(i),
             row: serde_json::json!({"id": i, "v": i * 10}).to_string(),
         }
+    }
+
+    #[test]
+    fn epochs_of_many_copies_are_recorded_together_and_kept_with_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let a = ShardPrefix { table: 1, shard: 0 };
+        let b = ShardPrefix { table: 1, shard: 1 };
+        s.append(a, &[entry(1, &put(1))]).unwrap();
+        s.record_epochs(&[(a, 3), (b, 2)]).unwrap();
+        let (ma, mb) = (s.meta(a).unwrap(), s.meta(b).unwrap());
+        assert_eq!((ma.epoch, ma.logged), (3, 1), "the log is kept");
+        assert_eq!((mb.epoch, mb.logged), (2, 0));
+        s.set_epoch(b, 2).unwrap();
+        s.set_epoch(b, 4).unwrap();
+        assert_eq!(s.meta(b).unwrap().epoch, 4);
+        s.record_epochs(&[]).unwrap();
     }
 
     #[test]

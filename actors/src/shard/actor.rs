@@ -31,9 +31,10 @@
 //! that reflects at least what it had acknowledged, so the primary's view of
 //! it holds. A primary fails instead (`fail`): it refuses reads and writes.
 //!
-//! Each copy publishes itself in gossip (`shard:<table>/<index>` =
-//! `<role> e<epoch>`, plus `copying` or `ready` for a learner) and withdraws
-//! when stopped.
+//! Each copy reports its state (role, epoch, `copying` or `ready` for a
+//! learner, a primary's silent backups, `failed`) to the node's
+//! [`CopyPublisher`], which shows every copy of the node in gossip as one
+//! compact value, and withdraws it when stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,7 @@ use tracing::{debug, info, warn};
 use tstore_membership::Membership;
 
 use super::messages::{GetStatus, Read, Reconfigure, Replicate, ScanShard, StopCopy, Write};
+use super::publish::CopyPublisher;
 use super::snapshot::{self, Fetch, Installed};
 use crate::clock::{now_ms, wall_ms};
 use crate::data::committer::Committer;
@@ -54,6 +56,7 @@ use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
 use crate::recovery::Recovery;
 use tstore_core::cluster_map::{NodeId, RowKey};
+use tstore_core::copy_gossip::CopyGossip;
 use tstore_core::data::ops::{OpResult, RowRecord};
 use tstore_core::data::sessions::Command;
 use tstore_core::replication::outbox;
@@ -62,9 +65,7 @@ use tstore_core::replication::{
     Backup, Effect, LeaseConfig, LogEntry, LogRetention, Millis, Primary, ProposeError,
     ReadRefusal, ReplMsg, Seq,
 };
-use tstore_core::shard::{
-    gossip_key, LocalCopy, LocalRole, ShardKey, FAILED, LEARNER_READY, SILENT,
-};
+use tstore_core::shard::{LocalCopy, LocalRole, ShardKey};
 use tstore_core::wire::ReadMode;
 use tstore_core::wire::{CopyStatus, DataError};
 
@@ -85,6 +86,8 @@ pub struct CopyEnv {
     pub retention: LogRetention,
     /// The node's recovery counters (`node-stats`).
     pub recovery: Recovery,
+    /// Where the copy reports its state for gossip.
+    pub gossip: CopyPublisher,
 }
 
 enum Role {
@@ -136,8 +139,12 @@ pub struct CopyActor {
     primary_contact: Millis,
     /// Rows and bytes of the snapshot being installed, so far.
     copied: Arc<(AtomicU64, AtomicU64)>,
-    /// The gossip value last published.
-    published: String,
+    /// The state last reported for gossip.
+    published: Option<CopyGossip>,
+    /// This actor's ticket with the node's gossip publisher.
+    ticket: u64,
+    /// Stopped: reports nothing more.
+    withdrawn: bool,
 }
 
 /// Reads one copy holds at most while its rows catch up with its commit
@@ -150,6 +157,7 @@ impl CopyActor {
             table: copy.table_id,
             shard: key.index,
         };
+        let ticket = env.gossip.ticket();
         let mut actor = Self {
             key,
             id,
@@ -169,7 +177,9 @@ impl CopyActor {
             snapshot_floor: (0, 0),
             primary_contact: 0,
             copied: Arc::default(),
-            published: String::new(),
+            published: None,
+            ticket,
+            withdrawn: false,
         };
         // Installing (a snapshot) unless what this node holds serves; a
         // restarted copy's hello is sent once the actor runs.
@@ -407,27 +417,20 @@ impl CopyActor {
         self.install(ctx);
     }
 
-    fn gossip_value(&self) -> String {
-        let base = format!("{} e{}", self.copy.role, self.copy.replicas.epoch);
+    fn gossip_state(&self) -> CopyGossip {
+        let mut state = CopyGossip::new(self.copy.role, self.copy.replicas.epoch);
         if self.failed.is_some() {
             // Serves nothing: the coordinator treats the copy as down.
-            return format!("{base} {FAILED}");
+            state.failed = true;
+            return state;
         }
         match (&self.role, self.copy.role) {
-            (Role::Primary(p), LocalRole::Primary) => {
-                let silent = p.silent_backups(now_ms());
-                if silent.is_empty() {
-                    base
-                } else {
-                    format!("{base} {SILENT}{}", silent.join(","))
-                }
-            }
-            (Role::Backup(b), LocalRole::Learner) if b.caught_up() => {
-                format!("{base} {LEARNER_READY}")
-            }
-            (_, LocalRole::Learner) => format!("{base} copying"),
-            _ => base,
+            (Role::Primary(p), LocalRole::Primary) => state.silent = p.silent_backups(now_ms()),
+            (Role::Backup(b), LocalRole::Learner) if b.caught_up() => state.ready = true,
+            (_, LocalRole::Learner) => state.copying = true,
+            _ => {}
         }
+        state
     }
 
     /// This node's id.
@@ -446,15 +449,14 @@ impl CopyActor {
         self.failed = Some(why);
     }
 
-    /// Publishes the copy's state in gossip if it changed.
-    fn publish(&mut self, ctx: &mut Context<Self>) {
-        let v = self.gossip_value();
-        if v == self.published {
+    /// Reports the copy's state for gossip if it changed.
+    fn publish(&mut self, _: &mut Context<Self>) {
+        let state = self.gossip_state();
+        if self.withdrawn || self.published.as_ref() == Some(&state) {
             return;
         }
-        self.published = v.clone();
-        let (membership, k) = (self.env.membership.clone(), gossip_key(&self.key));
-        ctx.spawn(async move { membership.set(&k, &v).await }.into_actor(self));
+        self.published = Some(state.clone());
+        self.env.gossip.report(&self.key, self.ticket, state);
     }
 
     fn run(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
@@ -742,9 +744,9 @@ impl Handler<Reconfigure> for CopyActor {
 }
 
 impl Handler<StopCopy> for CopyActor {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ();
 
-    fn handle(&mut self, stop: StopCopy, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, stop: StopCopy, ctx: &mut Context<Self>) {
         info!(shard = %self.key, drop_data = stop.drop_data, "shard copy stopped");
         for (_, reply) in self.waiting.drain() {
             let _ = reply.send(Err(DataError::unknown(format!(
@@ -757,12 +759,9 @@ impl Handler<StopCopy> for CopyActor {
                 warn!(shard = %self.key, error = %e, "could not delete the shard's data");
             }
         }
-        let (membership, k) = (self.env.membership.clone(), gossip_key(&self.key));
-        Box::pin(
-            async move { membership.delete(&k).await }
-                .into_actor(self)
-                .map(|_, _, ctx| ctx.stop()),
-        )
+        self.withdrawn = true;
+        self.env.gossip.withdraw(&self.key, self.ticket);
+        ctx.stop();
     }
 }
 

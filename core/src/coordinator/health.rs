@@ -9,8 +9,9 @@
 //! - a live node whose shard store cannot write (its `storage` key says
 //!   `failed: ...`: disk full, I/O errors) counts as down for its copies:
 //!   they fail over like a dead node's, and come back once it says `ok`;
-//! - a copy whose gossip value says `failed` is down, for its shard only;
-//! - a learner whose gossip value says `ready` has caught up;
+//! - a copy whose node's gossip says it `failed` is down, for its shard
+//!   only (`crate::copy_gossip`: one value for all of a node's copies);
+//! - a learner that gossip says is `ready` has caught up;
 //! - primaries' reports of silent backups go through the
 //!   [`SilenceTracker`], and the nodes they show cut off become suspect.
 //!
@@ -22,8 +23,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::cluster_map::{ClusterMap, NodeId, NodeState};
 use crate::coordinator::failover::Health;
 use crate::coordinator::silence::{cut_off_nodes, Reports, Silence, SilenceTracker};
+use crate::copy_gossip::node_copies;
 use crate::replication::Millis;
-use crate::shard::{parse_gossip_key, parse_gossip_value, LocalRole};
+use crate::shard::LocalRole;
 use crate::view::{
     storage_failure, GossipSnapshot, NodeStatus, NodeView, KEY_ADDR, KEY_STORAGE, KEY_ZONE,
 };
@@ -138,36 +140,42 @@ pub fn derive(
     }
     let mut silent_now: Reports = Vec::new();
     for n in newest.values().filter(|n| n.status == NodeStatus::Live) {
-        for (k, v) in n.keys.iter().filter(|(_, v)| !v.deleted) {
-            let Some((table, index)) = parse_gossip_key(k) else {
-                continue;
-            };
-            let Some(copy) = parse_gossip_value(&v.value) else {
-                continue;
-            };
-            if copy.failed {
-                health
-                    .failed
-                    .insert((table.to_owned(), index, n.node_id.clone()));
+        let keys = n.keys.iter().filter(|(_, v)| !v.deleted);
+        let groups = node_copies(keys.map(|(k, v)| (k.as_str(), v.value.as_str())));
+        for group in groups {
+            let (table, copy) = (group.table, group.state);
+            // Most copies have nothing to report: skip them whole.
+            let interesting = copy.failed
+                || (copy.role == LocalRole::Learner && copy.ready)
+                || (copy.role == LocalRole::Primary && !copy.silent.is_empty());
+            if !interesting {
                 continue;
             }
-            match copy.role {
-                LocalRole::Learner if copy.ready => {
+            for index in group.shards {
+                if copy.failed {
                     health
-                        .ready
-                        .insert((table.to_owned(), index, n.node_id.clone(), copy.epoch));
+                        .failed
+                        .insert((table.clone(), index, n.node_id.clone()));
+                    continue;
                 }
-                LocalRole::Primary if !copy.silent.is_empty() => {
-                    silent_now.push((
-                        (table.to_owned(), index),
-                        Silence {
-                            primary: n.node_id.clone(),
-                            epoch: copy.epoch,
-                            silent: copy.silent.into_iter().collect(),
-                        },
-                    ));
+                match copy.role {
+                    LocalRole::Learner if copy.ready => {
+                        health
+                            .ready
+                            .insert((table.clone(), index, n.node_id.clone(), copy.epoch));
+                    }
+                    LocalRole::Primary if !copy.silent.is_empty() => {
+                        silent_now.push((
+                            (table.clone(), index),
+                            Silence {
+                                primary: n.node_id.clone(),
+                                epoch: copy.epoch,
+                                silent: copy.silent.iter().cloned().collect(),
+                            },
+                        ));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     }
@@ -282,13 +290,13 @@ mod tests {
                     "n2",
                     1,
                     NodeStatus::Live,
-                    &[("shard:t/3", "learner e4 ready")],
+                    &[("copies:0", "v1 t=l4r:3;b4f:5"), ("copies:1", "v1 u=l4c:0")],
                 ),
                 node(
                     "n3",
                     1,
                     NodeStatus::Live,
-                    &[("shard:t/0", "primary e2 silent=n2"), ("addr", "x")],
+                    &[("copies:0", "v1 t=p2/n2:0;b2:1"), ("addr", "x")],
                 ),
             ],
         };
@@ -296,6 +304,9 @@ mod tests {
         let mut memory = HealthMemory::default();
         let h = derive("n1", &snapshot, &map, &mut memory, 0);
         assert!(h.ready.contains(&("t".into(), 3, "n2".into(), 4)));
+        assert_eq!(h.ready.len(), 1, "a learner still copying is not ready");
+        assert!(h.failed.contains(&("t".into(), 5, "n2".into())));
+        assert_eq!(h.failed.len(), 1);
         assert!(h.silent.is_empty(), "a report counts once confirmed");
         let h = derive(
             "n1",
