@@ -247,6 +247,20 @@ impl Cluster {
         res
     }
 
+    /// The Raft leader as node `via` sees it, waiting (up to 10 s) while
+    /// there is none: an election may be under way when a test asks (a
+    /// leader missing a few 50 ms heartbeats on a loaded machine is
+    /// replaced within about half a second).
+    pub async fn leader(&self, via: &str) -> String {
+        let (leader, _) = self
+            .poll("a Raft leader", Duration::from_secs(10), || async {
+                Ok(self.status(via).await.ok().and_then(|s| s.leader))
+            })
+            .await
+            .unwrap();
+        leader
+    }
+
     /// Polls `probe` every 100 ms until it returns `Some`; returns the value
     /// and the time it took, or an error naming `what`, with the logs.
     pub async fn poll<T, F, Fut>(

@@ -34,7 +34,7 @@ async fn no_acknowledged_write_is_lost_when_a_primary_is_killed() {
     for round in 0..2 {
         let (_, t) = c.client("n1").await.unwrap().describe("seq").await.unwrap();
         // A primary that is not the Raft leader's node in round 0, any in round 1.
-        let leader = c.status("n1").await.unwrap().leader.unwrap();
+        let leader = c.leader("n1").await;
         let victim = t
             .shards
             .iter()
@@ -116,7 +116,7 @@ async fn writes_resume_after_a_primary_is_killed() {
     let ids = ["n1", "n2", "n3"];
     c.start_formed(&ids).await;
     let t = c.create_table("n1", hash_table("r", 4)).await;
-    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let leader = c.leader("n1").await;
     let victim_shard = t
         .shards
         .iter()
@@ -170,7 +170,7 @@ async fn a_killed_backup_is_dropped_then_rebuilt_when_it_returns() {
     let ids = ["n1", "n2", "n3"];
     c.start_formed(&ids).await;
     c.create_table("n1", hash_table("b", 4)).await;
-    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let leader = c.leader("n1").await;
     let victim = ids
         .iter()
         .copied()
@@ -397,7 +397,7 @@ async fn a_paused_primary_is_replaced_and_refuses_writes_when_it_resumes() {
     let ids = ["n1", "n2", "n3"];
     c.start_formed(&ids).await;
     let t = c.create_table("n1", hash_table("p", 2)).await;
-    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let leader = c.leader("n1").await;
     let s0 = t
         .shards
         .iter()

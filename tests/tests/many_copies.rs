@@ -148,7 +148,7 @@ async fn thousands_of_idle_copies_per_node_stay_live_serve_after_the_lease_and_f
 
     // kill -9 of the node, other than the Raft leader's, that leads the
     // most shards: every shard it led gets a new primary and takes writes.
-    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let leader = c.leader("n1").await;
     let mut tables = Vec::new();
     for name in TABLES {
         tables.push(describe(&c, "n1", name).await.unwrap());

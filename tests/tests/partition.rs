@@ -38,7 +38,7 @@ async fn a_cut_off_primary_acknowledges_nothing_and_the_majority_takes_over() {
         },
     )
     .await;
-    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let leader = c.leader("n1").await;
     let (_, t) = c
         .client("n1")
         .await
@@ -239,7 +239,7 @@ async fn a_node_that_cannot_hear(victim_leads_raft: bool) {
         },
     )
     .await;
-    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let leader = c.leader("n1").await;
     let (_, t) = c.client("n1").await.unwrap().describe(table).await.unwrap();
     let (victim, led) = primary_to_cut(&t, &leader, victim_leads_raft);
     let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
@@ -346,7 +346,7 @@ async fn a_backup_that_cannot_hear_its_primary_does_not_get_it_replaced() {
         },
     )
     .await;
-    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let leader = c.leader("n1").await;
     let client = c.client(&leader).await.unwrap();
     let (_, t) = client.describe(table).await.unwrap();
     let (primary, led) = primary_to_cut(&t, &leader, false);

@@ -33,7 +33,7 @@ async fn recovery(c: &Cluster, id: &str) -> RecoveryStats {
 
 /// A node of `ids` that does not lead the control plane.
 async fn not_the_leader(c: &Cluster, ids: &[&str]) -> String {
-    let leader = c.status(ids[0]).await.unwrap().leader.unwrap();
+    let leader = c.leader(ids[0]).await;
     ids.iter().find(|n| **n != leader).unwrap().to_string()
 }
 
@@ -174,7 +174,7 @@ async fn a_node_back_within_the_rereplication_wait_gets_its_own_copies_back() {
     let client = c.client("n1").await.unwrap();
     let before = holders(&client, "w").await;
     client.close().await;
-    let leader = c.status("n1").await.unwrap().leader.unwrap();
+    let leader = c.leader("n1").await;
     // A node other than the leader that holds copies (with 4 nodes and 12
     // copies, all do).
     let victim = ids
