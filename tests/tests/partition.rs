@@ -219,15 +219,10 @@ fn primary_to_cut(t: &Table, leader: &str, leads_raft: bool) -> (String, Vec<u32
     (victim, led)
 }
 
-/// Cuts `victim` off one way: it keeps sending (its gossip, heartbeats and
-/// prepares arrive), but hears nothing from the other nodes. Gossip keeps
-/// seeing it live, so only the primaries' reports of silent backups (and,
-/// when it leads Raft, its stopping of heartbeats) get it out of the way.
-async fn a_node_that_cannot_hear(victim_leads_raft: bool) {
+/// Nodes n1, n2 and n3, formed, holding `table`: 6 hash shards x 3 copies.
+async fn three_nodes_with(table: &str) -> Cluster {
     let mut c = Cluster::new();
-    let ids = ["n1", "n2", "n3"];
-    c.start_formed(&ids).await;
-    let table = "deaf";
+    c.start_formed(&["n1", "n2", "n3"]).await;
     c.create_table(
         "n1",
         TableSpec {
@@ -239,6 +234,17 @@ async fn a_node_that_cannot_hear(victim_leads_raft: bool) {
         },
     )
     .await;
+    c
+}
+
+/// Cuts `victim` off one way: it keeps sending (its gossip, heartbeats and
+/// prepares arrive), but hears nothing from the other nodes. Gossip keeps
+/// seeing it live, so only the primaries' reports of silent backups (and,
+/// when it leads Raft, its stopping of heartbeats) get it out of the way.
+async fn a_node_that_cannot_hear(victim_leads_raft: bool) {
+    let ids = ["n1", "n2", "n3"];
+    let table = "deaf";
+    let c = three_nodes_with(table).await;
     let leader = c.leader("n1").await;
     let (_, t) = c.client("n1").await.unwrap().describe(table).await.unwrap();
     let (victim, led) = primary_to_cut(&t, &leader, victim_leads_raft);
@@ -331,21 +337,9 @@ async fn a_raft_leader_that_cannot_hear_steps_aside_and_its_shards_move() {
 /// way while the Raft leader (the third node) still hears it.
 #[tokio::test]
 async fn a_backup_that_cannot_hear_its_primary_does_not_get_it_replaced() {
-    let mut c = Cluster::new();
     let ids = ["n1", "n2", "n3"];
-    c.start_formed(&ids).await;
     let table = "hush";
-    c.create_table(
-        "n1",
-        TableSpec {
-            name: table.into(),
-            key: "id".into(),
-            sharding: Sharding::Hash { shards: 6 },
-            replicas: 3,
-            min_copies: 0,
-        },
-    )
-    .await;
+    let c = three_nodes_with(table).await;
     let leader = c.leader("n1").await;
     let client = c.client(&leader).await.unwrap();
     let (_, t) = client.describe(table).await.unwrap();
