@@ -911,7 +911,13 @@ impl Handler<Read> for CopyActor {
     type Result = Response<Result<Option<RowRecord>, DataError>>;
 
     fn handle(&mut self, read: Read, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some((applied, needs)) = self.park_read(read.mode, read.needs) {
+        let permit = self.check_read_upto(read.mode, read.needs);
+        // Only a refused read may be held: a permitted one is checked once.
+        let parked = match permit {
+            Ok(()) => None,
+            Err(_) => self.park_read(read.mode, read.needs),
+        };
+        if let Some((applied, needs)) = parked {
             let me = ctx.address();
             return Response::fut(async move {
                 // Woken by the next apply, or dropped with the copy.
@@ -927,8 +933,8 @@ impl Handler<Read> for CopyActor {
                 })
             });
         }
-        let Read { key, mode, needs } = read;
-        Response::reply(self.check_read_upto(mode, needs).and_then(|()| {
+        let key = read.key;
+        Response::reply(permit.and_then(|()| {
             self.env
                 .store
                 .get(self.id, &key)
