@@ -51,12 +51,21 @@ async fn run(control: ControlPlane) {
                 if changed.is_err() {
                     return;
                 }
-                let m = metrics.borrow_and_update().clone();
-                let now_leading = m.state == ServerState::Leader;
+                // Read in place: the metrics change at every heartbeat.
+                let (now_leading, current, term, previous) = {
+                    let m = metrics.borrow_and_update();
+                    let now_leading = m.state == ServerState::Leader;
+                    let previous = (now_leading && !leading)
+                        .then(|| last_leader.and_then(|id| {
+                            m.membership_config.membership().get_node(&id).map(|n| n.node_id.clone())
+                        }))
+                        .flatten();
+                    (now_leading, m.current_leader, m.current_term, previous)
+                };
                 let became = now_leading && !leading;
                 leading = now_leading;
                 if !now_leading {
-                    if let Some(id) = m.current_leader.filter(|id| *id != me) {
+                    if let Some(id) = current.filter(|id| *id != me) {
                         last_leader = Some(id);
                     }
                     continue;
@@ -64,10 +73,7 @@ async fn run(control: ControlPlane) {
                 if !became {
                     continue;
                 }
-                let previous = last_leader.and_then(|id| {
-                    m.membership_config.membership().get_node(&id).map(|n| n.node_id.clone())
-                });
-                info!(term = m.current_term, previous = ?previous, "this node is now the Raft leader: coordinator round at once");
+                info!(term, previous = ?previous, "this node is now the Raft leader: coordinator round at once");
                 control.leading_since(previous).await;
             }
         }
