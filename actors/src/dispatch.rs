@@ -32,7 +32,7 @@ pub struct PeerDispatch {
     /// `None` where no control plane runs (in-process tests): Raft and map
     /// changes are refused.
     control: Option<ControlPlane>,
-    /// When each peer's replication traffic last arrived.
+    /// When each peer's replication traffic or node heartbeat last arrived.
     hearing: Hearing,
 }
 
@@ -43,6 +43,7 @@ impl PeerDispatch {
         local: LocalCopies,
         snapshots: SnapshotServer,
         control: Option<ControlPlane>,
+        hearing: Hearing,
     ) -> Self {
         Self {
             identity,
@@ -50,14 +51,8 @@ impl PeerDispatch {
             local,
             snapshots,
             control,
-            hearing: Hearing::default(),
+            hearing,
         }
-    }
-
-    /// When each peer's replication traffic last arrived (read by
-    /// [`watch_primaries`](crate::hearing::watch_primaries)).
-    pub fn hearing(&self) -> Hearing {
-        self.hearing.clone()
     }
 
     /// A one-way message from another node.
@@ -75,6 +70,7 @@ impl PeerDispatch {
                     debug!(shard = %key, "copy mailbox full; replication message dropped");
                 }
             }
+            PeerMessage::Heartbeat => self.hearing.heard(&from.name),
             PeerMessage::Suspect { node, silent_ms } => {
                 if let Some(control) = self.control.clone() {
                     let reporter = from.name.clone();
@@ -108,6 +104,10 @@ impl PeerDispatch {
             }
             PeerMessage::Repl { .. } => one(PeerReply::Refused("replication is one-way".into())),
             PeerMessage::Suspect { .. } => one(PeerReply::Refused("suspicion is one-way".into())),
+            PeerMessage::Heartbeat => {
+                self.hearing.heard(&from.name);
+                one(PeerReply::Refused("a node heartbeat is one-way".into()))
+            }
             PeerMessage::Snapshot { shard } => self.snapshots.serve(shard),
             PeerMessage::Data(req) => {
                 let local = self.local.current();

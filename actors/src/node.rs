@@ -29,6 +29,7 @@ use crate::coordinator::actor::CoordinatorActor;
 use crate::data::committer::Committer;
 use crate::data::store::{ShardPrefix, ShardStore};
 use crate::dispatch::PeerDispatch;
+use crate::hearing::Hearing;
 use crate::node_stats::StatsSource;
 use crate::peer::PeerMessage;
 use crate::peer_link::{PeerLink, QuicPeerLink};
@@ -192,6 +193,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     let link: Arc<dyn PeerLink> = Arc::new(QuicPeerLink::new(endpoint.clone(), map.clone()));
     let local = LocalCopies::default();
     let recovery = Recovery::default();
+    let hearing = Hearing::default();
     let peers = Arc::new(PeerDispatch::new(
         identity.clone(),
         inbox,
@@ -204,6 +206,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
             recovery: recovery.clone(),
         },
         Some(control.clone()),
+        hearing.clone(),
     ));
     let node = NodeActor {
         identity: identity.clone(),
@@ -221,6 +224,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
             retention,
             recovery: recovery.clone(),
             gossip: CopyPublisher::start(membership.clone()),
+            hearing: hearing.clone(),
         },
         left: false,
     }
@@ -251,7 +255,13 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
     CoordinatorActor::new(control.clone()).start();
     actix::spawn(crate::hearing::watch_primaries(
         identity.node_id.clone(),
-        peers.hearing(),
+        hearing,
+        control.clone(),
+        lease.unwrap_or_default().heartbeat,
+    ));
+    actix::spawn(crate::hearing::send_heartbeats(
+        identity.node_id.clone(),
+        link.clone(),
         control.clone(),
         lease.unwrap_or_default().heartbeat,
     ));

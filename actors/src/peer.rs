@@ -40,6 +40,9 @@ pub enum PeerMessage {
     /// sender and has sent it nothing for `silent_ms`
     /// (`tstore_core::coordinator::suspicion`).
     Suspect { node: String, silent_ms: u64 },
+    /// One-way, every replication heartbeat, to each node backing a shard
+    /// the sender leads: it lives (`crate::hearing::send_heartbeats`).
+    Heartbeat,
 }
 
 /// One frame of a snapshot stream: a header, row chunks, client session

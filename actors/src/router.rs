@@ -327,6 +327,7 @@ pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
                 to,
                 limit,
                 mode,
+                needs: None,
             })
             .await
         {

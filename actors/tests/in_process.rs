@@ -20,6 +20,7 @@ use tstore_actors::control::{FixedMap, MapView};
 use tstore_actors::data::committer::Committer;
 use tstore_actors::data::store::{ShardPrefix, ShardStore};
 use tstore_actors::dispatch::PeerDispatch;
+use tstore_actors::hearing::Hearing;
 use tstore_actors::peer_link::mem::{Filter, Kind, MemNet};
 use tstore_actors::recovery::Recovery;
 use tstore_actors::router::Router;
@@ -45,6 +46,8 @@ const LEASE: LeaseConfig = LeaseConfig {
     grace: 450,
     heartbeat: 30,
     window: 1024,
+    // Short, so that shards go quiet and wake up within the tests.
+    quiet_after: 300,
 };
 /// A forwarded request waits this long for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(400);
@@ -169,7 +172,15 @@ impl Cluster {
                 rate: 0,
                 recovery: recovery.clone(),
             };
-            let dispatch = PeerDispatch::new(identity, inbox, local.clone(), snapshots, None);
+            let hearing = Hearing::default();
+            let dispatch = PeerDispatch::new(
+                identity,
+                inbox,
+                local.clone(),
+                snapshots,
+                None,
+                hearing.clone(),
+            );
             net.add_node(name, Arc::new(dispatch));
             let env = CopyEnv {
                 membership: membership.clone(),
@@ -180,6 +191,7 @@ impl Cluster {
                 retention,
                 recovery: recovery.clone(),
                 gossip: CopyPublisher::start(membership.clone()),
+                hearing,
             };
             let node = Node {
                 name,

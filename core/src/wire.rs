@@ -101,6 +101,10 @@ pub struct CopyStatus {
     /// scan, so only when checksums were asked (`describe --verify`).
     pub rows: Option<u64>,
     pub row_bytes: Option<u64>,
+    /// Quiet: the shard is idle and sends nothing of its own until a
+    /// request wakes it (`replication`, "Quiescence"); it serves all the
+    /// same (a quiet primary's first strong read waits one round trip).
+    pub quiet: bool,
 }
 
 /// One copy of a shard with its status, or why it could not be asked.

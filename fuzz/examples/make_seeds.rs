@@ -116,7 +116,7 @@ fn main() {
         "limit": 100, "mode": {"AtLeast": 5}}});
     let status = json!({"role": "primary", "epoch": 3, "logged": 9, "applied": 9, "state": "serving",
         "checksum": 77, "log_entries": 9, "log_start": 1, "log_bytes": 2475, "rows": 4,
-        "row_bytes": 400});
+        "row_bytes": 400, "quiet": false});
 
     // A table as the map holds it.
     let mut map = ClusterMap::default();

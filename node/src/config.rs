@@ -77,6 +77,9 @@ pub struct NodeOptions {
     /// Replication heartbeat in ms; at most half of lease_ms [default: 100].
     #[arg(long)]
     pub replication_heartbeat_ms: Option<u64>,
+    /// A shard with no write for this many ms and nothing in flight goes quiet: no heartbeats of its own (its node's heartbeat stands for them) until a request wakes it, which costs its first strong read one round trip; 0 never; 0..=3600000 [default: 1000].
+    #[arg(long)]
+    pub quiet_after_ms: Option<u64>,
     /// Bytes per second a snapshot is sent to one new copy; 0 is unthrottled [default: 67108864].
     #[arg(long)]
     pub recovery_bytes_per_sec: Option<u64>,
@@ -219,6 +222,7 @@ impl NodeOptions {
             replication_heartbeat_ms: self
                 .replication_heartbeat_ms
                 .or(file.replication_heartbeat_ms),
+            quiet_after_ms: self.quiet_after_ms.or(file.quiet_after_ms),
             recovery_bytes_per_sec: self.recovery_bytes_per_sec.or(file.recovery_bytes_per_sec),
             rebalance_max_moves: self.rebalance_max_moves.or(file.rebalance_max_moves),
             raft_snapshot_entries: self.raft_snapshot_entries.or(file.raft_snapshot_entries),
@@ -341,13 +345,23 @@ impl NodeOptions {
             }
             limits.request_timeout = Duration::from_millis(ms);
         }
+        /// An hour: longer is as good as never.
+        const MAX_QUIET_AFTER_MS: u64 = 3_600_000;
         let defaults = LeaseConfig::default();
         let lease = LeaseConfig {
             lease: self.lease_ms.unwrap_or(defaults.lease),
             grace: self.lease_grace_ms.unwrap_or(defaults.grace),
             heartbeat: self.replication_heartbeat_ms.unwrap_or(defaults.heartbeat),
             window: defaults.window,
+            quiet_after: self.quiet_after_ms.unwrap_or(defaults.quiet_after),
         };
+        if lease.quiet_after > MAX_QUIET_AFTER_MS {
+            return Err(invalid(
+                "quiet_after_ms",
+                lease.quiet_after,
+                "must be 0..=3600000",
+            ));
+        }
         if lease.heartbeat == 0 {
             return Err(invalid("replication_heartbeat_ms", 0, "must be at least 1"));
         }

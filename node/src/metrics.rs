@@ -219,6 +219,19 @@ impl Collector for Scrape {
         )?;
         gauge(
             e,
+            "copies_quiet",
+            "Shard copies on this node that are quiet: idle, sending nothing of their own until a request wakes them.",
+            None,
+            [(
+                vec![],
+                copies
+                    .iter()
+                    .filter(|(_, _, s)| s.as_ref().is_some_and(|s| s.quiet))
+                    .count() as f64,
+            )],
+        )?;
+        gauge(
+            e,
             "copy_epoch",
             "The configuration epoch of each shard copy on this node.",
             None,

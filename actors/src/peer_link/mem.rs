@@ -49,6 +49,7 @@ pub enum Kind {
     Data,
     Snapshot,
     Suspect,
+    Heartbeat,
 }
 
 impl Kind {
@@ -62,6 +63,7 @@ impl Kind {
             PeerMessage::Data(_) => Kind::Data,
             PeerMessage::Snapshot { .. } => Kind::Snapshot,
             PeerMessage::Suspect { .. } => Kind::Suspect,
+            PeerMessage::Heartbeat => Kind::Heartbeat,
         }
     }
 }

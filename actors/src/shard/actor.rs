@@ -52,6 +52,7 @@ use super::snapshot::{self, Fetch, Installed};
 use crate::clock::{now_ms, wall_ms};
 use crate::data::committer::Committer;
 use crate::data::store::{Done, ShardPrefix, ShardStore, StoreError, Truncate, Work};
+use crate::hearing::Hearing;
 use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
 use crate::recovery::Recovery;
@@ -88,6 +89,9 @@ pub struct CopyEnv {
     pub recovery: Recovery,
     /// Where the copy reports its state for gossip.
     pub gossip: CopyPublisher,
+    /// When each peer node was last heard (its node heartbeats): a quiet
+    /// backup is in sync while its primary's node is.
+    pub hearing: Hearing,
 }
 
 enum Role {
@@ -145,6 +149,8 @@ pub struct CopyActor {
     ticket: u64,
     /// Stopped: reports nothing more.
     withdrawn: bool,
+    /// A tick is scheduled (`keep_ticking`).
+    ticking: bool,
 }
 
 /// Reads one copy holds at most while its rows catch up with its commit
@@ -180,6 +186,7 @@ impl CopyActor {
             published: None,
             ticket,
             withdrawn: false,
+            ticking: false,
         };
         // Installing (a snapshot) unless what this node holds serves; a
         // restarted copy's hello is sent once the actor runs.
@@ -460,6 +467,9 @@ impl CopyActor {
     }
 
     fn run(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        // Whatever woke the primary (a write, a read, a member's word)
+        // went through here: it ticks again.
+        self.keep_ticking(ctx);
         for e in effects {
             match e {
                 Effect::Persist(entries) => {
@@ -680,23 +690,45 @@ impl Actor for CopyActor {
             }
             Role::Primary(_) => {}
         }
-        ctx.run_interval(
+        self.keep_ticking(ctx);
+    }
+}
+
+impl CopyActor {
+    /// Schedules the next tick, every replication heartbeat, while the copy
+    /// has something to do on time: a primary that is not quiet, or a
+    /// failed copy (to say so). A backup, or a quiet primary, has no timer
+    /// at all: an idle shard costs nothing (`tstore_core::replication`,
+    /// "Quiescence"); a write, a read or a member's message wakes it.
+    fn keep_ticking(&mut self, ctx: &mut Context<Self>) {
+        let due = self.failed.is_some() || matches!(&self.role, Role::Primary(p) if !p.is_quiet());
+        if self.ticking || !due {
+            return;
+        }
+        self.ticking = true;
+        ctx.run_later(
             Duration::from_millis(self.env.lease.heartbeat),
             |act, ctx| {
-                if act.failed.is_some() {
-                    // A failed copy says so (and a failed primary stops
-                    // heartbeating): the coordinator replaces it.
-                    act.publish(ctx);
-                    return;
-                }
-                if let Role::Primary(p) = &mut act.role {
-                    let effects = p.on_tick(now_ms());
-                    act.run(effects, ctx);
-                    // Backups going silent (or answering again) show in gossip.
-                    act.publish(ctx);
-                }
+                act.ticking = false;
+                act.tick(ctx);
+                act.keep_ticking(ctx);
             },
         );
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.failed.is_some() {
+            // A failed copy says so (and a failed primary stops
+            // heartbeating): the coordinator replaces it.
+            self.publish(ctx);
+            return;
+        }
+        if let Role::Primary(p) = &mut self.role {
+            let effects = p.on_tick(now_ms());
+            self.run(effects, ctx);
+            // Backups going silent (or answering again) show in gossip.
+            self.publish(ctx);
+        }
     }
 }
 
@@ -734,6 +766,7 @@ impl Handler<Reconfigure> for CopyActor {
         self.flush_now(ctx);
         match self.take_role(Some(from), led_before, old_primary) {
             Some(effects) => {
+                // A new primary (effects or not) ticks from now.
                 self.run(effects, ctx);
                 self.after_configure(ctx);
                 self.publish(ctx);
@@ -778,6 +811,15 @@ impl Handler<Replicate> for CopyActor {
             Role::Installing => return,
         };
         self.run(effects, ctx);
+        // Reads held for a lease (a quiet primary woken): check them again
+        // once the answers renewed it.
+        if let Role::Primary(p) = &self.role {
+            if !self.parked_reads.is_empty() && p.lease_valid(now_ms()) {
+                for wake in self.parked_reads.drain(..) {
+                    let _ = wake.send(());
+                }
+            }
+        }
         if self.copy.role == LocalRole::Learner {
             self.publish(ctx);
         }
@@ -849,12 +891,8 @@ impl Handler<Write> for CopyActor {
 impl CopyActor {
     /// Whether this copy may serve a read in `mode` now: its state machine
     /// decides (`read_permit`: the primary under its lease, a backup in
-    /// sync with its primary, rows holding what the read needs).
-    fn check_read(&self, mode: ReadMode) -> Result<(), DataError> {
-        self.check_read_upto(mode, None)
-    }
-
-    /// `needs`: see [`Read::needs`].
+    /// sync with its primary, rows holding what the read needs). `needs`:
+    /// see [`Read::needs`].
     fn check_read_upto(&self, mode: ReadMode, needs: Option<Seq>) -> Result<(), DataError> {
         if let Some(e) = self.unavailable() {
             return Err(DataError::unavailable(e));
@@ -863,7 +901,10 @@ impl CopyActor {
             (Role::Installing, _) => Err(ReadRefusal::Copying),
             (Role::Primary(p), Some(n)) => p.read_permit_upto(mode, now_ms(), n),
             (Role::Primary(p), None) => p.read_permit(mode, now_ms()),
-            (Role::Backup(b), _) => b.read_permit(mode, now_ms()),
+            (Role::Backup(b), _) => {
+                let heard = self.env.hearing.last(&self.copy.replicas.primary);
+                b.read_permit_heard(mode, now_ms(), heard)
+            }
         };
         permit.map_err(|why| DataError::unavailable(format!("shard {} {why}", self.key)))
     }
@@ -871,26 +912,51 @@ impl CopyActor {
     /// A read the primary will serve once its rows hold what was committed
     /// when it arrived (the apply is already under way): it waits for the
     /// next apply and is checked again, rather than sending the client
-    /// away to retry after a backoff. Returns the wake-up and what the rows
-    /// must hold; `None`: serve or refuse now.
+    /// away to retry after a backoff. So does a read just arrived at a
+    /// primary without a lease that may have one soon: a quiet primary,
+    /// which the read wakes (its backups' answers renew the lease, one
+    /// round trip), or one woken less than a lease ago
+    /// (`Primary::lease_coming`); it waits at most a lease. Returns the
+    /// wake-up and what the rows must hold; `None`: serve or refuse now.
     fn park_read(
         &mut self,
         mode: ReadMode,
         needs: Option<Seq>,
+        ctx: &mut Context<Self>,
     ) -> Option<(oneshot::Receiver<()>, Seq)> {
-        let Role::Primary(p) = &self.role else {
-            return None;
-        };
         if self.unavailable().is_some() || self.parked_reads.len() >= MAX_PARKED_READS {
             return None;
         }
-        let needs = needs.unwrap_or(p.committed());
-        let Err(ReadRefusal::Applying { .. }) = p.read_permit_upto(mode, now_ms(), needs) else {
+        let Role::Primary(p) = &mut self.role else {
             return None;
         };
+        let now = now_ms();
+        let upto = needs.unwrap_or(p.committed());
+        let wake = match p.read_permit_upto(mode, now, upto) {
+            Err(ReadRefusal::Applying { .. }) => vec![],
+            // Held once, when it arrives.
+            Err(ReadRefusal::NoLease { .. }) if needs.is_none() => {
+                let wake = p.wake(now);
+                if !p.lease_coming(now) {
+                    return None;
+                }
+                wake
+            }
+            _ => return None,
+        };
+        self.run(wake, ctx);
         let (tx, rx) = oneshot::channel();
         self.parked_reads.push(tx);
-        Some((rx, needs))
+        Some((rx, upto))
+    }
+
+    /// Waits for a held read's wake-up (`park_read`), at most a lease.
+    fn held(&self, woken: oneshot::Receiver<()>) -> impl std::future::Future<Output = ()> {
+        let most = Duration::from_millis(self.env.lease.lease);
+        async move {
+            // Woken, timed out, or dropped with the copy: checked again.
+            let _ = tokio::time::timeout(most, woken).await;
+        }
     }
 
     /// The answer to a read that failed; corrupt data is reported and the
@@ -915,13 +981,13 @@ impl Handler<Read> for CopyActor {
         // Only a refused read may be held: a permitted one is checked once.
         let parked = match permit {
             Ok(()) => None,
-            Err(_) => self.park_read(read.mode, read.needs),
+            Err(_) => self.park_read(read.mode, read.needs, ctx),
         };
-        if let Some((applied, needs)) = parked {
+        if let Some((woken, needs)) = parked {
             let me = ctx.address();
+            let held = self.held(woken);
             return Response::fut(async move {
-                // Woken by the next apply, or dropped with the copy.
-                let _ = applied.await;
+                held.await;
                 let again = Read {
                     needs: Some(needs),
                     ..read
@@ -944,17 +1010,41 @@ impl Handler<Read> for CopyActor {
 }
 
 impl Handler<ScanShard> for CopyActor {
-    type Result = Result<Vec<(RowKey, RowRecord)>, DataError>;
+    type Result = Response<Result<Vec<(RowKey, RowRecord)>, DataError>>;
 
     fn handle(&mut self, s: ScanShard, ctx: &mut Context<Self>) -> Self::Result {
-        self.check_read(s.mode)?;
+        let permit = self.check_read_upto(s.mode, s.needs);
+        // Held as a point read is (`park_read`).
+        let parked = match permit {
+            Ok(()) => None,
+            Err(_) => self.park_read(s.mode, s.needs, ctx),
+        };
+        if let Some((woken, needs)) = parked {
+            let me = ctx.address();
+            let held = self.held(woken);
+            return Response::fut(async move {
+                held.await;
+                let again = ScanShard {
+                    needs: Some(needs),
+                    ..s
+                };
+                me.send(again).await.unwrap_or_else(|_| {
+                    Err(DataError::unavailable(
+                        "the shard copy stopped before it could serve the scan; retry",
+                    ))
+                })
+            });
+        }
+        if let Err(e) = permit {
+            return Response::reply(Err(e));
+        }
         let res = self
             .env
             .store
             .scan(self.id, s.from.as_ref(), s.to.as_ref(), s.limit)
             .map_err(|e| self.read_failed("scan", e, ctx));
         debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
-        res
+        Response::reply(res)
     }
 }
 
@@ -994,7 +1084,8 @@ impl Handler<GetStatus> for CopyActor {
                 self.copied.0.load(Ordering::Relaxed),
                 self.copied.1.load(Ordering::Relaxed)
             ),
-            (None, Role::Primary(p)) if !p.lease_valid(now_ms()) => {
+            // A quiet primary let its lease go; the next read wakes it.
+            (None, Role::Primary(p)) if !p.is_quiet() && !p.lease_valid(now_ms()) => {
                 "no lease: refusing writes".into()
             }
             (None, _) => "serving".into(),
@@ -1011,6 +1102,11 @@ impl Handler<GetStatus> for CopyActor {
             log_bytes: meta.log_bytes,
             rows: verified.map(|v| v.rows),
             row_bytes: verified.map(|v| v.row_bytes),
+            quiet: match &self.role {
+                Role::Primary(p) => p.is_quiet(),
+                Role::Backup(b) => b.is_quiet(),
+                Role::Installing => false,
+            },
         })
     }
 }

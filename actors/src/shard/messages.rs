@@ -48,8 +48,9 @@ pub struct Write {
 pub struct Read {
     pub key: RowKey,
     pub mode: ReadMode,
-    /// Set on a read the primary held while its rows caught up: the commit
-    /// point when it arrived, all the rows must hold to serve it
+    /// Set on a read the primary held (while its rows caught up, or for
+    /// the lease a quiet primary woke up to renew): the commit point when
+    /// it arrived, all the rows must hold to serve it
     /// (`Primary::read_permit_upto`). `None` for a read just arrived.
     pub needs: Option<u64>,
 }
@@ -62,6 +63,8 @@ pub struct ScanShard {
     pub to: Option<RowKey>,
     pub limit: usize,
     pub mode: ReadMode,
+    /// As [`Read::needs`]: set on a scan the primary held.
+    pub needs: Option<u64>,
 }
 
 /// The copy's replication state.

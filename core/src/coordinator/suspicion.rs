@@ -59,6 +59,21 @@ pub fn primaries_of(me: &str, map: &ClusterMap) -> BTreeSet<NodeId> {
         .collect()
 }
 
+/// The nodes backing a shard `me` leads (backups and learners): those this
+/// node sends its node heartbeat (`PeerMessage::Heartbeat`) every
+/// heartbeat, so that they hear it while its shards are quiet.
+pub fn backups_of(me: &str, map: &ClusterMap) -> BTreeSet<NodeId> {
+    map.tables
+        .values()
+        .flat_map(|t| &t.shards)
+        .map(|s| &s.replicas)
+        .filter(|r| r.primary == me)
+        .flat_map(|r| r.backups.iter().chain(&r.learners))
+        .filter(|n| *n != me)
+        .cloned()
+        .collect()
+}
+
 /// Node side: the primaries this node's backups hear from, and which of
 /// their nodes have gone silent.
 #[derive(Debug)]
@@ -249,6 +264,21 @@ mod tests {
         assert!(w.silent(|_| None, now + 10_000).is_empty());
         w.expect(primaries_of(me, &map), now);
         assert!(w.silent(|_| None, now + SUSPECT_AFTER_MS - 1).is_empty());
+    }
+
+    #[test]
+    fn every_node_a_primary_must_be_heard_by_gets_its_node_heartbeat() {
+        let map = map();
+        // Whoever backs a shard hears its primary's node heartbeat.
+        for me in ["n1", "n2", "n3"] {
+            for primary in primaries_of(me, &map) {
+                assert!(
+                    backups_of(&primary, &map).contains(me),
+                    "{me} backs a shard of {primary} but gets no heartbeat from it"
+                );
+            }
+            assert!(!backups_of(me, &map).contains(me));
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Backup {
     contact: Millis,
     /// What of its log this copy keeps (module docs, "Log retention").
     trunc: Truncation,
+    /// The newest message from the primary was a `Quiet`: the shard is
+    /// idle (module docs, "Quiescence").
+    quiet: bool,
 }
 
 impl Backup {
@@ -91,6 +94,7 @@ impl Backup {
             in_sync_at: None,
             contact: 0,
             trunc: Truncation::new(LogRetention::default(), 1),
+            quiet: false,
         }
     }
 
@@ -120,11 +124,39 @@ impl Backup {
             .is_some_and(|at| now.saturating_sub(at) <= self.cfg.lease)
     }
 
+    /// Whether the primary's last word was `Quiet` (module docs,
+    /// "Quiescence").
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// In sync, or quiet while the primary's node was heard (`node_heard`:
+    /// its node heartbeat, the last time anything of it arrived here)
+    /// within the lease (module docs, "Quiescence").
+    fn in_sync_heard(&self, now: Millis, node_heard: Option<Millis>) -> bool {
+        self.in_sync(now)
+            || (self.quiet
+                && self.in_sync_at.is_some()
+                && node_heard.is_some_and(|at| now.saturating_sub(at) <= self.cfg.lease))
+    }
+
     /// Whether this copy may serve a read in `mode` at `now`: never a
     /// strong one (those go to the primary); a replica or session read
     /// while in sync, a session read `AtLeast(n)` only once the rows hold
     /// entry `n`.
     pub fn read_permit(&self, mode: ReadMode, now: Millis) -> Result<(), ReadRefusal> {
+        self.read_permit_heard(mode, now, None)
+    }
+
+    /// As [`read_permit`](Self::read_permit), where the primary's node was
+    /// last heard at `node_heard`: a quiet backup is in sync while it is
+    /// (module docs, "Quiescence").
+    pub fn read_permit_heard(
+        &self,
+        mode: ReadMode,
+        now: Millis,
+        node_heard: Option<Millis>,
+    ) -> Result<(), ReadRefusal> {
         let needed = match mode {
             ReadMode::Strong => {
                 return Err(ReadRefusal::NotPrimary {
@@ -134,7 +166,7 @@ impl Backup {
             ReadMode::Replica => None,
             ReadMode::AtLeast(n) => Some(n),
         };
-        if !self.in_sync(now) {
+        if !self.in_sync_heard(now, node_heard) {
             return Err(ReadRefusal::NotInSync {
                 primary: self.primary.clone(),
                 epoch: self.epoch,
@@ -206,6 +238,23 @@ impl Backup {
                 vec![self.ack()]
             };
         }
+        // A `Quiet` is an empty Prepare that leaves this copy quiet.
+        let quiet_word = matches!(msg, ReplMsg::Quiet { .. });
+        let msg = match msg {
+            ReplMsg::Quiet {
+                epoch,
+                committed,
+                sent_at,
+            } => ReplMsg::Prepare {
+                epoch,
+                history: None,
+                entries: vec![],
+                committed,
+                sent_at,
+                counted: false,
+            },
+            other => other,
+        };
         let ReplMsg::Prepare {
             epoch,
             history,
@@ -252,6 +301,10 @@ impl Backup {
         }
         self.heard = true;
         self.counted |= counted;
+        // The newest word decides (an older one may arrive late).
+        if sent_at >= self.last_sent_at {
+            self.quiet = quiet_word;
+        }
         self.last_sent_at = self.last_sent_at.max(sent_at);
         self.primary_committed = self.primary_committed.max(committed);
         for e in entries {
@@ -322,12 +375,21 @@ impl Backup {
     }
 
     fn ack(&self) -> Effect {
+        let (epoch, logged, echo) = (self.epoch, self.logged, self.last_sent_at);
         Effect::Send {
             to: self.primary.clone(),
-            msg: ReplMsg::Ack {
-                epoch: self.epoch,
-                logged: self.logged,
-                echo: self.last_sent_at,
+            msg: if self.quiet {
+                ReplMsg::QuietAck {
+                    epoch,
+                    logged,
+                    echo,
+                }
+            } else {
+                ReplMsg::Ack {
+                    epoch,
+                    logged,
+                    echo,
+                }
             },
         }
     }

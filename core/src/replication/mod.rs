@@ -82,6 +82,41 @@
 //! snapshot (`ReplMsg::Rebuild`) instead of being sent a gap; a counted copy
 //! never discards its log on that word.
 //!
+//! Quiescence (an idle shard costs nothing). A primary whose shard has had
+//! no write for `LeaseConfig::quiet_after`, with nothing in flight (every
+//! entry committed, applied and acked by every member, no learner, no old
+//! lease to wait out), sends its backups `ReplMsg::Quiet` in place of its
+//! heartbeats; once each has answered `QuietAck` (it has everything and
+//! knows the commit point), the primary is *quiet*: `on_tick` sends
+//! nothing, and its actor stops ticking. The node's one heartbeat to each
+//! peer (`PeerMessage::Heartbeat`) keeps telling the backups that its
+//! node lives, so a dead node's quiet shards still fail over at once.
+//!
+//! A quiet primary holds no lease. Its backups' last answers age out like
+//! any other, so after `lease` it serves no strong read: a strong read
+//! finding it quiet wakes it (`wake`: a heartbeat to every backup, as
+//! Raft's ReadIndex costs one round trip) and waits for the answers, which
+//! renew the lease by the usual rule; a write wakes it by being sent. The
+//! lease argument is therefore the per-shard one above, unchanged: every
+//! answer the primary counts was to a message of its epoch that the
+//! answering backup received, and that receipt is the backup's contact
+//! from which a promoted primary waits `grace`. No answer to a node-level
+//! heartbeat ever renews a shard's lease. (CockroachDB's epoch-based
+//! leases keep quiet ranges' leases on node liveness; that needs every
+//! node-level answer to say which shards it still backs at which epoch,
+//! or a backup promoted in a new epoch would go on renewing the old
+//! primary's lease. The cost here is one round trip on the first strong
+//! read after an idle second.)
+//!
+//! A quiet backup (its newest message from the primary was `Quiet`) counts
+//! as in sync for replica reads while the primary's *node* is heard within
+//! the lease (`Backup::read_permit_heard`): the shard had nothing in
+//! flight when it went quiet, a write wakes it with a `Prepare` sent before
+//! any later node heartbeat on the same ordered lane, and the write cannot
+//! commit without this backup's ack. So a quiet backup's staleness is
+//! bounded like an awake one's. A message of the primary's that is not a
+//! `Quiet` (a `Prepare`, which any write or wake sends) ends it.
+//!
 //! Invariants, asserted (`debug_assert!`) after every event and so checked
 //! across every simulated schedule:
 //! - on the primary, applied ≤ committed ≤ persisted ≤ last seq, and what a
@@ -203,6 +238,22 @@ pub enum ReplMsg {
     /// my log (the first I keep is `log_start`); install a fresh snapshot.
     /// Only a learner that does not count for commits acts on it.
     Rebuild { epoch: Epoch, log_start: Seq },
+    /// Primary → backup: a heartbeat saying the shard has gone idle, with
+    /// nothing in flight: everything is committed up to `committed`, the
+    /// primary's last entry (module docs, "Quiescence"). The backup takes
+    /// it as an empty `Prepare` and answers `QuietAck`.
+    Quiet {
+        epoch: Epoch,
+        committed: Seq,
+        sent_at: Millis,
+    },
+    /// Backup → primary: an `Ack` from a backup whose newest message from
+    /// the primary was a `Quiet`: it expects nothing more until woken.
+    QuietAck {
+        epoch: Epoch,
+        logged: Seq,
+        echo: Millis,
+    },
 }
 
 /// What a state machine asks its actor to do.
@@ -343,6 +394,9 @@ pub struct LeaseConfig {
     pub heartbeat: Millis,
     /// At most this many entries proposed and not yet committed.
     pub window: usize,
+    /// A primary with nothing in flight and no write for this long goes
+    /// quiet (module docs, "Quiescence"); 0: never.
+    pub quiet_after: Millis,
 }
 
 impl Default for LeaseConfig {
@@ -352,9 +406,14 @@ impl Default for LeaseConfig {
             grace: 700,
             heartbeat: 100,
             window: 1024,
+            quiet_after: DEFAULT_QUIET_AFTER_MS,
         }
     }
 }
+
+/// Default idle time before a shard goes quiet: one second, ten
+/// heartbeats (module docs, "Quiescence").
+pub const DEFAULT_QUIET_AFTER_MS: Millis = 1000;
 
 /// Longest grace period (and so lease and heartbeat) accepted: ten
 /// minutes. Longer would mean as long without a primary after a failure,

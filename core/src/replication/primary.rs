@@ -50,6 +50,8 @@ struct Peer {
     /// Last time its `acked` advanced or we resent to it; a backup behind
     /// for a heartbeat period since then gets the missing entries again.
     progress_at: Millis,
+    /// The echo of its newest `QuietAck`: it took a `Quiet` sent then.
+    quiet_echo: Option<Millis>,
 }
 
 impl Peer {
@@ -87,6 +89,12 @@ pub struct Primary {
     since: Option<Millis>,
     /// What of its log this copy keeps (module docs, "Log retention").
     trunc: Truncation,
+    /// Quiet: idle, every backup told so; sends nothing until woken
+    /// (module docs, "Quiescence").
+    quiet: bool,
+    /// The last write proposed or wake-up: the shard goes quiet
+    /// `quiet_after` later.
+    active_at: Millis,
 }
 
 impl Primary {
@@ -131,6 +139,8 @@ impl Primary {
             min_copies: 1,
             since: None,
             trunc: Truncation::new(LogRetention::default(), 1),
+            quiet: false,
+            active_at: 0,
         }
     }
 
@@ -158,8 +168,9 @@ impl Primary {
     /// sent within the lease, once this primary has led for a whole lease
     /// (before that, none has had the time). The coordinator reads these reports to tell a backup
     /// that cannot hear (or be heard) from a primary that cannot hear.
+    /// A quiet primary reports none: it sends nothing, so hears nothing.
     pub fn silent_backups(&self, now: Millis) -> Vec<NodeId> {
-        let Some(since) = self.since else {
+        let Some(since) = self.since.filter(|_| !self.quiet) else {
             return vec![];
         };
         if now.saturating_sub(since) <= self.cfg.lease {
@@ -180,6 +191,81 @@ impl Primary {
 
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// Quiet (module docs, "Quiescence"): nothing to send until a write,
+    /// a message from a member or [`wake`](Self::wake).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Woken (or started) less than a lease ago: a lease may be on its way
+    /// (the backups' answers to the wake-up), so a read refused for want of
+    /// one is worth holding for that long.
+    pub fn lease_coming(&self, now: Millis) -> bool {
+        !self.quiet
+            && now >= self.not_before
+            && self
+                .since
+                .is_some_and(|s| now.saturating_sub(s) <= self.cfg.lease)
+    }
+
+    /// Wakes a quiet primary (a strong read wants a lease): a heartbeat to
+    /// every backup, whose answers renew the lease.
+    pub fn wake(&mut self, now: Millis) -> Vec<Effect> {
+        if !self.quiet {
+            return vec![];
+        }
+        self.stir(now);
+        let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
+        let effects = peers.iter().flat_map(|id| self.resend(id, now)).collect();
+        self.check_invariants();
+        effects
+    }
+
+    /// A write or a wake-up: the idle time starts again, and a quiet
+    /// primary is awake from now (a fresh start for `silent_backups` and
+    /// the lease check of `propose`: its backups have not had the time to
+    /// answer).
+    fn stir(&mut self, now: Millis) {
+        if self.quiet {
+            self.quiet = false;
+            self.since = Some(now);
+        }
+        self.active_at = self.active_at.max(now);
+    }
+
+    /// Whether the shard may go quiet at `now`: idle for `quiet_after`,
+    /// nothing in flight, every peer a backup holding every entry, no old
+    /// lease being waited out.
+    fn settled(&self, now: Millis) -> bool {
+        let idle_since = self.active_at.max(self.since.unwrap_or(now));
+        self.cfg.quiet_after > 0
+            && now.saturating_sub(idle_since) >= self.cfg.quiet_after
+            && now >= self.not_before
+            && self.handover_from.is_none()
+            && self.applied == self.last_seq
+            && self.committed == self.last_seq
+            && self.history.last <= self.committed
+            && self
+                .peers
+                .values()
+                .all(|p| p.voting && p.answered && p.acked == self.last_seq)
+    }
+
+    /// Goes quiet once settled and every backup answered a `Quiet` sent
+    /// since the last activity.
+    fn try_quiet(&mut self, now: Millis) {
+        let since = self.active_at.max(self.since.unwrap_or(now));
+        if !self.quiet
+            && self.settled(now)
+            && self
+                .peers
+                .values()
+                .all(|p| p.quiet_echo.is_some_and(|e| e > since))
+        {
+            self.quiet = true;
+        }
     }
 
     pub fn committed(&self) -> Seq {
@@ -363,6 +449,7 @@ impl Primary {
             });
         }
         self.since.get_or_insert(now);
+        self.stir(now);
         let members = 1 + self.voters().count();
         if members < self.min_copies {
             return Err(ProposeError::TooFewCopies {
@@ -376,9 +463,11 @@ impl Primary {
             return Err(ProposeError::WindowFull(in_flight));
         }
         // A primary that has heard from its backups once and then lost one
-        // stops taking writes: it is about to be replaced.
+        // stops taking writes: it is about to be replaced. (Not one just
+        // woken: its backups have not had the time to answer.)
+        let awake_for = now.saturating_sub(self.since.unwrap_or(now));
         if let Some((backup, silent_ms)) = self.lease_problem(now) {
-            if self.voters().all(|(_, p)| p.heard_at.is_some()) {
+            if awake_for > self.cfg.lease && self.voters().all(|(_, p)| p.heard_at.is_some()) {
                 return Err(ProposeError::LeaseExpired {
                     epoch: self.epoch,
                     backup,
@@ -436,6 +525,19 @@ impl Primary {
     }
 
     fn step(&mut self, from: &str, msg: ReplMsg, now: Millis) -> Vec<Effect> {
+        let quiet_ack = matches!(msg, ReplMsg::QuietAck { .. });
+        let msg = match msg {
+            ReplMsg::QuietAck {
+                epoch,
+                logged,
+                echo,
+            } => ReplMsg::Ack {
+                epoch,
+                logged,
+                echo,
+            },
+            other => other,
+        };
         match msg {
             ReplMsg::Ack {
                 epoch,
@@ -465,8 +567,15 @@ impl Primary {
                     peer.counted = true;
                 }
                 peer.heard_at = Some(peer.heard_at.map_or(echo, |h| h.max(echo)).min(now));
+                if quiet_ack {
+                    peer.quiet_echo = Some(peer.quiet_echo.map_or(echo, |e| e.max(echo)));
+                }
                 let behind = peer.acked + 1 < self.mem_start();
-                let mut effects = self.advance();
+                // A plain ack to a quiet primary (a restarted backup saying
+                // where it stands): it may need entries; wake up.
+                let mut effects = if quiet_ack { vec![] } else { self.wake(now) };
+                effects.extend(self.advance());
+                self.try_quiet(now);
                 // A copy catching up from the disk log gets its next chunk as
                 // soon as it has the previous one.
                 if advanced && behind {
@@ -486,6 +595,11 @@ impl Primary {
     /// period while behind, and heartbeat the idle ones.
     pub fn on_tick(&mut self, now: Millis) -> Vec<Effect> {
         self.since.get_or_insert(now);
+        self.try_quiet(now);
+        if self.quiet {
+            return vec![];
+        }
+        let settled = self.settled(now);
         let hb = self.cfg.heartbeat;
         let last = self.last_seq;
         let due: Vec<NodeId> = self
@@ -500,10 +614,32 @@ impl Primary {
             .collect();
         let effects = due
             .into_iter()
-            .flat_map(|id| self.resend(&id, now))
+            .flat_map(|id| {
+                if settled {
+                    self.quiet_word(&id, now)
+                } else {
+                    self.resend(&id, now)
+                }
+            })
             .collect();
         self.check_invariants();
         effects
+    }
+
+    /// A settled primary's heartbeat: `Quiet` (module docs, "Quiescence").
+    fn quiet_word(&mut self, to: &str, now: Millis) -> Vec<Effect> {
+        let Some(peer) = self.peers.get_mut(to) else {
+            return vec![];
+        };
+        peer.sent_at = Some(now);
+        vec![Effect::Send {
+            to: to.to_owned(),
+            msg: ReplMsg::Quiet {
+                epoch: self.epoch,
+                committed: self.committed,
+                sent_at: now,
+            },
+        }]
     }
 
     /// Sends a backup everything it has not acknowledged (at most a window),

@@ -101,6 +101,8 @@ struct World {
     rows: BTreeMap<String, Seq>,
     /// Reads admitted and checked.
     reads: usize,
+    /// Strong reads that found the primary quiet and woke it.
+    quiets: usize,
     /// After an epoch change: the backups moved to epoch 2.
     switched: bool,
     persists_after_switch: usize,
@@ -122,6 +124,8 @@ fn cfg() -> LeaseConfig {
         grace: 1500,
         heartbeat: 50,
         window: 16,
+        // Short, so that schedules go quiet and wake up often.
+        quiet_after: 300,
     }
 }
 
@@ -163,6 +167,7 @@ impl World {
             applied: BTreeMap::new(),
             rows: BTreeMap::new(),
             reads: 0,
+            quiets: 0,
             switched: false,
             persists_after_switch: 0,
         }
@@ -516,6 +521,24 @@ impl World {
             return;
         };
         if permit.is_err() {
+            // A strong read finding the primary quiet wakes it, as the
+            // actor does (module docs, "Quiescence").
+            if mode == ReadMode::Strong {
+                let now = self.now;
+                let primary = if node == self.lead {
+                    Some(&mut self.primary)
+                } else {
+                    self.deposed
+                        .as_mut()
+                        .filter(|(d, _)| d == node)
+                        .map(|(_, p)| p)
+                };
+                if let Some(p) = primary.filter(|p| p.is_quiet()) {
+                    let fx = p.wake(now);
+                    self.quiets += 1;
+                    self.run(node, fx);
+                }
+            }
             return;
         }
         self.reads += 1;
@@ -1353,4 +1376,90 @@ fn a_silent_learner_holds_the_log_back_only_so_far() {
     for (seq, e) in &w.acked {
         assert_eq!(w.logs["l"].get(seq), Some(e));
     }
+}
+
+/// Strong reads admitted so far on `node` (a read is attempted, and
+/// checked if admitted).
+fn strong_read(w: &mut World, node: &str) -> bool {
+    let before = w.reads;
+    w.read(node, ReadMode::Strong);
+    w.reads > before
+}
+
+#[test]
+fn an_idle_shard_goes_quiet_and_a_strong_read_wakes_it_for_one_round_trip() {
+    let mut w = World::new();
+    w.apply(Step::Propose(1));
+    w.settle();
+    w.heartbeats(12);
+    assert!(w.primary.is_quiet(), "idle for 720 ms, quiet after 300");
+    assert!(BACKUPS.iter().all(|b| w.backups[*b].is_quiet()));
+    // Quiet: ticks send nothing, for as long as it stays idle.
+    for _ in 0..50 {
+        w.apply(Step::Tick(100));
+        assert!(w.net.is_empty(), "a quiet primary sent {:?}", w.net);
+    }
+    assert_eq!(w.primary.silent_backups(w.now), Vec::<String>::new());
+    // Its lease has run out: the first strong read is refused and wakes it.
+    assert!(!strong_read(&mut w, P));
+    assert_eq!(w.quiets, 1);
+    assert!(!w.primary.is_quiet());
+    assert_eq!(w.net.len(), 2, "one heartbeat to each backup");
+    // One round trip later the lease is back and the read is served.
+    w.deliver_all_but(&[]);
+    assert!(w.primary.lease_valid(w.now));
+    assert!(strong_read(&mut w, P));
+    // It goes quiet again, and a write wakes it and commits as usual.
+    w.heartbeats(12);
+    assert!(w.primary.is_quiet());
+    w.apply(Step::Propose(2));
+    assert!(!w.primary.is_quiet());
+    assert!(BACKUPS.iter().all(|b| !w.backups[*b].is_quiet()) || !w.net.is_empty());
+    w.settle();
+    assert_eq!(w.primary.committed(), 2);
+    assert!(BACKUPS.iter().all(|b| !w.backups[*b].is_quiet()));
+}
+
+#[test]
+fn a_quiet_primary_cut_off_from_a_backup_never_gets_its_lease_back() {
+    let mut w = World::new();
+    w.apply(Step::Propose(1));
+    w.settle();
+    w.heartbeats(12);
+    assert!(w.primary.is_quiet());
+    w.now += cfg().lease + 1;
+    // b2 is cut off: the wake-up reaches b1 only.
+    assert!(!strong_read(&mut w, P));
+    w.net.retain(|(_, to, _)| to != "b2");
+    w.deliver_all_but(&["b2"]);
+    for _ in 0..20 {
+        assert!(!strong_read(&mut w, P), "served without b2's answer");
+        w.apply(Step::Tick(60));
+        w.net.retain(|(_, to, _)| to != "b2");
+        w.deliver_all_but(&["b2"]);
+    }
+    assert!(!w.primary.is_quiet(), "stays awake, heartbeating b2");
+}
+
+#[test]
+fn a_quiet_primary_deposed_and_woken_never_serves_again() {
+    let mut w = World::new();
+    for i in 0..3u8 {
+        w.apply(Step::Propose(i));
+    }
+    w.settle();
+    w.heartbeats(12);
+    assert!(w.primary.is_quiet());
+    // b1 is promoted while the old primary sleeps; b2 follows it. The old
+    // primary's lease from its backups' last answers runs out.
+    w.fail_over_to("b1", "b2", 2);
+    w.now += cfg().lease + 1;
+    for _ in 0..30 {
+        w.apply(Step::Tick(60));
+        assert!(!strong_read(&mut w, P), "the deposed primary served");
+        strong_read(&mut w, "b1");
+        w.deliver_all_but(&[]);
+    }
+    assert!(w.quiets >= 1, "the deposed primary was woken by a read");
+    assert!(strong_read(&mut w, "b1"), "the new primary serves");
 }
