@@ -26,7 +26,7 @@ use tstore_actors::recovery::Recovery;
 use tstore_actors::router::Router;
 use tstore_actors::shard::actor::{CopyActor, CopyEnv};
 use tstore_actors::shard::local::LocalCopies;
-use tstore_actors::shard::messages::{Reconfigure, StopCopy};
+use tstore_actors::shard::messages::{GetStatus, Reconfigure, StopCopy};
 use tstore_actors::shard::publish::CopyPublisher;
 use tstore_actors::shard::snapshot::SnapshotServer;
 use tstore_core::cluster_map::{ClusterMap, MapCommand, RowKey, Sharding, TableSpec};
@@ -1036,4 +1036,70 @@ fn assert_last_puts(rows: &[(RowKey, RowRecord)], seq: u64) {
             r.json
         );
     }
+}
+
+impl Cluster {
+    /// Whether node `name`'s copy says it is quiet.
+    async fn quiet(&self, name: &str) -> bool {
+        let copy = self
+            .node(name)
+            .local
+            .get(&ShardKey::new(TABLE, 0))
+            .expect("a copy");
+        copy.send(GetStatus { checksum: false })
+            .await
+            .expect("copy running")
+            .quiet
+    }
+}
+
+/// Longer than a shard takes to go quiet, and its lease to lapse after.
+const QUIET: Duration = Duration::from_millis(LEASE.quiet_after + LEASE.lease + 300);
+
+#[actix_rt::test]
+async fn a_quiet_primary_wakes_for_a_strong_read_and_never_serves_one_without_every_backup() {
+    let c = Cluster::start(21).await;
+    let mut acked = BTreeMap::new();
+    for key in 0..3i64 {
+        let reply = c.insert("a", key as u64 + 1, key).await;
+        acked.insert(key, written(&reply).expect("write"));
+    }
+    c.converged().await;
+    tokio::time::sleep(QUIET).await;
+    for n in ["a", "b", "c"] {
+        assert!(c.quiet(n).await, "{n} is not quiet after {QUIET:?} idle");
+    }
+    // Its lease lapsed while quiet: the read wakes it and is served once
+    // both backups answered.
+    let reply = c.local("a", c.get(1, ReadMode::Strong)).await;
+    assert!(
+        matches!(&reply, DataReply::Row(Some(r)) if r.json == row(1)),
+        "{reply:?}"
+    );
+    assert!(!c.quiet("a").await);
+
+    // Quiet again, then cut off from one backup: a strong read wakes it
+    // and is refused, every time, since c never answers.
+    tokio::time::sleep(QUIET).await;
+    assert!(c.quiet("a").await);
+    c.net.partition("a", "c");
+    for _ in 0..3 {
+        let reply = c.local("a", c.get(1, ReadMode::Strong)).await;
+        assert_eq!(
+            error_kind(&reply),
+            Some(ErrorKind::Unavailable),
+            "{reply:?}"
+        );
+    }
+    c.net.heal();
+    let cl = &c;
+    eventually("a strong read after the cut healed", move || async move {
+        match cl.local("a", cl.get(2, ReadMode::Strong)).await {
+            DataReply::Row(Some(r)) if r.json == row(2) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    let rows = c.converged().await;
+    check_history(&rows, &acked, &(0..3).collect::<Vec<_>>());
 }

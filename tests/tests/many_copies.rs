@@ -172,6 +172,7 @@ async fn thousands_of_idle_copies_per_node_stay_live_serve_after_the_lease_and_f
     let led = led_by(victim);
     assert!(led.iter().any(|l| !l.is_empty()), "{victim} leads nothing");
     c.kill9(victim);
+    let killed = Instant::now();
     c.poll(&format!("no shard led by {victim}"), LIMIT, || async {
         for name in TABLES {
             let t = describe(&c, survivors[0], name).await?;
@@ -183,6 +184,7 @@ async fn thousands_of_idle_copies_per_node_stay_live_serve_after_the_lease_and_f
     })
     .await
     .unwrap();
+    let moved = killed.elapsed();
     for (name, led) in TABLES.iter().zip(&led) {
         let keys: Vec<i64> = led.iter().map(|s| keys[*s as usize]).collect();
         let failed = write_all(&client, name, &keys, "after the kill").await;
@@ -193,6 +195,11 @@ async fn thousands_of_idle_copies_per_node_stay_live_serve_after_the_lease_and_f
             c.logs()
         );
     }
+    println!(
+        "kill -9 {victim}: its {} shards had new primaries after {moved:?} and took writes after {:?}",
+        led.iter().map(Vec::len).sum::<usize>(),
+        killed.elapsed()
+    );
     for id in &survivors {
         let members = c.members(id).await.unwrap();
         assert!(

@@ -950,13 +950,34 @@ impl CopyActor {
         Some((rx, upto))
     }
 
-    /// Waits for a held read's wake-up (`park_read`), at most a lease.
-    fn held(&self, woken: oneshot::Receiver<()>) -> impl std::future::Future<Output = ()> {
+    /// A read (point or scan) refused now, held if `park_read` says so:
+    /// the answer to `again(needs)`, sent to this copy once woken (at most
+    /// a lease later). `None`: answer now. Only a refused read is held: a
+    /// permitted one is checked once.
+    fn hold<M, T>(
+        &mut self,
+        mode: ReadMode,
+        needs: Option<Seq>,
+        ctx: &mut Context<Self>,
+        again: impl FnOnce(Seq) -> M + 'static,
+    ) -> Option<Response<Result<T, DataError>>>
+    where
+        M: Message<Result = Result<T, DataError>> + Send + 'static,
+        T: Send + 'static,
+        Self: Handler<M>,
+    {
+        let (woken, needs) = self.park_read(mode, needs, ctx)?;
+        let me = ctx.address();
         let most = Duration::from_millis(self.env.lease.lease);
-        async move {
+        Some(Response::fut(async move {
             // Woken, timed out, or dropped with the copy: checked again.
             let _ = tokio::time::timeout(most, woken).await;
-        }
+            me.send(again(needs)).await.unwrap_or_else(|_| {
+                Err(DataError::unavailable(
+                    "the shard copy stopped before it could serve the read; retry",
+                ))
+            })
+        }))
     }
 
     /// The answer to a read that failed; corrupt data is reported and the
@@ -978,26 +999,15 @@ impl Handler<Read> for CopyActor {
 
     fn handle(&mut self, read: Read, ctx: &mut Context<Self>) -> Self::Result {
         let permit = self.check_read_upto(read.mode, read.needs);
-        // Only a refused read may be held: a permitted one is checked once.
-        let parked = match permit {
-            Ok(()) => None,
-            Err(_) => self.park_read(read.mode, read.needs, ctx),
-        };
-        if let Some((woken, needs)) = parked {
-            let me = ctx.address();
-            let held = self.held(woken);
-            return Response::fut(async move {
-                held.await;
-                let again = Read {
-                    needs: Some(needs),
-                    ..read
-                };
-                me.send(again).await.unwrap_or_else(|_| {
-                    Err(DataError::unavailable(
-                        "the shard copy stopped before it could serve the read; retry",
-                    ))
-                })
-            });
+        if permit.is_err() {
+            let (mode, needs, held) = (read.mode, read.needs, read.clone());
+            let again = move |needs| Read {
+                needs: Some(needs),
+                ..held
+            };
+            if let Some(held) = self.hold(mode, needs, ctx, again) {
+                return held;
+            }
         }
         let key = read.key;
         Response::reply(permit.and_then(|()| {
@@ -1014,29 +1024,15 @@ impl Handler<ScanShard> for CopyActor {
 
     fn handle(&mut self, s: ScanShard, ctx: &mut Context<Self>) -> Self::Result {
         let permit = self.check_read_upto(s.mode, s.needs);
-        // Held as a point read is (`park_read`).
-        let parked = match permit {
-            Ok(()) => None,
-            Err(_) => self.park_read(s.mode, s.needs, ctx),
-        };
-        if let Some((woken, needs)) = parked {
-            let me = ctx.address();
-            let held = self.held(woken);
-            return Response::fut(async move {
-                held.await;
-                let again = ScanShard {
-                    needs: Some(needs),
-                    ..s
-                };
-                me.send(again).await.unwrap_or_else(|_| {
-                    Err(DataError::unavailable(
-                        "the shard copy stopped before it could serve the scan; retry",
-                    ))
-                })
-            });
-        }
         if let Err(e) = permit {
-            return Response::reply(Err(e));
+            let (mode, needs, held) = (s.mode, s.needs, s.clone());
+            let again = move |needs| ScanShard {
+                needs: Some(needs),
+                ..held
+            };
+            return self
+                .hold(mode, needs, ctx, again)
+                .unwrap_or_else(|| Response::reply(Err(e)));
         }
         let res = self
             .env

@@ -41,7 +41,7 @@ pub struct Write {
 }
 
 /// A point read.
-#[derive(Message)]
+#[derive(Message, Clone)]
 /// Refused as `Unavailable` when this copy may not serve it now
 /// (`ReadRefusal` says why).
 #[rtype(result = "Result<Option<RowRecord>, DataError>")]
@@ -56,7 +56,7 @@ pub struct Read {
 }
 
 /// A range read within the shard.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<Vec<(RowKey, RowRecord)>, DataError>")]
 pub struct ScanShard {
     pub from: Option<RowKey>,

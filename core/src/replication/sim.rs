@@ -1463,3 +1463,29 @@ fn a_quiet_primary_deposed_and_woken_never_serves_again() {
     assert!(w.quiets >= 1, "the deposed primary was woken by a read");
     assert!(strong_read(&mut w, "b1"), "the new primary serves");
 }
+
+#[test]
+fn a_write_to_a_shard_quiet_for_longer_than_its_lease_is_taken_and_commits() {
+    let mut w = World::new();
+    w.apply(Step::Propose(1));
+    w.settle();
+    w.heartbeats(12);
+    assert!(w.primary.is_quiet());
+    w.now += 10 * cfg().lease;
+    // Not refused for the lease that lapsed while quiet: the backups have
+    // not been asked anything since.
+    let (seq, fx) = w.primary.propose(vec![2], w.now).expect("taken");
+    w.run(P, fx);
+    assert!(!w.primary.is_quiet());
+    assert!(w.primary.silent_backups(w.now).is_empty());
+    w.deliver_all_but(&[]);
+    w.finish_apply(P);
+    assert_eq!(w.primary.committed(), seq);
+    assert!(w.primary.lease_valid(w.now));
+    // Awake for longer than a lease with a backup gone silent: refused
+    // again, as before it went quiet.
+    w.dead.insert("b2".into());
+    w.now += cfg().lease + 1;
+    w.apply(Step::Tick(1));
+    assert!(w.primary.propose(vec![3], w.now).is_err());
+}
