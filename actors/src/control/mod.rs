@@ -42,6 +42,7 @@ use tstore_core::cluster_map::{
 use tstore_core::coordinator::failover::{self, Health, ManualOp};
 use tstore_core::coordinator::health::{self, live_peers, HealthMemory, KEY_BOOTSTRAP_EXPECT};
 use tstore_core::coordinator::placement::{self, Candidate, Load};
+use tstore_core::coordinator::replan::Replan;
 use tstore_core::coordinator::suspicion::{Suspicions, Verdict};
 use tstore_core::replication::Millis;
 use tstore_core::wire::{ClusterStatus, ControlError, ControlRequest};
@@ -135,6 +136,8 @@ pub(crate) struct Upkeep {
     /// The nodes the last health derivation had down (a report about one
     /// of them needs no probe).
     pub(crate) last_down: BTreeSet<String>,
+    /// Whether the shard planners must run this round.
+    pub(crate) replan: Replan,
 }
 
 /// The control plane of one node.

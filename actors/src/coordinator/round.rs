@@ -76,11 +76,30 @@ impl ControlPlane {
             return;
         }
         let health = self.health(snapshot, &map).await;
+        // Nothing the planners read changed since they last found nothing
+        // to do: skip them (`tstore_core::coordinator::replan`).
+        let now = crate::clock::now_ms();
+        if !self
+            .inner
+            .upkeep
+            .lock()
+            .await
+            .replan
+            .due(map.version, &health, now)
+        {
+            return;
+        }
         let mut changes = failover::plan(&map, &health, NEW_COPIES_PER_ROUND);
         if changes.is_empty() {
             changes = rebalance::plan(&map, &health, self.inner.settings.rebalance_max_moves);
         }
-        if changes.is_empty() {
+        let planned_nothing = changes.is_empty();
+        let mut upkeep = self.inner.upkeep.lock().await;
+        upkeep
+            .replan
+            .ran(map.version, &health, now, planned_nothing);
+        drop(upkeep);
+        if planned_nothing {
             return;
         }
         // Decide only with a majority behind us: a cut-off leader must not

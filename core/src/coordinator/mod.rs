@@ -7,6 +7,7 @@ pub mod failover;
 pub mod health;
 pub mod placement;
 pub mod rebalance;
+pub mod replan;
 pub mod silence;
 pub mod suspicion;
 pub mod voters;
