@@ -88,7 +88,7 @@ pub struct TableSpec {
 }
 
 /// The part of the key space a shard owns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum KeyRange {
     /// Keys with `hash(key) % of == slot`.
     HashSlot { slot: u32, of: u32 },

@@ -3,6 +3,7 @@
 //! submodules; the coordinator actor (`tstore_actors::coordinator`)
 //! proposes them through Raft.
 
+pub mod elastic;
 pub mod failover;
 pub mod health;
 pub mod placement;
