@@ -10,7 +10,7 @@
 # as JSON lines, report, node logs) under target/tmp/nemesis (or
 # $TSTORE_NEMESIS_KEEP) and prints the command that replays it.
 #
-# Usage: bench/nemesis.sh --rounds N --seed S [--duration SECS] [--faults LIST]
+# Usage: bench/nemesis.sh --rounds N --seed S [--duration SECS] [--faults LIST] [--node-flags FLAGS]
 #   --rounds N       rounds to run (default 10)
 #   --seed S         seed of the first round (default: from the clock)
 #   --duration SECS  seconds of load and faults per round (default 30)
@@ -18,6 +18,8 @@
 #                    partition-primary, partition-leader, partition-minority,
 #                    partition-majority, deaf, mute, loss,
 #                    kill-leader-and-primary, rolling-restart (comma-separated)
+#   --node-flags FLAGS  extra `tstore start` flags for every node, e.g.
+#                    "--quiet-after-ms 50" (shards go quiet between operations)
 # Prints at the end: rounds, operations checked, faults injected by kind,
 # and each round's verdict. Exits non-zero if a round did not pass.
 # Needs root and iptables (installed with apt-get when missing, as .ci/run
@@ -32,12 +34,14 @@ rounds=10
 seed=""
 duration=30
 faults=all
+node_flags=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a value}; shift 2 ;;
     --seed) seed=${2:?--seed needs a value}; shift 2 ;;
     --duration) duration=${2:?--duration needs a value}; shift 2 ;;
     --faults) faults=${2:?--faults needs a value}; shift 2 ;;
+    --node-flags) node_flags=${2?--node-flags needs a value}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -64,9 +68,10 @@ if ! command -v iptables >/dev/null 2>&1; then
 fi
 
 log=$(mktemp /tmp/tstore-nemesis.XXXXXX)
-echo "== nemesis: $rounds rounds of ${duration}s from seed $seed, faults $faults (full output: $log)"
+echo "== nemesis: $rounds rounds of ${duration}s from seed $seed, faults $faults${node_flags:+, node flags $node_flags} (full output: $log)"
 export TSTORE_NEMESIS_ROUNDS=$rounds TSTORE_NEMESIS_SEED=$seed \
-  TSTORE_NEMESIS_DURATION=$duration TSTORE_NEMESIS_FAULTS=$faults
+  TSTORE_NEMESIS_DURATION=$duration TSTORE_NEMESIS_FAULTS=$faults \
+  TSTORE_NEMESIS_NODE_FLAGS="$node_flags"
 status=0
 nice cargo test -p tstore-tests --test nemesis nemesis_long -- --ignored --nocapture --test-threads 1 \
   2>&1 | tee "$log" || status=$?

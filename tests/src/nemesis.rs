@@ -226,6 +226,9 @@ pub struct RunConfig {
     pub limits: Limits,
     /// How long the cluster may take to heal after a round.
     pub heal_limit: Duration,
+    /// Extra `tstore start` flags for every node, at every (re)start (e.g.
+    /// `--quiet-after-ms 50`, so shards go quiet between operations).
+    pub node_flags: Vec<String>,
 }
 
 impl RunConfig {
@@ -238,6 +241,7 @@ impl RunConfig {
             keep_dir,
             limits: Limits::default(),
             heal_limit: Duration::from_secs(90),
+            node_flags: Vec::new(),
         }
     }
 }
@@ -464,6 +468,11 @@ pub struct Nemesis {
     config: RunConfig,
 }
 
+/// The extra node flags of `config`, as `start_with` takes them.
+fn flags(config: &RunConfig) -> Vec<&str> {
+    config.node_flags.iter().map(String::as_str).collect()
+}
+
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -473,7 +482,7 @@ impl Nemesis {
         let mut cluster = Cluster::new();
         let ids = vec!["n1", "n2", "n3"];
         crate::partition::sweep(cluster.addr(ids[0]).ip());
-        cluster.start_formed(&ids).await;
+        cluster.start_formed_with(&ids, &flags(&config)).await;
         Nemesis {
             cluster,
             ids,
@@ -489,7 +498,9 @@ impl Nemesis {
     pub async fn restart_cluster(&mut self) {
         let mut fresh = Cluster::new();
         crate::partition::sweep(fresh.addr(self.ids[0]).ip());
-        fresh.start_formed(&self.ids).await;
+        fresh
+            .start_formed_with(&self.ids, &flags(&self.config))
+            .await;
         self.cluster = fresh;
     }
 
@@ -709,7 +720,7 @@ impl Nemesis {
             let _ = self.cluster.wait_exit(id, Duration::from_secs(20));
         }
         let others = self.others(id);
-        self.cluster.start(id, &others);
+        self.cluster.start_with(id, &others, &flags(&self.config));
         let via = others[0];
         let replicas = self.config.replicas as usize;
         let _ = self
@@ -750,7 +761,8 @@ impl Nemesis {
         for id in std::mem::take(&mut active.killed) {
             if !self.cluster.is_running(&id) {
                 let others = self.others(&id);
-                self.cluster.start(&id, &others);
+                let flags = flags(&self.config);
+                self.cluster.start_with(&id, &others, &flags);
                 done.push(format!("restarted {id}"));
             }
         }

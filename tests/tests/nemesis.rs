@@ -363,9 +363,15 @@ fn the_checker_reports_undecided_rather_than_hang() {
     assert_eq!(c.keys[0].verdict, Verdict::Undecided, "{}", c.report());
 }
 
+/// `TSTORE_NEMESIS_NODE_FLAGS`: extra `tstore start` flags for every
+/// node, split at whitespace.
 fn config(duration: Duration) -> RunConfig {
     let default = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nemesis");
-    RunConfig::new(duration, keep_dir(&default))
+    let mut config = RunConfig::new(duration, keep_dir(&default));
+    if let Ok(flags) = std::env::var("TSTORE_NEMESIS_NODE_FLAGS") {
+        config.node_flags = flags.split_whitespace().map(str::to_owned).collect();
+    }
+    config
 }
 
 /// The CI set: every round must pass.
