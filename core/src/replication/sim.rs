@@ -1378,7 +1378,20 @@ fn a_silent_learner_holds_the_log_back_only_so_far() {
     }
 }
 
-/// Strong reads admitted so far on `node` (a read is attempted, and
+/// A world whose primary took `writes` writes, then stayed idle (12
+/// heartbeats, 720 ms; quiet after 300) until it went quiet.
+fn quiet_world(writes: u8) -> World {
+    let mut w = World::new();
+    for i in 0..writes {
+        w.apply(Step::Propose(i));
+    }
+    w.settle();
+    w.heartbeats(12);
+    assert!(w.primary.is_quiet(), "idle for 720 ms, quiet after 300");
+    w
+}
+
+/// Whether a strong read on `node` was admitted (it is attempted, and
 /// checked if admitted).
 fn strong_read(w: &mut World, node: &str) -> bool {
     let before = w.reads;
@@ -1388,11 +1401,7 @@ fn strong_read(w: &mut World, node: &str) -> bool {
 
 #[test]
 fn an_idle_shard_goes_quiet_and_a_strong_read_wakes_it_for_one_round_trip() {
-    let mut w = World::new();
-    w.apply(Step::Propose(1));
-    w.settle();
-    w.heartbeats(12);
-    assert!(w.primary.is_quiet(), "idle for 720 ms, quiet after 300");
+    let mut w = quiet_world(1);
     assert!(BACKUPS.iter().all(|b| w.backups[*b].is_quiet()));
     // Quiet: ticks send nothing, for as long as it stays idle.
     for _ in 0..50 {
@@ -1422,11 +1431,7 @@ fn an_idle_shard_goes_quiet_and_a_strong_read_wakes_it_for_one_round_trip() {
 
 #[test]
 fn a_quiet_primary_cut_off_from_a_backup_never_gets_its_lease_back() {
-    let mut w = World::new();
-    w.apply(Step::Propose(1));
-    w.settle();
-    w.heartbeats(12);
-    assert!(w.primary.is_quiet());
+    let mut w = quiet_world(1);
     w.now += cfg().lease + 1;
     // b2 is cut off: the wake-up reaches b1 only.
     assert!(!strong_read(&mut w, P));
@@ -1443,13 +1448,7 @@ fn a_quiet_primary_cut_off_from_a_backup_never_gets_its_lease_back() {
 
 #[test]
 fn a_quiet_primary_deposed_and_woken_never_serves_again() {
-    let mut w = World::new();
-    for i in 0..3u8 {
-        w.apply(Step::Propose(i));
-    }
-    w.settle();
-    w.heartbeats(12);
-    assert!(w.primary.is_quiet());
+    let mut w = quiet_world(3);
     // b1 is promoted while the old primary sleeps; b2 follows it. The old
     // primary's lease from its backups' last answers runs out.
     w.fail_over_to("b1", "b2", 2);
@@ -1466,11 +1465,7 @@ fn a_quiet_primary_deposed_and_woken_never_serves_again() {
 
 #[test]
 fn a_write_to_a_shard_quiet_for_longer_than_its_lease_is_taken_and_commits() {
-    let mut w = World::new();
-    w.apply(Step::Propose(1));
-    w.settle();
-    w.heartbeats(12);
-    assert!(w.primary.is_quiet());
+    let mut w = quiet_world(1);
     w.now += 10 * cfg().lease;
     // Not refused for the lease that lapsed while quiet: the backups have
     // not been asked anything since.
