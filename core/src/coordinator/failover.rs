@@ -46,7 +46,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::silence::{cut_off_nodes, Namings, ShardRef, Silence};
+use super::silence::{cut_off_reasons, Namings, ShardRef, Silence};
 use crate::cluster_map::{
     Away, ClusterMap, MapCommand, NodeId, NodeState, PlacementRule, ReplicaSet, Table,
 };
@@ -177,7 +177,7 @@ pub fn plan(map: &ClusterMap, health: &Health, max_new_copies: usize) -> Vec<Cha
     let mut load = Load::of(map);
     let mut budget = max_new_copies;
     let mut out = Vec::new();
-    let deaf = cut_off_nodes(map, &health.silent, &health.namings);
+    let deaf = cut_off_reasons(map, &health.silent, &health.namings);
     for t in map.tables.values() {
         for s in &t.shards {
             let ctx = Ctx {
@@ -244,7 +244,8 @@ struct Ctx<'a> {
     shard: u32,
     r: &'a ReplicaSet,
     health: &'a Health,
-    deaf: &'a BTreeSet<NodeId>,
+    /// Nodes cut off, with the evidence.
+    deaf: &'a BTreeMap<NodeId, String>,
 }
 
 fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> {
@@ -344,8 +345,11 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
     // 2b. The primary is cut off from the others while gossip still sees
     // it live: promote a backup, drop the primary. The promoted copy waits
     // out the old lease as after a crash.
-    if deaf.contains(&r.primary) && r.backups.len() >= min_copies {
-        let candidates = r.backups.iter().filter(|b| !deaf.contains(*b));
+    if let Some(evidence) = deaf
+        .get(&r.primary)
+        .filter(|_| r.backups.len() >= min_copies)
+    {
+        let candidates = r.backups.iter().filter(|b| !deaf.contains_key(*b));
         let new = promotion_choice(map, t, health, load, candidates)?;
         *load.primaries.entry(new.clone()).or_default() += 1;
         let backups = r.backups.iter().filter(|b| **b != new).cloned().collect();
@@ -355,7 +359,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
             r.learners.clone(),
             format!("promoted {new} to primary (dropped {})", r.primary),
             format!(
-                "primary {} is cut off: the other nodes do not hear it or it does not hear them, though gossip sees it live",
+                "primary {} is cut off: {evidence}, though gossip sees it live",
                 r.primary
             ),
         );
@@ -376,7 +380,7 @@ fn plan_shard(ctx: &Ctx, load: &mut Load, budget: &mut usize) -> Option<Change> 
         if drop_backups {
             silent.extend(r.backups.iter().filter(|n| !heard(n)));
         }
-        if !deaf.contains(&r.primary) && !silent.is_empty() {
+        if !deaf.contains_key(&r.primary) && !silent.is_empty() {
             let list = silent
                 .iter()
                 .map(|n| n.as_str())

@@ -135,7 +135,17 @@ pub fn cut_off_nodes(
     silent: &BTreeMap<ShardRef, Silence>,
     namings: &Namings,
 ) -> BTreeSet<NodeId> {
-    let mut out = BTreeSet::new();
+    cut_off_reasons(map, silent, namings).into_keys().collect()
+}
+
+/// [`cut_off_nodes`], each with the evidence, in words (for the reason
+/// the coordinator records with its decision).
+pub fn cut_off_reasons(
+    map: &ClusterMap,
+    silent: &BTreeMap<ShardRef, Silence>,
+    namings: &Namings,
+) -> BTreeMap<NodeId, String> {
+    let mut out = BTreeMap::new();
     // Reports of the current configurations only.
     let current: Vec<(&ShardRef, &Silence, &crate::cluster_map::ReplicaSet)> = silent
         .iter()
@@ -148,7 +158,7 @@ pub fn cut_off_nodes(
             (r.epoch == report.epoch && r.primary == report.primary).then_some((shard, report, r))
         })
         .collect();
-    for (_, report, r) in &current {
+    for (shard, report, r) in &current {
         if r.backups.is_empty() {
             continue;
         }
@@ -159,7 +169,14 @@ pub fn cut_off_nodes(
                 .any(|(_, o, _)| o.primary != report.primary && o.silent.contains(b))
         };
         if hears_none && r.backups.iter().any(heard_by_others) {
-            out.insert(report.primary.clone());
+            out.entry(report.primary.clone()).or_insert_with(|| {
+                format!(
+                    "it hears none of the backups of {}/{} ({}), which others hear",
+                    shard.0,
+                    shard.1,
+                    r.backups.join(", ")
+                )
+            });
         }
     }
     // Named silent (recently) by two or more primaries that name nobody
@@ -172,7 +189,13 @@ pub fn cut_off_nodes(
     }
     for (node, by) in named {
         if by.len() >= 2 {
-            out.insert(node.clone());
+            out.entry(node.clone()).or_insert_with(|| {
+                let by: Vec<&str> = by.iter().map(|n| n.as_str()).collect();
+                format!(
+                    "the primaries on {} name it silent and nobody else",
+                    by.join(", ")
+                )
+            });
         }
     }
     out
@@ -283,6 +306,10 @@ mod tests {
             cut_off_nodes(&m, &silent, &namings(&silent)),
             BTreeSet::from(["n1".to_string()])
         );
+        assert_eq!(
+            cut_off_reasons(&m, &silent, &namings(&silent))["n1"],
+            "it hears none of the backups of t/0 (n2, n3), which others hear"
+        );
     }
 
     #[test]
@@ -300,6 +327,10 @@ mod tests {
         assert_eq!(
             cut_off_nodes(&m, &silent, &namings(&silent)),
             BTreeSet::from(["n1".to_string()])
+        );
+        assert_eq!(
+            cut_off_reasons(&m, &silent, &namings(&silent))["n1"],
+            "the primaries on n2, n3 name it silent and nobody else"
         );
         // One broken link (n2 does not hear n1, n3 does) cuts nobody off:
         // the silent backup is dropped from that shard instead.
