@@ -43,6 +43,7 @@ use tstore_core::coordinator::failover::{self, Health, ManualOp};
 use tstore_core::coordinator::health::{self, live_peers, HealthMemory, KEY_BOOTSTRAP_EXPECT};
 use tstore_core::coordinator::placement::{self, Candidate, Load};
 use tstore_core::coordinator::replan::Replan;
+use tstore_core::coordinator::silence::cut_off_nodes;
 use tstore_core::coordinator::suspicion::{Suspicions, Verdict};
 use tstore_core::replication::Millis;
 use tstore_core::wire::{ClusterStatus, ControlError, ControlRequest};
@@ -51,6 +52,9 @@ use types::{raft_id, Raft};
 /// How long the coordinator waits for a node reported silent to answer a
 /// ping before it counts the node down (`coordinator::suspicion`).
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+/// A leader a majority of voters answered this recently hears: the silence
+/// rules never count its own node cut off (`health`).
+const QUORUM_FRESH_MS: u64 = 1000;
 
 /// Control-plane settings.
 #[derive(Debug, Clone)]
@@ -565,20 +569,47 @@ impl ControlPlane {
     /// (`tstore_core::coordinator::health`), with what this node remembers
     /// between rounds.
     pub(crate) async fn health(&self, snapshot: &GossipSnapshot, map: &ClusterMap) -> Health {
+        let now = crate::clock::now_ms();
         let mut upkeep = self.inner.upkeep.lock().await;
-        let mut health = health::derive(
-            &self.inner.node_id,
-            snapshot,
-            map,
-            &mut upkeep.health,
-            crate::clock::now_ms(),
-        );
+        let mut health =
+            health::derive(&self.inner.node_id, snapshot, map, &mut upkeep.health, now);
         upkeep
             .suspicions
-            .apply(&self.inner.node_id, &mut health, crate::clock::now_ms());
+            .apply(&self.inner.node_id, &mut health, now);
         upkeep.last_down = health.down.clone();
         health.now_unix_ms = crate::clock::wall_ms();
         health.rereplicate_after_ms = self.inner.settings.rereplicate_after.as_millis() as u64;
+        // A node the silence rules accuse of being cut off is counted so
+        // only once shown deaf: this node while a majority of voters
+        // answers it hears; another is probed (as a primary the backups
+        // report silent), not counted cut off while the probe runs or
+        // after it answers, and held down if it does not answer.
+        let quorum_fresh = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms <= QUORUM_FRESH_MS);
+        let mut probe = Vec::new();
+        for node in cut_off_nodes(map, &health.silent, &health.namings) {
+            if node == self.inner.node_id {
+                if quorum_fresh {
+                    health.hears.insert(node);
+                }
+            } else if !health.down.contains(&node) {
+                if !upkeep.suspicions.answered(&node, now) {
+                    probe.push(node.clone());
+                }
+                health.hears.insert(node);
+            }
+        }
+        drop(upkeep);
+        for node in probe {
+            let control = self.clone();
+            let me = self.inner.node_id.clone();
+            tokio::spawn(async move { control.on_suspect(&me, node, 0).await });
+        }
         health
     }
 

@@ -78,6 +78,13 @@ pub struct Health {
     /// down before copying the shard to another node (rule 4); 0 does not
     /// wait.
     pub rereplicate_after_ms: u64,
+    /// Nodes the silence rules accuse of being cut off that are shown to
+    /// hear: they answered the coordinator's probe, or are the
+    /// coordinator's own node while a majority of voters answers it. Their
+    /// silence is slowness (a node busy starting thousands of copies), not
+    /// deafness, and they are not counted cut off. A node that does not
+    /// answer the probe is held down instead (`suspicion`).
+    pub hears: BTreeSet<NodeId>,
 }
 
 /// One configuration change for one shard.
@@ -177,7 +184,8 @@ pub fn plan(map: &ClusterMap, health: &Health, max_new_copies: usize) -> Vec<Cha
     let mut load = Load::of(map);
     let mut budget = max_new_copies;
     let mut out = Vec::new();
-    let deaf = cut_off_reasons(map, &health.silent, &health.namings);
+    let mut deaf = cut_off_reasons(map, &health.silent, &health.namings);
+    deaf.retain(|node, _| !health.hears.contains(node));
     for t in map.tables.values() {
         for s in &t.shards {
             let ctx = Ctx {
@@ -825,7 +833,21 @@ pub(crate) mod tests {
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert_eq!(changes[0].primary, "n3", "the backup leading nothing yet");
         assert_eq!(changes[0].backups, vec!["n2".to_string()]);
-        assert!(changes[0].why.contains("is cut off"), "{}", changes[0].why);
+        assert_eq!(
+            changes[0].why,
+            "primary n1 is cut off: it hears none of the backups of t/0 (n2, n3), which others hear, though gossip sees it live"
+        );
+        // The same reports about a node shown to hear (it answered the
+        // coordinator's probe: it is slow, not deaf): its shards stay; only
+        // the backup it does not hear would go, were the shard left with
+        // enough copies.
+        let mut slow = h.clone();
+        slow.hears = ["n1".to_string()].into();
+        let kept = plan(&m, &slow, 4);
+        assert!(
+            kept.iter().all(|c| c.table != "t" || c.shard != 0 || c.primary == "n1"),
+            "{kept:?}"
+        );
         assert_eq!(changes[1].primary, "n2");
         assert_eq!(changes[1].backups, vec!["n3".to_string()]);
         assert_eq!(changes[1].what, "dropped n1");

@@ -56,6 +56,7 @@ fn same_but_the_clock(a: &Health, b: &Health) -> bool {
         namings,
         now_unix_ms: _,
         rereplicate_after_ms,
+        hears,
     } = a;
     *live == b.live
         && *down == b.down
@@ -65,6 +66,7 @@ fn same_but_the_clock(a: &Health, b: &Health) -> bool {
         && *suspect == b.suspect
         && *namings == b.namings
         && *rereplicate_after_ms == b.rereplicate_after_ms
+        && *hears == b.hears
 }
 
 #[cfg(test)]

@@ -199,6 +199,14 @@ impl Suspicions {
         }
     }
 
+    /// Whether `node` answered a probe recently (within
+    /// [`SUSPECT_AFTER_MS`] of `now`).
+    pub fn answered(&self, node: &str, now: Millis) -> bool {
+        self.answered_until
+            .get(node)
+            .is_some_and(|until| *until > now)
+    }
+
     /// The nodes held down at `now`.
     pub fn held_down(&mut self, now: Millis) -> BTreeSet<NodeId> {
         self.expire(now);
