@@ -15,7 +15,10 @@
 //!   backups of a shard it leads while some of them is named silent by no
 //!   other primary, or when at least two other primaries name it silent and
 //!   none of them names another node (they hear everyone but it). Its
-//!   shards fail over to a backup. The second test matters because a node
+//!   shards fail over to a backup, once it is shown deaf: the coordinator
+//!   pings it first, and one that answers is slow, not deaf (a node busy
+//!   starting thousands of copies; `failover::Health::hears`), one that
+//!   does not is held down. The second test matters because a node
 //!   that cannot hear soon cannot send either over QUIC (nothing it sends
 //!   is acknowledged), so its own reports may never arrive. Otherwise the
 //!   silent backups are the problem and are dropped from that shard;
