@@ -845,7 +845,8 @@ pub(crate) mod tests {
         slow.hears = ["n1".to_string()].into();
         let kept = plan(&m, &slow, 4);
         assert!(
-            kept.iter().all(|c| c.table != "t" || c.shard != 0 || c.primary == "n1"),
+            kept.iter()
+                .all(|c| c.table != "t" || c.shard != 0 || c.primary == "n1"),
             "{kept:?}"
         );
         assert_eq!(changes[1].primary, "n2");
