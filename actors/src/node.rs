@@ -144,6 +144,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         lmdb_map_size,
         commit_linger,
     } = settings;
+    let lease = lease.unwrap_or_default();
     // The replication clock starts with the process (see `now_ms`).
     crate::clock::now_ms();
     match tls.own_identity() {
@@ -220,7 +221,7 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
             store: store.clone(),
             committer,
             link: link.clone(),
-            lease: lease.unwrap_or_default(),
+            lease,
             retention,
             recovery: recovery.clone(),
             gossip: CopyPublisher::start(membership.clone()),
@@ -257,13 +258,13 @@ pub async fn start_node(settings: NodeSettings) -> Result<NodeHandle, StartError
         identity.node_id.clone(),
         hearing,
         control.clone(),
-        lease.unwrap_or_default().heartbeat,
+        lease.heartbeat,
     ));
     actix::spawn(crate::hearing::send_heartbeats(
         identity.node_id.clone(),
         link.clone(),
         control.clone(),
-        lease.unwrap_or_default().heartbeat,
+        lease.heartbeat,
     ));
     endpoint.serve(Arc::new(NodeService {
         peers,

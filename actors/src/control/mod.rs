@@ -580,10 +580,8 @@ impl ControlPlane {
         health.now_unix_ms = crate::clock::wall_ms();
         health.rereplicate_after_ms = self.inner.settings.rereplicate_after.as_millis() as u64;
         // A node the silence rules accuse of being cut off is counted so
-        // only once shown deaf: this node while a majority of voters
-        // answers it hears; another is probed (as a primary the backups
-        // report silent), not counted cut off while the probe runs or
-        // after it answers, and held down if it does not answer.
+        // only once shown deaf (`Suspicions::screen`); the others are
+        // probed as a primary the backups report silent is.
         let quorum_fresh = self
             .inner
             .raft
@@ -591,21 +589,17 @@ impl ControlPlane {
             .borrow()
             .millis_since_quorum_ack
             .is_some_and(|ms| ms <= QUORUM_FRESH_MS);
-        let mut probe = Vec::new();
-        for node in cut_off_nodes(map, &health.silent, &health.namings) {
-            if node == self.inner.node_id {
-                if quorum_fresh {
-                    health.hears.insert(node);
-                }
-            } else if !health.down.contains(&node) {
-                if !upkeep.suspicions.answered(&node, now) {
-                    probe.push(node.clone());
-                }
-                health.hears.insert(node);
-            }
-        }
+        let accused = cut_off_nodes(map, &health.silent, &health.namings);
+        let screened = upkeep.suspicions.screen(
+            &self.inner.node_id,
+            accused,
+            &health.down,
+            quorum_fresh,
+            now,
+        );
         drop(upkeep);
-        for node in probe {
+        health.hears = screened.hears;
+        for node in screened.probe {
             let control = self.clone();
             let me = self.inner.node_id.clone();
             tokio::spawn(async move { control.on_suspect(&me, node, 0).await });

@@ -650,9 +650,7 @@ impl CopyActor {
                     }
                 }
                 // Reads waiting for the rows: check them again.
-                for wake in self.parked_reads.drain(..) {
-                    let _ = wake.send(());
-                }
+                self.wake_parked_reads();
                 if let Some(logged) = done.logged {
                     let effects = match &mut self.role {
                         Role::Primary(p) => p.on_persisted(logged),
@@ -813,12 +811,10 @@ impl Handler<Replicate> for CopyActor {
         self.run(effects, ctx);
         // Reads held for a lease (a quiet primary woken): check them again
         // once the answers renewed it.
-        if let Role::Primary(p) = &self.role {
-            if !self.parked_reads.is_empty() && p.lease_valid(now_ms()) {
-                for wake in self.parked_reads.drain(..) {
-                    let _ = wake.send(());
-                }
-            }
+        if !self.parked_reads.is_empty()
+            && matches!(&self.role, Role::Primary(p) if p.lease_valid(now_ms()))
+        {
+            self.wake_parked_reads();
         }
         if self.copy.role == LocalRole::Learner {
             self.publish(ctx);
@@ -932,22 +928,30 @@ impl CopyActor {
         };
         let now = now_ms();
         let upto = needs.unwrap_or(p.committed());
-        let wake = match p.read_permit_upto(mode, now, upto) {
-            Err(ReadRefusal::Applying { .. }) => vec![],
+        let (wake, hold) = match p.read_permit_upto(mode, now, upto) {
+            Err(ReadRefusal::Applying { .. }) => (vec![], true),
             // Held once, when it arrives.
             Err(ReadRefusal::NoLease { .. }) if needs.is_none() => {
                 let wake = p.wake(now);
-                if !p.lease_coming(now) {
-                    return None;
-                }
-                wake
+                (wake, p.lease_coming(now))
             }
             _ => return None,
         };
         self.run(wake, ctx);
+        if !hold {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
         self.parked_reads.push(tx);
         Some((rx, upto))
+    }
+
+    /// Wakes every held read (`park_read`) to be checked again: after an
+    /// apply, or once the lease a quiet primary woke up for is back.
+    fn wake_parked_reads(&mut self) {
+        for wake in self.parked_reads.drain(..) {
+            let _ = wake.send(());
+        }
     }
 
     /// A read (point or scan) refused now, held if `park_read` says so:

@@ -135,6 +135,15 @@ pub enum Verdict {
     Confirmed,
 }
 
+/// What [`Suspicions::screen`] makes of the nodes accused of being cut off.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Screened {
+    /// Not counted cut off (`failover::Health::hears`).
+    pub hears: BTreeSet<NodeId>,
+    /// To probe now.
+    pub probe: Vec<NodeId>,
+}
+
 /// Coordinator side: reports, probes and the nodes held down.
 #[derive(Debug, Default)]
 pub struct Suspicions {
@@ -207,6 +216,37 @@ impl Suspicions {
             .is_some_and(|until| *until > now)
     }
 
+    /// Screens the nodes the silence rules accuse of being cut off
+    /// (`silence::cut_off_nodes`): one is counted cut off only once shown
+    /// deaf. `me` (the coordinator's node) hears while a majority of
+    /// voters answers it (`quorum_fresh`). Any other node not already
+    /// `down` hears while a probe of it runs or after it answered one; it
+    /// is to be probed unless it answered recently (a probe that goes
+    /// unanswered holds it down, see [`Suspicions::probed`]).
+    pub fn screen(
+        &self,
+        me: &str,
+        accused: BTreeSet<NodeId>,
+        down: &BTreeSet<NodeId>,
+        quorum_fresh: bool,
+        now: Millis,
+    ) -> Screened {
+        let mut out = Screened::default();
+        for node in accused {
+            if node == me {
+                if quorum_fresh {
+                    out.hears.insert(node);
+                }
+            } else if !down.contains(&node) {
+                if !self.answered(&node, now) {
+                    out.probe.push(node.clone());
+                }
+                out.hears.insert(node);
+            }
+        }
+        out
+    }
+
     /// The nodes held down at `now`.
     pub fn held_down(&mut self, now: Millis) -> BTreeSet<NodeId> {
         self.expire(now);
@@ -272,6 +312,50 @@ mod tests {
         assert!(w.silent(|_| None, now + 10_000).is_empty());
         w.expect(primaries_of(me, &map), now);
         assert!(w.silent(|_| None, now + SUSPECT_AFTER_MS - 1).is_empty());
+    }
+
+    #[test]
+    fn an_accused_node_is_counted_cut_off_only_once_shown_deaf() {
+        let map = map();
+        let mut s = Suspicions::default();
+        let set = |n: &[&str]| n.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        let accused = || set(&["n1", "n2", "n3"]);
+        // n1 is the coordinator's node, n3 is down already.
+        let down = set(&["n3"]);
+        let first = s.screen("n1", accused(), &down, true, 0);
+        assert_eq!(first.hears, set(&["n1", "n2"]));
+        assert_eq!(
+            first.probe,
+            vec!["n2".to_string()],
+            "probed, not yet cut off"
+        );
+        // A leader no majority answers is not shown to hear.
+        assert_eq!(
+            s.screen("n1", accused(), &down, false, 0).hears,
+            set(&["n2"])
+        );
+        // n2 answers: not probed again for a while, still not cut off.
+        assert_eq!(s.report("n2", &map, &down, 0), Verdict::Probe);
+        assert!(!s.probed("n2", true, 0));
+        let answered = s.screen("n1", accused(), &down, true, 10);
+        assert_eq!(
+            (answered.hears, answered.probe),
+            (set(&["n1", "n2"]), vec![])
+        );
+        // Its answer grows old: probed again.
+        let later = s.screen("n1", accused(), &down, true, SUSPECT_AFTER_MS);
+        assert_eq!(later.probe, vec!["n2".to_string()]);
+        // Unanswered: held down, so no longer screened as hearing.
+        assert_eq!(
+            s.report("n2", &map, &down, SUSPECT_AFTER_MS),
+            Verdict::Probe
+        );
+        assert!(s.probed("n2", false, SUSPECT_AFTER_MS));
+        let held = s.held_down(SUSPECT_AFTER_MS);
+        assert!(!s
+            .screen("n1", accused(), &held, true, SUSPECT_AFTER_MS)
+            .hears
+            .contains("n2"));
     }
 
     #[test]

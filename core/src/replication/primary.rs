@@ -235,13 +235,18 @@ impl Primary {
         self.active_at = self.active_at.max(now);
     }
 
+    /// The last activity (a write, a wake-up) or, without one, when this
+    /// primary started.
+    fn idle_since(&self, now: Millis) -> Millis {
+        self.active_at.max(self.since.unwrap_or(now))
+    }
+
     /// Whether the shard may go quiet at `now`: idle for `quiet_after`,
     /// nothing in flight, every peer a backup holding every entry, no old
     /// lease being waited out.
     fn settled(&self, now: Millis) -> bool {
-        let idle_since = self.active_at.max(self.since.unwrap_or(now));
         self.cfg.quiet_after > 0
-            && now.saturating_sub(idle_since) >= self.cfg.quiet_after
+            && now.saturating_sub(self.idle_since(now)) >= self.cfg.quiet_after
             && now >= self.not_before
             && self.handover_from.is_none()
             && self.applied == self.last_seq
@@ -256,7 +261,7 @@ impl Primary {
     /// Goes quiet once settled and every backup answered a `Quiet` sent
     /// since the last activity.
     fn try_quiet(&mut self, now: Millis) {
-        let since = self.active_at.max(self.since.unwrap_or(now));
+        let since = self.idle_since(now);
         if !self.quiet
             && self.settled(now)
             && self
