@@ -180,6 +180,20 @@ pub struct Shard {
     pub index: u32,
     pub range: KeyRange,
     pub replicas: ReplicaSet,
+    /// The shard a split made this one from; `None` for a shard the table
+    /// was created with.
+    pub origin: Option<Origin>,
+}
+
+/// A shard's lineage: split from `parent` when the parent took `epoch`.
+/// Every copy of the child is built from its node's copy of the parent
+/// (`tstore_actors` "Splits"); no row crosses the network to split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub parent: u32,
+    /// The parent's epoch the split started (the child starts at it too).
+    pub epoch: u64,
+    pub at_unix_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,6 +346,20 @@ pub enum MapCommand {
         /// change; a node holding a copy is never away.
         #[serde(default)]
         away: Vec<Away>,
+    },
+    /// Splits a shard in two (elastic tables): the shard keeps the lower
+    /// half of its keys (a range shard, below `at`) or the slot `hash % 2of
+    /// = slot` (a hash shard: `at` is `None`), a new shard, appended with
+    /// the next index, takes the rest. Both have the shard's members, at
+    /// `expect_epoch + 1`; the parent must have no copy being added or
+    /// moved.
+    SplitShard {
+        table: String,
+        shard: u32,
+        expect_epoch: u64,
+        at: Option<RowKey>,
+        why: String,
+        at_unix_ms: u64,
     },
     /// Sets (or with `None` clears) a table's placement rule; the
     /// coordinator then moves its copies where the rule says.
@@ -572,6 +600,7 @@ impl ClusterMap {
                         index: index as u32,
                         range,
                         replicas: set,
+                        origin: None,
                     });
                 }
                 self.next_table_id += 1;
@@ -662,6 +691,77 @@ impl ClusterMap {
                     at_unix_ms: *at_unix_ms,
                     subject: name,
                     what: what.clone(),
+                    why: why.clone(),
+                    epoch: Some(epoch),
+                });
+            }
+            MapCommand::SplitShard {
+                table,
+                shard,
+                expect_epoch,
+                at,
+                why,
+                at_unix_ms,
+            } => {
+                let name = format!("{table}/{shard}");
+                let t = self
+                    .tables
+                    .get_mut(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                let child = t.shards.len() as u32;
+                if child >= MAX_SHARDS {
+                    return Err(MapError::InvalidSplits(format!(
+                        "table {table:?} has {child} shards, the most a table may have"
+                    )));
+                }
+                let s = t.shards.get_mut(*shard as usize).ok_or_else(|| {
+                    MapError::InvalidPlacement(format!("table {table:?} has no shard {shard}"))
+                })?;
+                if s.replicas.epoch != *expect_epoch {
+                    return Err(MapError::StaleEpoch {
+                        shard: name,
+                        expected: *expect_epoch,
+                        now: s.replicas.epoch,
+                    });
+                }
+                if !s.replicas.learners.is_empty() {
+                    return Err(MapError::UnsafeChange {
+                        shard: name,
+                        why: "a copy is being added or moved: split once it is done".into(),
+                    });
+                }
+                let (keep, give) = crate::keys::halves(&s.range, at.as_ref()).ok_or_else(|| {
+                    MapError::InvalidSplits(match at {
+                        Some(k) => format!("{k} is not strictly inside {name}'s keys {}", s.range),
+                        None if matches!(s.range, KeyRange::Range { .. }) => {
+                            format!("{name} is a range shard: give the key to split at")
+                        }
+                        None => format!("{name} cannot be split further"),
+                    })
+                })?;
+                s.range = keep.clone();
+                s.replicas.epoch += 1;
+                let epoch = s.replicas.epoch;
+                // The parent's copies away hold nothing of the child.
+                let replicas = ReplicaSet {
+                    away: vec![],
+                    ..s.replicas.clone()
+                };
+                t.shards.push(Shard {
+                    index: child,
+                    range: give.clone(),
+                    replicas,
+                    origin: Some(Origin {
+                        parent: *shard,
+                        epoch,
+                        at_unix_ms: *at_unix_ms,
+                    }),
+                });
+                self.push_event(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: name,
+                    what: format!("split: keeps {keep}, {table}/{child} takes {give}"),
                     why: why.clone(),
                     epoch: Some(epoch),
                 });
@@ -769,8 +869,13 @@ impl ClusterMap {
     /// Panics if an invariant is broken (tests and debug assertions).
     pub fn check_invariants(&self) {
         for t in self.tables.values() {
-            assert_eq!(t.shards.len() as u32, t.spec.sharding.shard_count());
-            for s in &t.shards {
+            assert!(t.shards.len() as u32 >= t.spec.sharding.shard_count());
+            for (i, s) in t.shards.iter().enumerate() {
+                assert_eq!(
+                    s.index as usize, i,
+                    "{}: shard {i} is named {}",
+                    t.spec.name, s.index
+                );
                 let mut m: Vec<&NodeId> = s.replicas.members().collect();
                 let n = m.len();
                 m.sort();
@@ -945,5 +1050,117 @@ mod tests {
             err,
             "invalid split points: must be strictly increasing, but 10 comes before 5"
         );
+    }
+
+    fn split(
+        m: &mut ClusterMap,
+        table: &str,
+        shard: u32,
+        at: Option<&str>,
+    ) -> Result<(), MapError> {
+        let epoch = m.tables[table].shards[shard as usize].replicas.epoch;
+        m.apply(&MapCommand::SplitShard {
+            table: table.into(),
+            shard,
+            expect_epoch: epoch,
+            at: at.map(RowKey::parse),
+            why: "operator: split-shard".into(),
+            at_unix_ms: 7,
+        })
+    }
+
+    #[test]
+    fn a_split_appends_a_child_with_the_parents_members_and_lineage() {
+        let mut m = map_with_nodes(2);
+        m.apply(&MapCommand::CreateTable {
+            spec: user_spec(),
+            placement: placement(),
+        })
+        .unwrap();
+        split(&mut m, "user", 1, None).unwrap();
+        m.check_invariants();
+        let t = &m.tables["user"];
+        assert_eq!(t.shards.len(), 3);
+        let (parent, child) = (&t.shards[1], &t.shards[2]);
+        assert_eq!(parent.range, KeyRange::HashSlot { slot: 1, of: 4 });
+        assert_eq!(child.range, KeyRange::HashSlot { slot: 3, of: 4 });
+        assert_eq!(parent.replicas.epoch, 2);
+        assert_eq!(child.replicas, parent.replicas);
+        assert_eq!(
+            child.origin,
+            Some(Origin {
+                parent: 1,
+                epoch: 2,
+                at_unix_ms: 7
+            })
+        );
+        let e = m.events.back().unwrap();
+        assert_eq!(e.subject, "user/1");
+        assert_eq!(
+            e.what,
+            "split: keeps hash % 4 = 1, user/2 takes hash % 4 = 3"
+        );
+        // Every key still has exactly one owner, the one `shard_of` names.
+        for k in 0..500 {
+            let k = RowKey::Int(k);
+            let owners: Vec<u32> = t
+                .shards
+                .iter()
+                .filter(|s| s.range.contains(&k))
+                .map(|s| s.index)
+                .collect();
+            assert_eq!(owners, vec![t.shard_of(&k)]);
+        }
+        // A stale plan is refused, and so is a split at a key outside.
+        let err = m
+            .apply(&MapCommand::SplitShard {
+                table: "user".into(),
+                shard: 1,
+                expect_epoch: 1,
+                at: None,
+                why: String::new(),
+                at_unix_ms: 0,
+            })
+            .unwrap_err();
+        assert!(matches!(err, MapError::StaleEpoch { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_range_split_needs_a_key_strictly_inside_the_shard() {
+        let mut m = map_with_nodes(1);
+        let spec = TableSpec {
+            name: "e".into(),
+            key: "ts".into(),
+            sharding: Sharding::Range {
+                splits: vec![RowKey::Int(100)],
+            },
+            replicas: 1,
+            min_copies: 0,
+        };
+        m.apply(&MapCommand::CreateTable {
+            spec,
+            placement: vec![("n1".into(), vec![]); 2],
+        })
+        .unwrap();
+        assert_eq!(
+            split(&mut m, "e", 0, None).unwrap_err().to_string(),
+            "invalid split points: e/0 is a range shard: give the key to split at"
+        );
+        assert_eq!(
+            split(&mut m, "e", 0, Some("100")).unwrap_err().to_string(),
+            "invalid split points: 100 is not strictly inside e/0's keys (-inf, 100)"
+        );
+        split(&mut m, "e", 0, Some("50")).unwrap();
+        split(&mut m, "e", 2, Some("70")).unwrap();
+        m.check_invariants();
+        let t = &m.tables["e"];
+        let ranges: Vec<String> = t.shards.iter().map(|s| s.range.to_string()).collect();
+        assert_eq!(
+            ranges,
+            ["(-inf, 50)", "[100, +inf)", "[50, 70)", "[70, 100)"]
+        );
+        for (k, owner) in [(-5, 0), (50, 2), (69, 2), (70, 3), (99, 3), (100, 1)] {
+            assert_eq!(t.shard_of(&RowKey::Int(k)), owner, "key {k}");
+        }
     }
 }

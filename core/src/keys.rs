@@ -97,14 +97,31 @@ impl RowKey {
         }
     }
 
-    /// The hash slot of this key among `of` slots.
-    pub fn hash_slot(&self, of: u32) -> u32 {
+    /// The key's hash (FNV-1a, 64 bits, of its encoding).
+    pub fn hash(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in self.encode() {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        (h % u64::from(of.max(1))) as u32
+        h
+    }
+
+    /// The hash slot of this key among `of` slots.
+    pub fn hash_slot(&self, of: u32) -> u32 {
+        slot_of(self.hash(), of)
+    }
+}
+
+fn slot_of(hash: u64, of: u32) -> u32 {
+    (hash % u64::from(of.max(1))) as u32
+}
+
+impl KeyRange {
+    /// Whether a key of this `hash` belongs to this hash slot (`false` for
+    /// a range shard).
+    fn holds_hash(&self, hash: u64) -> bool {
+        matches!(self, KeyRange::HashSlot { slot, of } if slot_of(hash, *of) == *slot)
     }
 }
 
@@ -120,13 +137,83 @@ impl KeyRange {
     }
 }
 
+/// The halves of a shard's key space: at `at` for a range shard (`None`:
+/// no key strictly inside it was given), the two hash siblings for a hash
+/// shard.
+pub fn halves(range: &KeyRange, at: Option<&RowKey>) -> Option<(KeyRange, KeyRange)> {
+    match range {
+        KeyRange::HashSlot { slot, of } => {
+            let of2 = of.checked_mul(2)?;
+            Some((
+                KeyRange::HashSlot {
+                    slot: *slot,
+                    of: of2,
+                },
+                KeyRange::HashSlot {
+                    slot: slot + of,
+                    of: of2,
+                },
+            ))
+        }
+        KeyRange::Range { start, end } => {
+            let at = at?;
+            let inside =
+                start.as_ref().is_none_or(|s| at > s) && end.as_ref().is_none_or(|e| at < e);
+            inside.then(|| {
+                (
+                    KeyRange::Range {
+                        start: start.clone(),
+                        end: Some(at.clone()),
+                    },
+                    KeyRange::Range {
+                        start: Some(at.clone()),
+                        end: end.clone(),
+                    },
+                )
+            })
+        }
+    }
+}
+
 impl Table {
     /// The index of the shard that owns `key`.
+    ///
+    /// A shard the table was created with sits where its creation put it
+    /// (`hash % shards`, or its position among the split points) until it
+    /// is split; after a split ([`crate::cluster_map::MapCommand::SplitShard`])
+    /// the owner is the one shard whose range holds the key, found by a
+    /// pass over the shards (a table split into many shards pays that per
+    /// key; an index is future work).
     pub fn shard_of(&self, key: &RowKey) -> u32 {
         match &self.spec.sharding {
-            crate::cluster_map::Sharding::Hash { shards } => key.hash_slot(*shards),
+            crate::cluster_map::Sharding::Hash { shards } => {
+                let hash = key.hash();
+                let guess = slot_of(hash, *shards);
+                if self
+                    .shards
+                    .get(guess as usize)
+                    .is_some_and(|s| s.range.holds_hash(hash))
+                {
+                    return guess;
+                }
+                self.shards
+                    .iter()
+                    .find(|s| s.range.holds_hash(hash))
+                    .map_or(guess, |s| s.index)
+            }
             crate::cluster_map::Sharding::Range { splits } => {
-                splits.partition_point(|s| s <= key) as u32
+                let guess = splits.partition_point(|s| s <= key) as u32;
+                if self
+                    .shards
+                    .get(guess as usize)
+                    .is_some_and(|s| s.range.contains(key))
+                {
+                    return guess;
+                }
+                self.shards
+                    .iter()
+                    .find(|s| s.range.contains(key))
+                    .map_or(guess, |s| s.index)
             }
         }
     }

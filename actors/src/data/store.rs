@@ -45,8 +45,8 @@ use heed::types::Bytes;
 use heed::{Database, Env};
 use serde::{Deserialize, Serialize};
 
-use tstore_core::cluster_map::RowKey;
-use tstore_core::data::ops::{evaluate, OpError, OpResult, RowRecord};
+use tstore_core::cluster_map::{KeyRange, RowKey};
+use tstore_core::data::ops::{evaluate, Op, OpError, OpResult, RowRecord};
 use tstore_core::data::sessions::{decide, ClientRecord, Command, SessionClock};
 use tstore_core::replication::{Epoch, LogEntry, Seq};
 
@@ -301,6 +301,13 @@ fn open<T: for<'de> Deserialize<'de>>(
 }
 
 /// Where a row (or client session) key is, for errors.
+/// The `shard-meta` key saying that copy `id` split `child` off.
+fn split_mark(id: ShardPrefix, child: u32) -> Vec<u8> {
+    let mut k = id.key(b"split");
+    k.extend_from_slice(&child.to_be_bytes());
+    k
+}
+
 fn key_at(id: ShardPrefix, key: &[u8]) -> String {
     match RowKey::decode(key.get(12..).unwrap_or_default()) {
         Some(k) => format!("{id} key {k:?}"),
@@ -570,6 +577,11 @@ impl ShardStore {
             if m.clock.advance(cmd.at_ms) {
                 self.sweep_sessions(wtxn, id, &m.clock)?;
             }
+            if let Op::Split { child, range } = &cmd.op {
+                self.split_in(wtxn, id, *child, range, m.clock)?;
+                results.push((seq, Ok(OpResult::Written { version: seq })));
+                continue;
+            }
             let session_key = id.key(&cmd.id.client.to_bytes());
             let known: Option<ClientRecord> = match self.sessions.get(wtxn, &session_key)? {
                 Some(b) => Some(open("client session", || client_at(id, &session_key), b)?),
@@ -618,6 +630,89 @@ impl ShardStore {
         m.applied = m.applied.max(upto);
         self.meta.put(wtxn, &id.prefix(), &encode(&m))?;
         Ok(results)
+    }
+
+    /// Applies a split marker ([`Op::Split`]): the parent's rows in `range`
+    /// move to shard `child` (their stored bytes as they are: a value's
+    /// checksum does not cover its key), its client sessions are copied
+    /// there, and the child's metadata is written: an empty log, nothing
+    /// applied, the parent's clock. A child this node already holds is left
+    /// alone (a marker logged twice, by two primaries of the parent), but the
+    /// parent's rows in `range` go whatever happens: the parent owns them no
+    /// longer. All in the transaction applying the marker.
+    fn split_in(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        id: ShardPrefix,
+        child: u32,
+        range: &KeyRange,
+        clock: SessionClock,
+    ) -> Result<(), StoreError> {
+        let to = ShardPrefix {
+            table: id.table,
+            shard: child,
+        };
+        let build = self.meta.get(wtxn, &to.prefix())?.is_none();
+        let (from_key, end_key) = match range {
+            KeyRange::Range { start, end } => (
+                id.key(&start.as_ref().map(RowKey::encode).unwrap_or_default()),
+                end.as_ref()
+                    .map_or_else(|| id.next_prefix(), |e| id.key(&e.encode())),
+            ),
+            KeyRange::HashSlot { .. } => (id.key(&[]), id.next_prefix()),
+        };
+        let bounds = (
+            Bound::Included(from_key.as_slice()),
+            Bound::Excluded(end_key.as_slice()),
+        );
+        let mut moving: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for item in self.rows.range(wtxn, &bounds)? {
+            let (k, v) = item?;
+            let key = RowKey::decode(&k[12..]).ok_or_else(|| StoreError::Corrupt {
+                what: "row key",
+                cause: format!("undecodable, in {}", key_at(id, k)),
+            })?;
+            if range.contains(&key) {
+                moving.push((k[12..].to_vec(), v.to_vec()));
+            }
+        }
+        for (k, v) in &moving {
+            self.rows.delete(wtxn, &id.key(k))?;
+            if build {
+                self.rows.put(wtxn, &to.key(k), v)?;
+            }
+        }
+        if build {
+            let sessions: Vec<(Vec<u8>, Vec<u8>)> = self
+                .sessions
+                .prefix_iter(wtxn, &id.prefix())?
+                .map(|r| r.map(|(k, v)| (k[12..].to_vec(), v.to_vec())))
+                .collect::<Result<_, _>>()?;
+            for (k, v) in sessions {
+                self.sessions.put(wtxn, &to.key(&k), &v)?;
+            }
+            let meta = ShardMeta {
+                clock,
+                ..ShardMeta::default()
+            };
+            self.meta.put(wtxn, &to.prefix(), &encode(&meta))?;
+        }
+        self.meta.put(wtxn, &split_mark(id, child), &[])?;
+        Ok(())
+    }
+
+    /// Whether this node holds shard `id` (its metadata was ever written:
+    /// created, installed, or built by a split).
+    pub fn holds(&self, id: ShardPrefix) -> Result<bool, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.meta.get(&rtxn, &id.prefix())?.is_some())
+    }
+
+    /// Whether this copy of `id` has applied the marker splitting `child`
+    /// off it.
+    pub fn split_done(&self, id: ShardPrefix, child: u32) -> Result<bool, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.meta.get(&rtxn, &split_mark(id, child))?.is_some())
     }
 
     /// Deletes the head of the log as `t` says (see [`Truncate`]); returns
@@ -988,7 +1083,15 @@ impl ShardStore {
                 db.delete(&mut wtxn, &k)?;
             }
         }
-        self.meta.delete(&mut wtxn, &p)?;
+        // The metadata and the split marks (`split_mark`).
+        let keys: Vec<Vec<u8>> = self
+            .meta
+            .prefix_iter(&wtxn, &p)?
+            .map(|r| r.map(|(k, _)| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in keys {
+            self.meta.delete(&mut wtxn, &k)?;
+        }
         wtxn.commit()?;
         Ok(())
     }
@@ -1241,6 +1344,80 @@ mod tests {
             })
             .collect();
         assert_eq!(sums[0], sums[1]);
+    }
+
+    #[test]
+    fn a_split_marker_moves_the_childs_rows_and_copies_the_sessions_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let parent = ShardPrefix { table: 1, shard: 0 };
+        let child = ShardPrefix { table: 1, shard: 2 };
+        for (range, owns) in [
+            (
+                KeyRange::Range {
+                    start: Some(RowKey::Int(6)),
+                    end: None,
+                },
+                Box::new(|k: i64| k >= 6) as Box<dyn Fn(i64) -> bool>,
+            ),
+            (
+                KeyRange::HashSlot { slot: 1, of: 2 },
+                Box::new(|k: i64| RowKey::Int(k).hash_slot(2) == 1),
+            ),
+        ] {
+            s.drop_shard(parent).unwrap();
+            s.drop_shard(child).unwrap();
+            let mut log: Vec<LogEntry> = (1..=10).map(|i| entry(i as u64, &put(i))).collect();
+            let split = Op::Split {
+                child: 2,
+                range: range.clone(),
+            };
+            log.push(entry(11, &split));
+            log.push(entry(12, &split)); // logged again by a second primary
+            s.append(parent, &log).unwrap();
+            assert!(!s.holds(child).unwrap());
+            s.apply(parent, 10, "id").unwrap();
+            let all = s.checksum(parent).unwrap();
+            s.apply(parent, 11, "id").unwrap();
+            assert!(s.holds(child).unwrap() && s.split_done(parent, 2).unwrap());
+            // A write to the child after the split, then the second marker.
+            s.append(child, &[request(1, 50, &put(7))]).unwrap();
+            s.apply(child, 1, "id").unwrap();
+            s.apply(parent, 12, "id").unwrap();
+            let keys = |id| -> Vec<i64> {
+                s.scan(id, None, None, 100)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, _)| match k {
+                        RowKey::Int(i) => i,
+                        RowKey::Str(_) => unreachable!(),
+                    })
+                    .collect()
+            };
+            let want_child: Vec<i64> = (1..=10).filter(|k| owns(*k)).collect();
+            let want_parent: Vec<i64> = (1..=10).filter(|k| !owns(*k)).collect();
+            assert_eq!(keys(child), want_child, "{range}");
+            assert_eq!(keys(parent), want_parent, "{range}");
+            assert_eq!(
+                s.get(child, &RowKey::Int(7)).unwrap().unwrap().version,
+                1,
+                "the child's own write survives the second marker"
+            );
+            assert_ne!(s.checksum(parent).unwrap(), all);
+            // The sessions came along: a resend of request 3 to the child
+            // gets its first outcome and writes nothing.
+            assert_eq!(s.session_count(child).unwrap(), 1);
+            let m = s.meta(child).unwrap();
+            assert_eq!((m.logged, m.applied, m.log_start), (1, 1, 1));
+            s.append(child, &[request(2, 3, &put(3))]).unwrap();
+            assert_eq!(
+                s.apply(child, 2, "id").unwrap()[0].1,
+                Ok(OpResult::Written { version: 3 })
+            );
+        }
+        s.drop_shard(parent).unwrap();
+        assert!(!s.split_done(parent, 2).unwrap(), "dropped with the shard");
     }
 
     #[test]

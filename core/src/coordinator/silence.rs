@@ -261,6 +261,7 @@ mod tests {
                             epoch: 1,
                             away: vec![],
                         },
+                        origin: None,
                     })
                     .collect(),
             },

@@ -49,6 +49,15 @@ pub enum Op {
     },
     /// All or nothing, within one shard.
     Batch(Vec<Op>),
+    /// Not a client's write: the marker a shard's primary logs when the map
+    /// splits the shard (`MapCommand::SplitShard`). Every copy applying it
+    /// moves the rows in `range` to shard `child` of the same table and
+    /// copies its client sessions there, at the same position of the log
+    /// (`tstore_actors` store, "Splits").
+    Split {
+        child: u32,
+        range: crate::cluster_map::KeyRange,
+    },
 }
 
 impl Op {
@@ -59,7 +68,7 @@ impl Op {
             | Op::Insert { key, .. }
             | Op::Update { key, .. }
             | Op::Delete { key, .. } => Some(key),
-            Op::Batch(_) => None,
+            Op::Batch(_) | Op::Split { .. } => None,
         }
     }
 }
@@ -257,6 +266,8 @@ fn eval_into(
             }
             Ok(OpResult::Batch(results))
         }
+        // Carried out by the store, which sees both shards.
+        Op::Split { .. } => Ok(OpResult::Written { version: seq }),
     }
 }
 

@@ -44,6 +44,11 @@ pub fn check_op(t: &Table, shard: u32, op: &Op) -> Result<(), DataError> {
             key
         }
         Op::Delete { key, .. } => key,
+        Op::Split { .. } => {
+            return Err(DataError::invalid(
+                "a split is made with `tstore admin split-shard`, not written",
+            ))
+        }
         Op::Batch(ops) => {
             if ops.is_empty() {
                 return Err(DataError::invalid("a batch needs at least one operation"));
@@ -164,6 +169,7 @@ mod tests {
                         epoch: 1,
                         away: vec![],
                     },
+                    origin: None,
                 })
                 .collect(),
         }
