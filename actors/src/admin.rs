@@ -177,6 +177,16 @@ impl Handler<AdminCall> for AdminActor {
                 })
                 .boxed()
             }
+            AdminRequest::SplitShard { table, shard, at } => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.split(table, shard, at).await {
+                        Ok(map_version) => AdminReply::Done { map_version },
+                        Err(e) => AdminReply::Error(e.into()),
+                    }
+                })
+                .boxed()
+            }
             AdminRequest::Shard { table, shard, op } => {
                 let control = self.control.clone();
                 stream::once(async move {

@@ -112,7 +112,7 @@ fn op_index(req: &DataRequest) -> usize {
             ShardRequest::Write { .. } => 0,
             ShardRequest::Get { .. } => 1,
             ShardRequest::Scan { .. } => 2,
-            ShardRequest::Status { .. } => 3,
+            ShardRequest::Status { .. } | ShardRequest::Middle { .. } => 3,
         },
         DataRequest::Copies { .. } => 4,
     }

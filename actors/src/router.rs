@@ -20,7 +20,7 @@ use crate::control::MapView;
 use crate::peer::{PeerMessage, PeerReply};
 use crate::peer_link::{LinkError, PeerLink};
 use crate::shard::local::CopyAddrs;
-use crate::shard::messages::{GetStatus, Read, ScanShard, Write};
+use crate::shard::messages::{GetStatus, MiddleKey, Read, ScanShard, Write};
 use tstore_core::cluster_map::{ClusterMap, Table};
 use tstore_core::data::ops::Op;
 use tstore_core::data::sessions::RequestId;
@@ -196,16 +196,22 @@ impl Router {
                 mode,
                 ..
             } => {
+                // Planned by the map at `epoch`, checked above.
                 let request = ShardRequest::Scan {
                     shard: ShardKey::new(&table, shard),
                     from,
                     to,
                     limit: limit.min(MAX_SCAN),
                     mode,
+                    epoch,
                 };
                 self.read(&map, &table, shard, mode, request).await
             }
             status @ ShardRequest::Status { .. } => Ok(self.call(&self.me, status, false).await),
+            middle @ ShardRequest::Middle { .. } => {
+                self.read(&map, &table, shard, ReadMode::Strong, middle)
+                    .await
+            }
         }
     }
 
@@ -320,6 +326,7 @@ pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
             to,
             limit,
             mode,
+            epoch,
             ..
         } => match copy
             .send(ScanShard {
@@ -328,6 +335,7 @@ pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
                 limit,
                 mode,
                 needs: None,
+                epoch,
             })
             .await
         {
@@ -337,6 +345,11 @@ pub async fn serve_local(local: &CopyAddrs, req: ShardRequest) -> DataReply {
         },
         ShardRequest::Status { checksum, .. } => match copy.send(GetStatus { checksum }).await {
             Ok(s) => DataReply::Status(s),
+            Err(e) => gone(e),
+        },
+        ShardRequest::Middle { .. } => match copy.send(MiddleKey).await {
+            Ok(Ok(r)) => DataReply::Rows(r.into_iter().collect()),
+            Ok(Err(e)) => err(e),
             Err(e) => gone(e),
         },
     }

@@ -13,14 +13,16 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use tstore_core::cluster_map::RowKey;
+use tstore_core::cluster_map::{KeyRange, RowKey};
 use tstore_core::cluster_map::{MapEvent, NodeState, PlacementRule, Table, TableSpec};
 use tstore_core::coordinator::failover::ManualOp;
 use tstore_core::data::ops::RowRecord;
+use tstore_core::shard::ShardKey;
 use tstore_core::view::{GossipChange, GossipSnapshot, Member};
 use tstore_core::wire::ReadMode;
 use tstore_core::wire::{
-    AdminReply, AdminRequest, ClusterStatus, CopyReport, DataReply, DataRequest, NodeStats,
+    AdminReply, AdminRequest, ClusterStatus, CopyReport, DataError, DataReply, DataRequest,
+    NodeStats, ShardRequest,
 };
 use tstore_transport::{ClientSession, Limits, ReplyStream, TlsIdentity};
 
@@ -319,6 +321,64 @@ impl AdminClient {
             rule,
         })
         .await
+    }
+
+    /// Splits `table/shard` in two (elastic tables): a range shard at `at`,
+    /// or at the median key of its rows when `at` is `None`; a hash shard
+    /// into its two hash halves (`at` must be `None`). The halves keep the
+    /// shard's copies (each node splits its own copy) until the rebalancer
+    /// moves one away. Returns the map version that made the split and the
+    /// new shard's index.
+    pub async fn split_shard(
+        &self,
+        table: &str,
+        shard: u32,
+        at: Option<RowKey>,
+    ) -> Result<(u64, u32), ClientError> {
+        let (_, t) = self.describe(table).await?;
+        let s = t.shards.get(shard as usize).ok_or_else(|| {
+            ClientError::Data(DataError::invalid(format!(
+                "table {table:?} has shards 0..{}",
+                t.shards.len()
+            )))
+        })?;
+        let at = match (&s.range, at) {
+            (KeyRange::Range { .. }, None) => {
+                let reply = self
+                    .data(DataRequest::Routed {
+                        epoch: s.replicas.epoch,
+                        request: ShardRequest::Middle {
+                            shard: ShardKey::new(table, shard),
+                        },
+                    })
+                    .await?;
+                match reply {
+                    DataReply::Rows(rows) => match rows.into_iter().next() {
+                        Some((k, _)) => Some(k),
+                        None => {
+                            return Err(ClientError::Data(DataError::invalid(format!(
+                                "{table}/{shard} has no rows: give the key to split it at (--at)"
+                            ))))
+                        }
+                    },
+                    _ => return Err(ClientError::Unexpected("not rows")),
+                }
+            }
+            (KeyRange::HashSlot { .. }, Some(k)) => {
+                return Err(ClientError::Data(DataError::invalid(format!(
+                    "{table}/{shard} is a hash shard: it splits into its two hash halves, not at a key ({k})"
+                ))))
+            }
+            (_, at) => at,
+        };
+        let v = self
+            .done(&AdminRequest::SplitShard {
+                table: table.into(),
+                shard,
+                at,
+            })
+            .await?;
+        Ok((v, t.shards.len() as u32))
     }
 
     /// An operator's change to one shard: promote a backup, move a copy,

@@ -48,7 +48,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::debug;
-use tstore_core::cluster_map::may_hold;
+use tstore_core::cluster_map::{may_hold, KeyRange};
+
+/// Plans a scan makes at most when shards split under it.
+const MAX_SCAN_PLANS: u32 = 8;
 use tstore_core::cluster_map::{RowKey, Table};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{ClientId, RequestId};
@@ -177,32 +180,28 @@ struct Ids {
     /// client time-to-live old.
     current: Option<ClientId>,
     next_seq: u64,
-    /// Requests sent and not yet finished: (id, `table/shard`, sequence
-    /// number). A shard's "first incomplete" mark counts only requests to
-    /// it, so a request stuck on another shard (a failover) does not keep
-    /// this shard remembering every outcome meanwhile.
-    in_flight: BTreeSet<(ClientId, ShardKey, u64)>,
+    /// Requests sent and not yet finished: (id, table, sequence number).
+    /// A request's "first incomplete" mark counts the requests to its
+    /// table, not only to its shard: a split can move a request's key to
+    /// another shard of the table (the one split off), which recognises the
+    /// request by the outcomes it got from the parent, and must not have
+    /// forgotten them because of a mark that left the request out.
+    in_flight: BTreeSet<(ClientId, String, u64)>,
 }
 
 /// Removes a request from the in-flight set when it finishes, however it
 /// finishes (also when its future is dropped).
 struct InFlight<'a> {
     ids: &'a Mutex<Ids>,
-    shard: ShardKey,
+    table: String,
     id: RequestId,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut ids = self.ids.lock().expect("ids lock");
-        let shard = std::mem::replace(
-            &mut self.shard,
-            ShardKey {
-                table: String::new(),
-                index: 0,
-            },
-        );
-        ids.in_flight.remove(&(self.id.client, shard, self.id.seq));
+        let table = std::mem::take(&mut self.table);
+        ids.in_flight.remove(&(self.id.client, table, self.id.seq));
     }
 }
 
@@ -417,9 +416,9 @@ impl Client {
         Err(last)
     }
 
-    /// A new write request's identity for `table/shard`, registered as in
-    /// flight until the returned guard is dropped.
-    fn begin_request(&self, table: &str, shard: u32) -> InFlight<'_> {
+    /// A new write request's identity for `table`, registered as in flight
+    /// until the returned guard is dropped.
+    fn begin_request(&self, table: &str) -> InFlight<'_> {
         let mut ids = self.ids.lock().expect("ids lock");
         let now = (wall_ms() + self.clock_offset_ms.load(Ordering::Relaxed)).max(0) as u64;
         let client = match ids.current {
@@ -436,17 +435,17 @@ impl Client {
         };
         let seq = ids.next_seq;
         ids.next_seq += 1;
-        let shard = ShardKey::new(table, shard);
-        ids.in_flight.insert((client, shard.clone(), seq));
+        let table = table.to_owned();
+        ids.in_flight.insert((client, table.clone(), seq));
         let first_incomplete = ids
             .in_flight
-            .range((client, shard.clone(), 0)..)
+            .range((client, table.clone(), 0)..)
             .next()
-            .filter(|(c, s, _)| *c == client && *s == shard)
+            .filter(|(c, t, _)| *c == client && *t == table)
             .map_or(seq, |(_, _, s)| *s);
         InFlight {
             ids: &self.ids,
-            shard,
+            table,
             id: RequestId {
                 client,
                 seq,
@@ -475,6 +474,8 @@ impl Client {
         loop {
             attempt += 1;
             let route = self.route(table).await?;
+            // A split since the last attempt may have moved the key.
+            let shard = request.shard_in(&route.table).unwrap_or(shard);
             let Some(s) = route.table.shards.get(shard as usize) else {
                 return Err(ClientError::Data(DataError::invalid(format!(
                     "table {table:?} has no shard {shard}"
@@ -513,7 +514,7 @@ impl Client {
             };
             let req = DataRequest::Routed {
                 epoch: s.replicas.epoch,
-                request: request.clone(),
+                request: request.to(shard, s.replicas.epoch),
             };
             let outcome: Result<(), ClientError> = match self.session_to(addr).await {
                 Ok(session) => match self
@@ -731,7 +732,7 @@ impl Client {
     async fn write(&self, table: &str, op: Op) -> Result<OpResult, ClientError> {
         let route = self.route(table).await?;
         let shard = shard_of_write(&route.table, &op)?;
-        let request = self.begin_request(table, shard);
+        let request = self.begin_request(table);
         let req = ShardRequest::Write {
             shard: ShardKey::new(table, shard),
             id: request.id,
@@ -906,6 +907,41 @@ impl Client {
         limit: usize,
         mode_of: &(dyn Fn(u32) -> ReadMode + Sync),
     ) -> Result<Vec<(RowKey, RowRecord)>, ClientError> {
+        // A shard split while the scan ran answers `Stale` (its keys
+        // narrowed); `send` then caches the new map, and the whole scan is
+        // planned again over the new shards, so each row comes once.
+        let layout =
+            |t: &Table| -> Vec<KeyRange> { t.shards.iter().map(|s| s.range.clone()).collect() };
+        let mut plans = 0;
+        loop {
+            plans += 1;
+            let planned = layout(&self.route(table).await?.table);
+            let rows = self
+                .scan_once(table, from.clone(), to.clone(), limit, mode_of)
+                .await?;
+            let now = layout(&self.route(table).await?.table);
+            if now == planned || plans >= MAX_SCAN_PLANS {
+                return if now == planned {
+                    Ok(rows)
+                } else {
+                    Err(ClientError::Data(DataError::unavailable(format!(
+                        "table {table:?} was split {MAX_SCAN_PLANS} times while a scan ran; retry"
+                    ))))
+                };
+            }
+            debug!(%table, "a shard was split while the scan ran; planning it again");
+        }
+    }
+
+    /// One scan over the shards of the map cached now.
+    async fn scan_once(
+        &self,
+        table: &str,
+        from: Option<RowKey>,
+        to: Option<RowKey>,
+        limit: usize,
+        mode_of: &(dyn Fn(u32) -> ReadMode + Sync),
+    ) -> Result<Vec<(RowKey, RowRecord)>, ClientError> {
         let route = self.route(table).await?;
         let limit = limit.min(MAX_SCAN);
         let shards: Vec<u32> = route
@@ -930,6 +966,7 @@ impl Client {
                 to: to.clone(),
                 limit,
                 mode,
+                epoch: 0, // set by `send`, from the route it sends by
             };
             async move {
                 match self.send(table, shard, request, Some(mode)).await? {

@@ -194,6 +194,9 @@ pub struct Origin {
     /// The parent's epoch the split started (the child starts at it too).
     pub epoch: u64,
     pub at_unix_ms: u64,
+    /// The keys the parent gave the child (the child's range at birth; it
+    /// narrows if the child is split in turn).
+    pub range: KeyRange,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -755,6 +758,7 @@ impl ClusterMap {
                         parent: *shard,
                         epoch,
                         at_unix_ms: *at_unix_ms,
+                        range: give.clone(),
                     }),
                 });
                 self.push_event(MapEvent {
@@ -1091,7 +1095,8 @@ mod tests {
             Some(Origin {
                 parent: 1,
                 epoch: 2,
-                at_unix_ms: 7
+                at_unix_ms: 7,
+                range: KeyRange::HashSlot { slot: 3, of: 4 },
             })
         );
         let e = m.events.back().unwrap();

@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_map::{ClusterMap, ReplicaSet};
+use crate::cluster_map::{ClusterMap, KeyRange, ReplicaSet, Table};
 
 /// One shard of one table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -65,6 +65,20 @@ pub struct LocalCopy {
     pub key_column: String,
     /// Members the configuration needs for the primary to take writes.
     pub min_copies: usize,
+    /// The keys the shard owns: the copy refuses a request for another key
+    /// (a client routing by a map from before a split) as stale.
+    pub range: KeyRange,
+    /// The epoch at which `range` last narrowed (the newest split of the
+    /// shard; 0 for none): a scan planned by an older map is refused as
+    /// stale, since it does not know where the rest of its keys went.
+    pub range_epoch: u64,
+    /// The shards split off this one: `(child, the keys it was given, the
+    /// epoch of the split)`. The primary logs a split marker for each one
+    /// its copy has not applied yet (`tstore_actors` shard actor, "Splits").
+    pub children: Vec<(u32, KeyRange, u64)>,
+    /// The shard this one was split from: a member copy not yet built by
+    /// its node's copy of the parent waits for it.
+    pub split_from: Option<u32>,
 }
 
 /// One change to the copies running on this node.
@@ -98,10 +112,24 @@ pub fn wanted(map: &ClusterMap, me: &str) -> BTreeMap<ShardKey, LocalCopy> {
                     table_id: t.id,
                     key_column: t.spec.key.clone(),
                     min_copies: t.spec.min_copies(),
+                    range: s.range.clone(),
+                    range_epoch: children(t, s.index).map(|c| c.2).max().unwrap_or(0),
+                    children: children(t, s.index).collect(),
+                    split_from: s.origin.as_ref().map(|o| o.parent),
                 },
             )
         })
         .collect()
+}
+
+/// The shards split off shard `index` of `t`, with the keys each was given.
+fn children(t: &Table, index: u32) -> impl Iterator<Item = (u32, KeyRange, u64)> + '_ {
+    t.shards.iter().filter_map(move |c| {
+        c.origin
+            .as_ref()
+            .filter(|o| o.parent == index)
+            .map(|o| (c.index, o.range.clone(), o.epoch))
+    })
 }
 
 /// The changes that bring `running` to what `map` gives node `me`.

@@ -57,19 +57,60 @@ pub enum ShardRequest {
         to: Option<RowKey>,
         limit: usize,
         mode: ReadMode,
+        /// The shard's epoch in the map the scan was planned by: a copy
+        /// whose keys narrowed since (a split) refuses it as stale, since
+        /// the plan misses the shard that took the rest.
+        epoch: u64,
     },
     /// The copy's replication state (and a checksum of its rows if asked).
     Status { shard: ShardKey, checksum: bool },
+    /// The median key of the shard's rows (at its primary), where
+    /// `split-shard` splits a range shard by default: answered as
+    /// [`DataReply::Rows`] with that one row, or none for an empty shard.
+    Middle { shard: ShardKey },
 }
 
 impl ShardRequest {
+    /// The shard of `t` that owns the request's key (a write's, a point
+    /// read's), `None` for a request that names no key (a scan or a
+    /// status is for the shard it names).
+    pub fn shard_in(&self, t: &Table) -> Option<u32> {
+        match self {
+            ShardRequest::Write { op, .. } => crate::data::validate::shard_of_write(t, op).ok(),
+            ShardRequest::Get { key, .. } => Some(t.shard_of(key)),
+            ShardRequest::Scan { .. }
+            | ShardRequest::Status { .. }
+            | ShardRequest::Middle { .. } => None,
+        }
+    }
+
+    /// The request for shard `index` of its table, a scan planned at the
+    /// shard's `epoch`.
+    pub fn to(&self, index: u32, epoch: u64) -> ShardRequest {
+        let mut r = self.clone();
+        match &mut r {
+            ShardRequest::Write { shard, .. }
+            | ShardRequest::Get { shard, .. }
+            | ShardRequest::Status { shard, .. }
+            | ShardRequest::Middle { shard } => shard.index = index,
+            ShardRequest::Scan {
+                shard, epoch: e, ..
+            } => {
+                shard.index = index;
+                *e = epoch;
+            }
+        }
+        r
+    }
+
     /// The shard the request is for.
     pub fn shard(&self) -> &ShardKey {
         match self {
             ShardRequest::Write { shard, .. }
             | ShardRequest::Get { shard, .. }
             | ShardRequest::Scan { shard, .. }
-            | ShardRequest::Status { shard, .. } => shard,
+            | ShardRequest::Status { shard, .. }
+            | ShardRequest::Middle { shard } => shard,
         }
     }
 }
@@ -448,6 +489,12 @@ pub enum ControlRequest {
         shard: u32,
         op: ManualOp,
     },
+    /// Split a shard (`MapCommand::SplitShard`).
+    Split {
+        table: String,
+        shard: u32,
+        at: Option<RowKey>,
+    },
     SetPlacement {
         table: String,
         rule: Option<PlacementRule>,
@@ -509,6 +556,13 @@ pub enum AdminRequest {
     SetPlacement {
         table: String,
         rule: Option<PlacementRule>,
+    },
+    /// Splits a shard in two: a range shard at `at` (a key strictly inside
+    /// it), a hash shard into its two hash halves (`at` is `None`).
+    SplitShard {
+        table: String,
+        shard: u32,
+        at: Option<RowKey>,
     },
 }
 

@@ -214,6 +214,18 @@ pub enum AdminCommand {
         #[arg(long)]
         to: String,
     },
+    /// Split a shard in two, online: `split-shard events/0 --at 5000` (a
+    /// range shard; default: the median key of its rows), `split-shard
+    /// user/3` (a hash shard: into its two hash halves). Each copy splits
+    /// its own data; the rebalancer then moves one half away.
+    SplitShard {
+        /// TABLE/SHARD
+        shard: String,
+        /// The key the upper half starts at (range shards only): an integer,
+        /// or a string.
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Switch a shard's primary to one of its backups: `promote user/3 --node n3`.
     Promote {
         /// TABLE/SHARD
@@ -677,6 +689,17 @@ async fn admin(
                 json,
                 v,
                 &format!("moving {shard} to {to}: it becomes a backup once caught up"),
+            )?;
+        }
+        AdminCommand::SplitShard { shard, at } => {
+            let (t, i) = parse_shard(&shard)?;
+            let (v, child) = client
+                .split_shard(&t, i, at.as_deref().map(RowKey::parse))
+                .await?;
+            done(
+                json,
+                v,
+                &format!("split {shard}: {t}/{child} takes half of its keys"),
             )?;
         }
         AdminCommand::Promote { shard, node } => {

@@ -51,9 +51,30 @@ fn grid<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 }
 
 fn sharding(t: &Table) -> String {
-    match &t.spec.sharding {
-        Sharding::Hash { shards } => format!("hash, {shards} shards"),
-        Sharding::Range { splits } => format!("range, {} shards", splits.len() + 1),
+    let (kind, created) = match &t.spec.sharding {
+        Sharding::Hash { shards } => ("hash", *shards as usize),
+        Sharding::Range { splits } => ("range", splits.len() + 1),
+    };
+    let now = t.shards.len();
+    if now == created {
+        format!("{kind}, {now} shards")
+    } else {
+        format!("{kind}, {now} shards ({created} at creation)")
+    }
+}
+
+/// Where a shard came from: `-` for one the table was created with, else
+/// `split from <parent> at <time>`.
+fn lineage(t: &Table, s: &tstore_core::cluster_map::Shard) -> String {
+    match &s.origin {
+        None => "-".into(),
+        Some(o) => format!(
+            "split from {}/{} at epoch {}, {}",
+            t.spec.name,
+            o.parent,
+            o.epoch,
+            clock(o.at_unix_ms)
+        ),
     }
 }
 
@@ -95,7 +116,7 @@ fn table_line(map_version: u64, t: &Table) -> String {
 /// One table and its shards.
 pub fn table(map_version: u64, t: &Table) -> String {
     let mut out = table_line(map_version, t);
-    let rows: Vec<[String; 5]> = t
+    let rows: Vec<[String; 6]> = t
         .shards
         .iter()
         .map(|s| {
@@ -105,11 +126,12 @@ pub fn table(map_version: u64, t: &Table) -> String {
                 s.replicas.primary.clone(),
                 or_dash(&s.replicas.backups.join(",")).to_owned(),
                 s.replicas.epoch.to_string(),
+                lineage(t, s),
             ]
         })
         .collect();
     out.push_str(&grid(
-        ["SHARD", "KEYS", "PRIMARY", "BACKUPS", "EPOCH"],
+        ["SHARD", "KEYS", "PRIMARY", "BACKUPS", "EPOCH", "ORIGIN"],
         &rows,
     ));
     out
@@ -215,6 +237,9 @@ pub fn table_with_copies(
         ],
         &rows,
     ));
+    for s in t.shards.iter().filter(|s| s.origin.is_some()) {
+        let _ = writeln!(out, "{}/{}: {}", t.spec.name, s.index, lineage(t, s));
+    }
     let busy: Vec<String> = reports
         .iter()
         .filter_map(|r| {

@@ -37,7 +37,7 @@ use tstore_transport::Endpoint;
 use crate::peer::{PeerMessage, PeerReply, RaftRpc, RaftRpcReply};
 use store::{LogStore, MapState, StateMachine};
 use tstore_core::cluster_map::{
-    ClusterMap, MapCommand, NodeState, PlacementRule, Table, TableSpec,
+    ClusterMap, MapCommand, NodeState, PlacementRule, RowKey, Table, TableSpec,
 };
 use tstore_core::coordinator::failover::{self, Health, ManualOp};
 use tstore_core::coordinator::health::{self, live_peers, HealthMemory, KEY_BOOTSTRAP_EXPECT};
@@ -716,6 +716,18 @@ impl ControlPlane {
             .await
     }
 
+    /// Splits a shard in two (`MapCommand::SplitShard`): its copies then
+    /// split their data locally (the shard actor, "Splits").
+    pub async fn split(
+        &self,
+        table: String,
+        shard: u32,
+        at: Option<RowKey>,
+    ) -> Result<u64, ControlError> {
+        self.on_leader(ControlRequest::Split { table, shard, at })
+            .await
+    }
+
     /// Marks a node draining (its copies move away) or active again.
     pub async fn set_node_state(
         &self,
@@ -802,6 +814,39 @@ impl ControlPlane {
                 })
                 .await
                 .map(|v| (v, None))
+            }
+            ControlRequest::Split { table, shard, at } => {
+                self.confirm_leadership().await?;
+                let map = self.map();
+                let t = map
+                    .tables
+                    .get(&table)
+                    .ok_or_else(|| ControlError::no_such_table(&table, &map))?;
+                let s = t.shards.get(shard as usize).ok_or_else(|| {
+                    ControlError::Refused(format!(
+                        "table {table:?} has shards 0..{}",
+                        t.shards.len()
+                    ))
+                })?;
+                // The split is carried out by the parent's copies: every
+                // member must be there to build its half.
+                let snapshot = self.inner.membership.snapshot().await;
+                let health = self.health(&snapshot, &map).await;
+                if let Some(n) = s.replicas.members().find(|n| !health.live.contains(*n)) {
+                    return Err(ControlError::Refused(format!(
+                        "{n}, a member of {table}/{shard}, is not live: split once the shard has all its copies"
+                    )));
+                }
+                let cmd = MapCommand::SplitShard {
+                    table: table.clone(),
+                    shard,
+                    expect_epoch: s.replicas.epoch,
+                    at,
+                    why: "operator: split-shard".into(),
+                    at_unix_ms: crate::clock::wall_ms(),
+                };
+                info!(shard = %format!("{table}/{shard}"), "operator split");
+                self.write(cmd).await.map(|v| (v, None))
             }
             ControlRequest::Manual { table, shard, op } => {
                 self.confirm_leadership().await?;

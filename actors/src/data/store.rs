@@ -301,6 +301,12 @@ fn open<T: for<'de> Deserialize<'de>>(
 }
 
 /// Where a row (or client session) key is, for errors.
+/// The `shard-meta` key saying that copy `id` was built: by the split that
+/// made its shard, or from a snapshot.
+fn born_mark(id: ShardPrefix) -> Vec<u8> {
+    id.key(b"born")
+}
+
 /// The `shard-meta` key saying that copy `id` split `child` off.
 fn split_mark(id: ShardPrefix, child: u32) -> Vec<u8> {
     let mut k = id.key(b"split");
@@ -652,7 +658,8 @@ impl ShardStore {
             table: id.table,
             shard: child,
         };
-        let build = self.meta.get(wtxn, &to.prefix())?.is_none();
+        // Not `meta`: the node may have recorded the child's epoch already.
+        let build = self.meta.get(wtxn, &born_mark(to))?.is_none();
         let (from_key, end_key) = match range {
             KeyRange::Range { start, end } => (
                 id.key(&start.as_ref().map(RowKey::encode).unwrap_or_default()),
@@ -696,16 +703,33 @@ impl ShardStore {
                 ..ShardMeta::default()
             };
             self.meta.put(wtxn, &to.prefix(), &encode(&meta))?;
+            self.meta.put(wtxn, &born_mark(to), &[])?;
         }
         self.meta.put(wtxn, &split_mark(id, child), &[])?;
         Ok(())
     }
 
-    /// Whether this node holds shard `id` (its metadata was ever written:
-    /// created, installed, or built by a split).
-    pub fn holds(&self, id: ShardPrefix) -> Result<bool, StoreError> {
+    /// The median row of a shard copy (by key order), `None` when it has no
+    /// row: two passes over its keys (a count, then half of it).
+    pub fn middle_key(&self, id: ShardPrefix) -> Result<Option<(RowKey, RowRecord)>, StoreError> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.meta.get(&rtxn, &id.prefix())?.is_some())
+        let rows = self.rows.prefix_iter(&rtxn, &id.prefix())?.count();
+        let Some(item) = self.rows.prefix_iter(&rtxn, &id.prefix())?.nth(rows / 2) else {
+            return Ok(None);
+        };
+        let (k, v) = item?;
+        let key = RowKey::decode(&k[12..]).ok_or_else(|| StoreError::Corrupt {
+            what: "row key",
+            cause: format!("undecodable, in {}", key_at(id, k)),
+        })?;
+        Ok(Some((key, open("row", || key_at(id, k), v)?)))
+    }
+
+    /// Whether this node's copy of `id` was built by a split or a snapshot
+    /// install (a copy of a shard split off another waits for it).
+    pub fn built(&self, id: ShardPrefix) -> Result<bool, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.meta.get(&rtxn, &born_mark(id))?.is_some())
     }
 
     /// Whether this copy of `id` has applied the marker splitting `child`
@@ -1066,6 +1090,7 @@ impl ShardStore {
             log_bytes: 0,
         };
         self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
+        self.meta.put(&mut wtxn, &born_mark(id), &[])?;
         wtxn.commit()?;
         Ok(())
     }
@@ -1376,11 +1401,12 @@ mod tests {
             log.push(entry(11, &split));
             log.push(entry(12, &split)); // logged again by a second primary
             s.append(parent, &log).unwrap();
-            assert!(!s.holds(child).unwrap());
+            s.record_epochs(&[(child, 2)]).unwrap(); // the node saw the map first
+            assert!(!s.built(child).unwrap());
             s.apply(parent, 10, "id").unwrap();
             let all = s.checksum(parent).unwrap();
             s.apply(parent, 11, "id").unwrap();
-            assert!(s.holds(child).unwrap() && s.split_done(parent, 2).unwrap());
+            assert!(s.built(child).unwrap() && s.split_done(parent, 2).unwrap());
             // A write to the child after the split, then the second marker.
             s.append(child, &[request(1, 50, &put(7))]).unwrap();
             s.apply(child, 1, "id").unwrap();

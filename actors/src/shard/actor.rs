@@ -31,6 +31,20 @@
 //! that reflects at least what it had acknowledged, so the primary's view of
 //! it holds. A primary fails instead (`fail`): it refuses reads and writes.
 //!
+//! Splits (elastic tables): when the map splits a shard
+//! (`MapCommand::SplitShard`), the parent's primary logs a split marker
+//! (`Op::Split`) as it takes the new epoch, and logs it again in any later
+//! epoch until its own copy has applied one. Every copy of the parent applies
+//! the marker at the same log position: the child's rows move to the
+//! child's storage and the client sessions are copied there, in the apply's
+//! transaction (`ShardStore::split_in`). The child's member copies start
+//! [`Role::Splitting`]: they wait until their node's copy of the parent has
+//! built them, then go on as copies of a new shard (empty log, the rows
+//! already there). No row crosses the network. From the new epoch on, the
+//! parent refuses as stale a request for a key it gave away, and a scan
+//! planned by an older map (`LocalCopy::range_epoch`): the client refreshes
+//! its map and finds the child.
+//!
 //! Each copy reports its state (role, epoch, `copying` or `ready` for a
 //! learner, a primary's silent backups, `failed`) to the node's
 //! [`CopyPublisher`], which shows every copy of the node in gossip as one
@@ -46,7 +60,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use tstore_membership::Membership;
 
-use super::messages::{GetStatus, Read, Reconfigure, Replicate, ScanShard, StopCopy, Write};
+use super::messages::{
+    GetStatus, MiddleKey, Read, Reconfigure, Replicate, ScanShard, StopCopy, Write,
+};
 use super::publish::CopyPublisher;
 use super::snapshot::{self, Fetch, Installed};
 use crate::clock::{now_ms, wall_ms};
@@ -68,7 +84,7 @@ use tstore_core::replication::{
 };
 use tstore_core::shard::{LocalCopy, LocalRole, ShardKey};
 use tstore_core::wire::ReadMode;
-use tstore_core::wire::{CopyStatus, DataError};
+use tstore_core::wire::{CopyStatus, DataError, ErrorKind};
 
 /// Pause before a failed snapshot is asked for again.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
@@ -100,7 +116,28 @@ enum Role {
     Backup(Backup),
     /// A learner fetching its snapshot.
     Installing,
+    /// A member of a shard split off another, waiting for this node's copy
+    /// of the parent to apply the split marker that builds it (since when).
+    Splitting(Instant),
 }
+
+/// How often a copy waiting for its split checks whether it was built.
+const SPLIT_CHECK: Duration = Duration::from_millis(20);
+/// A copy waiting longer than this for its split says so in the log, again
+/// every such period.
+const SPLIT_WARN: Duration = Duration::from_secs(10);
+
+/// The request identity of a split marker: never admitted as a client's
+/// request (the store applies a marker before looking at sessions).
+const SPLIT_MARKER_ID: tstore_core::data::sessions::RequestId =
+    tstore_core::data::sessions::RequestId {
+        client: tstore_core::data::sessions::ClientId {
+            started_ms: 0,
+            nonce: 0,
+        },
+        seq: 0,
+        first_incomplete: 0,
+    };
 
 type Reply = oneshot::Sender<Result<OpResult, DataError>>;
 
@@ -151,6 +188,8 @@ pub struct CopyActor {
     withdrawn: bool,
     /// A tick is scheduled (`keep_ticking`).
     ticking: bool,
+    /// Split markers this primary has logged in its epoch: `(epoch, child)`.
+    markers: std::collections::BTreeSet<(u64, u32)>,
 }
 
 /// Reads one copy holds at most while its rows catch up with its commit
@@ -187,11 +226,103 @@ impl CopyActor {
             ticket,
             withdrawn: false,
             ticking: false,
+            markers: Default::default(),
         };
+        if actor.awaits_split() {
+            actor.role = Role::Splitting(Instant::now());
+            return actor;
+        }
         // Installing (a snapshot) unless what this node holds serves; a
         // restarted copy's hello is sent once the actor runs.
         let _ = actor.take_role(None, false, None);
         actor
+    }
+
+    /// A member copy of a shard split off another that this node has not
+    /// built yet: its copy of the parent will (a learner copies a
+    /// snapshot instead, as always).
+    fn awaits_split(&self) -> bool {
+        self.copy.split_from.is_some()
+            && self.copy.role != LocalRole::Learner
+            && !self.env.store.built(self.id).unwrap_or(false)
+    }
+
+    /// While [`Role::Splitting`]: checks every [`SPLIT_CHECK`] whether the
+    /// parent's copy here has built this one, then takes the copy's role.
+    fn wait_for_split(&mut self, ctx: &mut Context<Self>) {
+        let Role::Splitting(since) = self.role else {
+            return;
+        };
+        if self.awaits_split() {
+            let waited = since.elapsed();
+            if waited >= SPLIT_WARN && (waited - SPLIT_WARN) < SPLIT_CHECK {
+                warn!(shard = %self.key, parent = ?self.copy.split_from, secs = waited.as_secs(), "still waiting for this node's copy of the parent to apply the split");
+                self.role = Role::Splitting(Instant::now() - SPLIT_CHECK);
+            }
+            ctx.run_later(SPLIT_CHECK, |act, ctx| act.wait_for_split(ctx));
+            return;
+        }
+        info!(shard = %self.key, parent = ?self.copy.split_from, ms = since.elapsed().as_millis() as u64, "built by the split of the parent's copy here");
+        self.role = Role::Installing;
+        match self.take_role(None, false, None) {
+            Some(effects) => {
+                self.run(effects, ctx);
+                self.after_configure(ctx);
+                self.log_split_markers(ctx);
+                self.publish(ctx);
+                self.keep_ticking(ctx);
+            }
+            None => self.copy_afresh(ctx),
+        }
+    }
+
+    /// The primary of a shard that was split logs the split marker of each
+    /// child its copy has not applied yet, once per epoch (module docs,
+    /// "Splits"). Logged before any write of the epoch can be: every entry
+    /// after it is for the keys the shard kept.
+    fn log_split_markers(&mut self, ctx: &mut Context<Self>) {
+        let epoch = self.copy.replicas.epoch;
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        let mut effects = Vec::new();
+        for (child, range, at) in &self.copy.children {
+            if *at > epoch || self.markers.contains(&(epoch, *child)) {
+                continue;
+            }
+            match self.env.store.split_done(self.id, *child) {
+                Ok(false) => {}
+                Ok(true) => continue,
+                Err(e) => {
+                    warn!(shard = %self.key, child, error = %e, "cannot read whether the split was applied; logging its marker");
+                }
+            }
+            let cmd = Command {
+                id: SPLIT_MARKER_ID,
+                at_ms: wall_ms(),
+                op: tstore_core::data::ops::Op::Split {
+                    child: *child,
+                    range: range.clone(),
+                },
+            };
+            let bytes = postcard::to_stdvec(&cmd).expect("encodable");
+            match p.propose(bytes, now_ms()) {
+                Ok((seq, fx)) => {
+                    info!(shard = %self.key, child, seq, epoch, "logged the split marker");
+                    self.markers.insert((epoch, *child));
+                    effects.extend(fx);
+                }
+                Err(e) => {
+                    // Waiting out the old lease (or no lease): the next
+                    // tick tries again.
+                    debug!(shard = %self.key, child, error = %e, "split marker not logged yet");
+                }
+            }
+        }
+        self.markers.retain(|(e, _)| *e == epoch);
+        if !effects.is_empty() {
+            self.run(effects, ctx);
+        }
     }
 
     /// Builds the state machine for the copy's role from what this node
@@ -640,7 +771,7 @@ impl CopyActor {
                     let effects = match &mut self.role {
                         Role::Primary(p) => p.on_applied(upto),
                         Role::Backup(b) => b.on_applied(upto),
-                        Role::Installing => vec![],
+                        Role::Installing | Role::Splitting(_) => vec![],
                     };
                     self.run(effects, ctx);
                 }
@@ -655,7 +786,7 @@ impl CopyActor {
                     let effects = match &mut self.role {
                         Role::Primary(p) => p.on_persisted(logged),
                         Role::Backup(b) => b.on_persisted(logged),
-                        Role::Installing => vec![],
+                        Role::Installing | Role::Splitting(_) => vec![],
                     };
                     self.run(effects, ctx);
                 }
@@ -682,11 +813,12 @@ impl Actor for CopyActor {
         self.rebuild_due = false; // an installing copy copies anyway
         match &self.role {
             Role::Installing => self.install(ctx),
+            Role::Splitting(_) => return self.wait_for_split(ctx),
             Role::Backup(b) => {
                 let hello = b.hello().into_iter().collect();
                 self.run(hello, ctx);
             }
-            Role::Primary(_) => {}
+            Role::Primary(_) => self.log_split_markers(ctx),
         }
         self.keep_ticking(ctx);
     }
@@ -720,6 +852,9 @@ impl CopyActor {
             // heartbeating): the coordinator replaces it.
             self.publish(ctx);
             return;
+        }
+        if !self.copy.children.is_empty() {
+            self.log_split_markers(ctx);
         }
         if let Role::Primary(p) = &mut self.role {
             let effects = p.on_tick(now_ms());
@@ -761,12 +896,19 @@ impl Handler<Reconfigure> for CopyActor {
             self.publish(ctx);
             return; // the snapshot being copied stays valid
         }
+        if matches!(self.role, Role::Splitting(_)) {
+            if self.copy.role == LocalRole::Learner {
+                self.copy_afresh(ctx);
+            }
+            return; // built by the parent's copy, then configured
+        }
         self.flush_now(ctx);
         match self.take_role(Some(from), led_before, old_primary) {
             Some(effects) => {
                 // A new primary (effects or not) ticks from now.
                 self.run(effects, ctx);
                 self.after_configure(ctx);
+                self.log_split_markers(ctx);
                 self.publish(ctx);
             }
             None => self.copy_afresh(ctx),
@@ -806,7 +948,7 @@ impl Handler<Replicate> for CopyActor {
         let effects = match &mut self.role {
             Role::Primary(p) => p.on_message(&from, msg, now_ms()),
             Role::Backup(b) => b.on_message(&from, msg, now_ms()),
-            Role::Installing => return,
+            Role::Installing | Role::Splitting(_) => return,
         };
         self.run(effects, ctx);
         // Reads held for a lease (a quiet primary woken): check them again
@@ -828,6 +970,9 @@ impl Handler<Write> for CopyActor {
     fn handle(&mut self, Write { id, op }: Write, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(e) = self.unavailable() {
             return Box::pin(async move { Err(DataError::unavailable(e)) });
+        }
+        if let Err(e) = self.owns_op(&op) {
+            return Box::pin(async move { Err(e) });
         }
         let Role::Primary(p) = &mut self.role else {
             let primary = self.copy.replicas.primary.clone();
@@ -885,6 +1030,32 @@ impl Handler<Write> for CopyActor {
 }
 
 impl CopyActor {
+    /// A request for a key this shard gave away in a split: the client
+    /// routed by a map from before it. Refused as stale, so that it
+    /// refreshes its map and goes to the shard that owns the key now.
+    fn gave_away(&self, key: &RowKey) -> DataError {
+        DataError::new(
+            ErrorKind::Stale,
+            format!(
+                "shard {} no longer holds key {key}: it was split at epoch {} and holds {}; refresh the map",
+                self.key, self.copy.range_epoch, self.copy.range
+            ),
+        )
+    }
+
+    /// Whether every key `op` writes is this shard's.
+    fn owns_op(&self, op: &tstore_core::data::ops::Op) -> Result<(), DataError> {
+        use tstore_core::data::ops::Op;
+        match op {
+            Op::Batch(ops) => ops.iter().try_for_each(|o| self.owns_op(o)),
+            Op::Split { .. } => Err(DataError::invalid("a split marker is not a client's write")),
+            other => match other.key() {
+                Some(k) if !self.copy.range.contains(k) => Err(self.gave_away(k)),
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// Whether this copy may serve a read in `mode` now: its state machine
     /// decides (`read_permit`: the primary under its lease, a backup in
     /// sync with its primary, rows holding what the read needs). `needs`:
@@ -893,8 +1064,14 @@ impl CopyActor {
         if let Some(e) = self.unavailable() {
             return Err(DataError::unavailable(e));
         }
+        if let Role::Splitting(_) = self.role {
+            return Err(DataError::unavailable(format!(
+                "shard {} is being split off its parent; retry",
+                self.key
+            )));
+        }
         let permit = match (&self.role, needs) {
-            (Role::Installing, _) => Err(ReadRefusal::Copying),
+            (Role::Installing | Role::Splitting(_), _) => Err(ReadRefusal::Copying),
             (Role::Primary(p), Some(n)) => p.read_permit_upto(mode, now_ms(), n),
             (Role::Primary(p), None) => p.read_permit(mode, now_ms()),
             (Role::Backup(b), _) => {
@@ -1002,6 +1179,9 @@ impl Handler<Read> for CopyActor {
     type Result = Response<Result<Option<RowRecord>, DataError>>;
 
     fn handle(&mut self, read: Read, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.copy.range.contains(&read.key) {
+            return Response::reply(Err(self.gave_away(&read.key)));
+        }
         let permit = self.check_read_upto(read.mode, read.needs);
         if permit.is_err() {
             let (mode, needs, held) = (read.mode, read.needs, read.clone());
@@ -1027,6 +1207,15 @@ impl Handler<ScanShard> for CopyActor {
     type Result = Response<Result<Vec<(RowKey, RowRecord)>, DataError>>;
 
     fn handle(&mut self, s: ScanShard, ctx: &mut Context<Self>) -> Self::Result {
+        if s.epoch < self.copy.range_epoch {
+            return Response::reply(Err(DataError::new(
+                ErrorKind::Stale,
+                format!(
+                    "shard {} was split at epoch {} and holds {} now; the scan was planned at epoch {}: refresh the map",
+                    self.key, self.copy.range_epoch, self.copy.range, s.epoch
+                ),
+            )));
+        }
         let permit = self.check_read_upto(s.mode, s.needs);
         if let Err(e) = permit {
             let (mode, needs, held) = (s.mode, s.needs, s.clone());
@@ -1048,6 +1237,27 @@ impl Handler<ScanShard> for CopyActor {
     }
 }
 
+impl Handler<MiddleKey> for CopyActor {
+    type Result = Result<Option<(RowKey, RowRecord)>, DataError>;
+
+    fn handle(&mut self, _: MiddleKey, ctx: &mut Context<Self>) -> Self::Result {
+        // A hint for where to split, not a read: any copy's rows serve.
+        if let Some(e) = self.unavailable() {
+            return Err(DataError::unavailable(e));
+        }
+        if matches!(self.role, Role::Installing | Role::Splitting(_)) {
+            return Err(DataError::unavailable(format!(
+                "shard {} is being built here; retry",
+                self.key
+            )));
+        }
+        self.env
+            .store
+            .middle_key(self.id)
+            .map_err(|e| self.read_failed("finding the median key", e, ctx))
+    }
+}
+
 impl Handler<GetStatus> for CopyActor {
     type Result = MessageResult<GetStatus>;
 
@@ -1059,7 +1269,7 @@ impl Handler<GetStatus> for CopyActor {
         // Counting rows is a scan: done only with the checksum. It checks
         // every stored value, so corruption found shows here at once.
         let verified = match (checksum, &self.role) {
-            (false, _) | (_, Role::Installing) => None,
+            (false, _) | (_, Role::Installing | Role::Splitting(_)) => None,
             _ => match self.env.store.verify(self.id) {
                 Ok(v) => Some(v),
                 Err(e) => {
@@ -1078,6 +1288,12 @@ impl Handler<GetStatus> for CopyActor {
                 self.corrupt.as_deref().unwrap_or_default(),
                 self.copied.0.load(Ordering::Relaxed),
                 self.copied.1.load(Ordering::Relaxed)
+            ),
+            (None, Role::Splitting(since)) => format!(
+                "splitting: waiting {} ms for this node's copy of {}/{} to build it",
+                since.elapsed().as_millis(),
+                self.key.table,
+                self.copy.split_from.unwrap_or_default()
             ),
             (None, Role::Installing) => format!(
                 "copying: {} rows, {} bytes so far",
@@ -1105,7 +1321,7 @@ impl Handler<GetStatus> for CopyActor {
             quiet: match &self.role {
                 Role::Primary(p) => p.is_quiet(),
                 Role::Backup(b) => b.is_quiet(),
-                Role::Installing => false,
+                Role::Installing | Role::Splitting(_) => false,
             },
         })
     }

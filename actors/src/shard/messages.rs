@@ -65,7 +65,14 @@ pub struct ScanShard {
     pub mode: ReadMode,
     /// As [`Read::needs`]: set on a scan the primary held.
     pub needs: Option<u64>,
+    /// The shard's epoch the scan was planned at (`ShardRequest::Scan`).
+    pub epoch: u64,
 }
+
+/// The median key of the copy's rows, with its row (`ShardRequest::Middle`).
+#[derive(Message)]
+#[rtype(result = "Result<Option<(RowKey, RowRecord)>, DataError>")]
+pub struct MiddleKey;
 
 /// The copy's replication state.
 #[derive(Message)]
