@@ -117,6 +117,44 @@ impl fmt::Display for KeyRange {
     }
 }
 
+/// The halves of a shard's key space: at `at` for a range shard (`None`:
+/// no key strictly inside it was given), the two hash siblings for a hash
+/// shard.
+pub fn halves(range: &KeyRange, at: Option<&RowKey>) -> Option<(KeyRange, KeyRange)> {
+    match range {
+        KeyRange::HashSlot { slot, of } => {
+            let of2 = of.checked_mul(2)?;
+            Some((
+                KeyRange::HashSlot {
+                    slot: *slot,
+                    of: of2,
+                },
+                KeyRange::HashSlot {
+                    slot: slot + of,
+                    of: of2,
+                },
+            ))
+        }
+        KeyRange::Range { start, end } => {
+            let at = at?;
+            let inside =
+                start.as_ref().is_none_or(|s| at > s) && end.as_ref().is_none_or(|e| at < e);
+            inside.then(|| {
+                (
+                    KeyRange::Range {
+                        start: start.clone(),
+                        end: Some(at.clone()),
+                    },
+                    KeyRange::Range {
+                        start: Some(at.clone()),
+                        end: end.clone(),
+                    },
+                )
+            })
+        }
+    }
+}
+
 /// Who holds a shard: the PacificA configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSet {
@@ -733,7 +771,7 @@ impl ClusterMap {
                         why: "a copy is being added or moved: split once it is done".into(),
                     });
                 }
-                let (keep, give) = crate::keys::halves(&s.range, at.as_ref()).ok_or_else(|| {
+                let (keep, give) = halves(&s.range, at.as_ref()).ok_or_else(|| {
                     MapError::InvalidSplits(match at {
                         Some(k) => format!("{k} is not strictly inside {name}'s keys {}", s.range),
                         None if matches!(s.range, KeyRange::Range { .. }) => {

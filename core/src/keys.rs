@@ -137,44 +137,6 @@ impl KeyRange {
     }
 }
 
-/// The halves of a shard's key space: at `at` for a range shard (`None`:
-/// no key strictly inside it was given), the two hash siblings for a hash
-/// shard.
-pub fn halves(range: &KeyRange, at: Option<&RowKey>) -> Option<(KeyRange, KeyRange)> {
-    match range {
-        KeyRange::HashSlot { slot, of } => {
-            let of2 = of.checked_mul(2)?;
-            Some((
-                KeyRange::HashSlot {
-                    slot: *slot,
-                    of: of2,
-                },
-                KeyRange::HashSlot {
-                    slot: slot + of,
-                    of: of2,
-                },
-            ))
-        }
-        KeyRange::Range { start, end } => {
-            let at = at?;
-            let inside =
-                start.as_ref().is_none_or(|s| at > s) && end.as_ref().is_none_or(|e| at < e);
-            inside.then(|| {
-                (
-                    KeyRange::Range {
-                        start: start.clone(),
-                        end: Some(at.clone()),
-                    },
-                    KeyRange::Range {
-                        start: Some(at.clone()),
-                        end: end.clone(),
-                    },
-                )
-            })
-        }
-    }
-}
-
 impl Table {
     /// The index of the shard that owns `key`.
     ///

@@ -584,7 +584,7 @@ impl ShardStore {
                 self.sweep_sessions(wtxn, id, &m.clock)?;
             }
             if let Op::Split { child, range } = &cmd.op {
-                self.split_in(wtxn, id, *child, range, m.clock)?;
+                self.split_in(wtxn, id, seq, *child, range, m.clock)?;
                 results.push((seq, Ok(OpResult::Written { version: seq })));
                 continue;
             }
@@ -638,11 +638,15 @@ impl ShardStore {
         Ok(results)
     }
 
-    /// Applies a split marker ([`Op::Split`]): the parent's rows in `range`
-    /// move to shard `child` (their stored bytes as they are: a value's
-    /// checksum does not cover its key), its client sessions are copied
-    /// there, and the child's metadata is written: an empty log, nothing
-    /// applied, the parent's clock. A child this node already holds is left
+    /// Applies a split marker ([`Op::Split`]), entry `seq` of the parent:
+    /// the parent's rows in `range` move to shard `child` (their stored
+    /// bytes as they are: a value's checksum does not cover its key), its
+    /// client sessions are copied there, and the child's metadata is
+    /// written: the parent's clock, and a log that goes on from `seq` (as a
+    /// copy installed from a snapshot at `seq`), so that a row's version,
+    /// the seq of the entry that wrote it, keeps growing across the split
+    /// (a version check never mistakes a new row for an old one) and a
+    /// client's read-your-writes position stays meaningful. A child this node already holds is left
     /// alone (a marker logged twice, by two primaries of the parent), but the
     /// parent's rows in `range` go whatever happens: the parent owns them no
     /// longer. All in the transaction applying the marker.
@@ -650,6 +654,7 @@ impl ShardStore {
         &self,
         wtxn: &mut heed::RwTxn,
         id: ShardPrefix,
+        seq: Seq,
         child: u32,
         range: &KeyRange,
         clock: SessionClock,
@@ -699,8 +704,12 @@ impl ShardStore {
                 self.sessions.put(wtxn, &to.key(&k), &v)?;
             }
             let meta = ShardMeta {
+                epoch: 0,
+                logged: seq,
+                applied: seq,
                 clock,
-                ..ShardMeta::default()
+                log_start: seq + 1,
+                log_bytes: 0,
             };
             self.meta.put(wtxn, &to.prefix(), &encode(&meta))?;
             self.meta.put(wtxn, &born_mark(to), &[])?;
@@ -918,6 +927,20 @@ impl ShardStore {
         to: Option<&RowKey>,
         limit: usize,
     ) -> Result<Vec<(RowKey, RowRecord)>, StoreError> {
+        self.scan_within(id, from, to, limit, &|_| true)
+    }
+
+    /// [`ShardStore::scan`] of the rows whose key `owns` says are the
+    /// copy's (a copy that has not applied a split yet still holds rows it
+    /// no longer owns): the others are skipped, not counted in `limit`.
+    pub fn scan_within(
+        &self,
+        id: ShardPrefix,
+        from: Option<&RowKey>,
+        to: Option<&RowKey>,
+        limit: usize,
+        owns: &dyn Fn(&RowKey) -> bool,
+    ) -> Result<Vec<(RowKey, RowRecord)>, StoreError> {
         let rtxn = self.env.read_txn()?;
         let start = id.key(&from.map(|k| k.encode()).unwrap_or_default());
         let end = id.next_prefix();
@@ -935,7 +958,9 @@ impl ShardStore {
             if to.is_some_and(|t| key >= *t) || out.len() >= limit {
                 break;
             }
-            out.push((key, open("row", || key_at(id, k), v)?));
+            if owns(&key) {
+                out.push((key, open("row", || key_at(id, k), v)?));
+            }
         }
         Ok(out)
     }
@@ -1407,9 +1432,12 @@ mod tests {
             let all = s.checksum(parent).unwrap();
             s.apply(parent, 11, "id").unwrap();
             assert!(s.built(child).unwrap() && s.split_done(parent, 2).unwrap());
+            // The child's log goes on from the marker's position.
+            let m = s.meta(child).unwrap();
+            assert_eq!((m.logged, m.applied, m.log_start), (11, 11, 12));
             // A write to the child after the split, then the second marker.
-            s.append(child, &[request(1, 50, &put(7))]).unwrap();
-            s.apply(child, 1, "id").unwrap();
+            s.append(child, &[request(12, 50, &put(7))]).unwrap();
+            s.apply(child, 12, "id").unwrap();
             s.apply(parent, 12, "id").unwrap();
             let keys = |id| -> Vec<i64> {
                 s.scan(id, None, None, 100)
@@ -1427,18 +1455,16 @@ mod tests {
             assert_eq!(keys(parent), want_parent, "{range}");
             assert_eq!(
                 s.get(child, &RowKey::Int(7)).unwrap().unwrap().version,
-                1,
+                12,
                 "the child's own write survives the second marker"
             );
             assert_ne!(s.checksum(parent).unwrap(), all);
             // The sessions came along: a resend of request 3 to the child
             // gets its first outcome and writes nothing.
             assert_eq!(s.session_count(child).unwrap(), 1);
-            let m = s.meta(child).unwrap();
-            assert_eq!((m.logged, m.applied, m.log_start), (1, 1, 1));
-            s.append(child, &[request(2, 3, &put(3))]).unwrap();
+            s.append(child, &[request(13, 3, &put(3))]).unwrap();
             assert_eq!(
-                s.apply(child, 2, "id").unwrap()[0].1,
+                s.apply(child, 13, "id").unwrap()[0].1,
                 Ok(OpResult::Written { version: 3 })
             );
         }

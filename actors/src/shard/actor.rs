@@ -1227,10 +1227,16 @@ impl Handler<ScanShard> for CopyActor {
                 .hold(mode, needs, ctx, again)
                 .unwrap_or_else(|| Response::reply(Err(e)));
         }
+        // Only the shard's own keys: a copy that has not applied the split
+        // marker yet still holds the keys it gave away.
+        // (A shard never split holds only its own keys.)
+        let (range, split) = (&self.copy.range, self.copy.range_epoch > 0);
         let res = self
             .env
             .store
-            .scan(self.id, s.from.as_ref(), s.to.as_ref(), s.limit)
+            .scan_within(self.id, s.from.as_ref(), s.to.as_ref(), s.limit, &|k| {
+                !split || range.contains(k)
+            })
             .map_err(|e| self.read_failed("scan", e, ctx));
         debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
         Response::reply(res)

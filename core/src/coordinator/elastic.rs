@@ -136,7 +136,7 @@ impl ElasticMemory {
     }
 }
 
-pub use crate::keys::halves;
+pub use crate::cluster_map::halves;
 
 /// The key space of `a` and `b` merged, if they are neighbours: range
 /// shards where one ends where the other starts, hash shards that are

@@ -27,6 +27,13 @@
 //!    are primaries, one such shard's primary is first handed over (cleanly,
 //!    as `promote` does) to the backup leading the fewest shards, and the
 //!    round ends; a later round moves the copy;
+//!
+//!    1b. **halves apart**: with nothing to do by rule 1, a backup copy of
+//!    a shard split off another and still on exactly its parent's nodes
+//!    moves to the least loaded node holding neither half, if that node
+//!    holds fewer copies than the source (the primary's copy, after a
+//!    handover, when no backup's can) (elastic tables: a split spreads load
+//!    only once its halves are apart);
 //! 2. **primaries**: with no move in flight and nothing left to do by rule 1,
 //!    while a node leads at least two more shards than one of its backups
 //!    there, it hands one over to that backup (a clean handover, as
@@ -227,24 +234,41 @@ impl Planner<'_> {
         load
     }
 
-    /// Rule 1.
+    /// Rule 1, then rule 1b.
     fn copies(&mut self, budget: &mut usize) {
         let mut load = self.copy_load();
         while *budget > 0 {
-            let Some(CopyMove {
-                table,
-                shard,
-                from,
-                to,
-                handover_first,
-            }) = self.best_copy_move(&load)
-            else {
-                return;
+            let (
+                CopyMove {
+                    table,
+                    shard,
+                    from,
+                    to,
+                    handover_first,
+                },
+                why,
+            ) = match self.best_copy_move(&load) {
+                Some(m) => {
+                    let why = format!(
+                        "rebalance: {from} holds {} copies, {to} holds {}",
+                        load[&m.from],
+                        load[&m.to],
+                        from = m.from,
+                        to = m.to
+                    );
+                    (m, why)
+                }
+                None => match self.sibling_move(&load) {
+                    Some((m, parent)) => {
+                        let why = format!(
+                            "rebalance: {}/{} was split off {}/{parent} and sits on the same nodes; {} holds {} copies, {} holds {}",
+                            m.table, m.shard, m.table, m.from, load[&m.from], m.to, load[&m.to]
+                        );
+                        (m, why)
+                    }
+                    None => return,
+                },
             };
-            let why = format!(
-                "rebalance: {from} holds {} copies, {to} holds {}",
-                load[&from], load[&to]
-            );
             *budget -= 1;
             if handover_first {
                 let r = &self.map.tables[&table].shards[shard as usize].replicas;
@@ -272,6 +296,64 @@ impl Planner<'_> {
                 self.push(&table, shard, ManualOp::Move { from, to }, why);
             }
         }
+    }
+
+    /// Rule 1b, **halves apart**: a shard split off another (elastic
+    /// tables) starts on its parent's nodes, so the split spreads nothing
+    /// until one half moves. With rule 1 satisfied, a backup copy of such a
+    /// child moves to the least loaded node holding neither half, if that
+    /// node holds fewer copies than the source (so the sum of squares of
+    /// the copy counts does not grow, and rule 1 never moves it back).
+    /// Returns the move and the parent's index.
+    fn sibling_move(&self, load: &BTreeMap<NodeId, usize>) -> Option<(CopyMove, u32)> {
+        for t in self.map.tables.values() {
+            for s in &t.shards {
+                let Some(parent) = s
+                    .origin
+                    .as_ref()
+                    .and_then(|o| t.shards.get(o.parent as usize))
+                else {
+                    continue;
+                };
+                let (r, pr) = (&s.replicas, &parent.replicas);
+                let holders: BTreeSet<&NodeId> = r.holders().collect();
+                if holders != pr.holders().collect::<BTreeSet<_>>()
+                    || !self.free(&t.spec.name, s.index, r)
+                {
+                    continue;
+                }
+                let target = load
+                    .iter()
+                    .filter(|(n, _)| !holders.contains(n))
+                    .min_by_key(|(n, k)| (**k, (*n).clone()));
+                let Some((to, to_load)) = target else {
+                    continue;
+                };
+                let fuller = |n: &NodeId| load.get(n).is_some_and(|k| k > to_load);
+                let from = r
+                    .backups
+                    .iter()
+                    .filter(|b| fuller(b))
+                    .max_by_key(|b| (load[*b], std::cmp::Reverse((*b).clone())));
+                // Else the primary's copy, once it has handed over.
+                let (from, handover_first) = match from {
+                    Some(b) => (b, false),
+                    None if fuller(&r.primary) && !r.backups.is_empty() => (&r.primary, true),
+                    None => continue,
+                };
+                return Some((
+                    CopyMove {
+                        table: t.spec.name.clone(),
+                        shard: s.index,
+                        from: from.clone(),
+                        to: to.clone(),
+                        handover_first,
+                    },
+                    parent.index,
+                ));
+            }
+        }
+        None
     }
 
     /// The move of rule 1 to make next. Among the pairs of
@@ -426,6 +508,72 @@ mod tests {
     }
 
     use crate::coordinator::failover::tests::commit;
+
+    /// The two halves of a split start on the same nodes; with copies
+    /// balanced within one (rule 1 idle), rule 1b moves a copy of the child
+    /// to a node holding neither half, once, and then nothing more.
+    #[test]
+    fn the_halves_of_a_split_are_moved_apart() {
+        let mut m = cluster(&["", "", "", ""], &[(2, 2)]);
+        let holders = |m: &ClusterMap, s: usize| -> BTreeSet<NodeId> {
+            m.tables["t0"].shards[s]
+                .replicas
+                .holders()
+                .cloned()
+                .collect()
+        };
+        assert!(holders(&m, 0).is_disjoint(&holders(&m, 1)));
+        let epoch = m.tables["t0"].shards[0].replicas.epoch;
+        m.apply(&MapCommand::SplitShard {
+            table: "t0".into(),
+            shard: 0,
+            expect_epoch: epoch,
+            at: None,
+            why: String::new(),
+            at_unix_ms: 0,
+        })
+        .unwrap();
+        let health = all_live(&m);
+        let changes = plan(&m, &health, 2);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].shard, 2);
+        assert!(
+            changes[0].why.contains("was split off t0/0"),
+            "{}",
+            changes[0].why
+        );
+        commit(&mut m, &changes);
+        // The learner catches up and is swapped in (the failover planner's
+        // part), then nothing more moves.
+        let r = m.tables["t0"].shards[2].replicas.clone();
+        let (learner, leaving) = r.moves[0].clone();
+        m.apply(&MapCommand::SetReplicas {
+            table: "t0".into(),
+            shard: 2,
+            expect_epoch: r.epoch,
+            primary: r.primary.clone(),
+            backups: r
+                .backups
+                .iter()
+                .filter(|b| **b != leaving)
+                .cloned()
+                .chain([learner])
+                .collect(),
+            learners: vec![],
+            moves: vec![],
+            what: String::new(),
+            why: String::new(),
+            at_unix_ms: 0,
+            away: vec![],
+        })
+        .unwrap();
+        assert_ne!(holders(&m, 0), holders(&m, 2));
+        let next = plan(&m, &health, 2);
+        assert!(
+            next.iter().all(|c| c.learners.is_empty()),
+            "no copy moves again: {next:?}"
+        );
+    }
 
     /// A table with a placement rule is the operator's: a fourth node
     /// holding nothing gets none of its copies, while the same table

@@ -1,0 +1,342 @@
+//! Elastic tables with real processes: shards split online under a write
+//! load, a scan running across a split, and a kill -9 in the middle of one.
+//! Every check is on what the clients saw (each acknowledged write, with
+//! its row and version) and on every copy's checksum, not only on the final
+//! contents.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use tstore_client::cluster_map::{KeyRange, NodeId, RowKey, Sharding, Table, TableSpec};
+use tstore_client::data::ReadMode;
+use tstore_tests::checks::assert_nothing_lost;
+use tstore_tests::load::Load;
+use tstore_tests::Cluster;
+
+const HEAL_LIMIT: Duration = Duration::from_secs(90);
+
+fn spec(name: &str, sharding: Sharding, replicas: u32) -> TableSpec {
+    TableSpec {
+        name: name.into(),
+        key: "id".into(),
+        sharding,
+        replicas,
+        min_copies: 0,
+    }
+}
+
+fn holders(t: &Table, shard: u32) -> BTreeSet<NodeId> {
+    t.shards[shard as usize]
+        .replicas
+        .holders()
+        .cloned()
+        .collect()
+}
+
+/// Splits `table/shard` through `via`, retrying while the shard is busy
+/// (a copy being moved by the rebalancer); returns the new shard's index.
+async fn split(c: &Cluster, via: &str, table: &str, shard: u32, at: Option<RowKey>) -> u32 {
+    let (child, _) = c
+        .poll(
+            &format!("split {table}/{shard}"),
+            Duration::from_secs(30),
+            || {
+                let at = at.clone();
+                async move {
+                    let client = c.client(via).await?;
+                    let r = client.split_shard(table, shard, at).await;
+                    client.close().await;
+                    match r {
+                        Ok((_, child)) => Ok(Some(child)),
+                        Err(e) => {
+                            eprintln!("split {table}/{shard}: {e}; retrying");
+                            Ok(None)
+                        }
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+    child
+}
+
+/// Four nodes, two copies per shard: a hash table of one shard and a range
+/// table of two, each written by four writers. Both split while the writers
+/// run (the hash shard into its hash halves, the range shard at a key
+/// between two writers' keys). Afterwards: every acknowledged write is there
+/// once, with its acknowledged row, in one history per shard; every copy of
+/// every shard holds the same rows; the halves end up apart (rebalancing);
+/// and every writer kept getting writes acknowledged across the split.
+#[tokio::test]
+async fn a_hash_and_a_range_shard_split_under_a_write_load_lose_and_repeat_nothing() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3", "n4"];
+    c.start_formed(&ids).await;
+    c.create_table("n1", spec("h", Sharding::Hash { shards: 1 }, 2))
+        .await;
+    c.create_table(
+        "n1",
+        spec(
+            "r",
+            Sharding::Range {
+                splits: vec![RowKey::Int(2_000_000)],
+            },
+            2,
+        ),
+    )
+    .await;
+    let addrs: Vec<_> = ids.iter().map(|n| c.addr(n)).collect();
+    let certs = c.certs().path().to_path_buf();
+    let hash_load = Load::start(addrs.clone(), certs.clone(), "h", 4, 1_000_000);
+    let range_load = Load::start(addrs, certs, "r", 4, 1_000_000);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let split_at = Instant::now();
+    let h_child = split(&c, "n2", "h", 0, None).await;
+    // Writers 0 and 1 write below 2,000,000: the split gives writer 1's
+    // keys to the new shard.
+    let r_child = split(&c, "n3", "r", 0, Some(RowKey::Int(1_000_000))).await;
+    eprintln!(
+        "split h/0 (into h/{h_child}) and r/0 (into r/{r_child}) in {:?}",
+        split_at.elapsed()
+    );
+    let client = c.client("n1").await.unwrap();
+    let (_, h) = client.describe("h").await.unwrap();
+    assert_eq!(h.shards[1].range, KeyRange::HashSlot { slot: 1, of: 2 });
+    let (_, r) = client.describe("r").await.unwrap();
+    assert_eq!(
+        r.shards[r_child as usize].range,
+        KeyRange::Range {
+            start: Some(RowKey::Int(1_000_000)),
+            end: Some(RowKey::Int(2_000_000)),
+        }
+    );
+
+    // The rebalancer moves one half away from the other.
+    let ((h, r), took) = c
+        .poll("the halves apart", HEAL_LIMIT, || async {
+            let client = c.client("n1").await?;
+            let (_, h) = client.describe("h").await.map_err(|e| e.to_string())?;
+            let (_, r) = client.describe("r").await.map_err(|e| e.to_string())?;
+            client.close().await;
+            let apart = holders(&h, 0) != holders(&h, h_child)
+                && holders(&r, 0) != holders(&r, r_child)
+                && h.shards
+                    .iter()
+                    .chain(&r.shards)
+                    .all(|s| s.replicas.learners.is_empty());
+            Ok(apart.then_some((h, r)))
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "halves apart {took:?} later: h/0 on {:?}, h/{h_child} on {:?}; r/0 on {:?}, r/{r_child} on {:?}",
+        holders(&h, 0),
+        holders(&h, h_child),
+        holders(&r, 0),
+        holders(&r, r_child)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let after = Instant::now();
+    let hash_report = assert_nothing_lost(&c, "n1", "h", hash_load).await;
+    let range_report = assert_nothing_lost(&c, "n1", "r", range_load).await;
+    // Every writer was acknowledged after the split, on both halves.
+    for (report, t, child) in [(&hash_report, &h, h_child), (&range_report, &r, r_child)] {
+        let shards_after: BTreeSet<u32> = report
+            .acked
+            .iter()
+            .filter(|(_, a)| a.tried > split_at)
+            .map(|(k, _)| t.shard_of(&RowKey::Int(*k)))
+            .collect();
+        assert!(
+            shards_after.contains(&0) && shards_after.contains(&child),
+            "{}: writes acknowledged after the split reached only {shards_after:?}",
+            t.spec.name
+        );
+    }
+    for table in ["h", "r"] {
+        c.wait_healthy("n1", table, HEAL_LIMIT).await.unwrap();
+    }
+    eprintln!(
+        "every copy identical {:?} after the loads stopped",
+        after.elapsed()
+    );
+    // The events name the splits.
+    let (_, events) = client.events().await.unwrap();
+    for name in ["h/0", "r/0"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.subject == name && e.what.starts_with("split: ")),
+            "no split event for {name}: {events:?}"
+        );
+    }
+    client.close().await;
+}
+
+/// Rows written first; then scans of the whole table (strong, and from any
+/// in-sync copy) run one after another while its shards split (twice). Each scan returns every row once, in key
+/// order: a scan planned before a split that reaches the parent after it is
+/// refused as stale and planned again.
+#[tokio::test]
+async fn a_scan_running_across_a_split_returns_every_row_once_in_order() {
+    let mut c = Cluster::new();
+    c.start_formed(&["n1", "n2", "n3"]).await;
+    c.create_table(
+        "n1",
+        spec(
+            "s",
+            Sharding::Range {
+                splits: vec![RowKey::Int(3_000)],
+            },
+            3,
+        ),
+    )
+    .await;
+    let client = c.client("n1").await.unwrap();
+    let keys: Vec<i64> = (0..6_000).step_by(3).collect();
+    for chunk in keys.chunks(100) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|k| format!(r#"{{"id":{k},"v":"row {k}"}}"#))
+            .collect();
+        for row in rows {
+            client.put("s", &row).await.unwrap();
+        }
+    }
+    let want: Vec<RowKey> = keys.iter().map(|k| RowKey::Int(*k)).collect();
+    // Every copy has applied every write: a replica scan misses none for
+    // lag (the commit point reaches backups with the next message).
+    c.wait_healthy("n1", "s", HEAL_LIMIT).await.unwrap();
+    let scanner = {
+        let client = c.client("n2").await.unwrap();
+        let want = want.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(8);
+            let mut scans = 0;
+            while Instant::now() < deadline {
+                for mode in [ReadMode::Strong, ReadMode::Replica] {
+                    let rows = client.scan("s", None, None, 10_000, mode).await;
+                    let rows = match rows {
+                        Ok(r) => r,
+                        // Refused (a copy being built): not a wrong answer.
+                        Err(e) => {
+                            eprintln!("scan refused: {e}");
+                            continue;
+                        }
+                    };
+                    let got: Vec<RowKey> = rows.into_iter().map(|(k, _)| k).collect();
+                    let missing: Vec<&RowKey> =
+                        want.iter().filter(|k| !got.contains(k)).take(5).collect();
+                    assert_eq!(
+                        got.len(),
+                        want.len(),
+                        "scan {scans} ({mode:?}) returned {} rows, not {}; missing: {missing:?}",
+                        got.len(),
+                        want.len()
+                    );
+                    assert!(
+                        got == want,
+                        "scan {scans} ({mode:?}): rows out of order or wrong"
+                    );
+                    scans += 1;
+                }
+            }
+            client.close().await;
+            scans
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a = split(&c, "n1", "s", 0, None).await; // at the median key
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let b = split(&c, "n3", "s", 1, Some(RowKey::Int(4_500))).await;
+    let scans = scanner.await.unwrap();
+    let (_, t) = client.describe("s").await.unwrap();
+    eprintln!(
+        "{scans} full scans, each of every row once in order, while s/0 split into s/{a} and s/1 into s/{b}: {:?}",
+        t.shards.iter().map(|s| s.range.to_string()).collect::<Vec<_>>()
+    );
+    assert!(scans >= 4, "only {scans} scans ran");
+    assert_eq!(t.shards.len(), 4);
+    c.wait_healthy("n1", "s", HEAL_LIMIT).await.unwrap();
+    client.close().await;
+}
+
+/// A split, then at once kill -9 of the parent's primary, under a write
+/// load. The split completes on the surviving copies (the new primary of
+/// the parent logs the split marker in its epoch), the child gets a primary,
+/// nothing acknowledged is lost, and once the node is back every copy of
+/// every shard is identical.
+#[tokio::test]
+async fn kill_9_of_the_primary_in_the_middle_of_a_split_loses_nothing() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3", "n4"];
+    c.start_formed(&ids).await;
+    let t = c
+        .create_table("n1", spec("k", Sharding::Hash { shards: 2 }, 3))
+        .await;
+    let victim = t.shards[0].replicas.primary.clone();
+    let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
+    let load = Load::start(
+        others.iter().map(|n| c.addr(n)).collect(),
+        c.certs().path().to_path_buf(),
+        "k",
+        4,
+        1_000_000,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let child = split(&c, others[0], "k", 0, None).await;
+    c.kill9(&victim);
+    let killed = Instant::now();
+    eprintln!("split k/0 into k/{child}, then killed its primary {victim}");
+    // Both halves get a primary on a live node and take writes.
+    let (t, took) = c
+        .poll("both halves led by live nodes", HEAL_LIMIT, || async {
+            let client = c.client(others[0]).await?;
+            let (_, t) = client.describe("k").await.map_err(|e| e.to_string())?;
+            let copies = client.copies("k", false).await.map_err(|e| e.to_string())?;
+            client.close().await;
+            let serving = |shard: u32| {
+                let s = &t.shards[shard as usize];
+                s.replicas.primary != victim
+                    && copies.iter().any(|r| {
+                        r.shard == shard
+                            && r.node == s.replicas.primary
+                            && r.status.as_ref().is_ok_and(|st| st.state == "serving")
+                    })
+            };
+            Ok((serving(0) && serving(child)).then_some(t))
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "k/0 led by {} and k/{child} by {} {took:?} after polling began ({:?} after the kill)",
+        t.shards[0].replicas.primary,
+        t.shards[child as usize].replicas.primary,
+        killed.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.start(&victim, &others);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = assert_nothing_lost(&c, others[0], "k", load).await;
+    let (_, t) = c
+        .client(others[0])
+        .await
+        .unwrap()
+        .describe("k")
+        .await
+        .unwrap();
+    let after: BTreeSet<u32> = report
+        .acked
+        .iter()
+        .filter(|(_, a)| a.tried > killed)
+        .map(|(k, _)| t.shard_of(&RowKey::Int(*k)))
+        .collect();
+    assert!(
+        after.contains(&0) && after.contains(&child),
+        "writes acknowledged after the kill reached only {after:?}"
+    );
+    c.wait_healthy(others[0], "k", HEAL_LIMIT).await.unwrap();
+}
