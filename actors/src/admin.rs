@@ -177,6 +177,16 @@ impl Handler<AdminCall> for AdminActor {
                 })
                 .boxed()
             }
+            AdminRequest::SetAutoSplit { table, on } => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.set_auto_split(table, on).await {
+                        Ok(map_version) => AdminReply::Done { map_version },
+                        Err(e) => AdminReply::Error(e.into()),
+                    }
+                })
+                .boxed()
+            }
             AdminRequest::SplitShard { table, shard, at } => {
                 let control = self.control.clone();
                 stream::once(async move {

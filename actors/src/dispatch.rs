@@ -20,7 +20,7 @@ use crate::hearing::Hearing;
 use crate::peer::{PeerMessage, PeerReply};
 use crate::router::serve_local;
 use crate::shard::local::LocalCopies;
-use crate::shard::messages::Replicate;
+use crate::shard::messages::{LoadReport, Replicate};
 use crate::shard::snapshot::SnapshotServer;
 
 /// Serves the messages other nodes send this one.
@@ -109,6 +109,26 @@ impl PeerDispatch {
                 one(PeerReply::Refused("a node heartbeat is one-way".into()))
             }
             PeerMessage::Snapshot { shard } => self.snapshots.serve(shard),
+            PeerMessage::Loads {
+                split_size_bytes,
+                split_load_ops,
+            } => {
+                let local = self.local.current();
+                stream::once(async move {
+                    let asks = local.iter().map(|(key, copy)| async move {
+                        let r = copy
+                            .send(LoadReport {
+                                split_size_bytes,
+                                split_load_ops,
+                            })
+                            .await;
+                        r.ok().flatten().map(|s| (key.clone(), s))
+                    });
+                    let loads = futures::future::join_all(asks).await;
+                    PeerReply::Loads(loads.into_iter().flatten().collect())
+                })
+                .boxed()
+            }
             PeerMessage::Data(req) => {
                 let local = self.local.current();
                 stream::once(async move { PeerReply::Data(serve_local(&local, req).await) }).boxed()

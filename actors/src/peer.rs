@@ -43,6 +43,13 @@ pub enum PeerMessage {
     /// One-way, every replication heartbeat, to each node backing a shard
     /// the sender leads: it lives (`crate::hearing::send_heartbeats`).
     Heartbeat,
+    /// From the coordinator: the size and load of every shard the receiver
+    /// leads (elastic tables), with the split thresholds (the median key is
+    /// found only for a shard over one); answered by [`PeerReply::Loads`].
+    Loads {
+        split_size_bytes: u64,
+        split_load_ops: u64,
+    },
 }
 
 /// One frame of a snapshot stream: a header, row chunks, client session
@@ -76,6 +83,8 @@ pub enum PeerReply {
     Snapshot(SnapshotPart),
     /// The request is not one this node answers.
     Refused(String),
+    /// The shards the node leads, with their size and load.
+    Loads(Vec<(ShardKey, tstore_core::coordinator::elastic::ShardStats)>),
 }
 
 /// The control plane's Raft RPCs.

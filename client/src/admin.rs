@@ -381,6 +381,15 @@ impl AdminClient {
         Ok((v, t.shards.len() as u32))
     }
 
+    /// Turns the coordinator's automatic splits of `table` on or off.
+    pub async fn set_auto_split(&self, table: &str, on: bool) -> Result<u64, ClientError> {
+        self.done(&AdminRequest::SetAutoSplit {
+            table: table.into(),
+            on,
+        })
+        .await
+    }
+
     /// An operator's change to one shard: promote a backup, move a copy,
     /// remove a copy.
     pub async fn shard_op(

@@ -245,6 +245,9 @@ pub struct Table {
     /// Where the table's copies may be, when an operator said so
     /// ([`MapCommand::SetPlacement`]); `None`: anywhere.
     pub placement: Option<PlacementRule>,
+    /// Whether the coordinator splits the table's shards by size and load
+    /// by itself (elastic tables; on at creation, [`MapCommand::SetAutoSplit`]).
+    pub auto_split: bool,
 }
 
 /// An operator's rule for where a table's copies go (`tstore admin
@@ -400,6 +403,12 @@ pub enum MapCommand {
         expect_epoch: u64,
         at: Option<RowKey>,
         why: String,
+        at_unix_ms: u64,
+    },
+    /// Turns automatic splitting of a table's shards on or off.
+    SetAutoSplit {
+        table: String,
+        on: bool,
         at_unix_ms: u64,
     },
     /// Sets (or with `None` clears) a table's placement rule; the
@@ -652,6 +661,7 @@ impl ClusterMap {
                         spec: spec.clone(),
                         shards,
                         placement: None,
+                        auto_split: true,
                     },
                 );
             }
@@ -806,6 +816,28 @@ impl ClusterMap {
                     what: format!("split: keeps {keep}, {table}/{child} takes {give}"),
                     why: why.clone(),
                     epoch: Some(epoch),
+                });
+            }
+            MapCommand::SetAutoSplit {
+                table,
+                on,
+                at_unix_ms,
+            } => {
+                let t = self
+                    .tables
+                    .get_mut(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                if t.auto_split == *on {
+                    return Ok(());
+                }
+                t.auto_split = *on;
+                self.push_event(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: table.clone(),
+                    what: format!("automatic splits {}", if *on { "on" } else { "off" }),
+                    why: "operator: auto-split".into(),
+                    epoch: None,
                 });
             }
             MapCommand::SetPlacement {

@@ -501,6 +501,11 @@ pub enum ControlRequest {
         shard: u32,
         at: Option<RowKey>,
     },
+    /// Turn a table's automatic splits on or off.
+    SetAutoSplit {
+        table: String,
+        on: bool,
+    },
     SetPlacement {
         table: String,
         rule: Option<PlacementRule>,
@@ -569,6 +574,11 @@ pub enum AdminRequest {
         table: String,
         shard: u32,
         at: Option<RowKey>,
+    },
+    /// Turns the coordinator's automatic splits of a table on or off.
+    SetAutoSplit {
+        table: String,
+        on: bool,
     },
 }
 

@@ -226,6 +226,13 @@ pub enum AdminCommand {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Turn the automatic splits of a table's shards (by size and load; see
+    /// the `split_*` settings) on or off: `auto-split events off`.
+    AutoSplit {
+        table: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Switch a shard's primary to one of its backups: `promote user/3 --node n3`.
     Promote {
         /// TABLE/SHARD
@@ -690,6 +697,11 @@ async fn admin(
                 v,
                 &format!("moving {shard} to {to}: it becomes a backup once caught up"),
             )?;
+        }
+        AdminCommand::AutoSplit { table, state } => {
+            let on = state == "on";
+            let v = client.set_auto_split(&table, on).await?;
+            done(json, v, &format!("automatic splits of {table} are {state}"))?;
         }
         AdminCommand::SplitShard { shard, at } => {
             let (t, i) = parse_shard(&shard)?;

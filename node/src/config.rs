@@ -110,6 +110,21 @@ pub struct NodeOptions {
     /// TCP address (a loopback one) of the node's HTTP listener: Prometheus metrics at /metrics; off when unset [default: off].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The coordinator splits a shard whose rows and log take more than this many bytes (elastic tables; a table can opt out with `admin auto-split TABLE off`); 0 never; 0..=1099511627776 [default: 536870912].
+    #[arg(long)]
+    pub split_size_bytes: Option<u64>,
+    /// ... or that serves more than this many requests per second for split_load_secs; 0 never [default: 3000].
+    #[arg(long)]
+    pub split_load_ops: Option<u64>,
+    /// Seconds a shard's load must stay over split_load_ops before it splits; 1..=86400 [default: 60].
+    #[arg(long)]
+    pub split_load_secs: Option<u64>,
+    /// A shard smaller than this many bytes is never split automatically (a small hot shard is a hot key, which a split cannot spread) [default: 16777216].
+    #[arg(long)]
+    pub min_split_bytes: Option<u64>,
+    /// Milliseconds between the coordinator's looks at shard sizes and loads; 100..=600000 [default: 10000].
+    #[arg(long)]
+    pub elastic_check_ms: Option<u64>,
 }
 
 /// A node's fully resolved configuration.
@@ -235,6 +250,11 @@ impl NodeOptions {
                 .log_learner_hold_entries
                 .or(file.log_learner_hold_entries),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            split_size_bytes: self.split_size_bytes.or(file.split_size_bytes),
+            split_load_ops: self.split_load_ops.or(file.split_load_ops),
+            split_load_secs: self.split_load_secs.or(file.split_load_secs),
+            min_split_bytes: self.min_split_bytes.or(file.min_split_bytes),
+            elastic_check_ms: self.elastic_check_ms.or(file.elastic_check_ms),
         }
     }
 
@@ -327,6 +347,32 @@ impl NodeOptions {
             }
             control.rereplicate_after = Duration::from_secs(s);
         }
+        if let Some(b) = self.split_size_bytes {
+            if b > 1 << 40 {
+                return Err(invalid("split_size_bytes", b, "must be 0..=1099511627776"));
+            }
+            control.elastic.split_size_bytes = b;
+        }
+        if let Some(n) = self.split_load_ops {
+            control.elastic.split_load_ops = n;
+        }
+        if let Some(s) = self.split_load_secs {
+            if !(1..=86_400).contains(&s) {
+                return Err(invalid("split_load_secs", s, "must be 1..=86400"));
+            }
+            control.elastic.load_for_ms = s * 1000;
+        }
+        if let Some(b) = self.min_split_bytes {
+            control.elastic.min_split_bytes = b;
+        }
+        if let Some(ms) = self.elastic_check_ms {
+            if !(100..=600_000).contains(&ms) {
+                return Err(invalid("elastic_check_ms", ms, "must be 100..=600000"));
+            }
+            control.elastic_every = Duration::from_millis(ms);
+        }
+        // A new half waits three looks before it may split again.
+        control.elastic.settle_ms = 3 * control.elastic_every.as_millis() as u64;
         membership.profile = NodeProfile {
             zone: self.zone.filter(|z| !z.is_empty()),
             roles: vec!["data".into()],

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tstore_client::cluster_map::{KeyRange, NodeId, RowKey, Sharding, Table, TableSpec};
 use tstore_client::data::ReadMode;
 use tstore_tests::checks::assert_nothing_lost;
-use tstore_tests::load::Load;
+use tstore_tests::load::{first_ack_per_shard, Load};
 use tstore_tests::Cluster;
 
 const HEAL_LIMIT: Duration = Duration::from_secs(90);
@@ -338,5 +338,94 @@ async fn kill_9_of_the_primary_in_the_middle_of_a_split_loses_nothing() {
         after.contains(&0) && after.contains(&child),
         "writes acknowledged after the kill reached only {after:?}"
     );
+    eprintln!(
+        "first write sent after the kill and acknowledged, per shard: {:?}",
+        first_ack_per_shard(&t, &report, killed)
+    );
     c.wait_healthy(others[0], "k", HEAL_LIMIT).await.unwrap();
+    if std::env::var_os("TSTORE_TEST_LOGS").is_some() {
+        eprintln!("{}", c.logs());
+    }
+}
+
+/// Automatic splits by size: nodes told to split a shard over 64 KiB, and
+/// to look every 300 ms. A one-shard table written past that splits by
+/// itself, more than once (each event gives its reason), while a writer's
+/// every acknowledged write survives; a table whose automatic splits were
+/// turned off keeps its one shard however big it grows.
+#[tokio::test]
+async fn a_table_growing_past_the_split_size_splits_by_itself() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    c.start_formed_with(
+        &ids,
+        &[
+            "--split-size-bytes",
+            "65536",
+            "--min-split-bytes",
+            "16384",
+            "--split-load-ops",
+            "0",
+            "--elastic-check-ms",
+            "300",
+        ],
+    )
+    .await;
+    c.create_table("n1", spec("grow", Sharding::Hash { shards: 1 }, 3))
+        .await;
+    c.create_table("n1", spec("fixed", Sharding::Hash { shards: 1 }, 3))
+        .await;
+    let client = c.client("n1").await.unwrap();
+    client.set_auto_split("fixed", false).await.unwrap();
+    let started = Instant::now();
+    let load = Load::start(
+        ids.iter().map(|n| c.addr(n)).collect(),
+        c.certs().path().to_path_buf(),
+        "grow",
+        2,
+        1_000_000,
+    );
+    // ~200 bytes a row: 1,500 rows are ~300 KiB, past four split sizes.
+    let pad = "x".repeat(200);
+    for k in 0..1_500 {
+        client
+            .put("fixed", &format!(r#"{{"id":{k},"pad":"{pad}"}}"#))
+            .await
+            .unwrap();
+    }
+    let (shards, _) = c
+        .poll("grow split into 4 shards or more", HEAL_LIMIT, || async {
+            let client = c.client("n1").await?;
+            let (_, t) = client.describe("grow").await.map_err(|e| e.to_string())?;
+            client.close().await;
+            Ok((t.shards.len() >= 4).then_some(t.shards.len()))
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "grow: {shards} shards {:?} after the writers started",
+        started.elapsed()
+    );
+    let report = assert_nothing_lost(&c, "n1", "grow", load).await;
+    assert!(report.acked.len() > 100);
+    let (_, events) = client.events().await.unwrap();
+    let splits: Vec<_> = events
+        .iter()
+        .filter(|e| e.subject.starts_with("grow/") && e.what.starts_with("split: "))
+        .collect();
+    assert!(splits.len() >= 3, "{events:?}");
+    for e in &splits {
+        assert!(
+            e.why.starts_with("split: ") && e.why.contains(" > 64 KiB"),
+            "the event gives the size that made the split: {e:?}"
+        );
+    }
+    eprintln!(
+        "first automatic split: {} ({})",
+        splits[0].what, splits[0].why
+    );
+    let (_, fixed) = client.describe("fixed").await.unwrap();
+    assert_eq!(fixed.shards.len(), 1, "automatic splits of `fixed` are off");
+    c.wait_healthy("n1", "grow", HEAL_LIMIT).await.unwrap();
+    client.close().await;
 }

@@ -82,6 +82,12 @@ pub struct ControlSettings {
     /// node to come back before copying the shard elsewhere; zero does not
     /// wait (`failover::Health::rereplicate_after_ms`).
     pub rereplicate_after: Duration,
+    /// When the coordinator splits shards by itself (elastic tables);
+    /// `split_size_bytes` and `split_load_ops` both 0: never.
+    pub elastic: tstore_core::coordinator::elastic::ElasticConfig,
+    /// How often the coordinator asks the nodes for their shards' sizes
+    /// and loads.
+    pub elastic_every: Duration,
 }
 
 impl Default for ControlSettings {
@@ -101,6 +107,15 @@ impl Default for ControlSettings {
             rebalance_max_moves: 2,
             raft_snapshot_entries: 5000,
             rereplicate_after: Duration::ZERO,
+            elastic: tstore_core::coordinator::elastic::ElasticConfig {
+                // Merges are not carried out yet.
+                merge_after_ms: 0,
+                // Three looks (`elastic_every`) before a new half may split
+                // again.
+                settle_ms: 30_000,
+                ..Default::default()
+            },
+            elastic_every: Duration::from_secs(10),
         }
     }
 }
@@ -142,6 +157,10 @@ pub(crate) struct Upkeep {
     pub(crate) last_down: BTreeSet<String>,
     /// Whether the shard planners must run this round.
     pub(crate) replan: Replan,
+    /// The elastic planner's memory, and when it last ran
+    /// (`coordinator::elastic`).
+    pub(crate) elastic: tstore_core::coordinator::elastic::ElasticMemory,
+    pub(crate) elastic_at: Option<Instant>,
 }
 
 /// The control plane of one node.
@@ -156,7 +175,7 @@ pub(crate) struct Inner {
     pub(crate) raft: Raft,
     state: Arc<RwLock<MapState>>,
     version: watch::Receiver<u64>,
-    endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     pub(crate) membership: Arc<Membership>,
     pub(crate) settings: ControlSettings,
     pub(crate) upkeep: tokio::sync::Mutex<Upkeep>,
@@ -728,6 +747,16 @@ impl ControlPlane {
             .await
     }
 
+    /// Turns a table's automatic splits on or off.
+    pub async fn set_auto_split(&self, table: String, on: bool) -> Result<u64, ControlError> {
+        let map = self.map();
+        if !map.tables.contains_key(&table) {
+            return Err(ControlError::no_such_table(&table, &map));
+        }
+        self.on_leader(ControlRequest::SetAutoSplit { table, on })
+            .await
+    }
+
     /// Marks a node draining (its copies move away) or active again.
     pub async fn set_node_state(
         &self,
@@ -810,6 +839,16 @@ impl ControlPlane {
                 self.write(MapCommand::SetPlacement {
                     table,
                     rule,
+                    at_unix_ms: crate::clock::wall_ms(),
+                })
+                .await
+                .map(|v| (v, None))
+            }
+            ControlRequest::SetAutoSplit { table, on } => {
+                self.confirm_leadership().await?;
+                self.write(MapCommand::SetAutoSplit {
+                    table,
+                    on,
                     at_unix_ms: crate::clock::wall_ms(),
                 })
                 .await

@@ -5,4 +5,5 @@
 //! `tstore_core::coordinator`.
 
 pub mod actor;
+mod elastic;
 mod round;

@@ -65,6 +65,7 @@ impl ControlPlane {
             self.register_nodes(&peers).await;
             self.keep_voters(&peers, &metrics).await;
             self.heal(&snapshot).await;
+            self.elastic(&snapshot).await;
         }
     }
 

@@ -114,6 +114,23 @@ pub struct ShardMeta {
     /// Bytes of the log entries held (their stored encoding).
     #[serde(default)]
     pub log_bytes: u64,
+    /// Rows held, and the bytes of their keys and stored values, kept up to
+    /// date by every apply, split and install (elastic tables read them to
+    /// split a shard by size; `verify` counts the same by a scan).
+    pub rows: u64,
+    pub row_bytes: u64,
+}
+
+/// `ShardMeta` as stored before row accounting (no `rows`, `row_bytes`):
+/// read with the rows uncounted (0).
+#[derive(Deserialize)]
+struct ShardMetaV1 {
+    epoch: Epoch,
+    logged: Seq,
+    applied: Seq,
+    clock: SessionClock,
+    log_start: Seq,
+    log_bytes: u64,
 }
 
 fn first_seq() -> Seq {
@@ -129,6 +146,8 @@ impl Default for ShardMeta {
             clock: SessionClock::default(),
             log_start: 1,
             log_bytes: 0,
+            rows: 0,
+            row_bytes: 0,
         }
     }
 }
@@ -144,6 +163,20 @@ struct ShardMetaV0 {
 }
 
 fn decode_meta(bytes: &[u8]) -> Result<ShardMeta, StoreError> {
+    if let Ok(m) = decode::<ShardMeta>("shard meta", bytes) {
+        return Ok(m);
+    }
+    if let Ok(old) = decode::<ShardMetaV1>("shard meta", bytes) {
+        return Ok(ShardMeta {
+            epoch: old.epoch,
+            logged: old.logged,
+            applied: old.applied,
+            clock: old.clock,
+            log_start: old.log_start,
+            log_bytes: old.log_bytes,
+            ..ShardMeta::default()
+        });
+    }
     decode("shard meta", bytes).or_else(|e| match decode::<ShardMetaV0>("shard meta", bytes) {
         Ok(old) => Ok(ShardMeta {
             epoch: old.epoch,
@@ -584,7 +617,9 @@ impl ShardStore {
                 self.sweep_sessions(wtxn, id, &m.clock)?;
             }
             if let Op::Split { child, range } = &cmd.op {
-                self.split_in(wtxn, id, seq, *child, range, m.clock)?;
+                let (rows, bytes) = self.split_in(wtxn, id, seq, *child, range, m.clock)?;
+                m.rows = m.rows.saturating_sub(rows);
+                m.row_bytes = m.row_bytes.saturating_sub(bytes);
                 results.push((seq, Ok(OpResult::Written { version: seq })));
                 continue;
             }
@@ -624,8 +659,18 @@ impl ShardStore {
             }
             for (key, w) in writes {
                 let k = id.key(&key.encode());
+                let key_len = (k.len() - 12) as u64;
+                if let Some(old) = self.rows.get(wtxn, &k)? {
+                    m.rows = m.rows.saturating_sub(1);
+                    m.row_bytes = m.row_bytes.saturating_sub(key_len + old.len() as u64);
+                }
                 match w {
-                    Some(r) => self.rows.put(wtxn, &k, &encode_sealed(&r))?,
+                    Some(r) => {
+                        let v = encode_sealed(&r);
+                        m.rows += 1;
+                        m.row_bytes += key_len + v.len() as u64;
+                        self.rows.put(wtxn, &k, &v)?
+                    }
                     None => {
                         self.rows.delete(wtxn, &k)?;
                     }
@@ -658,7 +703,7 @@ impl ShardStore {
         child: u32,
         range: &KeyRange,
         clock: SessionClock,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let to = ShardPrefix {
             table: id.table,
             shard: child,
@@ -688,6 +733,7 @@ impl ShardStore {
                 moving.push((k[12..].to_vec(), v.to_vec()));
             }
         }
+        let moved_bytes: u64 = moving.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         for (k, v) in &moving {
             self.rows.delete(wtxn, &id.key(k))?;
             if build {
@@ -710,12 +756,14 @@ impl ShardStore {
                 clock,
                 log_start: seq + 1,
                 log_bytes: 0,
+                rows: moving.len() as u64,
+                row_bytes: moved_bytes,
             };
             self.meta.put(wtxn, &to.prefix(), &encode(&meta))?;
             self.meta.put(wtxn, &born_mark(to), &[])?;
         }
         self.meta.put(wtxn, &split_mark(id, child), &[])?;
-        Ok(())
+        Ok((moving.len() as u64, moved_bytes))
     }
 
     /// The median row of a shard copy (by key order), `None` when it has no
@@ -1106,6 +1154,12 @@ impl ShardStore {
         for k in old {
             self.log.delete(&mut wtxn, &k)?;
         }
+        let (mut rows, mut row_bytes) = (0, 0);
+        for item in self.rows.prefix_iter(&wtxn, &id.prefix())? {
+            let (k, v) = item?;
+            rows += 1;
+            row_bytes += (k.len() - 12 + v.len()) as u64;
+        }
         let m = ShardMeta {
             epoch,
             logged: applied,
@@ -1113,6 +1167,8 @@ impl ShardStore {
             clock,
             log_start: applied + 1,
             log_bytes: 0,
+            rows,
+            row_bytes,
         };
         self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
         self.meta.put(&mut wtxn, &born_mark(id), &[])?;
@@ -1459,6 +1515,11 @@ mod tests {
                 "the child's own write survives the second marker"
             );
             assert_ne!(s.checksum(parent).unwrap(), all);
+            // Rows are accounted for as they move, as a scan counts them.
+            for id in [parent, child] {
+                let (m, v) = (s.meta(id).unwrap(), s.verify(id).unwrap());
+                assert_eq!((m.rows, m.row_bytes), (v.rows, v.row_bytes), "{id}");
+            }
             // The sessions came along: a resend of request 3 to the child
             // gets its first outcome and writes nothing.
             assert_eq!(s.session_count(child).unwrap(), 1);
@@ -1524,6 +1585,10 @@ mod tests {
         let meta = meta.unwrap();
         s.finish_install(b, meta.applied, meta.clock, 1).unwrap();
         assert_eq!(s.checksum(a).unwrap(), s.checksum(b).unwrap());
+        for id in [a, b] {
+            let (m, v) = (s.meta(id).unwrap(), s.verify(id).unwrap());
+            assert_eq!((m.rows, m.row_bytes), (v.rows, v.row_bytes), "{id}");
+        }
         s.append(b, &[request(4, 1, &put("A"))]).unwrap();
         assert_eq!(
             s.apply(b, 4, "id").unwrap()[0].1,

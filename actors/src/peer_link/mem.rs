@@ -50,6 +50,7 @@ pub enum Kind {
     Snapshot,
     Suspect,
     Heartbeat,
+    Loads,
 }
 
 impl Kind {
@@ -64,6 +65,7 @@ impl Kind {
             PeerMessage::Snapshot { .. } => Kind::Snapshot,
             PeerMessage::Suspect { .. } => Kind::Suspect,
             PeerMessage::Heartbeat => Kind::Heartbeat,
+            PeerMessage::Loads { .. } => Kind::Loads,
         }
     }
 }

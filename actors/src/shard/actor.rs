@@ -61,7 +61,7 @@ use tracing::{debug, info, warn};
 use tstore_membership::Membership;
 
 use super::messages::{
-    GetStatus, MiddleKey, Read, Reconfigure, Replicate, ScanShard, StopCopy, Write,
+    GetStatus, LoadReport, MiddleKey, Read, Reconfigure, Replicate, ScanShard, StopCopy, Write,
 };
 use super::publish::CopyPublisher;
 use super::snapshot::{self, Fetch, Installed};
@@ -73,6 +73,7 @@ use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
 use crate::recovery::Recovery;
 use tstore_core::cluster_map::{NodeId, RowKey};
+use tstore_core::coordinator::elastic::ShardStats;
 use tstore_core::copy_gossip::CopyGossip;
 use tstore_core::data::ops::{OpResult, RowRecord};
 use tstore_core::data::sessions::Command;
@@ -190,6 +191,10 @@ pub struct CopyActor {
     ticking: bool,
     /// Split markers this primary has logged in its epoch: `(epoch, child)`.
     markers: std::collections::BTreeSet<(u64, u32)>,
+    /// Requests served (reads, scans, writes taken), and the count and
+    /// time of the last [`LoadReport`], to report a rate.
+    ops: u64,
+    ops_mark: (Instant, u64),
 }
 
 /// Reads one copy holds at most while its rows catch up with its commit
@@ -227,6 +232,8 @@ impl CopyActor {
             withdrawn: false,
             ticking: false,
             markers: Default::default(),
+            ops: 0,
+            ops_mark: (Instant::now(), 0),
         };
         if actor.awaits_split() {
             actor.role = Role::Splitting(Instant::now());
@@ -968,6 +975,7 @@ impl Handler<Write> for CopyActor {
     type Result = ResponseFuture<Result<OpResult, DataError>>;
 
     fn handle(&mut self, Write { id, op }: Write, ctx: &mut Context<Self>) -> Self::Result {
+        self.ops += 1;
         if let Some(e) = self.unavailable() {
             return Box::pin(async move { Err(DataError::unavailable(e)) });
         }
@@ -1179,6 +1187,9 @@ impl Handler<Read> for CopyActor {
     type Result = Response<Result<Option<RowRecord>, DataError>>;
 
     fn handle(&mut self, read: Read, ctx: &mut Context<Self>) -> Self::Result {
+        if read.needs.is_none() {
+            self.ops += 1; // a held read counts once
+        }
         if !self.copy.range.contains(&read.key) {
             return Response::reply(Err(self.gave_away(&read.key)));
         }
@@ -1207,6 +1218,9 @@ impl Handler<ScanShard> for CopyActor {
     type Result = Response<Result<Vec<(RowKey, RowRecord)>, DataError>>;
 
     fn handle(&mut self, s: ScanShard, ctx: &mut Context<Self>) -> Self::Result {
+        if s.needs.is_none() {
+            self.ops += 1;
+        }
         if s.epoch < self.copy.range_epoch {
             return Response::reply(Err(DataError::new(
                 ErrorKind::Stale,
@@ -1240,6 +1254,40 @@ impl Handler<ScanShard> for CopyActor {
             .map_err(|e| self.read_failed("scan", e, ctx));
         debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
         Response::reply(res)
+    }
+}
+
+impl Handler<LoadReport> for CopyActor {
+    type Result = Option<ShardStats>;
+
+    fn handle(&mut self, r: LoadReport, ctx: &mut Context<Self>) -> Self::Result {
+        if !matches!(self.role, Role::Primary(_)) || self.failed.is_some() {
+            return None;
+        }
+        let (since, before) = std::mem::replace(&mut self.ops_mark, (Instant::now(), self.ops));
+        let secs = since.elapsed().as_secs_f64().max(0.001);
+        let ops_per_sec = ((self.ops - before) as f64 / secs).round() as u64;
+        let meta = self.env.store.meta(self.id).ok()?;
+        let size_bytes = meta.row_bytes + meta.log_bytes;
+        let over = (r.split_size_bytes > 0 && size_bytes > r.split_size_bytes)
+            || (r.split_load_ops > 0 && ops_per_sec > r.split_load_ops);
+        let median = match (&self.copy.range, over) {
+            (tstore_core::cluster_map::KeyRange::Range { .. }, true) => {
+                match self.env.store.middle_key(self.id) {
+                    Ok(m) => m.map(|(k, _)| k),
+                    Err(e) => {
+                        let _ = self.read_failed("finding the median key", e, ctx);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        Some(ShardStats {
+            size_bytes,
+            ops_per_sec,
+            median,
+        })
     }
 }
 

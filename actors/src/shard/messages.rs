@@ -74,6 +74,17 @@ pub struct ScanShard {
 #[rtype(result = "Result<Option<(RowKey, RowRecord)>, DataError>")]
 pub struct MiddleKey;
 
+/// A primary's size and load for the elastic planner
+/// (`tstore_core::coordinator::elastic`); `None` from a copy that does not
+/// lead its shard. The median key is found (a pass over the keys) only for
+/// a range shard over one of the two thresholds.
+#[derive(Message)]
+#[rtype(result = "Option<tstore_core::coordinator::elastic::ShardStats>")]
+pub struct LoadReport {
+    pub split_size_bytes: u64,
+    pub split_load_ops: u64,
+}
+
 /// The copy's replication state.
 #[derive(Message)]
 #[rtype(result = "CopyStatus")]

@@ -53,14 +53,22 @@ impl SnapshotServer {
             let why = format!("table {table:?} does not exist here");
             return stream::once(async move { PeerReply::Refused(why) }).boxed();
         };
+        let id = ShardPrefix { table: t.id, shard };
         match t.shards.get(shard as usize) {
+            // A shard split off another: this copy may not be built yet.
+            Some(s) if s.origin.is_some() && !self.store.built(id).unwrap_or(false) => {
+                let why = format!(
+                    "{table}/{shard} is still being split off its parent on {}",
+                    self.me
+                );
+                return stream::once(async move { PeerReply::Refused(why) }).boxed();
+            }
             Some(s) if s.replicas.primary == self.me => {}
             _ => {
                 let why = format!("{} is not the primary of {table}/{shard}", self.me);
                 return stream::once(async move { PeerReply::Refused(why) }).boxed();
             }
         }
-        let id = ShardPrefix { table: t.id, shard };
         let label = format!("{table}/{shard}");
         let (tx, rx) = tokio::sync::mpsc::channel(SERVER_QUEUE);
         let (store, rate, recovery) = (self.store.clone(), self.rate, self.recovery.clone());

@@ -42,7 +42,7 @@ use crate::replication::Millis;
 pub type ShardRef = (String, u32);
 
 /// What the planner is told about one shard (its primary's report).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardStats {
     /// Bytes of rows and log on disk.
     pub size_bytes: u64,
@@ -182,8 +182,15 @@ fn nodes_of(s: &Shard) -> BTreeSet<NodeId> {
     s.replicas.holders().cloned().collect()
 }
 
+/// `612 MiB`, or in KiB (`96 KiB`) or bytes below a MiB.
 fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+    if bytes >= 1 << 20 {
+        format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+    } else if bytes >= 1 << 10 {
+        format!("{:.0} KiB", bytes as f64 / (1 << 10) as f64)
+    } else {
+        format!("{bytes} B")
+    }
 }
 
 /// The decisions to make at `now`, at most `cfg.max_at_once`; `busy`:

@@ -237,6 +237,7 @@ mod tests {
             Table {
                 id: 1,
                 placement: None,
+                auto_split: true,
                 spec: TableSpec {
                     name: "t".into(),
                     key: "id".into(),

@@ -147,6 +147,7 @@ mod tests {
         Table {
             id: 1,
             placement: None,
+            auto_split: true,
             spec: TableSpec {
                 name: "user".into(),
                 key: "id".into(),
