@@ -17,7 +17,9 @@
 #   --faults LIST    all (default), or some of: kill, pause,
 #                    partition-primary, partition-leader, partition-minority,
 #                    partition-majority, deaf, mute, loss,
-#                    kill-leader-and-primary, rolling-restart (comma-separated)
+#                    kill-leader-and-primary, rolling-restart, split
+#                    (comma-separated; split: a shard split in two while the
+#                    clients run, alone or among the failures)
 #   --node-flags FLAGS  extra `tstore start` flags for every node, e.g.
 #                    "--quiet-after-ms 50" (shards go quiet between operations)
 # Prints at the end: rounds, operations checked, faults injected by kind,

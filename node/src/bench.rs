@@ -72,6 +72,21 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also report every this many seconds: ops/s and the slowest write in
+    /// the interval (how throughput moves while the cluster changes, e.g. as
+    /// shards split); 0: only at the end.
+    #[arg(long, default_value_t = 0)]
+    pub interval_secs: u64,
+}
+
+/// One `--interval-secs` period.
+#[derive(Debug, Clone, Serialize)]
+pub struct Interval {
+    /// Seconds since the measured run started, at the end of the interval.
+    pub at_secs: f64,
+    pub ops_per_sec: f64,
+    /// The slowest write that completed in the interval, in ms.
+    pub write_max_ms: f64,
 }
 
 /// Parses `write:W,read:R` into the percentage of writes.
@@ -126,6 +141,8 @@ pub struct Report {
     /// Row requests sent per QUIC stream during the run (requests in
     /// flight to one node at once share a stream).
     pub requests_per_stream: f64,
+    /// With `--interval-secs`: one entry per interval.
+    pub intervals: Vec<Interval>,
 }
 
 fn stats(h: &Histogram<u64>, errors: u64) -> OpStats {
@@ -275,6 +292,39 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
     let before = traffic(&clients);
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    // Completed operations, and the slowest write (µs), since the last
+    // interval report.
+    let done = Arc::new(AtomicU64::new(0));
+    let slowest = Arc::new(AtomicU64::new(0));
+    let reporter = (args.interval_secs > 0).then(|| {
+        let (done, slowest, json) = (done.clone(), slowest.clone(), args.json);
+        let every = Duration::from_secs(args.interval_secs);
+        tokio::spawn(async move {
+            let mut intervals = Vec::new();
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut last = Instant::now();
+            loop {
+                tick.tick().await;
+                let secs = last.elapsed().as_secs_f64();
+                last = Instant::now();
+                let i = Interval {
+                    at_secs: started.elapsed().as_secs_f64(),
+                    ops_per_sec: done.swap(0, Ordering::Relaxed) as f64 / secs,
+                    write_max_ms: slowest.swap(0, Ordering::Relaxed) as f64 / 1000.0,
+                };
+                if !json {
+                    println!(
+                        "  at {:>6.1} s: {:>8.0} ops/s, slowest write {:>8.2} ms",
+                        i.at_secs, i.ops_per_sec, i.write_max_ms
+                    );
+                }
+                intervals.push(i);
+                if Arc::strong_count(&done) == 1 {
+                    return intervals; // the workers are done
+                }
+            }
+        })
+    });
     let mut tasks = Vec::new();
     for w in 0..args.concurrency {
         let (client, issued, payload) = (
@@ -282,6 +332,7 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
             issued.clone(),
             payload.clone(),
         );
+        let (done, slowest) = (done.clone(), slowest.clone());
         let (table, keys, ops) = (args.table.clone(), args.keys, args.ops);
         tasks.push(tokio::spawn(async move {
             let mut rng =
@@ -300,6 +351,10 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
                     client.get(&table, key, read).await.map(|_| ())
                 };
                 let us = t0.elapsed().as_micros() as u64;
+                done.fetch_add(1, Ordering::Relaxed);
+                if write {
+                    slowest.fetch_max(us, Ordering::Relaxed);
+                }
                 match (res, write) {
                     (Ok(()), true) => wh.saturating_record(us.max(1)),
                     (Ok(()), false) => rh.saturating_record(us.max(1)),
@@ -330,6 +385,11 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    drop(done);
+    let intervals = match reporter {
+        Some(r) => r.await?,
+        None => vec![],
+    };
     let ok = wh.len() + rh.len();
     let after = traffic(&clients);
     let requests_per_stream = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
@@ -351,6 +411,7 @@ async fn bench(args: BenchArgs, write_percent: u32) -> anyhow::Result<Report> {
         read: stats(&rh, rerr),
         first_error,
         requests_per_stream,
+        intervals,
     })
 }
 

@@ -40,6 +40,10 @@ pub struct DemoArgs {
     /// TCP port of the first node's HTTP listener (metrics, console); the others follow; 0 for none [default: base port + 2000].
     #[arg(long)]
     pub metrics_base_port: Option<u16>,
+    /// Settings passed to every node's `tstore start`, after `--`: e.g.
+    /// `tstore demo -- --split-size-bytes 1048576`.
+    #[arg(last = true)]
+    pub node_args: Vec<String>,
 }
 
 /// How long the cluster may take to come up.
@@ -184,6 +188,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         if let Some(m) = metrics[index] {
             cmd.args(["--metrics-listen", &m.to_string()]);
         }
+        cmd.args(&args.node_args);
         let child = cmd.spawn().with_context(|| format!("starting node {id}"))?;
         nodes.0.push(Node {
             id: id.clone(),

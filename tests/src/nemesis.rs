@@ -75,10 +75,14 @@ pub enum FaultKind {
     KillLeaderAndPrimary,
     /// Every node stopped (SIGTERM) and started again in turn.
     RollingRestart,
+    /// A shard of the table split in two (`split-shard`), while the clients
+    /// run: not a failure, but a change every client must follow, alone or
+    /// together with the failures above.
+    Split,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::PartitionPrimary,
@@ -90,6 +94,7 @@ impl FaultKind {
         FaultKind::Loss,
         FaultKind::KillLeaderAndPrimary,
         FaultKind::RollingRestart,
+        FaultKind::Split,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +110,7 @@ impl FaultKind {
             FaultKind::Loss => "loss",
             FaultKind::KillLeaderAndPrimary => "kill-leader-and-primary",
             FaultKind::RollingRestart => "rolling-restart",
+            FaultKind::Split => "split",
         }
     }
 
@@ -698,6 +704,32 @@ impl Nemesis {
                 self.kill(leader, active);
                 self.kill(other.0, active);
                 Ok(format!("kill -9 {lwhat} and {}", other.1))
+            }
+            FaultKind::Split => {
+                let via = self
+                    .ids
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        self.cluster.is_running(id) && !active.paused.iter().any(|p| p == id)
+                    })
+                    .nth((pick % 2) as usize)
+                    .ok_or("no node to ask")?;
+                let client = self.cluster.client(via).await?;
+                let split = async {
+                    let (_, t) = client.describe(table).await.map_err(|e| e.to_string())?;
+                    let shard = (pick % t.shards.len() as u64) as u32;
+                    let (_, child) = client
+                        .split_shard(table, shard, None)
+                        .await
+                        .map_err(|e| format!("split of {table}/{shard}: {e}"))?;
+                    Ok::<_, String>(format!("split {table}/{shard} into it and {table}/{child}"))
+                };
+                let r = tokio::time::timeout(Duration::from_secs(10), split)
+                    .await
+                    .unwrap_or_else(|_| Err("split not answered within 10 s".into()));
+                client.close().await;
+                r
             }
             FaultKind::RollingRestart => {
                 let mut done = Vec::new();

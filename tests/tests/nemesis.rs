@@ -34,6 +34,7 @@ const CI_ROUNDS: &[(&str, u64)] = &[
     ("deaf", 104),
     ("mute", 105),
     ("loss", 106),
+    ("split", 107),
 ];
 
 /// Seconds of faults and load per CI round.
