@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Elastic tables, measured from outside: a local 4-node cluster (`tstore
-# demo`) whose nodes split a shard over SPLIT_BYTES (default 4 MiB) and look
+# demo`) whose nodes split a shard over SPLIT_BYTES (default 16 MiB) and look
 # at shard sizes every second. `tstore bench` writes a table that starts
 # with 1 shard x 2 copies (writes only, closed loop, concurrency 64, 1 KB
 # values, KEYS distinct keys: default 100,000, about 100 MB of rows) for
@@ -14,7 +14,7 @@
 # Usage: bench/elastic.sh            (SPLIT_BYTES=... KEYS=... SECS=... INTERVAL=...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SPLIT_BYTES=${SPLIT_BYTES:-4194304}
+SPLIT_BYTES=${SPLIT_BYTES:-16777216}
 KEYS=${KEYS:-100000}
 SECS=${SECS:-120}
 INTERVAL=${INTERVAL:-10}

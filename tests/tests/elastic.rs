@@ -155,6 +155,17 @@ async fn a_hash_and_a_range_shard_split_under_a_write_load_lose_and_repeat_nothi
             "{}: writes acknowledged after the split reached only {shards_after:?}",
             t.spec.name
         );
+        let slowest = report
+            .acked
+            .values()
+            .filter(|a| a.tried >= split_at && a.tried < split_at + Duration::from_secs(2))
+            .map(|a| a.at.duration_since(a.tried))
+            .max();
+        eprintln!(
+            "{}: first write sent after the split and acknowledged, per shard: {:?}; slowest write sent in the 2 s after it: {slowest:?}",
+            t.spec.name,
+            first_ack_per_shard(t, report, split_at)
+        );
     }
     for table in ["h", "r"] {
         c.wait_healthy("n1", table, HEAL_LIMIT).await.unwrap();
@@ -385,13 +396,16 @@ async fn a_table_growing_past_the_split_size_splits_by_itself() {
         2,
         1_000_000,
     );
-    // ~200 bytes a row: 1,500 rows are ~300 KiB, past four split sizes.
+    // ~230 bytes a row: 1,500 rows are ~340 KiB, past four split sizes,
+    // in both tables (keys apart from the writers').
     let pad = "x".repeat(200);
-    for k in 0..1_500 {
-        client
-            .put("fixed", &format!(r#"{{"id":{k},"pad":"{pad}"}}"#))
-            .await
-            .unwrap();
+    for k in 10_000_000..10_001_500 {
+        for table in ["grow", "fixed"] {
+            client
+                .put(table, &format!(r#"{{"id":{k},"pad":"{pad}"}}"#))
+                .await
+                .unwrap();
+        }
     }
     let (shards, _) = c
         .poll("grow split into 4 shards or more", HEAL_LIMIT, || async {
@@ -428,4 +442,64 @@ async fn a_table_growing_past_the_split_size_splits_by_itself() {
     assert_eq!(fixed.shards.len(), 1, "automatic splits of `fixed` are off");
     c.wait_healthy("n1", "grow", HEAL_LIMIT).await.unwrap();
     client.close().await;
+}
+
+/// Automatic splits by load: nodes told to split a shard serving more than
+/// 100 requests per second for 2 s. A one-shard table under a steady write
+/// load splits by itself, the event saying why, and nothing acknowledged
+/// is lost.
+#[tokio::test]
+async fn a_shard_busy_for_long_enough_splits_by_itself() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    c.start_formed_with(
+        &ids,
+        &[
+            "--split-size-bytes",
+            "0",
+            "--split-load-ops",
+            "100",
+            "--split-load-secs",
+            "2",
+            "--min-split-bytes",
+            "1",
+            "--elastic-check-ms",
+            "500",
+        ],
+    )
+    .await;
+    c.create_table("n1", spec("busy", Sharding::Hash { shards: 1 }, 3))
+        .await;
+    let load = Load::start(
+        ids.iter().map(|n| c.addr(n)).collect(),
+        c.certs().path().to_path_buf(),
+        "busy",
+        4,
+        1_000_000,
+    );
+    let (events, took) = c
+        .poll("busy split by load", HEAL_LIMIT, || async {
+            let client = c.client("n1").await?;
+            let (_, events) = client.events().await.map_err(|e| e.to_string())?;
+            client.close().await;
+            let split: Vec<_> = events
+                .into_iter()
+                .filter(|e| e.subject.starts_with("busy/") && e.what.starts_with("split: "))
+                .collect();
+            Ok((!split.is_empty()).then_some(split))
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "busy split {took:?} after the load started: {} ({})",
+        events[0].what, events[0].why
+    );
+    assert!(
+        events[0].why.contains(" ops/s > 100 ops/s for "),
+        "the event gives the load that made the split: {:?}",
+        events[0]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_nothing_lost(&c, "n1", "busy", load).await;
+    c.wait_healthy("n1", "busy", HEAL_LIMIT).await.unwrap();
 }

@@ -1268,7 +1268,7 @@ impl Handler<LoadReport> for CopyActor {
         let secs = since.elapsed().as_secs_f64().max(0.001);
         let ops_per_sec = ((self.ops - before) as f64 / secs).round() as u64;
         let meta = self.env.store.meta(self.id).ok()?;
-        let size_bytes = meta.row_bytes + meta.log_bytes;
+        let size_bytes = meta.row_bytes;
         let over = (r.split_size_bytes > 0 && size_bytes > r.split_size_bytes)
             || (r.split_load_ops > 0 && ops_per_sec > r.split_load_ops);
         let median = match (&self.copy.range, over) {

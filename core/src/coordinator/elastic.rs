@@ -44,7 +44,8 @@ pub type ShardRef = (String, u32);
 /// What the planner is told about one shard (its primary's report).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardStats {
-    /// Bytes of rows and log on disk.
+    /// Bytes of its rows (keys and stored values; the retained log is
+    /// bounded on its own and a split does not divide it).
     pub size_bytes: u64,
     /// Reads and writes per second, over the last reporting interval.
     pub ops_per_sec: u64,
@@ -182,14 +183,20 @@ fn nodes_of(s: &Shard) -> BTreeSet<NodeId> {
     s.replicas.holders().cloned().collect()
 }
 
-/// `612 MiB`, or in KiB (`96 KiB`) or bytes below a MiB.
+/// `612 MiB` (`16.4 MiB` below 100 of a unit, so that a size just over a
+/// threshold does not print as equal to it), in KiB below a MiB, in bytes
+/// below a KiB.
 fn mib(bytes: u64) -> String {
-    if bytes >= 1 << 20 {
-        format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
-    } else if bytes >= 1 << 10 {
-        format!("{:.0} KiB", bytes as f64 / (1 << 10) as f64)
+    let (unit, name) = match bytes {
+        b if b >= 1 << 20 => (1u64 << 20, "MiB"),
+        b if b >= 1 << 10 => (1 << 10, "KiB"),
+        b => return format!("{b} B"),
+    };
+    let v = bytes as f64 / unit as f64;
+    if bytes % unit == 0 || v >= 100.0 {
+        format!("{v:.0} {name}")
     } else {
-        format!("{bytes} B")
+        format!("{v:.1} {name}")
     }
 }
 
