@@ -61,6 +61,9 @@ pub enum SnapshotPart {
     Header {
         applied: u64,
         clock: SessionClock,
+        /// The shards split off this one whose split the snapshot already
+        /// reflects (their split marks).
+        splits: Vec<u32>,
     },
     /// Raw `(encoded key, row)` pairs.
     Rows(Vec<(Vec<u8>, Vec<u8>)>),

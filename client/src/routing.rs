@@ -49,9 +49,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 use tstore_core::cluster_map::{may_hold, KeyRange};
-
-/// Plans a scan makes at most when shards split under it.
-const MAX_SCAN_PLANS: u32 = 8;
 use tstore_core::cluster_map::{RowKey, Table};
 use tstore_core::data::ops::{Op, OpResult, RowRecord};
 use tstore_core::data::sessions::{ClientId, RequestId};
@@ -164,6 +161,8 @@ struct Route {
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Plans a scan makes at most when shards split under it.
+const MAX_SCAN_PLANS: u32 = 8;
 /// While an attempt waits longer than this (and every time as long again),
 /// the client asks another node whether the shard has moved on to a new
 /// epoch: its primary died (or handed over) and a new one serves. It then
@@ -559,9 +558,15 @@ impl Client {
             maybe_applied |= matches!(&err, ClientError::Data(e) if e.kind == ErrorKind::Unknown);
             if !retry || started.elapsed() >= self.options.retry_for {
                 return Err(match err {
+                    // `Invalid` too: a batch whose keys a split has since
+                    // put in two shards cannot be resent, which says
+                    // nothing of the attempt that may have been applied.
                     ClientError::Data(e)
                         if maybe_applied
-                            && matches!(e.kind, ErrorKind::Stale | ErrorKind::Unavailable) =>
+                            && matches!(
+                                e.kind,
+                                ErrorKind::Stale | ErrorKind::Unavailable | ErrorKind::Invalid
+                            ) =>
                     {
                         ClientError::Data(DataError::unknown(format!(
                             "an attempt of this write may have been applied, and no later attempt got an answer within {:?}: its outcome is unknown (read the row before retrying); last: {e}",

@@ -342,9 +342,13 @@ fn born_mark(id: ShardPrefix) -> Vec<u8> {
 
 /// The `shard-meta` key saying that copy `id` split `child` off.
 fn split_mark(id: ShardPrefix, child: u32) -> Vec<u8> {
-    let mut k = id.key(b"split");
+    let mut k = split_mark_prefix(id);
     k.extend_from_slice(&child.to_be_bytes());
     k
+}
+
+fn split_mark_prefix(id: ShardPrefix) -> Vec<u8> {
+    id.key(b"split")
 }
 
 fn key_at(id: ShardPrefix, key: &[u8]) -> String {
@@ -1076,11 +1080,20 @@ impl ShardStore {
         &self,
         id: ShardPrefix,
         chunk_bytes: usize,
-        header: impl FnOnce(ShardMeta) -> bool,
+        header: impl FnOnce(ShardMeta, Vec<u32>) -> bool,
         mut chunk: impl FnMut(ChunkKind, Vec<(Vec<u8>, Vec<u8>)>) -> bool,
     ) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
-        if !header(self.meta_in(&rtxn, id)?) {
+        // The children this copy split off (its split marks), as of the
+        // snapshot: the installing copy records them (`finish_install`).
+        let mut splits = Vec::new();
+        for item in self.meta.prefix_iter(&rtxn, &split_mark_prefix(id))? {
+            let (k, _) = item?;
+            if let Ok(b) = <[u8; 4]>::try_from(&k[k.len() - 4..]) {
+                splits.push(u32::from_be_bytes(b));
+            }
+        }
+        if !header(self.meta_in(&rtxn, id)?, splits) {
             return Ok(0);
         }
         let mut rows = 0u64;
@@ -1144,6 +1157,7 @@ impl ShardStore {
         applied: Seq,
         clock: SessionClock,
         epoch: Epoch,
+        splits: &[u32],
     ) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let old: Vec<Vec<u8>> = self
@@ -1172,6 +1186,9 @@ impl ShardStore {
         };
         self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
         self.meta.put(&mut wtxn, &born_mark(id), &[])?;
+        for child in splits {
+            self.meta.put(&mut wtxn, &split_mark(id, *child), &[])?;
+        }
         wtxn.commit()?;
         Ok(())
     }
@@ -1379,7 +1396,7 @@ mod tests {
             .snapshot(
                 id,
                 1,
-                |m| {
+                |m, _| {
                     meta = Some(m);
                     true
                 },
@@ -1404,7 +1421,7 @@ mod tests {
         }
         let meta = meta.unwrap();
         store
-            .finish_install(copy, meta.applied, meta.clock, 2)
+            .finish_install(copy, meta.applied, meta.clock, 2, &[])
             .unwrap();
         assert_eq!(store.checksum(copy).unwrap(), store.checksum(id).unwrap());
         assert_eq!(store.meta(copy).unwrap().logged, 3);
@@ -1572,7 +1589,7 @@ mod tests {
         s.snapshot(
             a,
             1 << 20,
-            |m| {
+            |m, _| {
                 meta = Some(m);
                 true
             },
@@ -1583,7 +1600,8 @@ mod tests {
         )
         .unwrap();
         let meta = meta.unwrap();
-        s.finish_install(b, meta.applied, meta.clock, 1).unwrap();
+        s.finish_install(b, meta.applied, meta.clock, 1, &[])
+            .unwrap();
         assert_eq!(s.checksum(a).unwrap(), s.checksum(b).unwrap());
         for id in [a, b] {
             let (m, v) = (s.meta(id).unwrap(), s.verify(id).unwrap());
@@ -1699,7 +1717,8 @@ mod tests {
         assert_eq!(truncate(t), 81);
         assert_eq!(s.log_size(other).unwrap().0, 10, "other shards untouched");
         // A snapshot install resets the log.
-        s.finish_install(a, 90, SessionClock::default(), 2).unwrap();
+        s.finish_install(a, 90, SessionClock::default(), 2, &[])
+            .unwrap();
         let m = s.meta(a).unwrap();
         assert_eq!((m.log_start, m.logged, m.log_bytes), (91, 90, 0));
         assert_eq!(s.log_size(a).unwrap(), (0, 0));
@@ -1759,7 +1778,10 @@ mod tests {
         );
         assert_corrupt(s.verify(a), "key Int(2)");
         assert_corrupt(s.checksum(a), "key Int(2)");
-        assert_corrupt(s.snapshot(a, 1 << 20, |_| true, |_, _| true), "key Int(2)");
+        assert_corrupt(
+            s.snapshot(a, 1 << 20, |_, _| true, |_, _| true),
+            "key Int(2)",
+        );
         // Applying an entry that reads the row fails rather than writing a
         // wrong outcome; one that does not read it applies.
         let patch = Op::Update {

@@ -127,6 +127,10 @@ const SPLIT_CHECK: Duration = Duration::from_millis(20);
 /// A copy waiting longer than this for its split says so in the log, again
 /// every such period.
 const SPLIT_WARN: Duration = Duration::from_secs(10);
+/// A request reaching a copy that has waited less than this for its split
+/// is held (sent to the copy again every [`SPLIT_CHECK`]) rather than
+/// refused: the client would retry after a backoff, longer than the wait.
+const SPLIT_HOLD: Duration = Duration::from_secs(2);
 
 /// The request identity of a split marker: never admitted as a client's
 /// request (the store applies a marker before looking at sessions).
@@ -195,6 +199,8 @@ pub struct CopyActor {
     /// time of the last [`LoadReport`], to report a rate.
     ops: u64,
     ops_mark: (Instant, u64),
+    /// Warnings logged while waiting for the split (`wait_for_split`).
+    split_warnings: u32,
 }
 
 /// Reads one copy holds at most while its rows catch up with its commit
@@ -234,6 +240,7 @@ impl CopyActor {
             markers: Default::default(),
             ops: 0,
             ops_mark: (Instant::now(), 0),
+            split_warnings: 0,
         };
         if actor.awaits_split() {
             actor.role = Role::Splitting(Instant::now());
@@ -261,10 +268,33 @@ impl CopyActor {
             return;
         };
         if self.awaits_split() {
+            // The parent's copy here went past the split without building
+            // this one (it was rebuilt from a snapshot taken after the
+            // marker): nothing here ever will. Failed, the coordinator
+            // replaces it (a new copy is built from the shard's primary).
+            let parent = self.copy.split_from.map(|p| ShardPrefix {
+                table: self.id.table,
+                shard: p,
+            });
+            if parent.is_some_and(|p| {
+                self.env
+                    .store
+                    .split_done(p, self.key.index)
+                    .unwrap_or(false)
+            }) {
+                self.fail(format!(
+                    "this node's copy of {}/{} was rebuilt past the split that builds this one",
+                    self.key.table,
+                    self.copy.split_from.unwrap_or_default()
+                ));
+                self.publish(ctx);
+                self.keep_ticking(ctx);
+                return;
+            }
             let waited = since.elapsed();
-            if waited >= SPLIT_WARN && (waited - SPLIT_WARN) < SPLIT_CHECK {
+            if waited >= SPLIT_WARN * (self.split_warnings + 1) {
+                self.split_warnings += 1;
                 warn!(shard = %self.key, parent = ?self.copy.split_from, secs = waited.as_secs(), "still waiting for this node's copy of the parent to apply the split");
-                self.role = Role::Splitting(Instant::now() - SPLIT_CHECK);
             }
             ctx.run_later(SPLIT_CHECK, |act, ctx| act.wait_for_split(ctx));
             return;
@@ -281,6 +311,37 @@ impl CopyActor {
             }
             None => self.copy_afresh(ctx),
         }
+    }
+
+    /// A request that reached this copy while it waits for its split (for
+    /// less than [`SPLIT_HOLD`]): sent to the copy again [`SPLIT_CHECK`]
+    /// later. `None`: serve or refuse it now.
+    fn split_hold<M, T>(
+        &self,
+        ctx: &Context<Self>,
+        msg: M,
+    ) -> Option<futures::future::LocalBoxFuture<'static, Result<T, DataError>>>
+    where
+        M: Message<Result = Result<T, DataError>> + Send + 'static,
+        T: Send + 'static,
+        Self: Handler<M>,
+    {
+        let Role::Splitting(since) = self.role else {
+            return None;
+        };
+        if since.elapsed() >= SPLIT_HOLD || self.failed.is_some() {
+            return None;
+        }
+        let me = ctx.address();
+        Some(Box::pin(async move {
+            // (Held again there while the copy waits, at most SPLIT_HOLD.)
+            tokio::time::sleep(SPLIT_CHECK).await;
+            me.send(msg).await.unwrap_or_else(|_| {
+                Err(DataError::unavailable(
+                    "the shard copy stopped before it could serve the request; retry",
+                ))
+            })
+        }))
     }
 
     /// The primary of a shard that was split logs the split marker of each
@@ -982,6 +1043,10 @@ impl Handler<Write> for CopyActor {
         if let Err(e) = self.owns_op(&op) {
             return Box::pin(async move { Err(e) });
         }
+        if let Some(held) = self.split_hold(ctx, Write { id, op: op.clone() }) {
+            self.ops = self.ops.saturating_sub(1); // counted when it comes back
+            return held;
+        }
         let Role::Primary(p) = &mut self.role else {
             let primary = self.copy.replicas.primary.clone();
             let key = self.key.clone();
@@ -1193,6 +1258,10 @@ impl Handler<Read> for CopyActor {
         if !self.copy.range.contains(&read.key) {
             return Response::reply(Err(self.gave_away(&read.key)));
         }
+        if let Some(held) = self.split_hold(ctx, read.clone()) {
+            self.ops = self.ops.saturating_sub(1); // counted when it comes back
+            return Response::fut(held);
+        }
         let permit = self.check_read_upto(read.mode, read.needs);
         if permit.is_err() {
             let (mode, needs, held) = (read.mode, read.needs, read.clone());
@@ -1229,6 +1298,10 @@ impl Handler<ScanShard> for CopyActor {
                     self.key, self.copy.range_epoch, self.copy.range, s.epoch
                 ),
             )));
+        }
+        if let Some(held) = self.split_hold(ctx, s.clone()) {
+            self.ops = self.ops.saturating_sub(1); // counted when it comes back
+            return Response::fut(held);
         }
         let permit = self.check_read_upto(s.mode, s.needs);
         if let Err(e) = permit {

@@ -75,10 +75,11 @@ impl SnapshotServer {
         std::thread::spawn(move || {
             let started = std::time::Instant::now();
             let mut sent = 0u64;
-            let header = |m: ShardMeta| {
+            let header = |m: ShardMeta, splits: Vec<u32>| {
                 tx.blocking_send(PeerReply::Snapshot(SnapshotPart::Header {
                     applied: m.applied,
                     clock: m.clock,
+                    splits,
                 }))
                 .is_ok()
             };
@@ -178,13 +179,17 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
             .transpose()
             .map_err(|e| e.to_string())?;
         let (kind, chunk) = match part {
-            Some(PeerReply::Snapshot(SnapshotPart::Header { applied: a, clock })) => {
+            Some(PeerReply::Snapshot(SnapshotPart::Header {
+                applied: a,
+                clock,
+                splits,
+            })) => {
                 if a < min_applied {
                     return Err(format!(
                         "the primary's snapshot reflects entries up to {a}, short of the {min_applied} this copy acknowledged; waiting for the primary to apply them"
                     ));
                 }
-                applied = Some((a, clock));
+                applied = Some((a, clock, splits));
                 continue;
             }
             Some(PeerReply::Snapshot(SnapshotPart::Rows(chunk))) => (ChunkKind::Rows, chunk),
@@ -212,10 +217,10 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
         }))
         .await?;
     }
-    let (applied, clock) = applied.ok_or("the snapshot had no header")?;
+    let (applied, clock, splits) = applied.ok_or("the snapshot had no header")?;
     let st = store.clone();
     blocking(Box::new(move || {
-        st.finish_install(id, applied, clock, epoch)
+        st.finish_install(id, applied, clock, epoch, &splits)
             .map_err(|e| e.to_string())
     }))
     .await?;
