@@ -147,37 +147,29 @@ impl Table {
     /// pass over the shards (a table split into many shards pays that per
     /// key; an index is future work).
     pub fn shard_of(&self, key: &RowKey) -> u32 {
-        match &self.spec.sharding {
+        // Where creation put the key, and how a shard's range says it holds it.
+        let (guess, holds): (u32, &dyn Fn(&KeyRange) -> bool) = match &self.spec.sharding {
             crate::cluster_map::Sharding::Hash { shards } => {
                 let hash = key.hash();
-                let guess = slot_of(hash, *shards);
-                if self
-                    .shards
-                    .get(guess as usize)
-                    .is_some_and(|s| s.range.holds_hash(hash))
-                {
-                    return guess;
-                }
-                self.shards
-                    .iter()
-                    .find(|s| s.range.holds_hash(hash))
-                    .map_or(guess, |s| s.index)
+                (slot_of(hash, *shards), &move |r| r.holds_hash(hash))
             }
             crate::cluster_map::Sharding::Range { splits } => {
-                let guess = splits.partition_point(|s| s <= key) as u32;
-                if self
-                    .shards
-                    .get(guess as usize)
-                    .is_some_and(|s| s.range.contains(key))
-                {
-                    return guess;
-                }
-                self.shards
-                    .iter()
-                    .find(|s| s.range.contains(key))
-                    .map_or(guess, |s| s.index)
+                (splits.partition_point(|s| s <= key) as u32, &|r| {
+                    r.contains(key)
+                })
             }
+        };
+        if self
+            .shards
+            .get(guess as usize)
+            .is_some_and(|s| holds(&s.range))
+        {
+            return guess;
         }
+        self.shards
+            .iter()
+            .find(|s| holds(&s.range))
+            .map_or(guess, |s| s.index)
     }
 }
 
