@@ -82,6 +82,8 @@ first, last = full[0], statistics.median(full[-3:])
 print(f"first interval {first:.0f} ops/s; median of the last three {last:.0f} ops/s: x{last / max(first, 1):.2f}")
 w = report["write"]
 print(f"writes: {w['count']} ok, {w['errors']} errors; p50 {w['p50_us']/1000:.1f} ms, p99 {w['p99_us']/1000:.1f} ms, slowest {w['max_us']/1000:.1f} ms")
+if report.get("first_error"):
+    print(f"first error: {report['first_error']}")
 EOF
 echo "== split events"
 "${A[@]}" events | grep -E "split" | tail -20 || true
