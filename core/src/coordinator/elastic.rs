@@ -1,7 +1,8 @@
 //! Elastic tables, the decisions (issue 16, first step): which shard to
 //! split and where, which two shards to merge, and when. Pure: the map, the
 //! shards' sizes and loads, the time and what was decided before come in;
-//! decisions go out. Nothing here carries a split out yet.
+//! decisions go out. The coordinator carries out its splits
+//! (`tstore_actors` coordinator, `elastic`); merges are not carried out yet.
 //!
 //! Key spaces:
 //! - a range shard `[start, end)` splits at a key `k` strictly inside it
