@@ -179,13 +179,16 @@ struct Ids {
     /// client time-to-live old.
     current: Option<ClientId>,
     next_seq: u64,
-    /// Requests sent and not yet finished: (id, table, sequence number).
-    /// A request's "first incomplete" mark counts the requests to its
-    /// table, not only to its shard: a split can move a request's key to
-    /// another shard of the table (the one split off), which recognises the
-    /// request by the outcomes it got from the parent, and must not have
-    /// forgotten them because of a mark that left the request out.
-    in_flight: BTreeSet<(ClientId, String, u64)>,
+    /// Requests sent and not yet finished: (id, table, shard, sequence
+    /// number). A request's "first incomplete" mark counts only the
+    /// requests to its shard, so a request stuck on another shard (a
+    /// failover) does not keep this shard remembering every outcome
+    /// meanwhile; but in a table that was ever split it counts every
+    /// request to the table: a split can move a request's key to the shard
+    /// split off, which recognises the request by the outcomes it got from
+    /// the parent, and must not have forgotten them because of a mark that
+    /// left the request out.
+    in_flight: BTreeSet<(ClientId, String, u32, u64)>,
 }
 
 /// Removes a request from the in-flight set when it finishes, however it
@@ -193,6 +196,7 @@ struct Ids {
 struct InFlight<'a> {
     ids: &'a Mutex<Ids>,
     table: String,
+    shard: u32,
     id: RequestId,
 }
 
@@ -200,7 +204,8 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut ids = self.ids.lock().expect("ids lock");
         let table = std::mem::take(&mut self.table);
-        ids.in_flight.remove(&(self.id.client, table, self.id.seq));
+        ids.in_flight
+            .remove(&(self.id.client, table, self.shard, self.id.seq));
     }
 }
 
@@ -415,9 +420,9 @@ impl Client {
         Err(last)
     }
 
-    /// A new write request's identity for `table`, registered as in flight
-    /// until the returned guard is dropped.
-    fn begin_request(&self, table: &str) -> InFlight<'_> {
+    /// A new write request's identity for shard `shard` of `t`, registered
+    /// as in flight until the returned guard is dropped.
+    fn begin_request(&self, t: &Table, shard: u32) -> InFlight<'_> {
         let mut ids = self.ids.lock().expect("ids lock");
         let now = (wall_ms() + self.clock_offset_ms.load(Ordering::Relaxed)).max(0) as u64;
         let client = match ids.current {
@@ -434,17 +439,21 @@ impl Client {
         };
         let seq = ids.next_seq;
         ids.next_seq += 1;
-        let table = table.to_owned();
-        ids.in_flight.insert((client, table.clone(), seq));
+        let table = t.spec.name.clone();
+        ids.in_flight.insert((client, table.clone(), shard, seq));
+        let split = t.shards.iter().any(|s| s.origin.is_some());
         let first_incomplete = ids
             .in_flight
-            .range((client, table.clone(), 0)..)
-            .next()
-            .filter(|(c, t, _)| *c == client && *t == table)
-            .map_or(seq, |(_, _, s)| *s);
+            .range((client, table.clone(), 0, 0)..)
+            .take_while(|(c, tb, _, _)| *c == client && *tb == table)
+            .filter(|(_, _, s, _)| split || *s == shard)
+            .map(|(_, _, _, q)| *q)
+            .min()
+            .unwrap_or(seq);
         InFlight {
             ids: &self.ids,
             table,
+            shard,
             id: RequestId {
                 client,
                 seq,
@@ -737,7 +746,7 @@ impl Client {
     async fn write(&self, table: &str, op: Op) -> Result<OpResult, ClientError> {
         let route = self.route(table).await?;
         let shard = shard_of_write(&route.table, &op)?;
-        let request = self.begin_request(table);
+        let request = self.begin_request(&route.table, shard);
         let req = ShardRequest::Write {
             shard: ShardKey::new(table, shard),
             id: request.id,
