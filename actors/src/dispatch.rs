@@ -112,18 +112,22 @@ impl PeerDispatch {
             PeerMessage::Loads {
                 split_size_bytes,
                 split_load_ops,
+                tables,
             } => {
                 let local = self.local.current();
                 stream::once(async move {
-                    let asks = local.iter().map(|(key, copy)| async move {
-                        let r = copy
-                            .send(LoadReport {
-                                split_size_bytes,
-                                split_load_ops,
-                            })
-                            .await;
-                        r.ok().flatten().map(|s| (key.clone(), s))
-                    });
+                    let wanted = |t: &String| tables.binary_search(t).is_ok();
+                    let asks = local.iter().filter(|(key, _)| wanted(&key.table)).map(
+                        |(key, copy)| async move {
+                            let r = copy
+                                .send(LoadReport {
+                                    split_size_bytes,
+                                    split_load_ops,
+                                })
+                                .await;
+                            r.ok().flatten().map(|s| (key.clone(), s))
+                        },
+                    );
                     let loads = futures::future::join_all(asks).await;
                     PeerReply::Loads(loads.into_iter().flatten().collect())
                 })

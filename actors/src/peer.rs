@@ -49,6 +49,9 @@ pub enum PeerMessage {
     Loads {
         split_size_bytes: u64,
         split_load_ops: u64,
+        /// The tables whose shards may split by themselves: only their
+        /// copies answer.
+        tables: Vec<String>,
     },
 }
 

@@ -465,13 +465,15 @@ impl Client {
     /// Sends one shard request to the node that serves it, refreshing the
     /// route and resending within the retry budget. `read`: the read mode,
     /// `None` for a write (which carries its identity, so resends are safe).
+    /// Returns the reply and the shard that gave it: the key's shard in the
+    /// newest map, which a split may have changed since `shard`.
     async fn send(
         &self,
         table: &str,
         shard: u32,
         request: ShardRequest,
         read: Option<ReadMode>,
-    ) -> Result<DataReply, ClientError> {
+    ) -> Result<(DataReply, u32), ClientError> {
         let write = read.is_none();
         let started = Instant::now();
         // Some attempt of this write may have been applied: a final failure
@@ -531,7 +533,7 @@ impl Client {
                 {
                     Some(r) => match r {
                         Ok(AdminReply::Data(DataReply::Error(e))) => Err(ClientError::Data(e)),
-                        Ok(AdminReply::Data(reply)) => return Ok(reply),
+                        Ok(AdminReply::Data(reply)) => return Ok((reply, shard)),
                         Ok(AdminReply::Error(e)) => return Err(ClientError::Admin(e)),
                         Ok(_) => return Err(ClientError::Unexpected("not a data reply")),
                         Err(e) => {
@@ -754,8 +756,9 @@ impl Client {
         };
         let reply = self.send(table, shard, req, None).await;
         drop(request);
+        // The shard that took it (a split may have moved the key).
         match reply? {
-            DataReply::Written(r) => {
+            (DataReply::Written(r), shard) => {
                 self.observe(table, shard, seq_of(&r));
                 Ok(r)
             }
@@ -875,7 +878,7 @@ impl Client {
             mode,
         };
         match self.send(table, shard, request, Some(mode)).await? {
-            DataReply::Row(r) => {
+            (DataReply::Row(r), shard) => {
                 if let Some(r) = &r {
                     self.observe(table, shard, r.version);
                 }
@@ -984,7 +987,7 @@ impl Client {
             };
             async move {
                 match self.send(table, shard, request, Some(mode)).await? {
-                    DataReply::Rows(r) => {
+                    (DataReply::Rows(r), shard) => {
                         if let Some(v) = r.iter().map(|(_, r)| r.version).max() {
                             self.observe(table, shard, v);
                         }

@@ -79,6 +79,9 @@ pub struct LocalCopy {
     /// The shard this one was split from: a member copy not yet built by
     /// its node's copy of the parent waits for it.
     pub split_from: Option<u32>,
+    /// This node holds a copy of that parent (member or learner): without
+    /// one, a copy waiting to be built never will be.
+    pub parent_here: bool,
 }
 
 /// One change to the copies running on this node.
@@ -116,6 +119,11 @@ pub fn wanted(map: &ClusterMap, me: &str) -> BTreeMap<ShardKey, LocalCopy> {
                     range_epoch: children(t, s.index).map(|c| c.2).max().unwrap_or(0),
                     children: children(t, s.index).collect(),
                     split_from: s.origin.as_ref().map(|o| o.parent),
+                    parent_here: s.origin.as_ref().is_some_and(|o| {
+                        t.shards
+                            .get(o.parent as usize)
+                            .is_some_and(|p| p.replicas.holders().any(|h| h == me))
+                    }),
                 },
             )
         })

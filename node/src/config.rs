@@ -110,7 +110,7 @@ pub struct NodeOptions {
     /// TCP address (a loopback one) of the node's HTTP listener: Prometheus metrics at /metrics; off when unset [default: off].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
-    /// The coordinator splits a shard whose rows (keys and stored values) take more than this many bytes (elastic tables; a table can opt out with `admin auto-split TABLE off`); 0 never; 0..=1099511627776 [default: 536870912].
+    /// The coordinator splits a shard whose rows (keys and stored values) take more than this many bytes (elastic tables; a table can opt out with `admin auto-split TABLE off`); 0 never; 0..=1099511627776 [default: 67108864].
     #[arg(long)]
     pub split_size_bytes: Option<u64>,
     /// ... or that serves more than this many requests per second for split_load_secs; 0 never [default: 3000].

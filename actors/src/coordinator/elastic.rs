@@ -45,6 +45,14 @@ impl ControlPlane {
         if !map.tables.values().any(|t| t.auto_split) {
             return;
         }
+        // Sorted: the nodes look names up by binary search.
+        let tables: Vec<String> = map
+            .tables
+            .values()
+            .filter(|t| t.auto_split)
+            .map(|t| t.spec.name.clone())
+            .collect();
+        let tables = &tables;
         let live: BTreeSet<String> = live_peers(snapshot)
             .into_iter()
             .map(|p| p.node_id)
@@ -58,6 +66,7 @@ impl ControlPlane {
                 let msg = PeerMessage::Loads {
                     split_size_bytes: cfg.split_size_bytes,
                     split_load_ops: cfg.split_load_ops,
+                    tables: tables.clone(),
                 };
                 let ask = self.inner.endpoint.request::<_, PeerReply>(addr, &msg);
                 match tokio::time::timeout(LOADS_TIMEOUT, ask).await {

@@ -340,6 +340,13 @@ fn born_mark(id: ShardPrefix) -> Vec<u8> {
     id.key(b"born")
 }
 
+/// The `shard-meta` key saying that copy `id` is being installed from a
+/// snapshot (from `begin_install` to `finish_install`): a split applied
+/// meanwhile must not build into it.
+fn installing_mark(id: ShardPrefix) -> Vec<u8> {
+    id.key(b"installing")
+}
+
 /// The `shard-meta` key saying that copy `id` split `child` off.
 fn split_mark(id: ShardPrefix, child: u32) -> Vec<u8> {
     let mut k = split_mark_prefix(id);
@@ -713,7 +720,10 @@ impl ShardStore {
             shard: child,
         };
         // Not `meta`: the node may have recorded the child's epoch already.
-        let build = self.meta.get(wtxn, &born_mark(to))?.is_none();
+        // Nor a copy being installed from a snapshot: its rows are the
+        // snapshot's.
+        let build = self.meta.get(wtxn, &born_mark(to))?.is_none()
+            && self.meta.get(wtxn, &installing_mark(to))?.is_none();
         let (from_key, end_key) = match range {
             KeyRange::Range { start, end } => (
                 id.key(&start.as_ref().map(RowKey::encode).unwrap_or_default()),
@@ -1186,6 +1196,7 @@ impl ShardStore {
         };
         self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
         self.meta.put(&mut wtxn, &born_mark(id), &[])?;
+        self.meta.delete(&mut wtxn, &installing_mark(id))?;
         for child in splits {
             self.meta.put(&mut wtxn, &split_mark(id, *child), &[])?;
         }
@@ -1193,29 +1204,44 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Starts installing copy `id` from a snapshot: drops what this node
+    /// held of it and marks it installing, in one transaction.
+    pub fn begin_install(&self, id: ShardPrefix) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        self.drop_in(&mut wtxn, id)?;
+        self.meta.put(&mut wtxn, &installing_mark(id), &[])?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
     /// Removes every row, log entry and the metadata of a shard copy.
     pub fn drop_shard(&self, id: ShardPrefix) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
+        self.drop_in(&mut wtxn, id)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    fn drop_in(&self, wtxn: &mut heed::RwTxn, id: ShardPrefix) -> Result<(), StoreError> {
         let p = id.prefix();
         for db in [&self.rows, &self.log, &self.sessions] {
             let keys: Vec<Vec<u8>> = db
-                .prefix_iter(&wtxn, &p)?
+                .prefix_iter(wtxn, &p)?
                 .map(|r| r.map(|(k, _)| k.to_vec()))
                 .collect::<Result<_, _>>()?;
             for k in keys {
-                db.delete(&mut wtxn, &k)?;
+                db.delete(wtxn, &k)?;
             }
         }
-        // The metadata and the split marks (`split_mark`).
+        // The metadata and the marks (`born`, `installing`, `split_mark`).
         let keys: Vec<Vec<u8>> = self
             .meta
-            .prefix_iter(&wtxn, &p)?
+            .prefix_iter(wtxn, &p)?
             .map(|r| r.map(|(k, _)| k.to_vec()))
             .collect::<Result<_, _>>()?;
         for k in keys {
-            self.meta.delete(&mut wtxn, &k)?;
+            self.meta.delete(wtxn, &k)?;
         }
-        wtxn.commit()?;
         Ok(())
     }
 
@@ -1548,6 +1574,34 @@ mod tests {
         }
         s.drop_shard(parent).unwrap();
         assert!(!s.split_done(parent, 2).unwrap(), "dropped with the shard");
+    }
+
+    #[test]
+    fn a_split_never_builds_into_a_copy_being_installed_from_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let parent = ShardPrefix { table: 1, shard: 0 };
+        let child = ShardPrefix { table: 1, shard: 1 };
+        let mut log: Vec<LogEntry> = (1..=4).map(|i| entry(i as u64, &put(i))).collect();
+        let range = KeyRange::Range {
+            start: Some(RowKey::Int(3)),
+            end: None,
+        };
+        log.push(entry(5, &Op::Split { child: 1, range }));
+        s.append(parent, &log).unwrap();
+        s.apply(parent, 4, "id").unwrap();
+        // The child's copy starts installing a snapshot; then the parent
+        // applies the marker: the parent's rows 3 and 4 go, none is
+        // written into the copy being installed.
+        s.begin_install(child).unwrap();
+        s.apply(parent, 5, "id").unwrap();
+        assert_eq!(s.scan(parent, None, None, 10).unwrap().len(), 2);
+        assert!(s.scan(child, None, None, 10).unwrap().is_empty());
+        assert!(!s.built(child).unwrap() && s.split_done(parent, 1).unwrap());
+        s.finish_install(child, 5, SessionClock::default(), 2, &[])
+            .unwrap();
+        assert!(s.built(child).unwrap());
     }
 
     #[test]

@@ -72,7 +72,7 @@ use crate::hearing::Hearing;
 use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
 use crate::recovery::Recovery;
-use tstore_core::cluster_map::{NodeId, RowKey};
+use tstore_core::cluster_map::{KeyRange, NodeId, RowKey};
 use tstore_core::coordinator::elastic::ShardStats;
 use tstore_core::copy_gossip::CopyGossip;
 use tstore_core::data::ops::{OpResult, RowRecord};
@@ -276,14 +276,23 @@ impl CopyActor {
                 table: self.id.table,
                 shard: p,
             });
-            if parent.is_some_and(|p| {
+            let past = parent.is_some_and(|p| {
                 self.env
                     .store
                     .split_done(p, self.key.index)
                     .unwrap_or(false)
-            }) {
+            });
+            let why = if !self.copy.parent_here {
+                Some("this node holds no copy of the shard it is split from")
+            } else if past {
+                Some("this node's copy of the shard it is split from was rebuilt past the split")
+            } else {
+                None
+            };
+            // (Built meanwhile, between the two reads: go on below.)
+            if let Some(why) = why.filter(|_| self.awaits_split()) {
                 self.fail(format!(
-                    "this node's copy of {}/{} was rebuilt past the split that builds this one",
+                    "{why} ({}/{}): it cannot be built here",
                     self.key.table,
                     self.copy.split_from.unwrap_or_default()
                 ));
@@ -1290,6 +1299,15 @@ impl Handler<ScanShard> for CopyActor {
         if s.needs.is_none() {
             self.ops += 1;
         }
+        if s.epoch > self.copy.replicas.epoch {
+            // The node has the map the scan was planned by, this copy not
+            // yet (it is reconfigured right after): its range may still be
+            // the one from before a split.
+            return Response::reply(Err(DataError::unavailable(format!(
+                "shard {} is not at epoch {} yet (it is at {}); retry",
+                self.key, s.epoch, self.copy.replicas.epoch
+            ))));
+        }
         if s.epoch < self.copy.range_epoch {
             return Response::reply(Err(DataError::new(
                 ErrorKind::Stale,
@@ -1331,57 +1349,69 @@ impl Handler<ScanShard> for CopyActor {
 }
 
 impl Handler<LoadReport> for CopyActor {
-    type Result = Option<ShardStats>;
+    type Result = ResponseFuture<Option<ShardStats>>;
 
-    fn handle(&mut self, r: LoadReport, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, r: LoadReport, _: &mut Context<Self>) -> Self::Result {
         if !matches!(self.role, Role::Primary(_)) || self.failed.is_some() {
-            return None;
+            return Box::pin(async { None });
         }
         let (since, before) = std::mem::replace(&mut self.ops_mark, (Instant::now(), self.ops));
         let secs = since.elapsed().as_secs_f64().max(0.001);
         let ops_per_sec = ((self.ops - before) as f64 / secs).round() as u64;
-        let meta = self.env.store.meta(self.id).ok()?;
+        let Ok(meta) = self.env.store.meta(self.id) else {
+            return Box::pin(async { None });
+        };
         let size_bytes = meta.row_bytes;
         let over = (r.split_size_bytes > 0 && size_bytes > r.split_size_bytes)
             || (r.split_load_ops > 0 && ops_per_sec > r.split_load_ops);
-        let median = match (&self.copy.range, over) {
-            (tstore_core::cluster_map::KeyRange::Range { .. }, true) => {
-                match self.env.store.middle_key(self.id) {
-                    Ok(m) => m.map(|(k, _)| k),
-                    Err(e) => {
-                        let _ = self.read_failed("finding the median key", e, ctx);
+        let needs_median = over && matches!(self.copy.range, KeyRange::Range { .. });
+        let (store, id, key) = (self.env.store.clone(), self.id, self.key.clone());
+        Box::pin(async move {
+            // Two passes over the keys: off the copies' thread.
+            let median = if needs_median {
+                match tokio::task::spawn_blocking(move || store.middle_key(id)).await {
+                    Ok(Ok(m)) => m.map(|(k, _)| k),
+                    Ok(Err(e)) => {
+                        warn!(shard = %key, error = %e, "cannot find the median key");
                         None
                     }
+                    Err(_) => None,
                 }
-            }
-            _ => None,
-        };
-        Some(ShardStats {
-            size_bytes,
-            ops_per_sec,
-            median,
+            } else {
+                None
+            };
+            Some(ShardStats {
+                size_bytes,
+                ops_per_sec,
+                median,
+            })
         })
     }
 }
 
 impl Handler<MiddleKey> for CopyActor {
-    type Result = Result<Option<(RowKey, RowRecord)>, DataError>;
+    type Result = ResponseFuture<Result<Option<(RowKey, RowRecord)>, DataError>>;
 
-    fn handle(&mut self, _: MiddleKey, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: MiddleKey, _: &mut Context<Self>) -> Self::Result {
         // A hint for where to split, not a read: any copy's rows serve.
         if let Some(e) = self.unavailable() {
-            return Err(DataError::unavailable(e));
+            return Box::pin(async move { Err(DataError::unavailable(e)) });
         }
         if matches!(self.role, Role::Installing | Role::Splitting(_)) {
-            return Err(DataError::unavailable(format!(
-                "shard {} is being built here; retry",
-                self.key
-            )));
+            let e =
+                DataError::unavailable(format!("shard {} is being built here; retry", self.key));
+            return Box::pin(async move { Err(e) });
         }
-        self.env
-            .store
-            .middle_key(self.id)
-            .map_err(|e| self.read_failed("finding the median key", e, ctx))
+        let (store, id, key) = (self.env.store.clone(), self.id, self.key.clone());
+        Box::pin(async move {
+            // Two passes over the keys: off the copies' thread.
+            tokio::task::spawn_blocking(move || store.middle_key(id))
+                .await
+                .map_err(|e| DataError::unavailable(e.to_string()))?
+                .map_err(|e| {
+                    DataError::unavailable(format!("shard {key}: finding the median key: {e}"))
+                })
+        })
     }
 }
 

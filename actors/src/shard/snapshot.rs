@@ -163,7 +163,7 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
     };
     let st = store.clone();
     blocking(Box::new(move || {
-        st.drop_shard(id).map_err(|e| e.to_string())
+        st.begin_install(id).map_err(|e| e.to_string())
     }))
     .await?;
     let req = PeerMessage::Snapshot { shard: key.clone() };

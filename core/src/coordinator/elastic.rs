@@ -76,7 +76,9 @@ pub struct ElasticConfig {
 impl Default for ElasticConfig {
     fn default() -> Self {
         Self {
-            split_size_bytes: 512 << 20,
+            // A split copies half the shard's rows within its node, in one
+            // transaction of the node's group commit: kept to about 32 MiB.
+            split_size_bytes: 64 << 20,
             split_load_ops: 3_000,
             load_for_ms: 60_000,
             min_split_bytes: 16 << 20,
