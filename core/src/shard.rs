@@ -68,10 +68,6 @@ pub struct LocalCopy {
     /// The keys the shard owns: the copy refuses a request for another key
     /// (a client routing by a map from before a split) as stale.
     pub range: KeyRange,
-    /// The epoch at which `range` last narrowed (the newest split of the
-    /// shard; 0 for none): a scan planned by an older map is refused as
-    /// stale, since it does not know where the rest of its keys went.
-    pub range_epoch: u64,
     /// The shards split off this one: `(child, the keys it was given, the
     /// epoch of the split)`. The primary logs a split marker for each one
     /// its copy has not applied yet (`tstore_actors` shard actor, "Splits").
@@ -82,6 +78,15 @@ pub struct LocalCopy {
     /// This node holds a copy of that parent (member or learner): without
     /// one, a copy waiting to be built never will be.
     pub parent_here: bool,
+}
+
+impl LocalCopy {
+    /// The epoch at which `range` last narrowed (the newest split of the
+    /// shard; 0 for none): a scan planned by an older map is refused as
+    /// stale, since it does not know where the rest of its keys went.
+    pub fn range_epoch(&self) -> u64 {
+        self.children.iter().map(|c| c.2).max().unwrap_or(0)
+    }
 }
 
 /// One change to the copies running on this node.
@@ -116,7 +121,6 @@ pub fn wanted(map: &ClusterMap, me: &str) -> BTreeMap<ShardKey, LocalCopy> {
                     key_column: t.spec.key.clone(),
                     min_copies: t.spec.min_copies(),
                     range: s.range.clone(),
-                    range_epoch: children(t, s.index).map(|c| c.2).max().unwrap_or(0),
                     children: children(t, s.index).collect(),
                     split_from: s.origin.as_ref().map(|o| o.parent),
                     parent_here: s.origin.as_ref().is_some_and(|o| {

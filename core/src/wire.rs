@@ -76,13 +76,7 @@ impl ShardRequest {
     /// status is for the shard it names).
     pub fn shard_in(&self, t: &Table) -> Option<u32> {
         match self {
-            ShardRequest::Write { op, .. } => {
-                let key = match op {
-                    Op::Batch(ops) => ops.first().and_then(Op::key),
-                    other => other.key(),
-                };
-                key.map(|k| t.shard_of(k))
-            }
+            ShardRequest::Write { op, .. } => op.first_key().map(|k| t.shard_of(k)),
             ShardRequest::Get { key, .. } => Some(t.shard_of(key)),
             ShardRequest::Scan { .. }
             | ShardRequest::Status { .. }

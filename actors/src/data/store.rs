@@ -162,9 +162,12 @@ struct ShardMetaV0 {
     clock: SessionClock,
 }
 
+/// A copy's metadata, in this format or an older one; the error is this
+/// format's.
 fn decode_meta(bytes: &[u8]) -> Result<ShardMeta, StoreError> {
-    if let Ok(m) = decode::<ShardMeta>("shard meta", bytes) {
-        return Ok(m);
+    let newest = decode::<ShardMeta>("shard meta", bytes);
+    if newest.is_ok() {
+        return newest;
     }
     if let Ok(old) = decode::<ShardMetaV1>("shard meta", bytes) {
         return Ok(ShardMeta {
@@ -177,16 +180,16 @@ fn decode_meta(bytes: &[u8]) -> Result<ShardMeta, StoreError> {
             ..ShardMeta::default()
         });
     }
-    decode("shard meta", bytes).or_else(|e| match decode::<ShardMetaV0>("shard meta", bytes) {
-        Ok(old) => Ok(ShardMeta {
+    if let Ok(old) = decode::<ShardMetaV0>("shard meta", bytes) {
+        return Ok(ShardMeta {
             epoch: old.epoch,
             logged: old.logged,
             applied: old.applied,
             clock: old.clock,
             ..ShardMeta::default()
-        }),
-        Err(_) => Err(e),
-    })
+        });
+    }
+    newest
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +359,14 @@ fn split_mark(id: ShardPrefix, child: u32) -> Vec<u8> {
 
 fn split_mark_prefix(id: ShardPrefix) -> Vec<u8> {
     id.key(b"split")
+}
+
+/// The row key of a stored row key (`k`: prefix and encoded key).
+fn row_key(id: ShardPrefix, k: &[u8]) -> Result<RowKey, StoreError> {
+    RowKey::decode(&k[12..]).ok_or_else(|| StoreError::Corrupt {
+        what: "row key",
+        cause: format!("undecodable, in {}", key_at(id, k)),
+    })
 }
 
 fn key_at(id: ShardPrefix, key: &[u8]) -> String {
@@ -739,10 +750,7 @@ impl ShardStore {
         let mut moving: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for item in self.rows.range(wtxn, &bounds)? {
             let (k, v) = item?;
-            let key = RowKey::decode(&k[12..]).ok_or_else(|| StoreError::Corrupt {
-                what: "row key",
-                cause: format!("undecodable, in {}", key_at(id, k)),
-            })?;
+            let key = row_key(id, k)?;
             if range.contains(&key) {
                 moving.push((k[12..].to_vec(), v.to_vec()));
             }
@@ -789,10 +797,7 @@ impl ShardStore {
             return Ok(None);
         };
         let (k, v) = item?;
-        let key = RowKey::decode(&k[12..]).ok_or_else(|| StoreError::Corrupt {
-            what: "row key",
-            cause: format!("undecodable, in {}", key_at(id, k)),
-        })?;
+        let key = row_key(id, k)?;
         Ok(Some((key, open("row", || key_at(id, k), v)?)))
     }
 
@@ -1013,10 +1018,7 @@ impl ShardStore {
         let mut out = Vec::new();
         for item in self.rows.range(&rtxn, &range)? {
             let (k, v) = item?;
-            let key = RowKey::decode(&k[12..]).ok_or(StoreError::Corrupt {
-                what: "row key",
-                cause: "undecodable".into(),
-            })?;
+            let key = row_key(id, k)?;
             if to.is_some_and(|t| key >= *t) || out.len() >= limit {
                 break;
             }

@@ -1120,7 +1120,7 @@ impl CopyActor {
             ErrorKind::Stale,
             format!(
                 "shard {} no longer holds key {key}: it was split at epoch {} and holds {}; refresh the map",
-                self.key, self.copy.range_epoch, self.copy.range
+                self.key, self.copy.range_epoch(), self.copy.range
             ),
         )
     }
@@ -1308,12 +1308,12 @@ impl Handler<ScanShard> for CopyActor {
                 self.key, s.epoch, self.copy.replicas.epoch
             ))));
         }
-        if s.epoch < self.copy.range_epoch {
+        if s.epoch < self.copy.range_epoch() {
             return Response::reply(Err(DataError::new(
                 ErrorKind::Stale,
                 format!(
                     "shard {} was split at epoch {} and holds {} now; the scan was planned at epoch {}: refresh the map",
-                    self.key, self.copy.range_epoch, self.copy.range, s.epoch
+                    self.key, self.copy.range_epoch(), self.copy.range, s.epoch
                 ),
             )));
         }
@@ -1335,7 +1335,7 @@ impl Handler<ScanShard> for CopyActor {
         // Only the shard's own keys: a copy that has not applied the split
         // marker yet still holds the keys it gave away.
         // (A shard never split holds only its own keys.)
-        let (range, split) = (&self.copy.range, self.copy.range_epoch > 0);
+        let (range, split) = (&self.copy.range, self.copy.range_epoch() > 0);
         let res = self
             .env
             .store

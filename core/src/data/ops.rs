@@ -61,6 +61,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// The row that places the operation in a shard: its key, a batch's
+    /// first operation's; `None` for an empty batch or a split marker.
+    pub fn first_key(&self) -> Option<&RowKey> {
+        match self {
+            Op::Batch(ops) => ops.first().and_then(Op::key),
+            other => other.key(),
+        }
+    }
+
     /// The row the operation writes; `None` for a batch.
     pub fn key(&self) -> Option<&RowKey> {
         match self {

@@ -74,11 +74,7 @@ pub fn check_op(t: &Table, shard: u32, op: &Op) -> Result<(), DataError> {
 /// The shard a write belongs to, once checked: for a batch, the shard of
 /// its first key, which every other key must share.
 pub fn shard_of_write(t: &Table, op: &Op) -> Result<u32, DataError> {
-    let first = match op {
-        Op::Batch(ops) => ops.first().and_then(Op::key),
-        other => other.key(),
-    };
-    let Some(first) = first else {
+    let Some(first) = op.first_key() else {
         return Err(DataError::invalid("a batch needs at least one operation"));
     };
     let shard = t.shard_of(first);
