@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use tstore_core::cluster_map::{KeyRange, RowKey};
 use tstore_core::data::ops::{evaluate, Op, OpError, OpResult, RowRecord};
-use tstore_core::data::sessions::{decide, ClientRecord, Command, SessionClock};
+use tstore_core::data::sessions::{decide, merge_records, ClientRecord, Command, SessionClock};
 use tstore_core::replication::{Epoch, LogEntry, Seq};
 
 type Db = Database<'static, Bytes, Bytes>;
@@ -336,9 +336,13 @@ fn open<T: for<'de> Deserialize<'de>>(
     })
 }
 
-/// Where a row (or client session) key is, for errors.
 /// The `shard-meta` key saying that copy `id` was built: by the split that
-/// made its shard, or from a snapshot.
+/// made its shard, or from a snapshot. Its value is the copy's birth: the
+/// position its rows first reflected (the split marker's seq, or the
+/// snapshot's `applied`; u64 big-endian, empty as stored before: 0). A
+/// shard's index is reused after a merge, so the birth tells a copy of the
+/// shard now at an index from one left over from the shard merged away
+/// (see [`absorbed_mark`]).
 fn born_mark(id: ShardPrefix) -> Vec<u8> {
     id.key(b"born")
 }
@@ -361,6 +365,41 @@ fn split_mark_prefix(id: ShardPrefix) -> Vec<u8> {
     id.key(b"split")
 }
 
+/// The `shard-meta` key saying that copy `id` merged shard `child` into
+/// itself; its value is the position the merged shard's log went on from
+/// (u64 big-endian, see [`ShardStore::merge`]). A later split of `id` may
+/// reuse the index: a copy of `child` born before that position is what
+/// is left of the shard merged away, never the new one.
+fn absorbed_mark(id: ShardPrefix, child: u32) -> Vec<u8> {
+    let mut k = absorbed_mark_prefix(id);
+    k.extend_from_slice(&child.to_be_bytes());
+    k
+}
+
+fn absorbed_mark_prefix(id: ShardPrefix) -> Vec<u8> {
+    id.key(b"absorbed")
+}
+
+/// The position a mark holds (empty, as marks were once stored: 0).
+fn mark_seq(id: ShardPrefix, v: &[u8]) -> Result<Seq, StoreError> {
+    if v.is_empty() {
+        return Ok(0);
+    }
+    <[u8; 8]>::try_from(v)
+        .map(Seq::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            what: "shard mark",
+            cause: format!("{id}: {} bytes, not a position", v.len()),
+        })
+}
+
+/// The child index at the end of a mark's key (`split_mark`,
+/// `absorbed_mark`).
+fn mark_child(k: &[u8]) -> Option<u32> {
+    let b = <[u8; 4]>::try_from(k.get(k.len().checked_sub(4)?..)?).ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
 /// The row key of a stored row key (`k`: prefix and encoded key).
 fn row_key(id: ShardPrefix, k: &[u8]) -> Result<RowKey, StoreError> {
     RowKey::decode(&k[12..]).ok_or_else(|| StoreError::Corrupt {
@@ -369,6 +408,7 @@ fn row_key(id: ShardPrefix, k: &[u8]) -> Result<RowKey, StoreError> {
     })
 }
 
+/// Where a row key is, for errors.
 fn key_at(id: ShardPrefix, key: &[u8]) -> String {
     match RowKey::decode(key.get(12..).unwrap_or_default()) {
         Some(k) => format!("{id} key {k:?}"),
@@ -436,6 +476,29 @@ impl ChunkKind {
             ChunkKind::Sessions => client_at(id, key),
         }
     }
+}
+
+/// The marks a snapshot carries to the copy installed from it: the
+/// shards split off the shard whose split it already reflects, and the
+/// shards merged into it with the position each merge went on from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotMarks {
+    pub splits: Vec<u32>,
+    pub absorbed: Vec<(u32, Seq)>,
+}
+
+/// What [`ShardStore::merge`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// Merged: the rows moved in from the shard merged away, and their
+    /// bytes (keys and stored values).
+    Merged { rows: u64, bytes: u64 },
+    /// This copy had merged already (it is at or past the merge's
+    /// position): nothing was written.
+    AlreadyDone,
+    /// The copies here are not where the merge expects them: nothing was
+    /// written.
+    Mismatch(String),
 }
 
 impl ShardStore {
@@ -732,9 +795,13 @@ impl ShardStore {
         };
         // Not `meta`: the node may have recorded the child's epoch already.
         // Nor a copy being installed from a snapshot: its rows are the
-        // snapshot's.
-        let build = self.meta.get(wtxn, &born_mark(to))?.is_none()
+        // snapshot's. A copy left over from a shard merged away at the
+        // same index is no copy of this child: it is wiped and built anew.
+        let build = !self.built_in(wtxn, to, Some(id.shard))?
             && self.meta.get(wtxn, &installing_mark(to))?.is_none();
+        if build {
+            self.drop_in(wtxn, to)?;
+        }
         let (from_key, end_key) = match range {
             KeyRange::Range { start, end } => (
                 id.key(&start.as_ref().map(RowKey::encode).unwrap_or_default()),
@@ -782,7 +849,7 @@ impl ShardStore {
                 row_bytes: moved_bytes,
             };
             self.meta.put(wtxn, &to.prefix(), &encode(&meta))?;
-            self.meta.put(wtxn, &born_mark(to), &[])?;
+            self.meta.put(wtxn, &born_mark(to), &seq.to_be_bytes())?;
         }
         self.meta.put(wtxn, &split_mark(id, child), &[])?;
         Ok((moving.len() as u64, moved_bytes))
@@ -802,10 +869,36 @@ impl ShardStore {
     }
 
     /// Whether this node's copy of `id` was built by a split or a snapshot
-    /// install (a copy of a shard split off another waits for it).
-    pub fn built(&self, id: ShardPrefix) -> Result<bool, StoreError> {
+    /// install (a copy of a shard split off another waits for it). With
+    /// the shard's `parent`: only a copy born at or after the parent's
+    /// merge of a shard at this index counts (a copy born before is what
+    /// is left of the shard merged away; see [`absorbed_mark`]).
+    pub fn built(&self, id: ShardPrefix, parent: Option<u32>) -> Result<bool, StoreError> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.meta.get(&rtxn, &born_mark(id))?.is_some())
+        self.built_in(&rtxn, id, parent)
+    }
+
+    fn built_in(
+        &self,
+        txn: &heed::RoTxn,
+        id: ShardPrefix,
+        parent: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        let Some(born) = self.meta.get(txn, &born_mark(id))? else {
+            return Ok(false);
+        };
+        let birth = mark_seq(id, born)?;
+        let Some(parent) = parent else {
+            return Ok(true);
+        };
+        let parent = ShardPrefix {
+            table: id.table,
+            shard: parent,
+        };
+        match self.meta.get(txn, &absorbed_mark(parent, id.shard))? {
+            Some(m) => Ok(birth >= mark_seq(parent, m)?),
+            None => Ok(true),
+        }
     }
 
     /// Whether this copy of `id` has applied the marker splitting `child`
@@ -813,6 +906,154 @@ impl ShardStore {
     pub fn split_done(&self, id: ShardPrefix, child: u32) -> Result<bool, StoreError> {
         let rtxn = self.env.read_txn()?;
         Ok(self.meta.get(&rtxn, &split_mark(id, child))?.is_some())
+    }
+
+    /// Merges this node's copy of shard `absorb` into its copy of `keep`,
+    /// in one transaction and with no log entry: every member of the two
+    /// does the same once both are sealed and every copy has applied
+    /// exactly `sk` (keep) and `sa` (absorb). The merged shard's log goes on
+    /// from `M = max(sk, sa) + 1`, a position no copy of either was ever
+    /// at: row versions (log positions) keep growing across the merge, and
+    /// a copy behind it can only catch up by a snapshot.
+    ///
+    /// Absorb's rows move to keep (their stored bytes as they are, as a
+    /// split moves them), the client sessions of both are merged
+    /// ([`merge_records`]), keep's log is deleted, and keep's metadata
+    /// holds both: `logged = applied = M`, the later clock, the rows of
+    /// both. Absorb's copy is dropped, and keep records the merge
+    /// ([`absorbed_mark`]) so that a split reusing the index later does not
+    /// mistake what is left of absorb on some node for its new child.
+    ///
+    /// [`MergeOutcome::AlreadyDone`] when keep is at or past `M` (the merge
+    /// applied before, a restart since); [`MergeOutcome::Mismatch`] when
+    /// either copy is not where the merge expects it (it must be rebuilt
+    /// from a merged copy). Neither writes anything.
+    ///
+    /// [`merge_records`]: tstore_core::data::sessions::merge_records
+    pub fn merge(
+        &self,
+        keep: ShardPrefix,
+        absorb: ShardPrefix,
+        sk: Seq,
+        sa: Seq,
+    ) -> Result<MergeOutcome, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let outcome = self.merge_in(&mut wtxn, keep, absorb, sk, sa)?;
+        if matches!(outcome, MergeOutcome::Merged { .. }) {
+            wtxn.commit()?;
+        }
+        Ok(outcome)
+    }
+
+    fn merge_in(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        keep: ShardPrefix,
+        absorb: ShardPrefix,
+        sk: Seq,
+        sa: Seq,
+    ) -> Result<MergeOutcome, StoreError> {
+        let at = sk.max(sa) + 1;
+        let mismatch = |why: String| {
+            Ok(MergeOutcome::Mismatch(format!(
+                "cannot merge {absorb} (at {sa}) into {keep} (at {sk}): {why}"
+            )))
+        };
+        if keep == absorb {
+            return mismatch("a shard cannot merge into itself".into());
+        }
+        let Some(k) = self.meta.get(wtxn, &keep.prefix())? else {
+            return mismatch(format!("this node holds no copy of {keep}"));
+        };
+        let mut km = decode_meta(k)?;
+        if km.applied >= at {
+            return Ok(MergeOutcome::AlreadyDone);
+        }
+        let Some(a) = self.meta.get(wtxn, &absorb.prefix())? else {
+            return mismatch(format!("this node holds no copy of {absorb}"));
+        };
+        let am = decode_meta(a)?;
+        for id in [keep, absorb] {
+            if self.meta.get(wtxn, &installing_mark(id))?.is_some() {
+                return mismatch(format!("{id} is being installed from a snapshot"));
+            }
+        }
+        // A logged tail past `sk` (a stale copy's) goes with the log.
+        if km.applied != sk {
+            return mismatch(format!("{keep} has applied {}", km.applied));
+        }
+        if am.applied != sa {
+            return mismatch(format!("{absorb} has applied {}", am.applied));
+        }
+
+        let moving: Vec<(Vec<u8>, Vec<u8>)> = self
+            .rows
+            .prefix_iter(wtxn, &absorb.prefix())?
+            .map(|r| r.map(|(k, v)| (k[12..].to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()?;
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        for (k, v) in &moving {
+            let key = keep.key(k);
+            // The shards' ranges are disjoint; were a key in both, the
+            // counts stay right.
+            if let Some(old) = self.rows.get(wtxn, &key)? {
+                km.rows = km.rows.saturating_sub(1);
+                km.row_bytes = km.row_bytes.saturating_sub((k.len() + old.len()) as u64);
+            }
+            self.rows.put(wtxn, &key, v)?;
+            rows += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        km.rows += rows;
+        km.row_bytes += bytes;
+
+        let sessions: Vec<(Vec<u8>, Vec<u8>)> = self
+            .sessions
+            .prefix_iter(wtxn, &absorb.prefix())?
+            .map(|r| r.map(|(k, v)| (k[12..].to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (k, v) in sessions {
+            let key = keep.key(&k);
+            let merged = match self.sessions.get(wtxn, &key)? {
+                Some(mine) => {
+                    let mine: ClientRecord =
+                        open("client session", || client_at(keep, &key), mine)?;
+                    let theirs: ClientRecord =
+                        open("client session", || client_at(absorb, &absorb.key(&k)), &v)?;
+                    encode_sealed(&merge_records(mine, theirs))
+                }
+                None => v,
+            };
+            self.sessions.put(wtxn, &key, &merged)?;
+        }
+
+        let log: Vec<Vec<u8>> = self
+            .log
+            .prefix_iter(wtxn, &keep.prefix())?
+            .map(|r| r.map(|(k, _)| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in log {
+            self.log.delete(wtxn, &k)?;
+        }
+        let m = ShardMeta {
+            epoch: km.epoch,
+            logged: at,
+            applied: at,
+            clock: SessionClock {
+                now_ms: km.clock.now_ms.max(am.clock.now_ms),
+                swept_ms: km.clock.swept_ms.max(am.clock.swept_ms),
+            },
+            log_start: at + 1,
+            log_bytes: 0,
+            rows: km.rows,
+            row_bytes: km.row_bytes,
+        };
+        self.meta.put(wtxn, &keep.prefix(), &encode(&m))?;
+        self.drop_in(wtxn, absorb)?;
+        self.meta.delete(wtxn, &split_mark(keep, absorb.shard))?;
+        self.meta
+            .put(wtxn, &absorbed_mark(keep, absorb.shard), &at.to_be_bytes())?;
+        Ok(MergeOutcome::Merged { rows, bytes })
     }
 
     /// Deletes the head of the log as `t` says (see [`Truncate`]); returns
@@ -1083,29 +1324,34 @@ impl ShardStore {
     }
 
     /// A consistent copy of a shard's state for a new copy: `header` gets
-    /// the metadata (rows and client sessions reflect exactly `applied`),
-    /// then `chunk` gets batches of raw `(key, value)` pairs of about
-    /// `chunk_bytes`, first the rows, then the client sessions, all from one
-    /// read transaction. `chunk` returns false to stop early. Returns the
-    /// number of rows. Blocking: run it on a thread of its own.
+    /// the metadata (rows and client sessions reflect exactly `applied`)
+    /// and the copy's marks, then `chunk` gets batches of raw `(key, value)`
+    /// pairs of about `chunk_bytes`, first the rows, then the client
+    /// sessions, all from one read transaction. `chunk` returns false to
+    /// stop early. Returns the number of rows. Blocking: run it on a thread
+    /// of its own.
     pub fn snapshot(
         &self,
         id: ShardPrefix,
         chunk_bytes: usize,
-        header: impl FnOnce(ShardMeta, Vec<u32>) -> bool,
+        header: impl FnOnce(ShardMeta, SnapshotMarks) -> bool,
         mut chunk: impl FnMut(ChunkKind, Vec<(Vec<u8>, Vec<u8>)>) -> bool,
     ) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
-        // The children this copy split off (its split marks), as of the
-        // snapshot: the installing copy records them (`finish_install`).
-        let mut splits = Vec::new();
+        // The children this copy split off and the shards it merged, as of
+        // the snapshot: the installing copy records them (`finish_install`).
+        let mut marks = SnapshotMarks::default();
         for item in self.meta.prefix_iter(&rtxn, &split_mark_prefix(id))? {
             let (k, _) = item?;
-            if let Ok(b) = <[u8; 4]>::try_from(&k[k.len() - 4..]) {
-                splits.push(u32::from_be_bytes(b));
+            marks.splits.extend(mark_child(k));
+        }
+        for item in self.meta.prefix_iter(&rtxn, &absorbed_mark_prefix(id))? {
+            let (k, v) = item?;
+            if let Some(child) = mark_child(k) {
+                marks.absorbed.push((child, mark_seq(id, v)?));
             }
         }
-        if !header(self.meta_in(&rtxn, id)?, splits) {
+        if !header(self.meta_in(&rtxn, id)?, marks) {
             return Ok(0);
         }
         let mut rows = 0u64;
@@ -1162,14 +1408,15 @@ impl ShardStore {
 
     /// Completes an installed snapshot: the copy holds everything up to
     /// `applied` (with no log: whatever log this node held of the shard is
-    /// deleted, and the shard clock is `clock`) in `epoch`.
+    /// deleted, and the shard clock is `clock`) in `epoch`, and was born
+    /// there. `marks` are the snapshot's ([`ShardStore::snapshot`]).
     pub fn finish_install(
         &self,
         id: ShardPrefix,
         applied: Seq,
         clock: SessionClock,
         epoch: Epoch,
-        splits: &[u32],
+        marks: &SnapshotMarks,
     ) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let old: Vec<Vec<u8>> = self
@@ -1197,10 +1444,15 @@ impl ShardStore {
             row_bytes,
         };
         self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
-        self.meta.put(&mut wtxn, &born_mark(id), &[])?;
+        self.meta
+            .put(&mut wtxn, &born_mark(id), &applied.to_be_bytes())?;
         self.meta.delete(&mut wtxn, &installing_mark(id))?;
-        for child in splits {
+        for child in &marks.splits {
             self.meta.put(&mut wtxn, &split_mark(id, *child), &[])?;
+        }
+        for (child, at) in &marks.absorbed {
+            self.meta
+                .put(&mut wtxn, &absorbed_mark(id, *child), &at.to_be_bytes())?;
         }
         wtxn.commit()?;
         Ok(())
@@ -1235,7 +1487,8 @@ impl ShardStore {
                 db.delete(wtxn, &k)?;
             }
         }
-        // The metadata and the marks (`born`, `installing`, `split_mark`).
+        // The metadata and the marks (`born`, `installing`, `split_mark`,
+        // `absorbed_mark`).
         let keys: Vec<Vec<u8>> = self
             .meta
             .prefix_iter(wtxn, &p)?
@@ -1299,9 +1552,14 @@ mod tests {
 
     /// Entry `seq` carrying client 1's request `request`.
     fn request(seq: Seq, request: u64, op: &Op) -> LogEntry {
+        request_of(1, seq, request, op)
+    }
+
+    /// Entry `seq` carrying client `client`'s request `request`.
+    fn request_of(client: u64, seq: Seq, request: u64, op: &Op) -> LogEntry {
         let cmd = Command {
             id: RequestId {
-                client: ClientId::new(T0, 1),
+                client: ClientId::new(T0, client),
                 seq: request,
                 first_incomplete: 1,
             },
@@ -1449,7 +1707,7 @@ mod tests {
         }
         let meta = meta.unwrap();
         store
-            .finish_install(copy, meta.applied, meta.clock, 2, &[])
+            .finish_install(copy, meta.applied, meta.clock, 2, &Default::default())
             .unwrap();
         assert_eq!(store.checksum(copy).unwrap(), store.checksum(id).unwrap());
         assert_eq!(store.meta(copy).unwrap().logged, 3);
@@ -1528,11 +1786,11 @@ mod tests {
             log.push(entry(12, &split)); // logged again by a second primary
             s.append(parent, &log).unwrap();
             s.record_epochs(&[(child, 2)]).unwrap(); // the node saw the map first
-            assert!(!s.built(child).unwrap());
+            assert!(!s.built(child, Some(0)).unwrap());
             s.apply(parent, 10, "id").unwrap();
             let all = s.checksum(parent).unwrap();
             s.apply(parent, 11, "id").unwrap();
-            assert!(s.built(child).unwrap() && s.split_done(parent, 2).unwrap());
+            assert!(s.built(child, Some(0)).unwrap() && s.split_done(parent, 2).unwrap());
             // The child's log goes on from the marker's position.
             let m = s.meta(child).unwrap();
             assert_eq!((m.logged, m.applied, m.log_start), (11, 11, 12));
@@ -1578,6 +1836,305 @@ mod tests {
         assert!(!s.split_done(parent, 2).unwrap(), "dropped with the shard");
     }
 
+    /// Shard 1/0 with rows 1..=10, split at entry 11: rows 6 and up go to
+    /// 1/1.
+    fn split_at_11(s: &ShardStore) -> (ShardPrefix, ShardPrefix) {
+        let parent = ShardPrefix { table: 1, shard: 0 };
+        let child = ShardPrefix { table: 1, shard: 1 };
+        let mut log: Vec<LogEntry> = (1..=10).map(|i| entry(i as u64, &put(i))).collect();
+        log.push(entry(11, &split_off(1, 6)));
+        s.append(parent, &log).unwrap();
+        s.apply(parent, 11, "id").unwrap();
+        (parent, child)
+    }
+
+    /// The marker splitting the keys from `from` up off to `child`.
+    fn split_off(child: u32, from: i64) -> Op {
+        Op::Split {
+            child,
+            range: KeyRange::Range {
+                start: Some(RowKey::Int(from)),
+                end: None,
+            },
+        }
+    }
+
+    /// The (integer) keys of a copy's rows, in order.
+    fn ints(s: &ShardStore, id: ShardPrefix) -> Vec<i64> {
+        s.scan(id, None, None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| match k {
+                RowKey::Int(i) => i,
+                RowKey::Str(_) => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// A whole snapshot of `id`: its metadata, marks and chunks.
+    type Snap = (
+        ShardMeta,
+        SnapshotMarks,
+        Vec<(ChunkKind, Vec<(Vec<u8>, Vec<u8>)>)>,
+    );
+
+    fn snap(s: &ShardStore, id: ShardPrefix) -> Snap {
+        let (mut head, mut chunks) = (None, Vec::new());
+        s.snapshot(
+            id,
+            1 << 20,
+            |m, marks| {
+                head = Some((m, marks));
+                true
+            },
+            |kind, c| {
+                chunks.push((kind, c));
+                true
+            },
+        )
+        .unwrap();
+        let (m, marks) = head.unwrap();
+        (m, marks, chunks)
+    }
+
+    /// Installs `snap` as copy `id` of `s`, recorded at epoch 1.
+    fn install_snap(s: &ShardStore, id: ShardPrefix, snap: &Snap) {
+        let (m, marks, chunks) = snap;
+        s.begin_install(id).unwrap();
+        for (kind, c) in chunks {
+            s.install(id, *kind, c).unwrap();
+        }
+        s.finish_install(id, m.applied, m.clock, 1, marks).unwrap();
+    }
+
+    fn counted_as_scanned(s: &ShardStore, id: ShardPrefix) {
+        let (m, v) = (s.meta(id).unwrap(), s.verify(id).unwrap());
+        assert_eq!((m.rows, m.row_bytes), (v.rows, v.row_bytes), "{id}");
+    }
+
+    #[test]
+    fn a_merge_moves_the_absorbed_shards_rows_and_sessions_and_goes_on_past_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let (keep, absorb) = split_at_11(&s);
+        s.record_epochs(&[(keep, 3)]).unwrap();
+        // Writes to both after the split: client 1 on both, client 2 on
+        // the child only. Keep logged one more it never applied.
+        s.append(
+            absorb,
+            &[
+                request(12, 20, &put(100)),
+                request_of(2, 13, 1, &put(101)),
+                request(
+                    14,
+                    21,
+                    &Op::Update {
+                        key: RowKey::Int(7),
+                        patch: r#"{"x":1}"#.into(),
+                        if_version: None,
+                    },
+                ),
+            ],
+        )
+        .unwrap();
+        s.apply(absorb, 14, "id").unwrap();
+        s.append(
+            keep,
+            &[
+                request(12, 30, &put(0)),
+                request(13, 31, &put(-1)),
+                request(14, 32, &put(-2)),
+            ],
+        )
+        .unwrap();
+        s.apply(keep, 13, "id").unwrap();
+        let moving = s.verify(absorb).unwrap();
+
+        // Positions other than the copies' own: nothing is written.
+        let state = |s: &ShardStore| {
+            [keep, absorb].map(|id| (s.meta(id).unwrap(), s.checksum(id).unwrap()))
+        };
+        let before = state(&s);
+        for (sk, sa) in [(13, 13), (12, 14), (13, 15)] {
+            match s.merge(keep, absorb, sk, sa).unwrap() {
+                MergeOutcome::Mismatch(why) => {
+                    assert!(
+                        why.contains("shard 1/0") && why.contains("shard 1/1"),
+                        "{why}"
+                    )
+                }
+                other => panic!("{sk}, {sa}: {other:?}"),
+            }
+            assert_eq!(state(&s), before);
+        }
+        assert!(s.split_done(keep, 1).unwrap());
+
+        assert_eq!(
+            s.merge(keep, absorb, 13, 14).unwrap(),
+            MergeOutcome::Merged {
+                rows: moving.rows,
+                bytes: moving.row_bytes
+            }
+        );
+        let mut want: Vec<i64> = (-1..=10).chain([100, 101]).collect();
+        want.sort_by_key(|i| RowKey::Int(*i).encode());
+        assert_eq!(ints(&s, keep), want);
+        assert_eq!(s.get(keep, &RowKey::Int(7)).unwrap().unwrap().version, 14);
+        // The log goes on from 15, a position neither copy was at.
+        let m = s.meta(keep).unwrap();
+        assert_eq!(
+            (m.epoch, m.logged, m.applied, m.log_start, m.log_bytes),
+            (3, 15, 15, 16, 0)
+        );
+        assert_eq!(m.clock.now_ms, T0 + 14, "the later clock");
+        assert_eq!(s.log_size(keep).unwrap(), (0, 0), "the unapplied tail too");
+        counted_as_scanned(&s, keep);
+        // Nothing is left of the shard merged away, nor of its split.
+        assert_eq!(s.meta(absorb).unwrap(), ShardMeta::default());
+        assert_eq!(s.verify(absorb).unwrap().rows, 0);
+        assert_eq!(s.session_count(absorb).unwrap(), 0);
+        assert!(!s.built(absorb, None).unwrap() && !s.split_done(keep, 1).unwrap());
+
+        // Both shards' sessions: resends get their first outcomes.
+        assert_eq!(s.session_count(keep).unwrap(), 2);
+        s.append(
+            keep,
+            &[
+                request(16, 20, &put(999)),
+                request_of(2, 17, 1, &put(999)),
+                request(18, 31, &put(999)),
+                request(19, 40, &put(5)),
+            ],
+        )
+        .unwrap();
+        let written = |v| Ok(OpResult::Written { version: v });
+        let outcomes: Vec<_> = s.apply(keep, 19, "id").unwrap();
+        let outcomes: Vec<_> = outcomes.into_iter().map(|(_, o)| o).collect();
+        assert_eq!(
+            outcomes,
+            [written(12), written(13), written(13), written(19)]
+        );
+        assert_eq!(s.get(keep, &RowKey::Int(100)).unwrap().unwrap().version, 12);
+        counted_as_scanned(&s, keep);
+
+        // Done once: a second call finds the copy past the merge.
+        let sum = s.checksum(keep).unwrap();
+        assert_eq!(
+            s.merge(keep, absorb, 13, 14).unwrap(),
+            MergeOutcome::AlreadyDone
+        );
+        assert_eq!(s.checksum(keep).unwrap(), sum);
+    }
+
+    #[test]
+    fn a_split_reusing_a_merged_index_builds_the_child_afresh_over_a_stale_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let (keep, child) = split_at_11(&s);
+        // A copy of the child as it was at its birth (say, one moved off
+        // a node that kept its data), then writes the child takes after.
+        let old = snap(&s, child);
+        s.append(
+            child,
+            &[
+                request(
+                    12,
+                    20,
+                    &Op::Update {
+                        key: RowKey::Int(9),
+                        patch: r#"{"x":1}"#.into(),
+                        if_version: None,
+                    },
+                ),
+                request(
+                    13,
+                    21,
+                    &Op::Delete {
+                        key: RowKey::Int(7),
+                        if_version: None,
+                    },
+                ),
+            ],
+        )
+        .unwrap();
+        s.apply(child, 13, "id").unwrap();
+        assert!(matches!(
+            s.merge(keep, child, 11, 13).unwrap(),
+            MergeOutcome::Merged { rows: 4, .. }
+        ));
+        // What is left of the old child on this node, born at 11: a copy,
+        // but not one of the child the merged shard splits off next.
+        install_snap(&s, child, &old);
+        assert_eq!(ints(&s, child), [6, 7, 8, 9, 10]);
+        assert!(s.built(child, None).unwrap());
+        assert!(!s.built(child, Some(0)).unwrap());
+
+        // The merged shard splits the same keys off to the same index.
+        s.append(keep, &[entry(15, &split_off(1, 6))]).unwrap();
+        s.apply(keep, 15, "id").unwrap();
+        assert!(s.built(child, Some(0)).unwrap());
+        assert_eq!(ints(&s, child), [6, 8, 9, 10], "row 7 was deleted");
+        assert_eq!(s.get(child, &RowKey::Int(9)).unwrap().unwrap().version, 12);
+        assert_eq!(ints(&s, keep), [1, 2, 3, 4, 5]);
+        let m = s.meta(child).unwrap();
+        assert_eq!((m.logged, m.applied, m.log_start), (15, 15, 16));
+        counted_as_scanned(&s, child);
+        counted_as_scanned(&s, keep);
+        // The marker logged again leaves the new child alone.
+        s.append(child, &[request(16, 50, &put(8))]).unwrap();
+        s.apply(child, 16, "id").unwrap();
+        s.append(keep, &[entry(16, &split_off(1, 6))]).unwrap();
+        s.apply(keep, 16, "id").unwrap();
+        assert_eq!(s.get(child, &RowKey::Int(8)).unwrap().unwrap().version, 16);
+    }
+
+    #[test]
+    fn a_snapshot_of_a_merged_shard_carries_its_merges_to_the_copy_installed_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = crate::storage::open_env(dir.path()).unwrap();
+        let s = ShardStore::open(&env).unwrap();
+        let (keep, child) = split_at_11(&s);
+        let old = snap(&s, child);
+        assert_eq!(
+            s.merge(keep, child, 11, 11).unwrap(),
+            MergeOutcome::Merged {
+                rows: 5,
+                bytes: old.0.row_bytes
+            }
+        );
+        let merged = snap(&s, keep);
+        assert_eq!(
+            merged.1,
+            SnapshotMarks {
+                splits: vec![],
+                absorbed: vec![(1, 12)]
+            }
+        );
+
+        // Another node, holding what is left of the old child.
+        let dir2 = tempfile::tempdir().unwrap();
+        let env2 = crate::storage::open_env(dir2.path()).unwrap();
+        let t = ShardStore::open(&env2).unwrap();
+        install_snap(&t, child, &old);
+        install_snap(&t, keep, &merged);
+        assert_eq!(t.checksum(keep).unwrap(), s.checksum(keep).unwrap());
+        assert_eq!(t.meta(keep).unwrap().applied, 12);
+        assert!(t.built(child, None).unwrap());
+        assert!(
+            !t.built(child, Some(0)).unwrap(),
+            "born at 11, before the merge at 12"
+        );
+        assert_eq!(snap(&t, keep).1, merged.1, "served on as received");
+        // A child split off it later is built here from its rows.
+        t.append(keep, &[entry(13, &split_off(1, 8))]).unwrap();
+        t.apply(keep, 13, "id").unwrap();
+        assert!(t.built(child, Some(0)).unwrap());
+        assert_eq!(ints(&t, child), [8, 9, 10]);
+        assert_eq!(ints(&t, keep), [1, 2, 3, 4, 5, 6, 7]);
+    }
+
     #[test]
     fn a_split_never_builds_into_a_copy_being_installed_from_a_snapshot() {
         let dir = tempfile::tempdir().unwrap();
@@ -1600,10 +2157,10 @@ mod tests {
         s.apply(parent, 5, "id").unwrap();
         assert_eq!(s.scan(parent, None, None, 10).unwrap().len(), 2);
         assert!(s.scan(child, None, None, 10).unwrap().is_empty());
-        assert!(!s.built(child).unwrap() && s.split_done(parent, 1).unwrap());
-        s.finish_install(child, 5, SessionClock::default(), 2, &[])
+        assert!(!s.built(child, Some(0)).unwrap() && s.split_done(parent, 1).unwrap());
+        s.finish_install(child, 5, SessionClock::default(), 2, &Default::default())
             .unwrap();
-        assert!(s.built(child).unwrap());
+        assert!(s.built(child, Some(0)).unwrap());
     }
 
     #[test]
@@ -1656,7 +2213,7 @@ mod tests {
         )
         .unwrap();
         let meta = meta.unwrap();
-        s.finish_install(b, meta.applied, meta.clock, 1, &[])
+        s.finish_install(b, meta.applied, meta.clock, 1, &Default::default())
             .unwrap();
         assert_eq!(s.checksum(a).unwrap(), s.checksum(b).unwrap());
         for id in [a, b] {
@@ -1773,7 +2330,7 @@ mod tests {
         assert_eq!(truncate(t), 81);
         assert_eq!(s.log_size(other).unwrap().0, 10, "other shards untouched");
         // A snapshot install resets the log.
-        s.finish_install(a, 90, SessionClock::default(), 2, &[])
+        s.finish_install(a, 90, SessionClock::default(), 2, &Default::default())
             .unwrap();
         let m = s.meta(a).unwrap();
         assert_eq!((m.log_start, m.logged, m.log_bytes), (91, 90, 0));

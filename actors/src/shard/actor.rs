@@ -258,7 +258,11 @@ impl CopyActor {
     fn awaits_split(&self) -> bool {
         self.copy.split_from.is_some()
             && self.copy.role != LocalRole::Learner
-            && !self.env.store.built(self.id).unwrap_or(false)
+            && !self
+                .env
+                .store
+                .built(self.id, self.copy.split_from)
+                .unwrap_or(false)
     }
 
     /// While [`Role::Splitting`]: checks every [`SPLIT_CHECK`] whether the

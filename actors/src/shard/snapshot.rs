@@ -16,7 +16,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tstore_core::shard::ShardKey;
 
 use crate::control::MapView;
-use crate::data::store::{ChunkKind, ShardMeta, ShardPrefix, ShardStore};
+use crate::data::store::{ChunkKind, ShardMeta, ShardPrefix, ShardStore, SnapshotMarks};
 use crate::peer::{PeerMessage, PeerReply, SnapshotPart};
 use crate::peer_link::PeerLink;
 use crate::recovery::Recovery;
@@ -56,7 +56,13 @@ impl SnapshotServer {
         let id = ShardPrefix { table: t.id, shard };
         match t.shards.get(shard as usize) {
             // A shard split off another: this copy may not be built yet.
-            Some(s) if s.origin.is_some() && !self.store.built(id).unwrap_or(false) => {
+            Some(s)
+                if s.origin.is_some()
+                    && !self
+                        .store
+                        .built(id, s.origin.as_ref().map(|o| o.parent))
+                        .unwrap_or(false) =>
+            {
                 let why = format!(
                     "{table}/{shard} is still being split off its parent on {}",
                     self.me
@@ -75,11 +81,12 @@ impl SnapshotServer {
         std::thread::spawn(move || {
             let started = std::time::Instant::now();
             let mut sent = 0u64;
-            let header = |m: ShardMeta, splits: Vec<u32>| {
+            let header = |m: ShardMeta, marks: SnapshotMarks| {
                 tx.blocking_send(PeerReply::Snapshot(SnapshotPart::Header {
                     applied: m.applied,
                     clock: m.clock,
-                    splits,
+                    splits: marks.splits,
+                    absorbed: marks.absorbed,
                 }))
                 .is_ok()
             };
@@ -183,13 +190,14 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
                 applied: a,
                 clock,
                 splits,
+                absorbed,
             })) => {
                 if a < min_applied {
                     return Err(format!(
                         "the primary's snapshot reflects entries up to {a}, short of the {min_applied} this copy acknowledged; waiting for the primary to apply them"
                     ));
                 }
-                applied = Some((a, clock, splits));
+                applied = Some((a, clock, SnapshotMarks { splits, absorbed }));
                 continue;
             }
             Some(PeerReply::Snapshot(SnapshotPart::Rows(chunk))) => (ChunkKind::Rows, chunk),
@@ -217,10 +225,10 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
         }))
         .await?;
     }
-    let (applied, clock, splits) = applied.ok_or("the snapshot had no header")?;
+    let (applied, clock, marks) = applied.ok_or("the snapshot had no header")?;
     let st = store.clone();
     blocking(Box::new(move || {
-        st.finish_install(id, applied, clock, epoch, &splits)
+        st.finish_install(id, applied, clock, epoch, &marks)
             .map_err(|e| e.to_string())
     }))
     .await?;

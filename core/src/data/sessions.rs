@@ -200,11 +200,38 @@ pub fn record(
     r.floor = r.floor.max(id.first_incomplete.min(id.seq));
     r.outcomes = r.outcomes.split_off(&r.floor);
     r.outcomes.insert(id.seq, outcome.clone());
+    bound(&mut r);
+    r
+}
+
+/// Keeps at most [`MAX_OUTCOMES`] outcomes: the lowest go, and the floor
+/// is raised over them so a late resend of one is refused.
+fn bound(r: &mut ClientRecord) {
     while r.outcomes.len() > MAX_OUTCOMES {
         let (&lowest, _) = r.outcomes.iter().next().expect("over the bound");
         r.outcomes.remove(&lowest);
         r.floor = r.floor.max(lowest + 1);
     }
+}
+
+/// One client's records of two shards merged into one (the store merges
+/// a shard into another). A floor is the client's word that every request
+/// below it is complete table-wide, so the higher one holds for both. The
+/// outcomes of both are kept, at or above it, then bounded as [`record`]
+/// bounds them. A request both remember (from before a split, which
+/// copies the sessions) has one outcome: `a`'s is kept.
+pub fn merge_records(a: ClientRecord, b: ClientRecord) -> ClientRecord {
+    let floor = a.floor.max(b.floor);
+    let mut outcomes = a.outcomes;
+    for (seq, outcome) in b.outcomes {
+        outcomes.entry(seq).or_insert(outcome);
+    }
+    let mut r = ClientRecord {
+        last_ms: a.last_ms.max(b.last_ms),
+        floor,
+        outcomes: outcomes.split_off(&floor),
+    };
+    bound(&mut r);
     r
 }
 
@@ -353,6 +380,70 @@ mod tests {
         assert_eq!(rec.floor, 3);
         let (o, _) = decide(Some(rec), &id(1, 1), &clock, || written(0));
         assert!(matches!(o, Err(OpError::Expired(_))));
+    }
+
+    fn outcomes(r: &ClientRecord) -> Vec<u64> {
+        r.outcomes.keys().copied().collect()
+    }
+
+    #[test]
+    fn merged_records_keep_both_shards_outcomes_above_the_higher_floor() {
+        let clock = at(T0 + 10);
+        // Shard a saw requests 1..=4, shard b 3..=6 with everything below 4
+        // declared complete.
+        let mut a = None;
+        for seq in 1..=4 {
+            a = decide(a, &id(seq, 1), &clock, || written(seq)).1;
+        }
+        let mut b = None;
+        for seq in 5..=6 {
+            b = decide(b, &id(seq, 4), &at(T0 + 20), || written(seq * 10)).1;
+        }
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let m = merge_records(a.clone(), b.clone());
+        assert_eq!(m.floor, 4);
+        assert_eq!(m.last_ms, T0 + 20, "the later of the two");
+        assert_eq!(outcomes(&m), vec![4, 5, 6], "below the floor is gone");
+        assert_eq!(m.outcomes[&4], written(4));
+        assert_eq!(m.outcomes[&6], written(60));
+        assert_eq!(merge_records(b, a), m, "the order does not matter");
+        // A request below the floor is refused, one above it answered.
+        let (o, _) = decide(Some(m.clone()), &id(2, 1), &clock, || written(0));
+        assert!(matches!(o, Err(OpError::Expired(_))), "{o:?}");
+        let (o, _) = decide(Some(m), &id(5, 4), &clock, || written(0));
+        assert_eq!(o, written(50));
+    }
+
+    #[test]
+    fn a_request_both_records_remember_keeps_the_first_records_outcome() {
+        let clock = at(T0 + 10);
+        let a = decide(None, &id(1, 1), &clock, || written(7)).1.unwrap();
+        let b = decide(None, &id(1, 1), &clock, || written(9)).1.unwrap();
+        let m = merge_records(a, b);
+        assert_eq!(outcomes(&m), vec![1]);
+        assert_eq!(m.outcomes[&1], written(7));
+        let empty = merge_records(ClientRecord::default(), ClientRecord::default());
+        assert_eq!(empty, ClientRecord::default());
+    }
+
+    #[test]
+    fn merged_outcomes_are_bounded_and_the_floor_raised_over_the_dropped() {
+        let clock = at(T0 + 10);
+        let half = MAX_OUTCOMES as u64 / 2;
+        let mut a = None;
+        for seq in 1..=half + 1 {
+            a = decide(a, &id(seq, 1), &clock, || written(seq)).1;
+        }
+        let mut b = None;
+        for seq in half + 2..=2 * half + 3 {
+            b = decide(b, &id(seq, 1), &clock, || written(seq)).1;
+        }
+        let m = merge_records(a.unwrap(), b.unwrap());
+        assert_eq!(m.outcomes.len(), MAX_OUTCOMES);
+        assert_eq!(m.floor, 4, "requests 1..=3 dropped");
+        assert_eq!(outcomes(&m).first(), Some(&4));
+        let (o, _) = decide(Some(m), &id(3, 1), &clock, || written(0));
+        assert!(matches!(o, Err(OpError::Expired(_))), "{o:?}");
     }
 
     #[test]
