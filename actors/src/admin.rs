@@ -187,6 +187,16 @@ impl Handler<AdminCall> for AdminActor {
                 })
                 .boxed()
             }
+            AdminRequest::MergeShards { table, a, b } => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.merge(table, a, b).await {
+                        Ok(map_version) => AdminReply::Done { map_version },
+                        Err(e) => AdminReply::Error(e.into()),
+                    }
+                })
+                .boxed()
+            }
             AdminRequest::SplitShard { table, shard, at } => {
                 let control = self.control.clone();
                 stream::once(async move {

@@ -67,9 +67,9 @@ pub enum SnapshotPart {
         /// The shards split off this one whose split the snapshot already
         /// reflects (their split marks).
         splits: Vec<u32>,
-        /// The shards merged into this one, each with the position the
-        /// merge went on from (their absorbed marks).
-        absorbed: Vec<(u32, u64)>,
+        /// Which shard the copy was built for (`store::Birth`): the
+        /// installed copy is marked with it.
+        born: Option<(u64, u64)>,
     },
     /// Raw `(encoded key, row)` pairs.
     Rows(Vec<(Vec<u8>, Vec<u8>)>),

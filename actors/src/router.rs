@@ -145,10 +145,32 @@ impl Router {
             let map = self.map.map();
             let t = table_in(&map, &table)?;
             let Some(s) = t.shards.get(shard as usize) else {
-                return Err(DataError::invalid(format!(
-                    "table {table:?} has no shard {shard} (it has {})",
-                    t.shards.len()
-                )));
+                // Merged away (the client's map is older: it refreshes and
+                // finds the shard that took the keys), or made by a split
+                // this node has not seen yet (wait for it, as below).
+                let merged_away = t
+                    .shards
+                    .iter()
+                    .any(|s| s.merged.as_ref().is_some_and(|m| m.absorbed == shard));
+                let caught_up = !merged_away
+                    && tokio::time::timeout_at(deadline.into(), versions.changed())
+                        .await
+                        .is_ok();
+                if caught_up {
+                    continue;
+                }
+                return Err(DataError::new(
+                    ErrorKind::Stale,
+                    format!(
+                        "table {table:?} has no shard {shard} here (it has {}{}): refresh the map",
+                        t.shards.len(),
+                        if merged_away {
+                            "; it was merged into another"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
             };
             let here = s.replicas.epoch;
             if here > epoch {

@@ -381,6 +381,66 @@ impl AdminClient {
         Ok((v, t.shards.len() as u32))
     }
 
+    /// Merges shards `a` and `b` of `table`, neighbours (range shards where
+    /// one ends where the other starts, or hash siblings) of which the
+    /// newer must be the table's newest shard: the coordinator moves its
+    /// copies next to the other's, seals both (their writes wait about a
+    /// second), and hands its keys over. Waits up to `wait` for the merge
+    /// to be done and returns the map version that completed it; a merge
+    /// given up comes back as an error with the coordinator's reason.
+    pub async fn merge_shards(
+        &self,
+        table: &str,
+        a: u32,
+        b: u32,
+        wait: std::time::Duration,
+    ) -> Result<u64, ClientError> {
+        let (keep, absorb) = (a.min(b), a.max(b));
+        let begun = self
+            .done(&AdminRequest::MergeShards {
+                table: table.into(),
+                a,
+                b,
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (version, t) = self.describe(table).await?;
+            let finished = t
+                .shards
+                .get(keep as usize)
+                .and_then(|s| s.merged.as_ref())
+                .is_some_and(|m| m.absorbed == absorb)
+                && t.shards.len() as u32 == absorb;
+            if finished {
+                return Ok(version);
+            }
+            if t.merge_under_way().is_none() && version > begun {
+                let (_, events) = self.events().await?;
+                let why = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.version > begun && e.subject == format!("{table}/{absorb}"))
+                    .map(|e| format!("{}: {}", e.what, e.why))
+                    .unwrap_or_else(|| "given up".into());
+                return Err(ClientError::Data(DataError::new(
+                    tstore_core::wire::ErrorKind::Unavailable,
+                    format!("merging {table}/{absorb} into {table}/{keep}: {why}"),
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Data(DataError::new(
+                    tstore_core::wire::ErrorKind::Unavailable,
+                    format!(
+                        "merging {table}/{absorb} into {table}/{keep} is still under way after {} s (see `admin events`)",
+                        wait.as_secs()
+                    ),
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// Turns the coordinator's automatic splits of `table` on or off.
     pub async fn set_auto_split(&self, table: &str, on: bool) -> Result<u64, ClientError> {
         self.done(&AdminRequest::SetAutoSplit {

@@ -117,6 +117,46 @@ impl fmt::Display for KeyRange {
     }
 }
 
+/// The key space of `a` and `b` merged, if they are neighbours: range
+/// shards where one ends where the other starts, hash shards that are
+/// siblings (`slot` and `slot + of/2` of the same even `of`).
+pub fn merged(a: &KeyRange, b: &KeyRange) -> Option<KeyRange> {
+    match (a, b) {
+        (KeyRange::Range { start, end }, KeyRange::Range { start: s2, end: e2 }) => {
+            if end.is_some() && end == s2 {
+                Some(KeyRange::Range {
+                    start: start.clone(),
+                    end: e2.clone(),
+                })
+            } else if e2.is_some() && e2 == start {
+                Some(KeyRange::Range {
+                    start: s2.clone(),
+                    end: end.clone(),
+                })
+            } else {
+                None
+            }
+        }
+        (KeyRange::HashSlot { .. }, KeyRange::HashSlot { .. }) => hash_siblings(a, b),
+        _ => None,
+    }
+}
+
+/// The parent of two hash siblings.
+pub fn hash_siblings(a: &KeyRange, b: &KeyRange) -> Option<KeyRange> {
+    let (KeyRange::HashSlot { slot: s1, of: o1 }, KeyRange::HashSlot { slot: s2, of: o2 }) = (a, b)
+    else {
+        return None;
+    };
+    if o1 != o2 || o1 % 2 != 0 || s1.abs_diff(*s2) != o1 / 2 {
+        return None;
+    }
+    Some(KeyRange::HashSlot {
+        slot: (*s1).min(*s2),
+        of: o1 / 2,
+    })
+}
+
 /// The halves of a shard's key space: at `at` for a range shard (`None`:
 /// no key strictly inside it was given), the two hash siblings for a hash
 /// shard.
@@ -221,6 +261,54 @@ pub struct Shard {
     /// The shard a split made this one from; `None` for a shard the table
     /// was created with.
     pub origin: Option<Origin>,
+    /// A merge of this shard into a neighbour, under way (this shard is
+    /// always its table's newest: see [`MapCommand::BeginMerge`]).
+    pub merging: Option<Merging>,
+    /// The newest merge this shard took a neighbour in by.
+    pub merged: Option<Merged>,
+}
+
+/// A merge under way, kept on the shard being absorbed.
+///
+/// A merge runs in three map changes: [`MapCommand::BeginMerge`] names the
+/// two shards (the coordinator then moves this shard's copies to where the
+/// other's are, and the rebalancer leaves both alone);
+/// [`MapCommand::SealMerge`] seals both (a new epoch in which their
+/// primaries take no writes); once every copy of both has applied the same
+/// last entry, [`MapCommand::FinishMerge`] hands this shard's keys to `into`
+/// and every member node merges its two copies locally (`tstore_actors`
+/// store, `merge`). [`MapCommand::CancelMerge`] undoes the first two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merging {
+    /// The shard that keeps the keys (a neighbour, or the hash sibling).
+    pub into: u32,
+    pub since_unix_ms: u64,
+    pub why: String,
+    /// Both shards take no writes (from the epochs `SealMerge` gave them).
+    pub sealed: bool,
+}
+
+/// A merge this shard took in: `absorbed` (then the table's newest shard)
+/// gave it its keys when this shard took `epoch`. Both logs had stopped at
+/// `seqs` (this shard's, the absorbed one's); the merged log goes on from
+/// the larger plus one ([`Merged::log_from`]), so row versions (log
+/// positions) keep growing across the merge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merged {
+    pub absorbed: u32,
+    pub epoch: u64,
+    pub at_unix_ms: u64,
+    pub seqs: (u64, u64),
+    /// The keys the absorbed shard had.
+    pub range: KeyRange,
+}
+
+impl Merged {
+    /// The position every copy of the merged shard starts from (the entry
+    /// after it is the first the merged log holds).
+    pub fn log_from(&self) -> u64 {
+        self.seqs.0.max(self.seqs.1) + 1
+    }
 }
 
 /// A shard's lineage: split from `parent` when the parent took `epoch`.
@@ -235,6 +323,16 @@ pub struct Origin {
     /// The keys the parent gave the child (the child's range at birth; it
     /// narrows if the child is split in turn).
     pub range: KeyRange,
+}
+
+impl Origin {
+    /// What names this shard among every shard ever at its index (an index
+    /// freed by a merge is reused by the next split): the parent's epoch at
+    /// the split and the leader's clock then. Every copy built for the
+    /// shard is marked with it (`tstore_actors` store, `Birth`).
+    pub fn birth(&self) -> (u64, u64) {
+        (self.epoch, self.at_unix_ms)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +419,129 @@ impl Table {
     pub fn allows(&self, node: &str) -> bool {
         self.placement.as_ref().is_none_or(|r| r.allows(node))
     }
+
+    /// The merge under way in this table, as `(absorbed shard, kept shard,
+    /// sealed)` (one at a time: see [`MapCommand::BeginMerge`]).
+    pub fn merge_under_way(&self) -> Option<(u32, u32, bool)> {
+        self.shards
+            .iter()
+            .find_map(|s| s.merging.as_ref().map(|m| (s.index, m.into, m.sealed)))
+    }
+
+    /// Whether shard `index` takes part in the merge under way (its copies
+    /// are then placed for the merge, not by the rebalancer).
+    pub fn merging(&self, index: u32) -> bool {
+        self.merge_under_way()
+            .is_some_and(|(absorb, keep, _)| index == absorb || index == keep)
+    }
+
+    /// Whether shard `index` is sealed for a merge: its primary takes no
+    /// writes.
+    pub fn sealed(&self, index: u32) -> bool {
+        self.merge_under_way()
+            .is_some_and(|(absorb, keep, sealed)| sealed && (index == absorb || index == keep))
+    }
+}
+
+/// Whether shard `absorb` of `t` may merge into `keep` now
+/// ([`MapCommand::BeginMerge`]); the merged keys if so.
+fn mergeable(t: &Table, keep: u32, absorb: u32) -> Result<KeyRange, MapError> {
+    let name = |i: u32| format!("{}/{i}", t.spec.name);
+    let newest = t.shards.len() as u32 - 1;
+    if absorb != newest {
+        return Err(MapError::InvalidMerge(format!(
+            "{} is not the table's newest shard ({}): only the newest shard can be merged into another (indices name storage; absorbing another would leave a hole)",
+            name(absorb),
+            name(newest)
+        )));
+    }
+    if keep == absorb || keep > newest {
+        return Err(MapError::InvalidMerge(format!(
+            "merge {} into which shard? the table has shards 0..={newest}",
+            name(absorb)
+        )));
+    }
+    if let Some((a, k, _)) = t.merge_under_way() {
+        return Err(MapError::InvalidMerge(format!(
+            "{} is already being merged into {}: one merge at a time per table",
+            name(a),
+            name(k)
+        )));
+    }
+    let (k, a) = (&t.shards[keep as usize], &t.shards[absorb as usize]);
+    merged(&k.range, &a.range).ok_or_else(|| {
+        MapError::InvalidMerge(format!(
+            "{} ({}) and {} ({}) are not neighbours: range shards merge when one ends where the other starts, hash shards with their sibling (the other half of the shard they split from)",
+            name(keep),
+            k.range,
+            name(absorb),
+            a.range
+        ))
+    })
+}
+
+/// The shard kept by the merge of `absorb` under way in `t`, which must be
+/// `sealed` (or not) already.
+fn merge_under_way(t: &Table, absorb: u32, sealed: bool) -> Result<u32, MapError> {
+    let name = format!("{}/{absorb}", t.spec.name);
+    match t
+        .shards
+        .get(absorb as usize)
+        .and_then(|s| s.merging.as_ref())
+    {
+        None => Err(MapError::InvalidMerge(format!(
+            "no merge of {name} is under way"
+        ))),
+        Some(m) if m.sealed != sealed => Err(MapError::InvalidMerge(format!(
+            "the merge of {name} is {}sealed",
+            if m.sealed { "already " } else { "not " }
+        ))),
+        Some(m) => Ok(m.into),
+    }
+}
+
+/// Both shards of a merge are still at `expect` (keep's, absorb's epochs),
+/// with the same members and no copy being added or moved.
+fn check_merge_copies(
+    t: &Table,
+    keep: u32,
+    absorb: u32,
+    expect: (u64, u64),
+) -> Result<(), MapError> {
+    for (i, e) in [(keep, expect.0), (absorb, expect.1)] {
+        let s = &t.shards[i as usize];
+        let shard = format!("{}/{i}", t.spec.name);
+        if s.replicas.epoch != e {
+            return Err(MapError::StaleEpoch {
+                shard,
+                expected: e,
+                now: s.replicas.epoch,
+            });
+        }
+        if !s.replicas.learners.is_empty() {
+            return Err(MapError::UnsafeChange {
+                shard,
+                why: "a copy is being added or moved: merge once it is done".into(),
+            });
+        }
+    }
+    let members = |i: u32| {
+        let mut m: Vec<&NodeId> = t.shards[i as usize].replicas.members().collect();
+        m.sort();
+        m
+    };
+    if members(keep) != members(absorb) {
+        return Err(MapError::UnsafeChange {
+            shard: format!("{}/{absorb}", t.spec.name),
+            why: format!(
+                "its copies are on {:?}, those of {}/{keep} on {:?}: a merge needs them on the same nodes",
+                members(absorb),
+                t.spec.name,
+                members(keep)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A node's place in the cluster, as committed in the map.
@@ -405,6 +626,48 @@ pub enum MapCommand {
         why: String,
         at_unix_ms: u64,
     },
+    /// Starts merging shard `absorb` of `table` into its neighbour `keep`
+    /// (see [`Merging`]). `absorb` must be the table's newest shard (shard
+    /// indices name storage: absorbing any other would leave a hole), the
+    /// two must be neighbours (range shards where one ends where the other
+    /// starts, or hash siblings), and no other merge may be under way in
+    /// the table.
+    BeginMerge {
+        table: String,
+        keep: u32,
+        absorb: u32,
+        why: String,
+        at_unix_ms: u64,
+    },
+    /// Seals both shards of the table's merge (each takes a new epoch in
+    /// which its primary takes no writes), if they are still at
+    /// `expect_epochs` (keep's, absorb's) and have the same members and no
+    /// copy being added or moved.
+    SealMerge {
+        table: String,
+        absorb: u32,
+        expect_epochs: (u64, u64),
+        at_unix_ms: u64,
+    },
+    /// Completes the table's sealed merge: every copy of both shards has
+    /// applied the entries up to `seqs` (keep's, absorb's) at
+    /// `expect_epochs`. The absorbed shard leaves the table; the kept one
+    /// takes its keys in a new epoch, and every member node merges its two
+    /// copies (see [`Merged`]).
+    FinishMerge {
+        table: String,
+        absorb: u32,
+        expect_epochs: (u64, u64),
+        seqs: (u64, u64),
+        at_unix_ms: u64,
+    },
+    /// Gives up the table's merge (unsealing both shards if sealed).
+    CancelMerge {
+        table: String,
+        absorb: u32,
+        why: String,
+        at_unix_ms: u64,
+    },
     /// Turns automatic splitting of a table's shards on or off.
     SetAutoSplit {
         table: String,
@@ -443,6 +706,8 @@ pub enum MapError {
         expected: u64,
         now: u64,
     },
+    #[error("invalid merge: {0}")]
+    InvalidMerge(String),
     #[error("unsafe configuration change for {shard}: {why}")]
     UnsafeChange { shard: String, why: String },
 }
@@ -651,6 +916,8 @@ impl ClusterMap {
                         range,
                         replicas: set,
                         origin: None,
+                        merging: None,
+                        merged: None,
                     });
                 }
                 self.next_table_id += 1;
@@ -781,6 +1048,17 @@ impl ClusterMap {
                         why: "a copy is being added or moved: split once it is done".into(),
                     });
                 }
+                if let Some(m) = t.shards.iter().find(|s| s.merging.is_some()) {
+                    return Err(MapError::UnsafeChange {
+                        shard: name,
+                        why: format!(
+                            "{table}/{} is being merged into {table}/{}: split once that is done",
+                            m.index,
+                            m.merging.as_ref().map_or(0, |g| g.into)
+                        ),
+                    });
+                }
+                let s = &mut t.shards[*shard as usize];
                 let (keep, give) = halves(&s.range, at.as_ref()).ok_or_else(|| {
                     MapError::InvalidSplits(match at {
                         Some(k) => format!("{k} is not strictly inside {name}'s keys {}", s.range),
@@ -808,6 +1086,8 @@ impl ClusterMap {
                         at_unix_ms: *at_unix_ms,
                         range: give.clone(),
                     }),
+                    merging: None,
+                    merged: None,
                 });
                 self.push_event(MapEvent {
                     version: self.version + 1,
@@ -816,6 +1096,141 @@ impl ClusterMap {
                     what: format!("split: keeps {keep}, {table}/{child} takes {give}"),
                     why: why.clone(),
                     epoch: Some(epoch),
+                });
+            }
+            MapCommand::BeginMerge {
+                table,
+                keep,
+                absorb,
+                why,
+                at_unix_ms,
+            } => {
+                let t = self
+                    .tables
+                    .get_mut(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                let into = mergeable(t, *keep, *absorb)?;
+                let a = &mut t.shards[*absorb as usize];
+                a.merging = Some(Merging {
+                    into: *keep,
+                    since_unix_ms: *at_unix_ms,
+                    why: why.clone(),
+                    sealed: false,
+                });
+                self.push_event(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: format!("{table}/{absorb}"),
+                    what: format!("merge begun: into {table}/{keep}, which will hold {into}"),
+                    why: why.clone(),
+                    epoch: None,
+                });
+            }
+            MapCommand::SealMerge {
+                table,
+                absorb,
+                expect_epochs,
+                at_unix_ms,
+            } => {
+                let t = self
+                    .tables
+                    .get_mut(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                let keep = merge_under_way(t, *absorb, false)?;
+                check_merge_copies(t, keep, *absorb, *expect_epochs)?;
+                let why = t.shards[*absorb as usize]
+                    .merging
+                    .as_ref()
+                    .map(|m| m.why.clone())
+                    .unwrap_or_default();
+                for i in [keep, *absorb] {
+                    t.shards[i as usize].replicas.epoch += 1;
+                }
+                if let Some(m) = t.shards[*absorb as usize].merging.as_mut() {
+                    m.sealed = true;
+                }
+                let epoch = t.shards[keep as usize].replicas.epoch;
+                self.push_event(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: format!("{table}/{absorb}"),
+                    what: format!("merge sealed: {table}/{absorb} and {table}/{keep} take no writes until it is done"),
+                    why,
+                    epoch: Some(epoch),
+                });
+            }
+            MapCommand::FinishMerge {
+                table,
+                absorb,
+                expect_epochs,
+                seqs,
+                at_unix_ms,
+            } => {
+                let t = self
+                    .tables
+                    .get_mut(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                let keep = merge_under_way(t, *absorb, true)?;
+                check_merge_copies(t, keep, *absorb, *expect_epochs)?;
+                let gone = t.shards.pop().expect("the absorbed shard is the newest");
+                let why = gone.merging.map(|m| m.why).unwrap_or_default();
+                let k = &mut t.shards[keep as usize];
+                let into = merged(&k.range, &gone.range).expect("checked when the merge began");
+                k.range = into.clone();
+                k.replicas.epoch += 1;
+                // Copies away hold neither shard as merged: they come back
+                // by snapshot, as new copies.
+                k.replicas.away.clear();
+                let epoch = k.replicas.epoch;
+                k.merged = Some(Merged {
+                    absorbed: *absorb,
+                    epoch,
+                    at_unix_ms: *at_unix_ms,
+                    seqs: *seqs,
+                    range: gone.range,
+                });
+                self.push_event(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: format!("{table}/{keep}"),
+                    what: format!("merge: took in {table}/{absorb}, now holds {into}"),
+                    why,
+                    epoch: Some(epoch),
+                });
+            }
+            MapCommand::CancelMerge {
+                table,
+                absorb,
+                why,
+                at_unix_ms,
+            } => {
+                let t = self
+                    .tables
+                    .get_mut(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                let Some(m) = t
+                    .shards
+                    .get_mut(*absorb as usize)
+                    .and_then(|s| s.merging.take())
+                else {
+                    return Ok(()); // nothing to undo (a cancel committed twice)
+                };
+                let mut epoch = None;
+                if m.sealed {
+                    for i in [m.into, *absorb] {
+                        if let Some(s) = t.shards.get_mut(i as usize) {
+                            s.replicas.epoch += 1;
+                            epoch = Some(s.replicas.epoch);
+                        }
+                    }
+                }
+                self.push_event(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: format!("{table}/{absorb}"),
+                    what: format!("merge into {table}/{} given up", m.into),
+                    why: why.clone(),
+                    epoch,
                 });
             }
             MapCommand::SetAutoSplit {

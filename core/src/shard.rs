@@ -68,16 +68,27 @@ pub struct LocalCopy {
     /// The keys the shard owns: the copy refuses a request for another key
     /// (a client routing by a map from before a split) as stale.
     pub range: KeyRange,
-    /// The shards split off this one: `(child, the keys it was given, the
-    /// epoch of the split)`. The primary logs a split marker for each one
-    /// its copy has not applied yet (`tstore_actors` shard actor, "Splits").
-    pub children: Vec<(u32, KeyRange, u64)>,
+    /// The shards split off this one. The primary logs a split marker for
+    /// each one its copy has not applied yet (`tstore_actors` shard actor,
+    /// "Splits").
+    pub children: Vec<SplitChild>,
     /// The shard this one was split from: a member copy not yet built by
     /// its node's copy of the parent waits for it.
     pub split_from: Option<u32>,
+    /// What names this shard among every shard ever at its index
+    /// (`Origin::birth`; `None` for a shard the table was created with): a
+    /// copy this node holds that was built for another is not this one's.
+    pub born: Option<(u64, u64)>,
     /// This node holds a copy of that parent (member or learner): without
     /// one, a copy waiting to be built never will be.
     pub parent_here: bool,
+    /// Sealed for a merge: the primary takes no writes
+    /// (`cluster_map::Merging`).
+    pub sealed: bool,
+    /// The newest merge the shard took a neighbour in by: a member copy
+    /// not merged yet merges its node's two copies before it serves
+    /// (`tstore_actors` shard actor, "Merges").
+    pub merged: Option<crate::cluster_map::Merged>,
 }
 
 impl LocalCopy {
@@ -85,8 +96,20 @@ impl LocalCopy {
     /// shard; 0 for none): a scan planned by an older map is refused as
     /// stale, since it does not know where the rest of its keys went.
     pub fn range_epoch(&self) -> u64 {
-        self.children.iter().map(|c| c.2).max().unwrap_or(0)
+        self.children.iter().map(|c| c.epoch).max().unwrap_or(0)
     }
+}
+
+/// A shard split off a copy's shard (`LocalCopy::children`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitChild {
+    pub index: u32,
+    /// The keys it was given.
+    pub range: KeyRange,
+    /// The parent's epoch the split started.
+    pub epoch: u64,
+    /// `Origin::birth`, carried by the split marker.
+    pub born: (u64, u64),
 }
 
 /// One change to the copies running on this node.
@@ -123,24 +146,32 @@ pub fn wanted(map: &ClusterMap, me: &str) -> BTreeMap<ShardKey, LocalCopy> {
                     range: s.range.clone(),
                     children: children(t, s.index).collect(),
                     split_from: s.origin.as_ref().map(|o| o.parent),
+                    born: s.origin.as_ref().map(|o| o.birth()),
                     parent_here: s.origin.as_ref().is_some_and(|o| {
                         t.shards
                             .get(o.parent as usize)
                             .is_some_and(|p| p.replicas.holders().any(|h| h == me))
                     }),
+                    sealed: t.sealed(s.index),
+                    merged: s.merged.clone(),
                 },
             )
         })
         .collect()
 }
 
-/// The shards split off shard `index` of `t`, with the keys each was given.
-fn children(t: &Table, index: u32) -> impl Iterator<Item = (u32, KeyRange, u64)> + '_ {
+/// The shards split off shard `index` of `t`.
+fn children(t: &Table, index: u32) -> impl Iterator<Item = SplitChild> + '_ {
     t.shards.iter().filter_map(move |c| {
         c.origin
             .as_ref()
             .filter(|o| o.parent == index)
-            .map(|o| (c.index, o.range.clone(), o.epoch))
+            .map(|o| SplitChild {
+                index: c.index,
+                range: o.range.clone(),
+                epoch: o.epoch,
+                born: o.birth(),
+            })
     })
 }
 

@@ -146,6 +146,12 @@ pub struct CopyStatus {
     /// request wakes it (`replication`, "Quiescence"); it serves all the
     /// same (a quiet primary's first strong read waits one round trip).
     pub quiet: bool,
+    /// Sealed for a merge and settled: the position every entry of the
+    /// copy is logged and applied up to, with nothing in flight (on the
+    /// primary: nothing proposed past it). The coordinator completes a
+    /// merge once every member of both shards reports one, the same per
+    /// shard.
+    pub sealed_at: Option<u64>,
 }
 
 /// One copy of a shard with its status, or why it could not be asked.
@@ -378,6 +384,7 @@ impl From<MapError> for ControlError {
             MapError::UnknownNode(n) => ControlError::NoSuchNode(n),
             e @ (MapError::InvalidTable(_)
             | MapError::InvalidSplits(_)
+            | MapError::InvalidMerge(_)
             | MapError::InvalidPlacement(_)) => ControlError::Invalid(e.to_string()),
             e @ (MapError::StaleEpoch { .. } | MapError::UnsafeChange { .. }) => {
                 ControlError::Refused(e.to_string())
@@ -500,6 +507,12 @@ pub enum ControlRequest {
         table: String,
         on: bool,
     },
+    /// Begin merging two shards (`MapCommand::BeginMerge`).
+    Merge {
+        table: String,
+        keep: u32,
+        absorb: u32,
+    },
     SetPlacement {
         table: String,
         rule: Option<PlacementRule>,
@@ -573,6 +586,15 @@ pub enum AdminRequest {
     SetAutoSplit {
         table: String,
         on: bool,
+    },
+    /// Begins merging two neighbouring shards of a table (the newer of the
+    /// two, which must be the table's newest shard, goes into the other);
+    /// the coordinator carries it out (`MapCommand::BeginMerge`). Answered
+    /// once begun: the merge is done when the newer shard has left the map.
+    MergeShards {
+        table: String,
+        a: u32,
+        b: u32,
     },
 }
 

@@ -397,7 +397,7 @@ fn main() {
         "repl_msg",
         6,
         "header",
-        json!({"Header": {"applied": 9, "clock": clock}}),
+        json!({"Header": {"applied": 9, "clock": clock, "splits": [2], "born": [3, 1_800_000_000_000u64]}}),
     );
     s.typed::<Command>("repl_msg", 7, "command", command);
     s.typed::<ClientRecord>(

@@ -226,8 +226,22 @@ pub enum AdminCommand {
         #[arg(long)]
         at: Option<String>,
     },
-    /// Turn the automatic splits of a table's shards (by size and load; see
-    /// the `split_*` settings) on or off: `auto-split events off`.
+    /// Merge two neighbouring shards of a table, online: `merge-shards
+    /// events/2 events/0`. The newer of the two must be the table's newest
+    /// shard; its copies move next to the other's first, then both take
+    /// no writes for about a second while they merge. Waits until done.
+    MergeShards {
+        /// TABLE/SHARD
+        a: String,
+        /// TABLE/SHARD (the same table)
+        b: String,
+        /// Give up waiting after this many seconds (the merge goes on).
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+    },
+    /// Turn the automatic splits and merges of a table's shards (by size
+    /// and load; see the `split_*` and `merge_after_secs` settings) on or
+    /// off: `auto-split events off`.
     AutoSplit {
         table: String,
         #[arg(value_parser = ["on", "off"])]
@@ -702,6 +716,23 @@ async fn admin(
             let on = state == "on";
             let v = client.set_auto_split(&table, on).await?;
             done(json, v, &format!("automatic splits of {table} are {state}"))?;
+        }
+        AdminCommand::MergeShards { a, b, wait_secs } => {
+            let (t, i) = parse_shard(&a)?;
+            let (t2, j) = parse_shard(&b)?;
+            if t != t2 {
+                anyhow::bail!(
+                    "{a} and {b} are shards of different tables: only shards of one table merge"
+                );
+            }
+            let v = client
+                .merge_shards(&t, i, j, std::time::Duration::from_secs(wait_secs))
+                .await?;
+            done(
+                json,
+                v,
+                &format!("merged {t}/{} into {t}/{}", i.max(j), i.min(j)),
+            )?;
         }
         AdminCommand::SplitShard { shard, at } => {
             let (t, i) = parse_shard(&shard)?;

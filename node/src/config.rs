@@ -125,6 +125,9 @@ pub struct NodeOptions {
     /// Milliseconds between the coordinator's looks at shard sizes and loads; 100..=600000 [default: 10000].
     #[arg(long)]
     pub elastic_check_ms: Option<u64>,
+    /// The coordinator merges a table's newest shard into a neighbour once both have stayed cold (under a quarter of split_load_ops) and small (together under half of split_size_bytes) this many seconds; 0 never; 0..=604800 [default: 600].
+    #[arg(long)]
+    pub merge_after_secs: Option<u64>,
 }
 
 /// A node's fully resolved configuration.
@@ -255,6 +258,7 @@ impl NodeOptions {
             split_load_secs: self.split_load_secs.or(file.split_load_secs),
             min_split_bytes: self.min_split_bytes.or(file.min_split_bytes),
             elastic_check_ms: self.elastic_check_ms.or(file.elastic_check_ms),
+            merge_after_secs: self.merge_after_secs.or(file.merge_after_secs),
         }
     }
 
@@ -364,6 +368,12 @@ impl NodeOptions {
         }
         if let Some(b) = self.min_split_bytes {
             control.elastic.min_split_bytes = b;
+        }
+        if let Some(s) = self.merge_after_secs {
+            if s > 604_800 {
+                return Err(invalid("merge_after_secs", s, "must be 0..=604800"));
+            }
+            control.elastic.merge_after_ms = s * 1000;
         }
         if let Some(ms) = self.elastic_check_ms {
             if !(100..=600_000).contains(&ms) {

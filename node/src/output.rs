@@ -63,18 +63,46 @@ fn sharding(t: &Table) -> String {
     }
 }
 
-/// Where a shard came from: `-` for one the table was created with, else
-/// `split from <parent> at <time>`.
+/// Where a shard came from, and what it took in: `split from <parent> at
+/// epoch <e>, <time>`, `took in <absorbed> (<keys>) at epoch <e>, <time>`,
+/// `merging into <shard>` (`sealed`), joined by `; `; `-` for none.
 fn lineage(t: &Table, s: &tstore_core::cluster_map::Shard) -> String {
-    match &s.origin {
-        None => "-".into(),
-        Some(o) => format!(
-            "split from {}/{} at epoch {}, {}",
-            t.spec.name,
+    let name = &t.spec.name;
+    let mut parts = Vec::new();
+    if let Some(o) = &s.origin {
+        parts.push(format!(
+            "split from {name}/{} at epoch {}, {}",
             o.parent,
             o.epoch,
             clock(o.at_unix_ms)
-        ),
+        ));
+    }
+    if let Some(m) = &s.merged {
+        parts.push(format!(
+            "took in {name}/{} ({}) at epoch {}, {}",
+            m.absorbed,
+            m.range,
+            m.epoch,
+            clock(m.at_unix_ms)
+        ));
+    }
+    if let Some(m) = &s.merging {
+        parts.push(format!(
+            "merging into {name}/{}{} since {} ({})",
+            m.into,
+            if m.sealed {
+                ", sealed: writes wait"
+            } else {
+                ""
+            },
+            clock(m.since_unix_ms),
+            m.why
+        ));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
     }
 }
 
@@ -237,7 +265,11 @@ pub fn table_with_copies(
         ],
         &rows,
     ));
-    for s in t.shards.iter().filter(|s| s.origin.is_some()) {
+    for s in t
+        .shards
+        .iter()
+        .filter(|s| s.origin.is_some() || s.merged.is_some() || s.merging.is_some())
+    {
         let _ = writeln!(out, "{}/{}: {}", t.spec.name, s.index, lineage(t, s));
     }
     let busy: Vec<String> = reports

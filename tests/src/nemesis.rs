@@ -79,10 +79,15 @@ pub enum FaultKind {
     /// run: not a failure, but a change every client must follow, alone or
     /// together with the failures above.
     Split,
+    /// The table's newest shard merged into its neighbour (`merge-shards`;
+    /// a one-shard table is split first), while the clients run: both
+    /// shards' writes wait while sealed, and every client must follow the
+    /// keys to the merged shard.
+    Merge,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::PartitionPrimary,
@@ -95,6 +100,7 @@ impl FaultKind {
         FaultKind::KillLeaderAndPrimary,
         FaultKind::RollingRestart,
         FaultKind::Split,
+        FaultKind::Merge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +117,7 @@ impl FaultKind {
             FaultKind::KillLeaderAndPrimary => "kill-leader-and-primary",
             FaultKind::RollingRestart => "rolling-restart",
             FaultKind::Split => "split",
+            FaultKind::Merge => "merge",
         }
     }
 
@@ -728,6 +735,53 @@ impl Nemesis {
                 let r = tokio::time::timeout(Duration::from_secs(10), split)
                     .await
                     .unwrap_or_else(|_| Err("split not answered within 10 s".into()));
+                client.close().await;
+                r
+            }
+            FaultKind::Merge => {
+                let via = self
+                    .ids
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        self.cluster.is_running(id) && !active.paused.iter().any(|p| p == id)
+                    })
+                    .nth((pick % 2) as usize)
+                    .ok_or("no node to ask")?;
+                let client = self.cluster.client(via).await?;
+                let merge = async {
+                    let (_, mut t) = client.describe(table).await.map_err(|e| e.to_string())?;
+                    let mut did = String::new();
+                    if t.shards.len() == 1 {
+                        let (_, child) = client
+                            .split_shard(table, 0, None)
+                            .await
+                            .map_err(|e| format!("split of {table}/0: {e}"))?;
+                        did = format!("split {table}/0 into it and {table}/{child}, then ");
+                        t = client.describe(table).await.map_err(|e| e.to_string())?.1;
+                    }
+                    let newest = t.shards.last().ok_or("no shards")?;
+                    let keep = t
+                        .shards
+                        .iter()
+                        .find(|s| {
+                            s.index != newest.index
+                                && tstore_client::cluster_map::merged(&s.range, &newest.range)
+                                    .is_some()
+                        })
+                        .ok_or_else(|| format!("{table}/{} has no neighbour", newest.index))?;
+                    client
+                        .merge_shards(table, keep.index, newest.index, Duration::from_secs(25))
+                        .await
+                        .map_err(|e| format!("merge of {table}/{}: {e}", newest.index))?;
+                    Ok::<_, String>(format!(
+                        "{did}merged {table}/{} into {table}/{}",
+                        newest.index, keep.index
+                    ))
+                };
+                let r = tokio::time::timeout(Duration::from_secs(40), merge)
+                    .await
+                    .unwrap_or_else(|_| Err("merge not done within 40 s".into()));
                 client.close().await;
                 r
             }

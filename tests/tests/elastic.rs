@@ -503,3 +503,210 @@ async fn a_shard_busy_for_long_enough_splits_by_itself() {
     assert_nothing_lost(&c, "n1", "busy", load).await;
     c.wait_healthy("n1", "busy", HEAL_LIMIT).await.unwrap();
 }
+
+/// Merges `table/a` and `table/b` through `via` (waiting for it to be
+/// done), retrying while it is refused (a copy being moved, a merge given
+/// up); returns how long the last attempt took.
+async fn merge(c: &Cluster, via: &str, table: &str, a: u32, b: u32) -> Duration {
+    let (took, _) = c
+        .poll(
+            &format!("merge {table}/{a} and {table}/{b}"),
+            Duration::from_secs(120),
+            || async move {
+                let client = c.client(via).await?;
+                let began = Instant::now();
+                let r = client
+                    .merge_shards(table, a, b, Duration::from_secs(60))
+                    .await;
+                client.close().await;
+                match r {
+                    Ok(_) => Ok(Some(began.elapsed())),
+                    Err(e) => {
+                        eprintln!("merge {table}/{a} and {table}/{b}: {e}; retrying");
+                        Ok(None)
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+    took
+}
+
+/// Four nodes, two copies per shard, four writers on a one-shard hash
+/// table. The shard splits, the rebalancer moves the halves apart, and then
+/// an operator merges them back while the writers run: the merge moves the
+/// newer half's copies next to the other's, seals both, and hands its keys
+/// over. Afterwards: every acknowledged write is there once, with its
+/// acknowledged row, in one history per shard; every copy holds the same
+/// rows; the table is one shard over every key again; and writes were
+/// acknowledged after the merge.
+#[tokio::test]
+async fn a_split_shard_merges_back_under_a_write_load_losing_and_repeating_nothing() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3", "n4"];
+    c.start_formed(&ids).await;
+    c.create_table("n1", spec("m", Sharding::Hash { shards: 1 }, 2))
+        .await;
+    let load = Load::start(
+        ids.iter().map(|n| c.addr(n)).collect(),
+        c.certs().path().to_path_buf(),
+        "m",
+        4,
+        1_000_000,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let child = split(&c, "n2", "m", 0, None).await;
+    c.poll("the halves apart", HEAL_LIMIT, || async {
+        let client = c.client("n1").await?;
+        let (_, t) = client.describe("m").await.map_err(|e| e.to_string())?;
+        client.close().await;
+        let apart = holders(&t, 0) != holders(&t, child)
+            && t.shards.iter().all(|s| s.replicas.learners.is_empty());
+        Ok(apart.then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let merge_at = Instant::now();
+    let took = merge(&c, "n3", "m", child, 0).await;
+    eprintln!("merged m/{child} into m/0 in {took:?}");
+    let client = c.client("n1").await.unwrap();
+    let (_, t) = client.describe("m").await.unwrap();
+    assert_eq!(t.shards.len(), 1);
+    assert_eq!(t.shards[0].range, KeyRange::HashSlot { slot: 0, of: 1 });
+    let merged = t.shards[0].merged.clone().expect("lineage kept");
+    assert_eq!(merged.absorbed, child);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let report = assert_nothing_lost(&c, "n1", "m", load).await;
+    let after: Vec<_> = report
+        .acked
+        .values()
+        .filter(|a| a.tried > merge_at + took)
+        .collect();
+    assert!(!after.is_empty(), "no write acknowledged after the merge");
+    // The longest a write sent during the merge waited for its answer.
+    let slowest = report
+        .acked
+        .values()
+        .filter(|a| a.tried >= merge_at && a.tried < merge_at + took)
+        .map(|a| a.at.duration_since(a.tried))
+        .max();
+    eprintln!(
+        "{} writes acknowledged, {} after the merge; slowest write sent during it: {slowest:?}",
+        report.acked.len(),
+        after.len()
+    );
+    c.wait_healthy("n1", "m", HEAL_LIMIT).await.unwrap();
+    let (_, events) = client.events().await.unwrap();
+    for what in ["merge begun", "merge sealed", "merge: took in"] {
+        assert!(
+            events.iter().any(|e| e.what.starts_with(what)),
+            "no {what:?} event: {events:?}"
+        );
+    }
+    client.close().await;
+}
+
+/// Nodes told to merge shards cold and small for 2 s. A range table of two
+/// shards gets rows in both, which are then deleted: the emptied
+/// neighbours merge by themselves (the event saying why), and the merged
+/// shard serves every key, old rows and new.
+#[tokio::test]
+async fn two_emptied_neighbours_merge_by_themselves() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    c.start_formed_with(
+        &ids,
+        &[
+            "--split-size-bytes",
+            "1048576",
+            "--split-load-ops",
+            "1000",
+            "--merge-after-secs",
+            "2",
+            "--elastic-check-ms",
+            "300",
+        ],
+    )
+    .await;
+    c.create_table(
+        "n1",
+        spec(
+            "e",
+            Sharding::Range {
+                splits: vec![RowKey::Int(1_000)],
+            },
+            3,
+        ),
+    )
+    .await;
+    let client = c.client("n1").await.unwrap();
+    // Kept: a row that must survive the merge, and one deleted below.
+    for k in (0..2_000).step_by(20) {
+        client
+            .put("e", &format!(r#"{{"id":{k},"v":"row {k}"}}"#))
+            .await
+            .unwrap();
+    }
+    for k in (0..2_000).step_by(20).filter(|k| *k != 1_500) {
+        client.delete("e", RowKey::Int(k), None).await.unwrap();
+    }
+    let began = Instant::now();
+    let (t, _) = c
+        .poll("the two shards merged", HEAL_LIMIT, || async {
+            let client = c.client("n1").await?;
+            let (_, t) = client.describe("e").await.map_err(|e| e.to_string())?;
+            client.close().await;
+            Ok((t.shards.len() == 1).then_some(t))
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "merged by itself {:?} after the rows were deleted",
+        began.elapsed()
+    );
+    assert_eq!(
+        t.shards[0].range,
+        KeyRange::Range {
+            start: None,
+            end: None
+        }
+    );
+    let (_, events) = client.events().await.unwrap();
+    let begun = events
+        .iter()
+        .find(|e| e.subject == "e/1" && e.what.starts_with("merge begun"))
+        .unwrap_or_else(|| panic!("no merge event: {events:?}"));
+    assert!(
+        begun.why.starts_with("merge: ") && begun.why.contains("cold for 2 s"),
+        "the event says why: {begun:?}"
+    );
+    let row = client
+        .get("e", RowKey::Int(1_500), ReadMode::Strong)
+        .await
+        .unwrap()
+        .expect("the kept row survived the merge");
+    assert!(format!("{row:?}").contains("row 1500"), "{row:?}");
+    for k in [5, 1_005] {
+        let v = client
+            .put("e", &format!(r#"{{"id":{k},"v":"after"}}"#))
+            .await
+            .unwrap();
+        // Versions go on above both shards' logs.
+        assert!(
+            v > row.version,
+            "version {v} after the merge, {} before",
+            row.version
+        );
+        let got = client
+            .get("e", RowKey::Int(k), ReadMode::Strong)
+            .await
+            .unwrap();
+        assert!(got.is_some());
+    }
+    c.wait_healthy("n1", "e", HEAL_LIMIT).await.unwrap();
+    client.close().await;
+}

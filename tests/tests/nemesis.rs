@@ -35,6 +35,7 @@ const CI_ROUNDS: &[(&str, u64)] = &[
     ("mute", 105),
     ("loss", 106),
     ("split", 107),
+    ("merge", 108),
 ];
 
 /// Seconds of faults and load per CI round.

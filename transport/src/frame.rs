@@ -17,7 +17,7 @@ use serde::Serialize;
 
 /// The version of every message enum carried by this build. Bump it when a
 /// wire type changes incompatibly.
-pub const WIRE_VERSION: u8 = 8;
+pub const WIRE_VERSION: u8 = 9;
 
 /// Default upper bound of one frame (8 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;

@@ -108,8 +108,6 @@ impl Default for ControlSettings {
             raft_snapshot_entries: 5000,
             rereplicate_after: Duration::ZERO,
             elastic: tstore_core::coordinator::elastic::ElasticConfig {
-                // Merges are not carried out yet.
-                merge_after_ms: 0,
                 // Three looks (`elastic_every`) before a new half may split
                 // again.
                 settle_ms: 30_000,
@@ -161,6 +159,9 @@ pub(crate) struct Upkeep {
     /// (`coordinator::elastic`).
     pub(crate) elastic: tstore_core::coordinator::elastic::ElasticMemory,
     pub(crate) elastic_at: Option<Instant>,
+    /// Since when this leader has seen each sealed merge (table, absorbed
+    /// shard) sealed (`coordinator::merge`).
+    pub(crate) sealed_since: HashMap<(String, u32), Instant>,
 }
 
 /// The control plane of one node.
@@ -747,6 +748,23 @@ impl ControlPlane {
             .await
     }
 
+    /// Begins merging shards `a` and `b` of a table: the newer goes into
+    /// the other (`MapCommand::BeginMerge`); the coordinator carries it
+    /// out round by round (`coordinator::merge`).
+    pub async fn merge(&self, table: String, a: u32, b: u32) -> Result<u64, ControlError> {
+        let map = self.map();
+        if !map.tables.contains_key(&table) {
+            return Err(ControlError::no_such_table(&table, &map));
+        }
+        let (keep, absorb) = (a.min(b), a.max(b));
+        self.on_leader(ControlRequest::Merge {
+            table,
+            keep,
+            absorb,
+        })
+        .await
+    }
+
     /// Turns a table's automatic splits on or off.
     pub async fn set_auto_split(&self, table: String, on: bool) -> Result<u64, ControlError> {
         let map = self.map();
@@ -849,6 +867,23 @@ impl ControlPlane {
                 self.write(MapCommand::SetAutoSplit {
                     table,
                     on,
+                    at_unix_ms: crate::clock::wall_ms(),
+                })
+                .await
+                .map(|v| (v, None))
+            }
+            ControlRequest::Merge {
+                table,
+                keep,
+                absorb,
+            } => {
+                self.confirm_leadership().await?;
+                info!(shard = %format!("{table}/{absorb}"), into = keep, "operator merge");
+                self.write(MapCommand::BeginMerge {
+                    table,
+                    keep,
+                    absorb,
+                    why: "operator: merge-shards".into(),
                     at_unix_ms: crate::clock::wall_ms(),
                 })
                 .await

@@ -1,11 +1,12 @@
-//! Automatic splits (elastic tables), on the Raft leader: every
+//! Automatic splits and merges (elastic tables), on the Raft leader: every
 //! `elastic_every`, ask each live node for the size and load of the shards
 //! it leads (`PeerMessage::Loads`: one request per node, not gossip, so an
 //! idle cluster of many shards pays nothing in gossip), run the pure planner
-//! (`tstore_core::coordinator::elastic::plan`) and commit its splits, each
-//! with its reason, as `MapCommand::SplitShard`. The planner bounds how many
-//! run at once and keeps new halves from splitting again for a while.
-//! Merges are not carried out yet (see the README).
+//! (`tstore_core::coordinator::elastic::plan`) and commit its decisions,
+//! each with its reason: a split as `MapCommand::SplitShard`, a merge as
+//! `MapCommand::BeginMerge` (carried on every round by `merge`). The
+//! planner bounds how many run at once and keeps new shards from splitting
+//! or merging again for a while.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ impl ControlPlane {
     pub(crate) async fn elastic(&self, snapshot: &GossipSnapshot) {
         let settings = &self.inner.settings;
         let cfg = &settings.elastic;
-        if cfg.split_size_bytes == 0 && cfg.split_load_ops == 0 {
+        if cfg.split_size_bytes == 0 && cfg.split_load_ops == 0 && cfg.merge_after_ms == 0 {
             return;
         }
         {
@@ -112,20 +113,43 @@ impl ControlPlane {
             elastic::plan(&map, &stats, cfg, &mut upkeep.elastic, &busy, now)
         };
         for d in decisions {
-            let Elastic::Split {
-                table,
-                shard,
-                left,
-                right,
-                why,
-            } = d
-            else {
-                continue; // merges are not carried out yet
-            };
             if let Err(e) = self.confirm_leadership().await {
-                warn!(error = %e, "not splitting shards");
+                warn!(error = %e, "not splitting or merging shards");
                 return;
             }
+            let (table, shard, left, right, why) = match d {
+                Elastic::Split {
+                    table,
+                    shard,
+                    left,
+                    right,
+                    why,
+                } => (table, shard, left, right, why),
+                Elastic::Merge {
+                    table,
+                    keep,
+                    absorb,
+                    why,
+                    ..
+                } => {
+                    let cmd = MapCommand::BeginMerge {
+                        table: table.clone(),
+                        keep,
+                        absorb,
+                        why: why.clone(),
+                        at_unix_ms: crate::clock::wall_ms(),
+                    };
+                    match self.write(cmd).await {
+                        Ok(v) => {
+                            info!(shard = %format!("{table}/{absorb}"), into = keep, %why, map_version = v, "merge begun")
+                        }
+                        Err(e) => {
+                            warn!(shard = %format!("{table}/{absorb}"), %why, error = %e, "merge not begun")
+                        }
+                    }
+                    continue;
+                }
+            };
             let Some(s) = map
                 .tables
                 .get(&table)

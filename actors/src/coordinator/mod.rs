@@ -6,4 +6,5 @@
 
 pub mod actor;
 mod elastic;
+mod merge;
 mod round;

@@ -66,6 +66,7 @@ impl ControlPlane {
             self.keep_voters(&peers, &metrics).await;
             self.heal(&snapshot).await;
             self.elastic(&snapshot).await;
+            self.merges(&snapshot).await;
         }
     }
 

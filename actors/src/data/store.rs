@@ -337,12 +337,10 @@ fn open<T: for<'de> Deserialize<'de>>(
 }
 
 /// The `shard-meta` key saying that copy `id` was built: by the split that
-/// made its shard, or from a snapshot. Its value is the copy's birth: the
-/// position its rows first reflected (the split marker's seq, or the
-/// snapshot's `applied`; u64 big-endian, empty as stored before: 0). A
-/// shard's index is reused after a merge, so the birth tells a copy of the
-/// shard now at an index from one left over from the shard merged away
-/// (see [`absorbed_mark`]).
+/// made its shard, or from a snapshot. Its value is the copy's [`Birth`]:
+/// a shard's index is reused after a merge (the next split appends at the
+/// index the merge freed), and a copy left on some node by the shard
+/// merged away must never be taken for the new one.
 fn born_mark(id: ShardPrefix) -> Vec<u8> {
     id.key(b"born")
 }
@@ -365,36 +363,34 @@ fn split_mark_prefix(id: ShardPrefix) -> Vec<u8> {
     id.key(b"split")
 }
 
-/// The `shard-meta` key saying that copy `id` merged shard `child` into
-/// itself; its value is the position the merged shard's log went on from
-/// (u64 big-endian, see [`ShardStore::merge`]). A later split of `id` may
-/// reuse the index: a copy of `child` born before that position is what
-/// is left of the shard merged away, never the new one.
-fn absorbed_mark(id: ShardPrefix, child: u32) -> Vec<u8> {
-    let mut k = absorbed_mark_prefix(id);
-    k.extend_from_slice(&child.to_be_bytes());
-    k
+/// Which shard a copy was built for: the `Origin` of a shard split off
+/// another (the parent's epoch at the split and the leader's clock then,
+/// carried by the split marker and by snapshots), `None` for a shard the
+/// table was created with. Unique per shard for practical purposes: an
+/// index reused after a merge gets a new split, at another time.
+pub type Birth = Option<(u64, u64)>;
+
+fn encode_birth(b: Birth) -> Vec<u8> {
+    b.map(|(epoch, at)| [epoch.to_be_bytes(), at.to_be_bytes()].concat())
+        .unwrap_or_default()
 }
 
-fn absorbed_mark_prefix(id: ShardPrefix) -> Vec<u8> {
-    id.key(b"absorbed")
-}
-
-/// The position a mark holds (empty, as marks were once stored: 0).
-fn mark_seq(id: ShardPrefix, v: &[u8]) -> Result<Seq, StoreError> {
+fn decode_birth(id: ShardPrefix, v: &[u8]) -> Result<Birth, StoreError> {
     if v.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
-    <[u8; 8]>::try_from(v)
-        .map(Seq::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt {
-            what: "shard mark",
-            cause: format!("{id}: {} bytes, not a position", v.len()),
-        })
+    let b = <[u8; 16]>::try_from(v).map_err(|_| StoreError::Corrupt {
+        what: "born mark",
+        cause: format!("{id}: {} bytes, not a birth", v.len()),
+    })?;
+    let (e, t) = b.split_at(8);
+    Ok(Some((
+        u64::from_be_bytes(e.try_into().expect("8 bytes")),
+        u64::from_be_bytes(t.try_into().expect("8 bytes")),
+    )))
 }
 
-/// The child index at the end of a mark's key (`split_mark`,
-/// `absorbed_mark`).
+/// The child index at the end of a `split_mark`'s key.
 fn mark_child(k: &[u8]) -> Option<u32> {
     let b = <[u8; 4]>::try_from(k.get(k.len().checked_sub(4)?..)?).ok()?;
     Some(u32::from_be_bytes(b))
@@ -480,11 +476,11 @@ impl ChunkKind {
 
 /// The marks a snapshot carries to the copy installed from it: the
 /// shards split off the shard whose split it already reflects, and the
-/// shards merged into it with the position each merge went on from.
+/// shard's [`Birth`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotMarks {
     pub splits: Vec<u32>,
-    pub absorbed: Vec<(u32, Seq)>,
+    pub born: Birth,
 }
 
 /// What [`ShardStore::merge`] did.
@@ -701,8 +697,9 @@ impl ShardStore {
             if m.clock.advance(cmd.at_ms) {
                 self.sweep_sessions(wtxn, id, &m.clock)?;
             }
-            if let Op::Split { child, range } = &cmd.op {
-                let (rows, bytes) = self.split_in(wtxn, id, seq, *child, range, m.clock)?;
+            if let Op::Split { child, range, born } = &cmd.op {
+                let (rows, bytes) =
+                    self.split_in(wtxn, id, seq, (*child, range, *born), m.clock)?;
                 m.rows = m.rows.saturating_sub(rows);
                 m.row_bytes = m.row_bytes.saturating_sub(bytes);
                 results.push((seq, Ok(OpResult::Written { version: seq })));
@@ -776,17 +773,18 @@ impl ShardStore {
     /// copy installed from a snapshot at `seq`), so that a row's version,
     /// the seq of the entry that wrote it, keeps growing across the split
     /// (a version check never mistakes a new row for an old one) and a
-    /// client's read-your-writes position stays meaningful. A child this node already holds is left
-    /// alone (a marker logged twice, by two primaries of the parent), but the
-    /// parent's rows in `range` go whatever happens: the parent owns them no
-    /// longer. All in the transaction applying the marker.
+    /// client's read-your-writes position stays meaningful. A child this
+    /// node already holds (built for the same birth) is left alone (a
+    /// marker logged twice, by two primaries of the parent), but the
+    /// parent's rows in `range` go whatever happens: the parent owns them
+    /// no longer. All in the transaction applying the marker (`child`,
+    /// `range` and `born` of the [`Op::Split`]).
     fn split_in(
         &self,
         wtxn: &mut heed::RwTxn,
         id: ShardPrefix,
         seq: Seq,
-        child: u32,
-        range: &KeyRange,
+        (child, range, born): (u32, &KeyRange, (u64, u64)),
         clock: SessionClock,
     ) -> Result<(u64, u64), StoreError> {
         let to = ShardPrefix {
@@ -797,7 +795,7 @@ impl ShardStore {
         // Nor a copy being installed from a snapshot: its rows are the
         // snapshot's. A copy left over from a shard merged away at the
         // same index is no copy of this child: it is wiped and built anew.
-        let build = !self.built_in(wtxn, to, Some(id.shard))?
+        let build = !self.built_in(wtxn, to, Some(born))?
             && self.meta.get(wtxn, &installing_mark(to))?.is_none();
         if build {
             self.drop_in(wtxn, to)?;
@@ -849,7 +847,8 @@ impl ShardStore {
                 row_bytes: moved_bytes,
             };
             self.meta.put(wtxn, &to.prefix(), &encode(&meta))?;
-            self.meta.put(wtxn, &born_mark(to), &seq.to_be_bytes())?;
+            self.meta
+                .put(wtxn, &born_mark(to), &encode_birth(Some(born)))?;
         }
         self.meta.put(wtxn, &split_mark(id, child), &[])?;
         Ok((moving.len() as u64, moved_bytes))
@@ -868,37 +867,37 @@ impl ShardStore {
         Ok(Some((key, open("row", || key_at(id, k), v)?)))
     }
 
-    /// Whether this node's copy of `id` was built by a split or a snapshot
-    /// install (a copy of a shard split off another waits for it). With
-    /// the shard's `parent`: only a copy born at or after the parent's
-    /// merge of a shard at this index counts (a copy born before is what
-    /// is left of the shard merged away; see [`absorbed_mark`]).
-    pub fn built(&self, id: ShardPrefix, parent: Option<u32>) -> Result<bool, StoreError> {
+    /// Whether this node's copy of `id` was built, by a split or a snapshot
+    /// install, for the shard born `born` (a copy of a shard split off
+    /// another waits for it; one built for a shard merged away since, whose
+    /// index was reused, does not count).
+    pub fn built(&self, id: ShardPrefix, born: Birth) -> Result<bool, StoreError> {
         let rtxn = self.env.read_txn()?;
-        self.built_in(&rtxn, id, parent)
+        self.built_in(&rtxn, id, born)
     }
 
     fn built_in(
         &self,
         txn: &heed::RoTxn,
         id: ShardPrefix,
-        parent: Option<u32>,
+        born: Birth,
     ) -> Result<bool, StoreError> {
-        let Some(born) = self.meta.get(txn, &born_mark(id))? else {
-            return Ok(false);
-        };
-        let birth = mark_seq(id, born)?;
-        let Some(parent) = parent else {
-            return Ok(true);
-        };
-        let parent = ShardPrefix {
-            table: id.table,
-            shard: parent,
-        };
-        match self.meta.get(txn, &absorbed_mark(parent, id.shard))? {
-            Some(m) => Ok(birth >= mark_seq(parent, m)?),
-            None => Ok(true),
-        }
+        Ok(self.birth_in(txn, id)? == Some(born))
+    }
+
+    /// The [`Birth`] this node's copy of `id` was built with; `None` when
+    /// it has no born mark (never built, or a shard the table was created
+    /// with and never copied).
+    pub fn birth(&self, id: ShardPrefix) -> Result<Option<Birth>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        self.birth_in(&rtxn, id)
+    }
+
+    fn birth_in(&self, txn: &heed::RoTxn, id: ShardPrefix) -> Result<Option<Birth>, StoreError> {
+        self.meta
+            .get(txn, &born_mark(id))?
+            .map(|v| decode_birth(id, v))
+            .transpose()
     }
 
     /// Whether this copy of `id` has applied the marker splitting `child`
@@ -920,9 +919,8 @@ impl ShardStore {
     /// split moves them), the client sessions of both are merged
     /// ([`merge_records`]), keep's log is deleted, and keep's metadata
     /// holds both: `logged = applied = M`, the later clock, the rows of
-    /// both. Absorb's copy is dropped, and keep records the merge
-    /// ([`absorbed_mark`]) so that a split reusing the index later does not
-    /// mistake what is left of absorb on some node for its new child.
+    /// both. Absorb's copy is dropped (a later split reusing its index
+    /// builds its child afresh anyway: see [`Birth`]).
     ///
     /// [`MergeOutcome::AlreadyDone`] when keep is at or past `M` (the merge
     /// applied before, a restart since); [`MergeOutcome::Mismatch`] when
@@ -937,6 +935,12 @@ impl ShardStore {
         sk: Seq,
         sa: Seq,
     ) -> Result<MergeOutcome, StoreError> {
+        // Asked at every reconfiguration of a merged copy: done already is
+        // read without taking the write lock.
+        let done = self.meta(keep).is_ok_and(|m| m.applied > sk.max(sa));
+        if done {
+            return Ok(MergeOutcome::AlreadyDone);
+        }
         let mut wtxn = self.env.write_txn()?;
         let outcome = self.merge_in(&mut wtxn, keep, absorb, sk, sa)?;
         if matches!(outcome, MergeOutcome::Merged { .. }) {
@@ -1051,8 +1055,6 @@ impl ShardStore {
         self.meta.put(wtxn, &keep.prefix(), &encode(&m))?;
         self.drop_in(wtxn, absorb)?;
         self.meta.delete(wtxn, &split_mark(keep, absorb.shard))?;
-        self.meta
-            .put(wtxn, &absorbed_mark(keep, absorb.shard), &at.to_be_bytes())?;
         Ok(MergeOutcome::Merged { rows, bytes })
     }
 
@@ -1338,18 +1340,15 @@ impl ShardStore {
         mut chunk: impl FnMut(ChunkKind, Vec<(Vec<u8>, Vec<u8>)>) -> bool,
     ) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
-        // The children this copy split off and the shards it merged, as of
-        // the snapshot: the installing copy records them (`finish_install`).
-        let mut marks = SnapshotMarks::default();
+        // The children this copy split off, as of the snapshot, and what it
+        // was built for: the installing copy records them (`finish_install`).
+        let mut marks = SnapshotMarks {
+            born: self.birth_in(&rtxn, id)?.flatten(),
+            ..Default::default()
+        };
         for item in self.meta.prefix_iter(&rtxn, &split_mark_prefix(id))? {
             let (k, _) = item?;
             marks.splits.extend(mark_child(k));
-        }
-        for item in self.meta.prefix_iter(&rtxn, &absorbed_mark_prefix(id))? {
-            let (k, v) = item?;
-            if let Some(child) = mark_child(k) {
-                marks.absorbed.push((child, mark_seq(id, v)?));
-            }
         }
         if !header(self.meta_in(&rtxn, id)?, marks) {
             return Ok(0);
@@ -1408,8 +1407,8 @@ impl ShardStore {
 
     /// Completes an installed snapshot: the copy holds everything up to
     /// `applied` (with no log: whatever log this node held of the shard is
-    /// deleted, and the shard clock is `clock`) in `epoch`, and was born
-    /// there. `marks` are the snapshot's ([`ShardStore::snapshot`]).
+    /// deleted, and the shard clock is `clock`) in `epoch`. `marks` are the
+    /// snapshot's ([`ShardStore::snapshot`]).
     pub fn finish_install(
         &self,
         id: ShardPrefix,
@@ -1445,14 +1444,10 @@ impl ShardStore {
         };
         self.meta.put(&mut wtxn, &id.prefix(), &encode(&m))?;
         self.meta
-            .put(&mut wtxn, &born_mark(id), &applied.to_be_bytes())?;
+            .put(&mut wtxn, &born_mark(id), &encode_birth(marks.born))?;
         self.meta.delete(&mut wtxn, &installing_mark(id))?;
         for child in &marks.splits {
             self.meta.put(&mut wtxn, &split_mark(id, *child), &[])?;
-        }
-        for (child, at) in &marks.absorbed {
-            self.meta
-                .put(&mut wtxn, &absorbed_mark(id, *child), &at.to_be_bytes())?;
         }
         wtxn.commit()?;
         Ok(())
@@ -1487,8 +1482,7 @@ impl ShardStore {
                 db.delete(wtxn, &k)?;
             }
         }
-        // The metadata and the marks (`born`, `installing`, `split_mark`,
-        // `absorbed_mark`).
+        // The metadata and the marks (`born`, `installing`, `split_mark`).
         let keys: Vec<Vec<u8>> = self
             .meta
             .prefix_iter(wtxn, &p)?
@@ -1781,16 +1775,17 @@ mod tests {
             let split = Op::Split {
                 child: 2,
                 range: range.clone(),
+                born: (2, 700),
             };
             log.push(entry(11, &split));
             log.push(entry(12, &split)); // logged again by a second primary
             s.append(parent, &log).unwrap();
             s.record_epochs(&[(child, 2)]).unwrap(); // the node saw the map first
-            assert!(!s.built(child, Some(0)).unwrap());
+            assert!(!s.built(child, Some((2, 700))).unwrap());
             s.apply(parent, 10, "id").unwrap();
             let all = s.checksum(parent).unwrap();
             s.apply(parent, 11, "id").unwrap();
-            assert!(s.built(child, Some(0)).unwrap() && s.split_done(parent, 2).unwrap());
+            assert!(s.built(child, Some((2, 700))).unwrap() && s.split_done(parent, 2).unwrap());
             // The child's log goes on from the marker's position.
             let m = s.meta(child).unwrap();
             assert_eq!((m.logged, m.applied, m.log_start), (11, 11, 12));
@@ -1842,16 +1837,23 @@ mod tests {
         let parent = ShardPrefix { table: 1, shard: 0 };
         let child = ShardPrefix { table: 1, shard: 1 };
         let mut log: Vec<LogEntry> = (1..=10).map(|i| entry(i as u64, &put(i))).collect();
-        log.push(entry(11, &split_off(1, 6)));
+        log.push(entry(11, &split_off(1, 6, FIRST)));
         s.append(parent, &log).unwrap();
         s.apply(parent, 11, "id").unwrap();
         (parent, child)
     }
 
-    /// The marker splitting the keys from `from` up off to `child`.
-    fn split_off(child: u32, from: i64) -> Op {
+    /// The births of two shards at index 1, split off shard 0 before and
+    /// after a merge.
+    const FIRST: (u64, u64) = (2, 1_000);
+    const SECOND: (u64, u64) = (5, 9_000);
+
+    /// The marker splitting the keys from `from` up off to `child`, born
+    /// `born`.
+    fn split_off(child: u32, from: i64, born: (u64, u64)) -> Op {
         Op::Split {
             child,
+            born,
             range: KeyRange::Range {
                 start: Some(RowKey::Int(from)),
                 end: None,
@@ -2064,17 +2066,18 @@ mod tests {
             s.merge(keep, child, 11, 13).unwrap(),
             MergeOutcome::Merged { rows: 4, .. }
         ));
-        // What is left of the old child on this node, born at 11: a copy,
-        // but not one of the child the merged shard splits off next.
+        // What is left of the old child on this node: a copy, but not one
+        // of the child the merged shard splits off next.
         install_snap(&s, child, &old);
         assert_eq!(ints(&s, child), [6, 7, 8, 9, 10]);
-        assert!(s.built(child, None).unwrap());
-        assert!(!s.built(child, Some(0)).unwrap());
+        assert!(s.built(child, Some(FIRST)).unwrap());
+        assert!(!s.built(child, Some(SECOND)).unwrap());
 
         // The merged shard splits the same keys off to the same index.
-        s.append(keep, &[entry(15, &split_off(1, 6))]).unwrap();
+        s.append(keep, &[entry(15, &split_off(1, 6, SECOND))])
+            .unwrap();
         s.apply(keep, 15, "id").unwrap();
-        assert!(s.built(child, Some(0)).unwrap());
+        assert!(s.built(child, Some(SECOND)).unwrap());
         assert_eq!(ints(&s, child), [6, 8, 9, 10], "row 7 was deleted");
         assert_eq!(s.get(child, &RowKey::Int(9)).unwrap().unwrap().version, 12);
         assert_eq!(ints(&s, keep), [1, 2, 3, 4, 5]);
@@ -2085,13 +2088,14 @@ mod tests {
         // The marker logged again leaves the new child alone.
         s.append(child, &[request(16, 50, &put(8))]).unwrap();
         s.apply(child, 16, "id").unwrap();
-        s.append(keep, &[entry(16, &split_off(1, 6))]).unwrap();
+        s.append(keep, &[entry(16, &split_off(1, 6, SECOND))])
+            .unwrap();
         s.apply(keep, 16, "id").unwrap();
         assert_eq!(s.get(child, &RowKey::Int(8)).unwrap().unwrap().version, 16);
     }
 
     #[test]
-    fn a_snapshot_of_a_merged_shard_carries_its_merges_to_the_copy_installed_from_it() {
+    fn a_copy_installed_from_a_merged_shard_beside_a_stale_copy_of_the_absorbed_one_splits_anew() {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::storage::open_env(dir.path()).unwrap();
         let s = ShardStore::open(&env).unwrap();
@@ -2107,11 +2111,10 @@ mod tests {
         let merged = snap(&s, keep);
         assert_eq!(
             merged.1,
-            SnapshotMarks {
-                splits: vec![],
-                absorbed: vec![(1, 12)]
-            }
+            SnapshotMarks::default(),
+            "no split marks after the merge"
         );
+        assert_eq!(old.1.born, Some(FIRST), "a snapshot carries the birth");
 
         // Another node, holding what is left of the old child.
         let dir2 = tempfile::tempdir().unwrap();
@@ -2121,16 +2124,14 @@ mod tests {
         install_snap(&t, keep, &merged);
         assert_eq!(t.checksum(keep).unwrap(), s.checksum(keep).unwrap());
         assert_eq!(t.meta(keep).unwrap().applied, 12);
-        assert!(t.built(child, None).unwrap());
-        assert!(
-            !t.built(child, Some(0)).unwrap(),
-            "born at 11, before the merge at 12"
-        );
+        assert!(t.built(child, Some(FIRST)).unwrap());
+        assert!(!t.built(child, Some(SECOND)).unwrap());
         assert_eq!(snap(&t, keep).1, merged.1, "served on as received");
         // A child split off it later is built here from its rows.
-        t.append(keep, &[entry(13, &split_off(1, 8))]).unwrap();
+        t.append(keep, &[entry(13, &split_off(1, 8, SECOND))])
+            .unwrap();
         t.apply(keep, 13, "id").unwrap();
-        assert!(t.built(child, Some(0)).unwrap());
+        assert!(t.built(child, Some(SECOND)).unwrap());
         assert_eq!(ints(&t, child), [8, 9, 10]);
         assert_eq!(ints(&t, keep), [1, 2, 3, 4, 5, 6, 7]);
     }
@@ -2147,7 +2148,14 @@ mod tests {
             start: Some(RowKey::Int(3)),
             end: None,
         };
-        log.push(entry(5, &Op::Split { child: 1, range }));
+        log.push(entry(
+            5,
+            &Op::Split {
+                child: 1,
+                range,
+                born: FIRST,
+            },
+        ));
         s.append(parent, &log).unwrap();
         s.apply(parent, 4, "id").unwrap();
         // The child's copy starts installing a snapshot; then the parent
@@ -2157,10 +2165,14 @@ mod tests {
         s.apply(parent, 5, "id").unwrap();
         assert_eq!(s.scan(parent, None, None, 10).unwrap().len(), 2);
         assert!(s.scan(child, None, None, 10).unwrap().is_empty());
-        assert!(!s.built(child, Some(0)).unwrap() && s.split_done(parent, 1).unwrap());
-        s.finish_install(child, 5, SessionClock::default(), 2, &Default::default())
+        assert!(!s.built(child, Some(FIRST)).unwrap() && s.split_done(parent, 1).unwrap());
+        let marks = SnapshotMarks {
+            splits: vec![],
+            born: Some(FIRST),
+        };
+        s.finish_install(child, 5, SessionClock::default(), 2, &marks)
             .unwrap();
-        assert!(s.built(child, Some(0)).unwrap());
+        assert!(s.built(child, Some(FIRST)).unwrap());
     }
 
     #[test]

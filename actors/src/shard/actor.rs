@@ -45,6 +45,19 @@
 //! planned by an older map (`LocalCopy::range_epoch`): the client refreshes
 //! its map and finds the child.
 //!
+//! Merges (elastic tables): the map seals both shards
+//! (`MapCommand::SealMerge`; a sealed primary takes no writes, and reports
+//! `sealed_at` in its status once nothing is in flight), the coordinator
+//! waits until every member of both reports the same sealed position, and
+//! `MapCommand::FinishMerge` hands the absorbed shard's keys to the kept
+//! one. No log entry marks it: each member copy of the kept shard, when it
+//! takes the merged epoch (or starts in it), merges its node's two copies
+//! in one transaction (`ShardStore::merge`), its log going on from
+//! `Merged::log_from`, and only then builds its state machine. A copy
+//! that is not where the merge expects it (it missed entries, or this node
+//! lacks the absorbed copy) copies a snapshot from the primary instead; a
+//! primary in that state fails, and the coordinator fails it over.
+//!
 //! Each copy reports its state (role, epoch, `copying` or `ready` for a
 //! learner, a primary's silent backups, `failed`) to the node's
 //! [`CopyPublisher`], which shows every copy of the node in gossip as one
@@ -67,7 +80,7 @@ use super::publish::CopyPublisher;
 use super::snapshot::{self, Fetch, Installed};
 use crate::clock::{now_ms, wall_ms};
 use crate::data::committer::Committer;
-use crate::data::store::{Done, ShardPrefix, ShardStore, StoreError, Truncate, Work};
+use crate::data::store::{Done, MergeOutcome, ShardPrefix, ShardStore, StoreError, Truncate, Work};
 use crate::hearing::Hearing;
 use crate::peer::PeerMessage;
 use crate::peer_link::PeerLink;
@@ -246,10 +259,46 @@ impl CopyActor {
             actor.role = Role::Splitting(Instant::now());
             return actor;
         }
+        if !actor.merge_locally() {
+            return actor; // installing, or failed
+        }
         // Installing (a snapshot) unless what this node holds serves; a
         // restarted copy's hello is sent once the actor runs.
         let _ = actor.take_role(None, false, None);
         actor
+    }
+
+    /// A member copy of a shard that took a neighbour in by a merge merges
+    /// its node's two copies, once (module docs, "Merges"). Returns whether
+    /// the copy goes on from what this node holds; if not, it is left
+    /// installing a snapshot (a backup) or failed (a primary).
+    fn merge_locally(&mut self) -> bool {
+        let Some(m) = self.copy.merged.clone() else {
+            return true;
+        };
+        if self.copy.role == LocalRole::Learner {
+            return true; // built from a snapshot of the merged shard
+        }
+        let absorbed = ShardPrefix {
+            table: self.id.table,
+            shard: m.absorbed,
+        };
+        let why = match self.env.store.merge(self.id, absorbed, m.seqs.0, m.seqs.1) {
+            Ok(MergeOutcome::AlreadyDone) => return true,
+            Ok(MergeOutcome::Merged { rows, bytes }) => {
+                info!(shard = %self.key, absorbed = m.absorbed, rows, bytes, log_from = m.log_from(), "merged this node's copy of the absorbed shard into this one");
+                return true;
+            }
+            Ok(MergeOutcome::Mismatch(why)) => why,
+            Err(e) => format!("the merge could not be written here: {e}"),
+        };
+        if self.copy.role == LocalRole::Primary {
+            self.fail(format!("cannot merge here: {why}"));
+        } else {
+            warn!(shard = %self.key, absorbed = m.absorbed, %why, "this copy cannot be merged here; copying a snapshot of the merged shard from the primary");
+            self.role = Role::Installing;
+        }
+        false
     }
 
     /// A member copy of a shard split off another that this node has not
@@ -261,7 +310,7 @@ impl CopyActor {
             && !self
                 .env
                 .store
-                .built(self.id, self.copy.split_from)
+                .built(self.id, self.copy.born)
                 .unwrap_or(false)
     }
 
@@ -367,8 +416,9 @@ impl CopyActor {
             return;
         };
         let mut effects = Vec::new();
-        for (child, range, at) in &self.copy.children {
-            if *at > epoch || self.markers.contains(&(epoch, *child)) {
+        for c in &self.copy.children {
+            let child = &c.index;
+            if c.epoch > epoch || self.markers.contains(&(epoch, *child)) {
                 continue;
             }
             match self.env.store.split_done(self.id, *child) {
@@ -383,7 +433,8 @@ impl CopyActor {
                 at_ms: wall_ms(),
                 op: tstore_core::data::ops::Op::Split {
                     child: *child,
-                    range: range.clone(),
+                    range: c.range.clone(),
+                    born: c.born,
                 },
             };
             let bytes = postcard::to_stdvec(&cmd).expect("encodable");
@@ -425,6 +476,21 @@ impl CopyActor {
             .meta(self.id)
             .inspect_err(|e| warn!(shard = %self.key, error = %e, "cannot read what this node holds of the shard"))
             .ok();
+        // What this node holds at the shard's index may have been built
+        // for another shard once there (one merged away since, the index
+        // reused by a split): none of it is this shard's.
+        let birth = self.env.store.birth(self.id).ok().flatten().flatten();
+        let foreign = meta.as_ref().is_some_and(|m| m.applied > 0) && birth != self.copy.born;
+        if foreign {
+            warn!(shard = %self.key, held = ?birth, wanted = ?self.copy.born, "the copy held here was built for another shard at this index; not keeping it");
+            if self.copy.role == LocalRole::Primary {
+                self.fail(
+                    "the copy held here was built for another shard once at this index".into(),
+                );
+                return Some(vec![]);
+            }
+            return None;
+        }
         match rejoin(from, self.copy.role, meta.as_ref().map_or(0, |m| m.applied)) {
             Rejoin::Keep => Some(self.configure(led_before, old_primary)),
             Rejoin::Afresh => None,
@@ -892,6 +958,12 @@ impl Actor for CopyActor {
         info!(shard = %self.key, role = %self.copy.role, epoch = self.copy.replicas.epoch, "shard copy started");
         self.publish(ctx);
         self.rebuild_due = false; // an installing copy copies anyway
+        if self.failed.is_some() {
+            // (A primary that could not be configured or merged: it never
+            // copies from itself; the coordinator replaces it.)
+            self.keep_ticking(ctx);
+            return;
+        }
         match &self.role {
             Role::Installing => self.install(ctx),
             Role::Splitting(_) => return self.wait_for_split(ctx),
@@ -984,6 +1056,15 @@ impl Handler<Reconfigure> for CopyActor {
             return; // built by the parent's copy, then configured
         }
         self.flush_now(ctx);
+        if !self.merge_locally() {
+            if matches!(self.role, Role::Installing) {
+                self.copy_afresh(ctx);
+            } else {
+                self.publish(ctx);
+                self.keep_ticking(ctx);
+            }
+            return;
+        }
         match self.take_role(Some(from), led_before, old_primary) {
             Some(effects) => {
                 // A new primary (effects or not) ticks from now.
@@ -1055,6 +1136,15 @@ impl Handler<Write> for CopyActor {
         }
         if let Err(e) = self.owns_op(&op) {
             return Box::pin(async move { Err(e) });
+        }
+        if self.copy.sealed {
+            // Nothing was proposed: the client's retry is taken once, by
+            // the merged shard.
+            let msg = format!(
+                "shard {} is sealed for a merge and takes no writes until it is done (about a second); retry",
+                self.key
+            );
+            return Box::pin(async move { Err(DataError::unavailable(msg)) });
         }
         if let Some(held) = self.split_hold(ctx, Write { id, op: op.clone() }) {
             self.ops = self.ops.saturating_sub(1); // counted when it comes back
@@ -1461,12 +1551,27 @@ impl Handler<GetStatus> for CopyActor {
                 self.copied.0.load(Ordering::Relaxed),
                 self.copied.1.load(Ordering::Relaxed)
             ),
+            (None, _) if self.copy.sealed => "sealed for a merge: refusing writes".into(),
             // A quiet primary let its lease go; the next read wakes it.
             (None, Role::Primary(p)) if !p.is_quiet() && !p.lease_valid(now_ms()) => {
                 "no lease: refusing writes".into()
             }
             (None, _) => "serving".into(),
         };
+        // Settled: logged and applied to one position with nothing in
+        // flight (a primary: nothing proposed past it, in this epoch).
+        let settled = meta.logged == meta.applied
+            && match &self.role {
+                Role::Primary(p) => {
+                    p.epoch() == self.copy.replicas.epoch
+                        && p.last_seq() == meta.applied
+                        && p.committed() == meta.applied
+                }
+                Role::Backup(_) => self.copy.role == LocalRole::Backup,
+                Role::Installing | Role::Splitting(_) => false,
+            };
+        let sealed_at =
+            (self.copy.sealed && self.failed.is_none() && settled).then_some(meta.applied);
         MessageResult(CopyStatus {
             role: self.copy.role.to_string(),
             epoch: self.copy.replicas.epoch,
@@ -1484,6 +1589,7 @@ impl Handler<GetStatus> for CopyActor {
                 Role::Backup(b) => b.is_quiet(),
                 Role::Installing | Role::Splitting(_) => false,
             },
+            sealed_at,
         })
     }
 }

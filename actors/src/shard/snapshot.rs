@@ -60,7 +60,7 @@ impl SnapshotServer {
                 if s.origin.is_some()
                     && !self
                         .store
-                        .built(id, s.origin.as_ref().map(|o| o.parent))
+                        .built(id, s.origin.as_ref().map(|o| o.birth()))
                         .unwrap_or(false) =>
             {
                 let why = format!(
@@ -86,7 +86,7 @@ impl SnapshotServer {
                     applied: m.applied,
                     clock: m.clock,
                     splits: marks.splits,
-                    absorbed: marks.absorbed,
+                    born: marks.born,
                 }))
                 .is_ok()
             };
@@ -190,14 +190,14 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
                 applied: a,
                 clock,
                 splits,
-                absorbed,
+                born,
             })) => {
                 if a < min_applied {
                     return Err(format!(
                         "the primary's snapshot reflects entries up to {a}, short of the {min_applied} this copy acknowledged; waiting for the primary to apply them"
                     ));
                 }
-                applied = Some((a, clock, SnapshotMarks { splits, absorbed }));
+                applied = Some((a, clock, SnapshotMarks { splits, born }));
                 continue;
             }
             Some(PeerReply::Snapshot(SnapshotPart::Rows(chunk))) => (ChunkKind::Rows, chunk),

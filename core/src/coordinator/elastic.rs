@@ -2,7 +2,8 @@
 //! split and where, which two shards to merge, and when. Pure: the map, the
 //! shards' sizes and loads, the time and what was decided before come in;
 //! decisions go out. The coordinator carries out its splits
-//! (`tstore_actors` coordinator, `elastic`); merges are not carried out yet.
+//! (`tstore_actors` coordinator, `elastic`), and its merges step by step
+//! ([`crate::coordinator::merge`]).
 //!
 //! Key spaces:
 //! - a range shard `[start, end)` splits at a key `k` strictly inside it
@@ -28,15 +29,16 @@
 //!   again (hysteresis);
 //! - never **churn**: a shard born of a split or merge less than
 //!   `settle_ms` ago takes part in neither;
-//! - a merge needs both shards' copies on the same nodes: when they are
-//!   not, the planner asks for the second shard's copies to be placed like
-//!   the first's first ([`Elastic::Colocate`]);
+//! - only a table's newest shard is merged away (shard indices name
+//!   storage: absorbing another would leave a hole), into a neighbour, one
+//!   merge per table at a time; moving its copies next to the neighbour's
+//!   is the merge's first step ([`crate::coordinator::merge`]);
 //! - at most `max_at_once` decisions per call, biggest first, and none on
 //!   a shard already busy (a split, merge or move under way).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster_map::{ClusterMap, KeyRange, NodeId, RowKey, Shard};
+use crate::cluster_map::{ClusterMap, KeyRange, RowKey};
 use crate::replication::Millis;
 
 /// `(table, shard index)`.
@@ -101,22 +103,14 @@ pub enum Elastic {
         right: KeyRange,
         why: String,
     },
-    /// Merge `left` and `right` of `table` (neighbours, copies on the same
-    /// nodes) into one shard over `into`.
+    /// Merge `absorb` (the table's newest shard) into its neighbour `keep`,
+    /// which then holds `into` (carried out step by step:
+    /// [`crate::coordinator::merge`]).
     Merge {
         table: String,
-        left: u32,
-        right: u32,
+        keep: u32,
+        absorb: u32,
         into: KeyRange,
-        why: String,
-    },
-    /// Place the copies of `shard` on `nodes` (those of its neighbour
-    /// `like`), so that the two can merge.
-    Colocate {
-        table: String,
-        shard: u32,
-        like: u32,
-        nodes: BTreeSet<NodeId>,
         why: String,
     },
 }
@@ -140,51 +134,7 @@ impl ElasticMemory {
     }
 }
 
-pub use crate::cluster_map::halves;
-
-/// The key space of `a` and `b` merged, if they are neighbours: range
-/// shards where one ends where the other starts, hash shards that are
-/// siblings (`slot` and `slot + of/2` of the same even `of`).
-pub fn merged(a: &KeyRange, b: &KeyRange) -> Option<KeyRange> {
-    match (a, b) {
-        (KeyRange::Range { start, end }, KeyRange::Range { start: s2, end: e2 }) => {
-            if end.is_some() && end == s2 {
-                Some(KeyRange::Range {
-                    start: start.clone(),
-                    end: e2.clone(),
-                })
-            } else if e2.is_some() && e2 == start {
-                Some(KeyRange::Range {
-                    start: s2.clone(),
-                    end: end.clone(),
-                })
-            } else {
-                None
-            }
-        }
-        (KeyRange::HashSlot { .. }, KeyRange::HashSlot { .. }) => hash_siblings(a, b),
-        _ => None,
-    }
-}
-
-/// The parent of two hash siblings.
-pub fn hash_siblings(a: &KeyRange, b: &KeyRange) -> Option<KeyRange> {
-    let (KeyRange::HashSlot { slot: s1, of: o1 }, KeyRange::HashSlot { slot: s2, of: o2 }) = (a, b)
-    else {
-        return None;
-    };
-    if o1 != o2 || o1 % 2 != 0 || s1.abs_diff(*s2) != o1 / 2 {
-        return None;
-    }
-    Some(KeyRange::HashSlot {
-        slot: (*s1).min(*s2),
-        of: o1 / 2,
-    })
-}
-
-fn nodes_of(s: &Shard) -> BTreeSet<NodeId> {
-    s.replicas.holders().cloned().collect()
-}
+pub use crate::cluster_map::{halves, hash_siblings, merged};
 
 /// `612 MiB` (`16.4 MiB` below 100 of a unit, so that a size just over a
 /// threshold does not print as equal to it), in KiB below a MiB, in bytes
@@ -307,65 +257,46 @@ pub fn plan(
             .get(key)
             .is_some_and(|since| now.saturating_sub(*since) >= cfg.merge_after_ms)
     };
-    let mut taken: BTreeSet<ShardRef> = BTreeSet::new();
     for t in map.tables.values() {
-        for (i, a) in t.shards.iter().enumerate() {
-            for b in &t.shards[i + 1..] {
-                if out.len() >= cfg.max_at_once {
-                    return out;
-                }
-                let (ka, kb) = (
-                    (t.spec.name.clone(), a.index),
-                    (t.spec.name.clone(), b.index),
-                );
-                let Some(into) = merged(&a.range, &b.range) else {
-                    continue;
-                };
-                let free = |k: &ShardRef| !busy.contains(k) && !taken.contains(k);
-                let ready = free(&ka)
-                    && free(&kb)
-                    && cold(&ka)
-                    && cold(&kb)
-                    && settled(memory, &t.spec.name, &a.range)
-                    && settled(memory, &t.spec.name, &b.range);
-                if !ready {
-                    continue;
-                }
-                let size = stats[&ka].size_bytes + stats[&kb].size_bytes;
-                if size >= small {
-                    continue;
-                }
-                taken.insert(ka);
-                taken.insert(kb);
-                let (na, nb) = (nodes_of(a), nodes_of(b));
-                let why = format!(
-                    "merge: {} together < {}, cold for {} s",
-                    mib(size),
-                    mib(small),
-                    cfg.merge_after_ms / 1000
-                );
-                out.push(if na == nb {
-                    Elastic::Merge {
-                        table: t.spec.name.clone(),
-                        left: a.index,
-                        right: b.index,
-                        into,
-                        why,
-                    }
-                } else {
-                    Elastic::Colocate {
-                        table: t.spec.name.clone(),
-                        shard: b.index,
-                        like: a.index,
-                        nodes: na,
-                        why: format!(
-                            "{why}; its copies go where {}/{}'s are first",
-                            t.spec.name, a.index
-                        ),
-                    }
-                });
-            }
+        if out.len() >= cfg.max_at_once {
+            break;
         }
+        // Only the newest shard is absorbed (shard indices name storage),
+        // into a neighbour; one merge at a time per table.
+        let Some(b) = t.shards.last().filter(|_| t.shards.len() > 1) else {
+            continue;
+        };
+        if t.merge_under_way().is_some() {
+            continue;
+        }
+        let kb = (t.spec.name.clone(), b.index);
+        let partner = t.shards[..t.shards.len() - 1].iter().find_map(|a| {
+            let ka = (t.spec.name.clone(), a.index);
+            let into = merged(&a.range, &b.range)?;
+            let ready = !busy.contains(&ka)
+                && !busy.contains(&kb)
+                && cold(&ka)
+                && cold(&kb)
+                && settled(memory, &t.spec.name, &a.range)
+                && settled(memory, &t.spec.name, &b.range);
+            let size = stats.get(&ka)?.size_bytes + stats.get(&kb)?.size_bytes;
+            (ready && size < small).then_some((a.index, into, size))
+        });
+        let Some((keep, into, size)) = partner else {
+            continue;
+        };
+        out.push(Elastic::Merge {
+            table: t.spec.name.clone(),
+            keep,
+            absorb: b.index,
+            into,
+            why: format!(
+                "merge: {} together < {}, cold for {} s",
+                mib(size),
+                mib(small),
+                cfg.merge_after_ms / 1000
+            ),
+        });
     }
     out
 }
@@ -558,27 +489,31 @@ mod tests {
             "not cold for long yet"
         );
         let out = plan(&m, &cold, &cfg(), &mut mem, &none, 30_000);
-        // Siblings of `% 4`: slots 0 and 2, 1 and 3. Shard 1's copies are
-        // on n1, n2, n4, shard 3's on n1, n2, n3: colocated first.
+        // Siblings of `% 4`: slots 0 and 2, 1 and 3. Only the newest shard
+        // (3) is merged away, into its sibling 1 (whose copies are on other
+        // nodes: the merge moves them first).
         assert_eq!(
             out,
-            vec![
-                Elastic::Merge {
-                    table: "t".into(),
-                    left: 0,
-                    right: 2,
-                    into: KeyRange::HashSlot { slot: 0, of: 2 },
-                    why: "merge: 2 MiB together < 32 MiB, cold for 30 s".into(),
-                },
-                Elastic::Colocate {
-                    table: "t".into(),
-                    shard: 3,
-                    like: 1,
-                    nodes: ["n1", "n2", "n4"].iter().map(|n| n.to_string()).collect(),
-                    why: "merge: 2 MiB together < 32 MiB, cold for 30 s; its copies go where t/1's are first".into(),
-                },
-            ]
+            vec![Elastic::Merge {
+                table: "t".into(),
+                keep: 1,
+                absorb: 3,
+                into: KeyRange::HashSlot { slot: 1, of: 2 },
+                why: "merge: 2 MiB together < 32 MiB, cold for 30 s".into(),
+            }]
         );
+        // Not while a merge is under way in the table.
+        let mut under_way = m.clone();
+        under_way
+            .apply(&MapCommand::BeginMerge {
+                table: "t".into(),
+                keep: 1,
+                absorb: 3,
+                why: String::new(),
+                at_unix_ms: 0,
+            })
+            .unwrap();
+        assert!(plan(&under_way, &cold, &cfg(), &mut mem, &none, 40_000).is_empty());
         // Born of a split (or merge) recently: neither merged nor split.
         let mut mem = ElasticMemory::default();
         mem.born("t", KeyRange::HashSlot { slot: 0, of: 4 }, 0);
@@ -593,7 +528,7 @@ mod tests {
             (3, MIB, 1, None),
         ]);
         assert!(plan(&m, &big, &cfg(), &mut mem, &none, 59_999).is_empty());
-        // After the settling time: shard 0 splits, 1 and 3 may merge again.
+        // After the settling time: shard 0 splits.
         let out = plan(&m, &big, &cfg(), &mut mem, &none, 60_000);
         assert!(matches!(out[0], Elastic::Split { shard: 0, .. }), "{out:?}");
         // Two cold shards whose sum is not small stay apart (hysteresis).

@@ -6,6 +6,7 @@
 pub mod elastic;
 pub mod failover;
 pub mod health;
+pub mod merge;
 pub mod placement;
 pub mod rebalance;
 pub mod replan;

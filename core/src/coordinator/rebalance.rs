@@ -40,6 +40,10 @@
 //!    `promote` does), most-leading node first, to the backup leading the
 //!    fewest.
 //!
+//! The two shards of a merge under way (`cluster_map::Merging`) are left
+//! alone by every rule: the merge places their copies
+//! (`coordinator::merge`).
+//!
 //! Every rule 1 move strictly lowers the sum of squares of the copy counts,
 //! every rule 2 handover that of the primary counts (leaving copies alone),
 //! and a rule 1 handover only happens when it makes a rule 1 move possible,
@@ -193,8 +197,12 @@ impl Planner<'_> {
             .len()
     }
 
+    /// A shard this round may change: none under way, and not one of a
+    /// merge (its copies are placed for the merge).
     fn free(&self, table: &str, shard: u32, r: &ReplicaSet) -> bool {
-        r.learners.is_empty() && !self.touched.contains(&(table.to_owned(), shard))
+        r.learners.is_empty()
+            && !self.touched.contains(&(table.to_owned(), shard))
+            && !self.map.tables.get(table).is_some_and(|t| t.merging(shard))
     }
 
     fn push(&mut self, table: &str, shard: u32, op: ManualOp, why: String) {

@@ -263,6 +263,8 @@ mod tests {
                             away: vec![],
                         },
                         origin: None,
+                        merging: None,
+                        merged: None,
                     })
                     .collect(),
             },

@@ -53,10 +53,14 @@ pub enum Op {
     /// splits the shard (`MapCommand::SplitShard`). Every copy applying it
     /// moves the rows in `range` to shard `child` of the same table and
     /// copies its client sessions there, at the same position of the log
-    /// (`tstore_actors` store, "Splits").
+    /// (`tstore_actors` store, "Splits"). `born` names the child: its
+    /// `cluster_map::Origin` (epoch, time), which marks every copy built
+    /// for it, so a copy left over from a shard merged away at the same
+    /// index is never taken for it.
     Split {
         child: u32,
         range: crate::cluster_map::KeyRange,
+        born: (u64, u64),
     },
 }
 

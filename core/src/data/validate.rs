@@ -167,6 +167,8 @@ mod tests {
                         away: vec![],
                     },
                     origin: None,
+                    merging: None,
+                    merged: None,
                 })
                 .collect(),
         }
