@@ -17,9 +17,11 @@
 #   --faults LIST    all (default), or some of: kill, pause,
 #                    partition-primary, partition-leader, partition-minority,
 #                    partition-majority, deaf, mute, loss,
-#                    kill-leader-and-primary, rolling-restart, split
+#                    kill-leader-and-primary, rolling-restart, split, merge
 #                    (comma-separated; split: a shard split in two while the
-#                    clients run, alone or among the failures)
+#                    clients run, alone or among the failures; merge: the
+#                    newest shard merged into its neighbour, a one-shard
+#                    table split first)
 #   --node-flags FLAGS  extra `tstore start` flags for every node, e.g.
 #                    "--quiet-after-ms 50" (shards go quiet between operations)
 # Prints at the end: rounds, operations checked, faults injected by kind,

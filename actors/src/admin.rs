@@ -187,6 +187,16 @@ impl Handler<AdminCall> for AdminActor {
                 })
                 .boxed()
             }
+            AdminRequest::SetAutoMerge { table, on } => {
+                let control = self.control.clone();
+                stream::once(async move {
+                    match control.set_auto_merge(table, on).await {
+                        Ok(map_version) => AdminReply::Done { map_version },
+                        Err(e) => AdminReply::Error(e.into()),
+                    }
+                })
+                .boxed()
+            }
             AdminRequest::MergeShards { table, a, b } => {
                 let control = self.control.clone();
                 stream::once(async move {

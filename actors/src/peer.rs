@@ -65,8 +65,8 @@ pub enum SnapshotPart {
         applied: u64,
         clock: SessionClock,
         /// The shards split off this one whose split the snapshot already
-        /// reflects (their split marks).
-        splits: Vec<u32>,
+        /// reflects (their split marks), each with its birth.
+        splits: Vec<(u32, (u64, u64))>,
         /// Which shard the copy was built for (`store::Birth`): the
         /// installed copy is marked with it.
         born: Option<(u64, u64)>,

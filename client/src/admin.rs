@@ -441,6 +441,15 @@ impl AdminClient {
         }
     }
 
+    /// Turns the coordinator's automatic merges of `table` on or off.
+    pub async fn set_auto_merge(&self, table: &str, on: bool) -> Result<u64, ClientError> {
+        self.done(&AdminRequest::SetAutoMerge {
+            table: table.into(),
+            on,
+        })
+        .await
+    }
+
     /// Turns the coordinator's automatic splits of `table` on or off.
     pub async fn set_auto_split(&self, table: &str, on: bool) -> Result<u64, ClientError> {
         self.done(&AdminRequest::SetAutoSplit {

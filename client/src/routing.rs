@@ -441,12 +441,14 @@ impl Client {
         ids.next_seq += 1;
         let table = t.spec.name.clone();
         ids.in_flight.insert((client, table.clone(), shard, seq));
-        let split = t.shards.iter().any(|s| s.origin.is_some());
+        // Counted over the whole table, not the shard: a request resent to
+        // another shard after a split, or to the shard that took its keys
+        // in a merge (which keeps the higher of the two shards' marks), must
+        // not find that shard's mark raised over it by another request.
         let first_incomplete = ids
             .in_flight
             .range((client, table.clone(), 0, 0)..)
             .take_while(|(c, tb, _, _)| *c == client && *tb == table)
-            .filter(|(_, _, s, _)| split || *s == shard)
             .map(|(_, _, _, q)| *q)
             .min()
             .unwrap_or(seq);
@@ -487,9 +489,12 @@ impl Client {
             // A split since the last attempt may have moved the key.
             let shard = request.shard_in(&route.table).unwrap_or(shard);
             let Some(s) = route.table.shards.get(shard as usize) else {
-                return Err(ClientError::Data(DataError::invalid(format!(
-                    "table {table:?} has no shard {shard}"
-                ))));
+                // A request of no one key (a scan) planned before a merge
+                // took the shard away: its caller plans it again.
+                return Err(ClientError::Data(DataError::new(
+                    ErrorKind::Stale,
+                    format!("table {table:?} has no shard {shard} now (merged into another)"),
+                )));
             };
             let node = match read {
                 None | Some(ReadMode::Strong) => s.replicas.primary.clone(),
@@ -925,8 +930,9 @@ impl Client {
         mode_of: &(dyn Fn(u32) -> ReadMode + Sync),
     ) -> Result<Vec<(RowKey, RowRecord)>, ClientError> {
         // A shard split while the scan ran answers `Stale` (its keys
-        // narrowed); `send` then caches the new map, and the whole scan is
-        // planned again over the new shards, so each row comes once.
+        // narrowed), one merged away is gone from the map; `send` then
+        // caches the new map, and the whole scan is planned again over the
+        // new shards, so each row comes once.
         let layout =
             |t: &Table| -> Vec<KeyRange> { t.shards.iter().map(|s| s.range.clone()).collect() };
         let mut plans = 0;
@@ -935,18 +941,17 @@ impl Client {
             let planned = layout(&self.route(table).await?.table);
             let rows = self
                 .scan_once(table, from.clone(), to.clone(), limit, mode_of)
-                .await?;
+                .await;
             let now = layout(&self.route(table).await?.table);
-            if now == planned || plans >= MAX_SCAN_PLANS {
-                return if now == planned {
-                    Ok(rows)
-                } else {
-                    Err(ClientError::Data(DataError::unavailable(format!(
-                        "table {table:?} was split {MAX_SCAN_PLANS} times while a scan ran; retry"
-                    ))))
-                };
+            if now == planned {
+                return rows;
             }
-            debug!(%table, "a shard was split while the scan ran; planning it again");
+            if plans >= MAX_SCAN_PLANS {
+                return Err(ClientError::Data(DataError::unavailable(format!(
+                    "table {table:?} was split or merged {MAX_SCAN_PLANS} times while a scan ran; retry"
+                ))));
+            }
+            debug!(%table, failed = rows.is_err(), "a shard was split or merged while the scan ran; planning it again");
         }
     }
 

@@ -346,6 +346,9 @@ pub struct Table {
     /// Whether the coordinator splits the table's shards by size and load
     /// by itself (elastic tables; on at creation, [`MapCommand::SetAutoSplit`]).
     pub auto_split: bool,
+    /// Whether the coordinator merges the table's cold, small neighbours by
+    /// itself (on at creation, [`MapCommand::SetAutoMerge`]).
+    pub auto_merge: bool,
 }
 
 /// An operator's rule for where a table's copies go (`tstore admin
@@ -482,7 +485,7 @@ fn mergeable(t: &Table, keep: u32, absorb: u32) -> Result<KeyRange, MapError> {
 
 /// The shard kept by the merge of `absorb` under way in `t`, which must be
 /// `sealed` (or not) already.
-fn merge_under_way(t: &Table, absorb: u32, sealed: bool) -> Result<u32, MapError> {
+fn merge_keep(t: &Table, absorb: u32, sealed: bool) -> Result<u32, MapError> {
     let name = format!("{}/{absorb}", t.spec.name);
     match t
         .shards
@@ -530,6 +533,19 @@ fn check_merge_copies(
         m.sort();
         m
     };
+    let (pk, pa) = (
+        &t.shards[keep as usize].replicas.primary,
+        &t.shards[absorb as usize].replicas.primary,
+    );
+    if pk != pa {
+        return Err(MapError::UnsafeChange {
+            shard: format!("{}/{absorb}", t.spec.name),
+            why: format!(
+                "its primary is {pa}, that of {}/{keep} {pk}: a merge needs them on one node",
+                t.spec.name
+            ),
+        });
+    }
     if members(keep) != members(absorb) {
         return Err(MapError::UnsafeChange {
             shard: format!("{}/{absorb}", t.spec.name),
@@ -670,6 +686,12 @@ pub enum MapCommand {
     },
     /// Turns automatic splitting of a table's shards on or off.
     SetAutoSplit {
+        table: String,
+        on: bool,
+        at_unix_ms: u64,
+    },
+    /// Turns automatic merging of a table's shards on or off.
+    SetAutoMerge {
         table: String,
         on: bool,
         at_unix_ms: u64,
@@ -929,6 +951,7 @@ impl ClusterMap {
                         shards,
                         placement: None,
                         auto_split: true,
+                        auto_merge: true,
                     },
                 );
             }
@@ -1136,7 +1159,7 @@ impl ClusterMap {
                     .tables
                     .get_mut(table)
                     .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
-                let keep = merge_under_way(t, *absorb, false)?;
+                let keep = merge_keep(t, *absorb, false)?;
                 check_merge_copies(t, keep, *absorb, *expect_epochs)?;
                 let why = t.shards[*absorb as usize]
                     .merging
@@ -1170,7 +1193,7 @@ impl ClusterMap {
                     .tables
                     .get_mut(table)
                     .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
-                let keep = merge_under_way(t, *absorb, true)?;
+                let keep = merge_keep(t, *absorb, true)?;
                 check_merge_copies(t, keep, *absorb, *expect_epochs)?;
                 let gone = t.shards.pop().expect("the absorbed shard is the newest");
                 let why = gone.merging.map(|m| m.why).unwrap_or_default();
@@ -1252,6 +1275,28 @@ impl ClusterMap {
                     subject: table.clone(),
                     what: format!("automatic splits {}", if *on { "on" } else { "off" }),
                     why: "operator: auto-split".into(),
+                    epoch: None,
+                });
+            }
+            MapCommand::SetAutoMerge {
+                table,
+                on,
+                at_unix_ms,
+            } => {
+                let t = self
+                    .tables
+                    .get_mut(table)
+                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                if t.auto_merge == *on {
+                    return Ok(());
+                }
+                t.auto_merge = *on;
+                self.push_event(MapEvent {
+                    version: self.version + 1,
+                    at_unix_ms: *at_unix_ms,
+                    subject: table.clone(),
+                    what: format!("automatic merges {}", if *on { "on" } else { "off" }),
+                    why: "operator: auto-merge".into(),
                     epoch: None,
                 });
             }

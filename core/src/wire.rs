@@ -507,6 +507,11 @@ pub enum ControlRequest {
         table: String,
         on: bool,
     },
+    /// Turn a table's automatic merges on or off.
+    SetAutoMerge {
+        table: String,
+        on: bool,
+    },
     /// Begin merging two shards (`MapCommand::BeginMerge`).
     Merge {
         table: String,
@@ -584,6 +589,11 @@ pub enum AdminRequest {
     },
     /// Turns the coordinator's automatic splits of a table on or off.
     SetAutoSplit {
+        table: String,
+        on: bool,
+    },
+    /// Turns the coordinator's automatic merges of a table on or off.
+    SetAutoMerge {
         table: String,
         on: bool,
     },

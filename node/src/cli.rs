@@ -239,10 +239,16 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
     },
-    /// Turn the automatic splits and merges of a table's shards (by size
-    /// and load; see the `split_*` and `merge_after_secs` settings) on or
-    /// off: `auto-split events off`.
+    /// Turn the automatic splits of a table's shards (by size and load; see
+    /// the `split_*` settings) on or off: `auto-split events off`.
     AutoSplit {
+        table: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Turn the automatic merges of a table's cold, small neighbouring
+    /// shards (see `merge_after_secs`) on or off: `auto-merge events off`.
+    AutoMerge {
         table: String,
         #[arg(value_parser = ["on", "off"])]
         state: String,
@@ -716,6 +722,11 @@ async fn admin(
             let on = state == "on";
             let v = client.set_auto_split(&table, on).await?;
             done(json, v, &format!("automatic splits of {table} are {state}"))?;
+        }
+        AdminCommand::AutoMerge { table, state } => {
+            let on = state == "on";
+            let v = client.set_auto_merge(&table, on).await?;
+            done(json, v, &format!("automatic merges of {table} are {state}"))?;
         }
         AdminCommand::MergeShards { a, b, wait_secs } => {
             let (t, i) = parse_shard(&a)?;

@@ -400,7 +400,10 @@ fn history_violations_by<'a>(
 ) -> Vec<String> {
     let mut by_shard: BTreeMap<u32, Vec<(i64, &Acked)>> = BTreeMap::new();
     for (k, a) in acked {
-        by_shard.entry(shard_of(*k, a.version)).or_default().push((*k, a));
+        by_shard
+            .entry(shard_of(*k, a.version))
+            .or_default()
+            .push((*k, a));
     }
     let mut out = Vec::new();
     for (shard, mut acks) in by_shard {

@@ -188,11 +188,13 @@ async fn a_hash_and_a_range_shard_split_under_a_write_load_lose_and_repeat_nothi
 }
 
 /// Rows written first; then scans of the whole table (strong, and from any
-/// in-sync copy) run one after another while its shards split (twice). Each scan returns every row once, in key
-/// order: a scan planned before a split that reaches the parent after it is
-/// refused as stale and planned again.
+/// in-sync copy) run one after another while its shards split (twice) and
+/// merge back (twice). Each scan returns every row once, in key order: a
+/// scan planned before a split that reaches the parent after it is refused
+/// as stale, one that reaches a shard merged away finds it gone, and either
+/// is planned again.
 #[tokio::test]
-async fn a_scan_running_across_a_split_returns_every_row_once_in_order() {
+async fn a_scan_running_across_splits_and_merges_returns_every_row_once_in_order() {
     let mut c = Cluster::new();
     c.start_formed(&["n1", "n2", "n3"]).await;
     c.create_table(
@@ -225,7 +227,7 @@ async fn a_scan_running_across_a_split_returns_every_row_once_in_order() {
         let client = c.client("n2").await.unwrap();
         let want = want.clone();
         tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(8);
+            let deadline = Instant::now() + Duration::from_secs(14);
             let mut scans = 0;
             while Instant::now() < deadline {
                 for mode in [ReadMode::Strong, ReadMode::Replica] {
@@ -263,14 +265,24 @@ async fn a_scan_running_across_a_split_returns_every_row_once_in_order() {
     let a = split(&c, "n1", "s", 0, None).await; // at the median key
     tokio::time::sleep(Duration::from_millis(700)).await;
     let b = split(&c, "n3", "s", 1, Some(RowKey::Int(4_500))).await;
+    let (_, t) = client.describe("s").await.unwrap();
+    let layout = t
+        .shards
+        .iter()
+        .map(|s| s.range.to_string())
+        .collect::<Vec<_>>();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    merge(&c, "n2", "s", 1, b).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    merge(&c, "n1", "s", a, 0).await;
     let scans = scanner.await.unwrap();
     let (_, t) = client.describe("s").await.unwrap();
     eprintln!(
-        "{scans} full scans, each of every row once in order, while s/0 split into s/{a} and s/1 into s/{b}: {:?}",
+        "{scans} full scans, each of every row once in order, while s/0 split into s/{a} and s/1 into s/{b} ({layout:?}), then both merged back: {:?}",
         t.shards.iter().map(|s| s.range.to_string()).collect::<Vec<_>>()
     );
     assert!(scans >= 4, "only {scans} scans ran");
-    assert_eq!(t.shards.len(), 4);
+    assert_eq!(t.shards.len(), 2);
     c.wait_healthy("n1", "s", HEAL_LIMIT).await.unwrap();
     client.close().await;
 }
@@ -613,7 +625,8 @@ async fn a_split_shard_merges_back_under_a_write_load_losing_and_repeating_nothi
 /// Nodes told to merge shards cold and small for 2 s. A range table of two
 /// shards gets rows in both, which are then deleted: the emptied
 /// neighbours merge by themselves (the event saying why), and the merged
-/// shard serves every key, old rows and new.
+/// shard serves every key, old rows and new. A table like it whose
+/// automatic merges are off keeps its two shards.
 #[tokio::test]
 async fn two_emptied_neighbours_merge_by_themselves() {
     let mut c = Cluster::new();
@@ -643,7 +656,19 @@ async fn two_emptied_neighbours_merge_by_themselves() {
         ),
     )
     .await;
+    c.create_table(
+        "n1",
+        spec(
+            "apart",
+            Sharding::Range {
+                splits: vec![RowKey::Int(1_000)],
+            },
+            3,
+        ),
+    )
+    .await;
     let client = c.client("n1").await.unwrap();
+    client.set_auto_merge("apart", false).await.unwrap();
     // Kept: a row that must survive the merge, and one deleted below.
     for k in (0..2_000).step_by(20) {
         client
@@ -675,6 +700,8 @@ async fn two_emptied_neighbours_merge_by_themselves() {
             end: None
         }
     );
+    let (_, apart) = client.describe("apart").await.unwrap();
+    assert_eq!(apart.shards.len(), 2, "automatic merges of `apart` are off");
     let (_, events) = client.events().await.unwrap();
     let begun = events
         .iter()

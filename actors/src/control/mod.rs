@@ -765,6 +765,16 @@ impl ControlPlane {
         .await
     }
 
+    /// Turns a table's automatic merges on or off.
+    pub async fn set_auto_merge(&self, table: String, on: bool) -> Result<u64, ControlError> {
+        let map = self.map();
+        if !map.tables.contains_key(&table) {
+            return Err(ControlError::no_such_table(&table, &map));
+        }
+        self.on_leader(ControlRequest::SetAutoMerge { table, on })
+            .await
+    }
+
     /// Turns a table's automatic splits on or off.
     pub async fn set_auto_split(&self, table: String, on: bool) -> Result<u64, ControlError> {
         let map = self.map();
@@ -865,6 +875,16 @@ impl ControlPlane {
             ControlRequest::SetAutoSplit { table, on } => {
                 self.confirm_leadership().await?;
                 self.write(MapCommand::SetAutoSplit {
+                    table,
+                    on,
+                    at_unix_ms: crate::clock::wall_ms(),
+                })
+                .await
+                .map(|v| (v, None))
+            }
+            ControlRequest::SetAutoMerge { table, on } => {
+                self.confirm_leadership().await?;
+                self.write(MapCommand::SetAutoMerge {
                     table,
                     on,
                     at_unix_ms: crate::clock::wall_ms(),

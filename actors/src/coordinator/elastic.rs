@@ -43,14 +43,14 @@ impl ControlPlane {
             upkeep.elastic_at = Some(Instant::now());
         }
         let map = self.map();
-        if !map.tables.values().any(|t| t.auto_split) {
+        if !map.tables.values().any(|t| t.auto_split || t.auto_merge) {
             return;
         }
         // Sorted: the nodes look names up by binary search.
         let tables: Vec<String> = map
             .tables
             .values()
-            .filter(|t| t.auto_split)
+            .filter(|t| t.auto_split || t.auto_merge)
             .map(|t| t.spec.name.clone())
             .collect();
         let tables = &tables;
@@ -83,7 +83,7 @@ impl ControlPlane {
             for (key, s) in loads {
                 // Only the primary the map names speaks for its shard.
                 let leads = map.tables.get(&key.table).is_some_and(|t| {
-                    t.auto_split
+                    (t.auto_split || t.auto_merge)
                         && t.shards
                             .get(key.index as usize)
                             .is_some_and(|sh| sh.replicas.primary == node)

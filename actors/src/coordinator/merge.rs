@@ -21,6 +21,9 @@ use tstore_membership::GossipSnapshot;
 use crate::control::ControlPlane;
 use crate::peer::{PeerMessage, PeerReply};
 
+/// The step that completes a merge (its label in the logs).
+const FINISH: &str = "finish";
+
 /// How long the leader waits for one copy's status.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -119,7 +122,7 @@ impl ControlPlane {
                     expect_epochs,
                     seqs,
                 } => (
-                    "finish",
+                    FINISH,
                     MapCommand::FinishMerge {
                         table: table.clone(),
                         absorb,
@@ -145,7 +148,7 @@ impl ControlPlane {
             match self.write(cmd).await {
                 Ok(v) => {
                     info!(shard = %name, map_version = v, step = label, "merge step committed");
-                    if label == "finish" {
+                    if label == FINISH {
                         let mut upkeep = self.inner.upkeep.lock().await;
                         upkeep.sealed_since.remove(&(table.clone(), absorb));
                         if let Some(s) = self

@@ -352,7 +352,9 @@ fn installing_mark(id: ShardPrefix) -> Vec<u8> {
     id.key(b"installing")
 }
 
-/// The `shard-meta` key saying that copy `id` split `child` off.
+/// The `shard-meta` key saying that copy `id` split `child` off; its value
+/// is the child's [`Birth`] (an index freed by a merge is split off again
+/// later, maybe by the same shard: only the mark of that split counts).
 fn split_mark(id: ShardPrefix, child: u32) -> Vec<u8> {
     let mut k = split_mark_prefix(id);
     k.extend_from_slice(&child.to_be_bytes());
@@ -479,7 +481,8 @@ impl ChunkKind {
 /// shard's [`Birth`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotMarks {
-    pub splits: Vec<u32>,
+    /// `(child, its birth)`.
+    pub splits: Vec<(u32, (u64, u64))>,
     pub born: Birth,
 }
 
@@ -850,7 +853,8 @@ impl ShardStore {
             self.meta
                 .put(wtxn, &born_mark(to), &encode_birth(Some(born)))?;
         }
-        self.meta.put(wtxn, &split_mark(id, child), &[])?;
+        self.meta
+            .put(wtxn, &split_mark(id, child), &encode_birth(Some(born)))?;
         Ok((moving.len() as u64, moved_bytes))
     }
 
@@ -902,9 +906,17 @@ impl ShardStore {
 
     /// Whether this copy of `id` has applied the marker splitting `child`
     /// off it.
-    pub fn split_done(&self, id: ShardPrefix, child: u32) -> Result<bool, StoreError> {
+    pub fn split_done(
+        &self,
+        id: ShardPrefix,
+        child: u32,
+        born: (u64, u64),
+    ) -> Result<bool, StoreError> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.meta.get(&rtxn, &split_mark(id, child))?.is_some())
+        match self.meta.get(&rtxn, &split_mark(id, child))? {
+            Some(v) => Ok(decode_birth(id, v)? == Some(born)),
+            None => Ok(false),
+        }
     }
 
     /// Merges this node's copy of shard `absorb` into its copy of `keep`,
@@ -1347,8 +1359,10 @@ impl ShardStore {
             ..Default::default()
         };
         for item in self.meta.prefix_iter(&rtxn, &split_mark_prefix(id))? {
-            let (k, _) = item?;
-            marks.splits.extend(mark_child(k));
+            let (k, v) = item?;
+            if let (Some(child), Some(born)) = (mark_child(k), decode_birth(id, v)?) {
+                marks.splits.push((child, born));
+            }
         }
         if !header(self.meta_in(&rtxn, id)?, marks) {
             return Ok(0);
@@ -1446,8 +1460,12 @@ impl ShardStore {
         self.meta
             .put(&mut wtxn, &born_mark(id), &encode_birth(marks.born))?;
         self.meta.delete(&mut wtxn, &installing_mark(id))?;
-        for child in &marks.splits {
-            self.meta.put(&mut wtxn, &split_mark(id, *child), &[])?;
+        for (child, born) in &marks.splits {
+            self.meta.put(
+                &mut wtxn,
+                &split_mark(id, *child),
+                &encode_birth(Some(*born)),
+            )?;
         }
         wtxn.commit()?;
         Ok(())
@@ -1785,7 +1803,10 @@ mod tests {
             s.apply(parent, 10, "id").unwrap();
             let all = s.checksum(parent).unwrap();
             s.apply(parent, 11, "id").unwrap();
-            assert!(s.built(child, Some((2, 700))).unwrap() && s.split_done(parent, 2).unwrap());
+            assert!(
+                s.built(child, Some((2, 700))).unwrap()
+                    && s.split_done(parent, 2, (2, 700)).unwrap()
+            );
             // The child's log goes on from the marker's position.
             let m = s.meta(child).unwrap();
             assert_eq!((m.logged, m.applied, m.log_start), (11, 11, 12));
@@ -1828,7 +1849,10 @@ mod tests {
             );
         }
         s.drop_shard(parent).unwrap();
-        assert!(!s.split_done(parent, 2).unwrap(), "dropped with the shard");
+        assert!(
+            !s.split_done(parent, 2, (2, 700)).unwrap(),
+            "dropped with the shard"
+        );
     }
 
     /// Shard 1/0 with rows 1..=10, split at entry 11: rows 6 and up go to
@@ -1970,7 +1994,7 @@ mod tests {
             }
             assert_eq!(state(&s), before);
         }
-        assert!(s.split_done(keep, 1).unwrap());
+        assert!(s.split_done(keep, 1, FIRST).unwrap());
 
         assert_eq!(
             s.merge(keep, absorb, 13, 14).unwrap(),
@@ -1996,7 +2020,7 @@ mod tests {
         assert_eq!(s.meta(absorb).unwrap(), ShardMeta::default());
         assert_eq!(s.verify(absorb).unwrap().rows, 0);
         assert_eq!(s.session_count(absorb).unwrap(), 0);
-        assert!(!s.built(absorb, None).unwrap() && !s.split_done(keep, 1).unwrap());
+        assert!(!s.built(absorb, None).unwrap() && !s.split_done(keep, 1, FIRST).unwrap());
 
         // Both shards' sessions: resends get their first outcomes.
         assert_eq!(s.session_count(keep).unwrap(), 2);
@@ -2035,6 +2059,10 @@ mod tests {
         let env = crate::storage::open_env(dir.path()).unwrap();
         let s = ShardStore::open(&env).unwrap();
         let (keep, child) = split_at_11(&s);
+        // A split mark names its child's birth: a later split to the same
+        // index (after a merge, by this shard or another) is not done yet.
+        assert!(s.split_done(keep, 1, FIRST).unwrap());
+        assert!(!s.split_done(keep, 1, SECOND).unwrap());
         // A copy of the child as it was at its birth (say, one moved off
         // a node that kept its data), then writes the child takes after.
         let old = snap(&s, child);
@@ -2165,7 +2193,7 @@ mod tests {
         s.apply(parent, 5, "id").unwrap();
         assert_eq!(s.scan(parent, None, None, 10).unwrap().len(), 2);
         assert!(s.scan(child, None, None, 10).unwrap().is_empty());
-        assert!(!s.built(child, Some(FIRST)).unwrap() && s.split_done(parent, 1).unwrap());
+        assert!(!s.built(child, Some(FIRST)).unwrap() && s.split_done(parent, 1, FIRST).unwrap());
         let marks = SnapshotMarks {
             splits: vec![],
             born: Some(FIRST),

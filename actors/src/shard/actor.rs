@@ -332,7 +332,7 @@ impl CopyActor {
             let past = parent.is_some_and(|p| {
                 self.env
                     .store
-                    .split_done(p, self.key.index)
+                    .split_done(p, self.key.index, self.copy.born.unwrap_or_default())
                     .unwrap_or(false)
             });
             let why = if !self.copy.parent_here {
@@ -421,7 +421,7 @@ impl CopyActor {
             if c.epoch > epoch || self.markers.contains(&(epoch, *child)) {
                 continue;
             }
-            match self.env.store.split_done(self.id, *child) {
+            match self.env.store.split_done(self.id, *child, c.born) {
                 Ok(false) => {}
                 Ok(true) => continue,
                 Err(e) => {
@@ -479,7 +479,14 @@ impl CopyActor {
         // What this node holds at the shard's index may have been built
         // for another shard once there (one merged away since, the index
         // reused by a split): none of it is this shard's.
-        let birth = self.env.store.birth(self.id).ok().flatten().flatten();
+        // (A mark that cannot be read is no proof: reading the shard's
+        // state fails on its own below.)
+        let birth = self
+            .env
+            .store
+            .birth(self.id)
+            .unwrap_or(Some(self.copy.born));
+        let birth = birth.flatten();
         let foreign = meta.as_ref().is_some_and(|m| m.applied > 0) && birth != self.copy.born;
         if foreign {
             warn!(shard = %self.key, held = ?birth, wanted = ?self.copy.born, "the copy held here was built for another shard at this index; not keeping it");
@@ -662,7 +669,10 @@ impl CopyActor {
             store: self.env.store.clone(),
             id: self.id,
             epoch,
-            min_applied: if floor_epoch == epoch { floor } else { 0 },
+            // A copy of a merged shard starts at the merge at least: a
+            // snapshot of a primary that has not merged yet is waited out.
+            min_applied: (if floor_epoch == epoch { floor } else { 0 })
+                .max(self.copy.merged.as_ref().map_or(0, |m| m.log_from())),
             progress,
         });
         ctx.spawn(fetch.into_actor(self).map(move |res, act, ctx| match res {
@@ -673,6 +683,13 @@ impl CopyActor {
             }) => {
                 act.env.recovery.installed(bytes);
                 info!(shard = %act.key, applied, rows, bytes, ms = started.elapsed().as_millis() as u64, "snapshot installed; following the log");
+                if let Some(m) = act.copy.merged.as_ref().filter(|m| applied < m.log_from()) {
+                    // Fetched before this copy heard of the merge: the
+                    // merged shard's copy goes on from the merge.
+                    info!(shard = %act.key, applied, log_from = m.log_from(), "the snapshot is from before the merge; copying the merged shard's");
+                    act.copy_afresh(ctx);
+                    return;
+                }
                 if let Some(why) = act.corrupt.take() {
                     info!(shard = %act.key, corrupt = %why, "corrupt copy rebuilt from the primary's snapshot");
                 }
@@ -1213,8 +1230,8 @@ impl CopyActor {
         DataError::new(
             ErrorKind::Stale,
             format!(
-                "shard {} no longer holds key {key}: it was split at epoch {} and holds {}; refresh the map",
-                self.key, self.copy.range_epoch(), self.copy.range
+                "shard {} does not hold key {key}: it holds {} (split at epoch {}); refresh the map",
+                self.key, self.copy.range, self.copy.range_epoch()
             ),
         )
     }

@@ -194,7 +194,7 @@ pub fn plan(
 
     // Splits, biggest first.
     let mut splits: Vec<(u64, Elastic)> = Vec::new();
-    for t in map.tables.values() {
+    for t in map.tables.values().filter(|t| t.auto_split) {
         for s in &t.shards {
             let key = (t.spec.name.clone(), s.index);
             let Some(st) = stats.get(&key) else { continue };
@@ -257,7 +257,7 @@ pub fn plan(
             .get(key)
             .is_some_and(|since| now.saturating_sub(*since) >= cfg.merge_after_ms)
     };
-    for t in map.tables.values() {
+    for t in map.tables.values().filter(|t| t.auto_merge) {
         if out.len() >= cfg.max_at_once {
             break;
         }
@@ -502,6 +502,10 @@ mod tests {
                 why: "merge: 2 MiB together < 32 MiB, cold for 30 s".into(),
             }]
         );
+        // Not in a table whose automatic merges are off.
+        let mut off = m.clone();
+        off.tables.get_mut("t").unwrap().auto_merge = false;
+        assert!(plan(&off, &cold, &cfg(), &mut mem, &none, 30_000).is_empty());
         // Not while a merge is under way in the table.
         let mut under_way = m.clone();
         under_way

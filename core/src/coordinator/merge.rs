@@ -100,6 +100,29 @@ pub fn step(
     };
     let (mk, ma) = (members(k), members(a));
     let moving = !k.replicas.learners.is_empty() || !a.replicas.learners.is_empty();
+    let why = format!(
+        "merge: {}'s copies go where {}'s are",
+        name(absorb),
+        name(keep)
+    );
+    // The two primaries on one node: once merged, the kept shard's primary
+    // takes writes at once, and no other node may still hold a lease on
+    // the absorbed keys.
+    let lead_together = |why: String| {
+        let op = ManualOp::Promote {
+            node: k.replicas.primary.clone(),
+        };
+        Some(match manual(map, table, absorb, &op, health) {
+            Ok(mut change) => {
+                change.why = why;
+                MergeStep::Colocate(change)
+            }
+            Err(e) => MergeStep::Wait(format!(
+                "cannot hand {}'s primary over yet: {e}",
+                name(absorb)
+            )),
+        })
+    };
     if sealed {
         if mk != ma || moving {
             return Some(MergeStep::Cancel(format!(
@@ -115,6 +138,9 @@ pub fn step(
                 "merge: the copies did not settle within {} s of sealing",
                 limits.sealed_ms / 1000
             )));
+        }
+        if k.replicas.primary != a.replicas.primary {
+            return lead_together(why); // a failover moved one while sealed
         }
         let settled = |i: u32, epoch: u64, nodes: &BTreeSet<NodeId>| -> Result<u64, String> {
             let mut at = None;
@@ -149,6 +175,9 @@ pub fn step(
     if moving {
         return Some(MergeStep::Wait("a copy is being added or moved".into()));
     }
+    if mk == ma && k.replicas.primary != a.replicas.primary {
+        return lead_together(why);
+    }
     if mk == ma {
         return Some(MergeStep::Seal {
             expect_epochs: (k.replicas.epoch, a.replicas.epoch),
@@ -166,11 +195,15 @@ pub fn step(
     // One copy of the absorbed shard moves where a copy of the kept one is.
     let to = mk.difference(&ma).next().expect("the sets differ").clone();
     let r = &a.replicas;
-    let why = format!(
-        "merge: {}'s copies go where {}'s are",
-        name(absorb),
-        name(keep)
-    );
+    if r.backups.is_empty() {
+        return Some(MergeStep::Cancel(format!(
+            "merge: {} has a single copy, on {}, and {}'s is on {}: a lone primary cannot move (merge single-copy shards on one node)",
+            name(absorb),
+            r.primary,
+            name(keep),
+            k.replicas.primary
+        )));
+    }
     let from = r
         .backups
         .iter()
@@ -215,6 +248,17 @@ mod tests {
             at_unix_ms: at,
         })
         .unwrap();
+    }
+
+    /// The first step with the copies on the same nodes: shard 1's primary
+    /// (n2) hands over to n1, where shard 0's is.
+    fn lead_together(m: &mut ClusterMap) {
+        let MergeStep::Colocate(c) = step_now(m, &BTreeMap::new()) else {
+            panic!("a handover expected")
+        };
+        assert_eq!((c.shard, c.primary.as_str()), (1, "n1"));
+        assert!(c.why.starts_with("merge:"));
+        m.apply(&c.into_command(1_000)).unwrap();
     }
 
     fn step_now(m: &ClusterMap, reports: &BTreeMap<(u32, NodeId), CopySeal>) -> MergeStep {
@@ -264,6 +308,7 @@ mod tests {
             None
         );
         begin(&mut m, 1_000);
+        lead_together(&mut m);
         let MergeStep::Seal { expect_epochs } = step_now(&m, &BTreeMap::new()) else {
             panic!("seal expected")
         };
@@ -371,6 +416,7 @@ mod tests {
     fn a_merge_is_given_up_when_sealed_too_long_when_its_copies_change_or_when_too_slow() {
         let mut m = test_maps::map(3, &[]);
         begin(&mut m, 1_000);
+        lead_together(&mut m);
         let limits = MergeLimits::default();
         let h = health(&m);
         let late = 1_000 + limits.total_ms + 1;

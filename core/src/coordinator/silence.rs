@@ -238,6 +238,7 @@ mod tests {
                 id: 1,
                 placement: None,
                 auto_split: true,
+                auto_merge: true,
                 spec: TableSpec {
                     name: "t".into(),
                     key: "id".into(),

@@ -144,6 +144,7 @@ mod tests {
             id: 1,
             placement: None,
             auto_split: true,
+            auto_merge: true,
             spec: TableSpec {
                 name: "user".into(),
                 key: "id".into(),
