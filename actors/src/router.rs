@@ -204,10 +204,14 @@ impl Router {
             }
             ShardRequest::Get { ref key, mode, .. } => {
                 if t.shard_of(key) != shard {
-                    return Err(DataError::invalid(format!(
-                        "key {key} belongs to {table}/{}, not {table}/{shard}",
-                        t.shard_of(key)
-                    )));
+                    // The client's map and this one place the key apart.
+                    return Err(DataError::new(
+                        ErrorKind::Stale,
+                        format!(
+                            "key {key} belongs to {table}/{}, not {table}/{shard}: refresh the map",
+                            t.shard_of(key)
+                        ),
+                    ));
                 }
                 self.read(&map, &table, shard, mode, request).await
             }

@@ -191,6 +191,13 @@ pub fn plan(
     for (key, copy) in want {
         match running.get(&key) {
             None => out.push(LocalChange::Start(key, copy)),
+            // Another shard at the same name: the table was dropped and
+            // made again, or the index was freed by a merge and taken by a
+            // split, between two maps this node saw. Its copy starts anew.
+            Some(have) if have.table_id != copy.table_id || have.born != copy.born => {
+                out.push(LocalChange::Stop(key.clone()));
+                out.push(LocalChange::Start(key, copy));
+            }
             Some(have) if *have != copy => out.push(LocalChange::Reconfigure(key, copy)),
             Some(_) => {}
         }
@@ -282,6 +289,29 @@ mod tests {
         let changes = plan(&wanted(&m, "n1"), &next, "n1");
         assert!(
             matches!(&changes[0], LocalChange::Reconfigure(k, c) if *k == key(0) && c.replicas.epoch == 2)
+        );
+    }
+
+    #[test]
+    fn another_shard_at_the_same_index_starts_a_new_copy() {
+        let m = map();
+        let running = wanted(&m, "n1");
+        // Shard 1 merged away and split off again, between two maps seen.
+        let mut next = m.clone();
+        let s = &mut next.tables.get_mut("t").unwrap().shards[1];
+        s.origin = Some(crate::cluster_map::Origin {
+            parent: 0,
+            epoch: 4,
+            at_unix_ms: 1_000,
+            range: s.range.clone(),
+        });
+        let changes = plan(&running, &next, "n1");
+        // (Shard 0 gained a child: reconfigured.)
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(matches!(&changes[0], LocalChange::Reconfigure(k, _) if *k == key(0)));
+        assert_eq!(changes[1], LocalChange::Stop(key(1)));
+        assert!(
+            matches!(&changes[2], LocalChange::Start(k, c) if *k == key(1) && c.born == Some((4, 1_000)))
         );
     }
 }

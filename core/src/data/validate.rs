@@ -7,7 +7,7 @@
 
 use crate::cluster_map::{RowKey, Table};
 use crate::data::ops::{check_row, Op, MAX_BATCH};
-use crate::wire::{BatchOp, DataError};
+use crate::wire::{BatchOp, DataError, ErrorKind};
 
 /// An update's patch must be a JSON object (checked again at apply time).
 fn check_patch(patch: &str) -> Result<(), DataError> {
@@ -18,12 +18,18 @@ fn check_patch(patch: &str) -> Result<(), DataError> {
     }
 }
 
+/// Stale: the client's map placed the key elsewhere than this one does
+/// (a split or merge it has not seen; a shard index reused after a merge
+/// can even carry the same epoch): it refreshes its map and sends again.
 fn not_in_shard(t: &Table, shard: u32, key: &RowKey) -> DataError {
     let table = &t.spec.name;
-    DataError::invalid(format!(
-        "key {key} belongs to {table}/{}, not {table}/{shard}",
-        t.shard_of(key)
-    ))
+    DataError::new(
+        ErrorKind::Stale,
+        format!(
+            "key {key} belongs to {table}/{}, not {table}/{shard}: refresh the map",
+            t.shard_of(key)
+        ),
+    )
 }
 
 /// Checks a write before it is logged: rows parse and carry their key, a
