@@ -393,7 +393,10 @@ impl StreamHandler<u64> for NodeActor {
                     stopped += 1;
                     if let Some((copy, actor)) = self.copies.remove(&key) {
                         // A dropped table's data goes; a copy that only moved
-                        // away keeps it until the table is dropped.
+                        // away keeps it until the table is dropped. (A shard
+                        // merged into another: the kept shard's copy here
+                        // takes its data when it merges, never this stop,
+                        // which may come first.)
                         let dropped = !map.tables.values().any(|t| t.id == copy.table_id);
                         actor.do_send(StopCopy { drop_data: dropped });
                     }

@@ -483,6 +483,7 @@ impl Client {
         let mut maybe_applied = false;
         let mut pause = RETRY_PAUSE;
         let mut attempt = 0u32;
+        let mut stale_before = false;
         loop {
             attempt += 1;
             let route = self.route(table).await?;
@@ -600,7 +601,11 @@ impl Client {
             }
             debug!(%table, shard, %node, error = %err, "resending");
             self.forget(table);
-            if !matches!(&err, ClientError::Data(e) if e.kind == ErrorKind::Stale) {
+            // A first `Stale` is resent at once with the fresh map; more
+            // (the node's map is the one behind, or the two disagree) wait
+            // like any other refusal.
+            let stale = matches!(&err, ClientError::Data(e) if e.kind == ErrorKind::Stale);
+            if !stale || std::mem::replace(&mut stale_before, true) {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_RETRY_PAUSE);
             }

@@ -349,6 +349,11 @@ pub struct Table {
     /// Whether the coordinator merges the table's cold, small neighbours by
     /// itself (on at creation, [`MapCommand::SetAutoMerge`]).
     pub auto_merge: bool,
+    /// The last epoch of each shard index a merge freed: the next shard
+    /// split off to that index starts above it, so that a message, a
+    /// report or a request of the shard merged away never passes for one
+    /// of the new shard.
+    pub retired: BTreeMap<u32, u64>,
 }
 
 /// An operator's rule for where a table's copies go (`tstore admin
@@ -952,6 +957,7 @@ impl ClusterMap {
                         placement: None,
                         auto_split: true,
                         auto_merge: true,
+                        retired: BTreeMap::new(),
                     },
                 );
             }
@@ -1094,9 +1100,12 @@ impl ClusterMap {
                 s.range = keep.clone();
                 s.replicas.epoch += 1;
                 let epoch = s.replicas.epoch;
-                // The parent's copies away hold nothing of the child.
+                // The parent's copies away hold nothing of the child, and
+                // its epochs go on above those of any shard once at its
+                // index.
                 let replicas = ReplicaSet {
                     away: vec![],
+                    epoch: epoch.max(t.retired.get(&child).map_or(0, |e| e + 1)),
                     ..s.replicas.clone()
                 };
                 t.shards.push(Shard {
@@ -1196,6 +1205,7 @@ impl ClusterMap {
                 let keep = merge_keep(t, *absorb, true)?;
                 check_merge_copies(t, keep, *absorb, *expect_epochs)?;
                 let gone = t.shards.pop().expect("the absorbed shard is the newest");
+                t.retired.insert(gone.index, gone.replicas.epoch);
                 let why = gone.merging.map(|m| m.why).unwrap_or_default();
                 let k = &mut t.shards[keep as usize];
                 let into = merged(&k.range, &gone.range).expect("checked when the merge began");

@@ -714,7 +714,7 @@ async fn two_emptied_neighbours_merge_by_themselves() {
     let row = client
         .get("e", RowKey::Int(1_500), ReadMode::Strong)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()))
         .expect("the kept row survived the merge");
     assert!(format!("{row:?}").contains("row 1500"), "{row:?}");
     for k in [5, 1_005] {

@@ -184,11 +184,12 @@ mod tests {
     #[test]
     fn refuses_other_versions_by_name() {
         let mut buf = encode(&Msg::Ping(1), DEFAULT_MAX_FRAME).unwrap();
-        buf[4] = 9;
+        let other = WIRE_VERSION.wrapping_add(1);
+        buf[4] = other;
         let err = decode_body::<Msg>(&buf[4..]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("frame has wire version 9, this node speaks version {WIRE_VERSION}")
+            format!("frame has wire version {other}, this node speaks version {WIRE_VERSION}")
         );
         assert!(err.is_protocol_violation());
     }

@@ -21,8 +21,10 @@ use tstore_membership::GossipSnapshot;
 use crate::control::ControlPlane;
 use crate::peer::{PeerMessage, PeerReply};
 
-/// The step that completes a merge (its label in the logs).
+/// The step that completes a merge, and the one that gives it up (their
+/// labels in the logs).
 const FINISH: &str = "finish";
+const GIVE_UP: &str = "give up";
 
 /// How long the leader waits for one copy's status.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -132,7 +134,7 @@ impl ControlPlane {
                     },
                 ),
                 MergeStep::Cancel(why) => (
-                    "give up",
+                    GIVE_UP,
                     MapCommand::CancelMerge {
                         table: table.clone(),
                         absorb,
@@ -148,18 +150,20 @@ impl ControlPlane {
             match self.write(cmd).await {
                 Ok(v) => {
                     info!(shard = %name, map_version = v, step = label, "merge step committed");
-                    if label == FINISH {
+                    // The shards it leaves are left alone for the settling
+                    // time: a merged shard does not split back at once, a
+                    // merge given up is not begun again at once.
+                    if label == FINISH || label == GIVE_UP {
                         let mut upkeep = self.inner.upkeep.lock().await;
                         upkeep.sealed_since.remove(&(table.clone(), absorb));
-                        if let Some(s) = self
-                            .map()
-                            .tables
-                            .get(&table)
-                            .and_then(|t| t.shards.get(keep as usize))
-                        {
-                            upkeep
-                                .elastic
-                                .born(&table, s.range.clone(), crate::clock::now_ms());
+                        let now = crate::clock::now_ms();
+                        if let Some(t) = self.map().tables.get(&table) {
+                            for s in [keep, absorb]
+                                .iter()
+                                .filter_map(|i| t.shards.get(*i as usize))
+                            {
+                                upkeep.elastic.born(&table, s.range.clone(), now);
+                            }
                         }
                     }
                 }

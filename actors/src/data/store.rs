@@ -345,6 +345,13 @@ fn born_mark(id: ShardPrefix) -> Vec<u8> {
     id.key(b"born")
 }
 
+/// The `shard-meta` key saying that copy `id` was merged into another shard
+/// here (and its data dropped): its copy actor, until it stops, serves
+/// nothing. Cleared with the rest when the index is built again.
+fn gone_mark(id: ShardPrefix) -> Vec<u8> {
+    id.key(b"gone")
+}
+
 /// The `shard-meta` key saying that copy `id` is being installed from a
 /// snapshot (from `begin_install` to `finish_install`): a split applied
 /// meanwhile must not build into it.
@@ -904,6 +911,13 @@ impl ShardStore {
             .transpose()
     }
 
+    /// Whether this node's copy of `id` was merged into another shard here
+    /// (its rows are the other shard's now).
+    pub fn merged_away(&self, id: ShardPrefix) -> Result<bool, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.meta.get(&rtxn, &gone_mark(id))?.is_some())
+    }
+
     /// Whether this copy of `id` has applied the marker splitting `child`
     /// off it.
     pub fn split_done(
@@ -1065,7 +1079,11 @@ impl ShardStore {
             row_bytes: km.row_bytes,
         };
         self.meta.put(wtxn, &keep.prefix(), &encode(&m))?;
+        // Absorb's copy goes here, not when its actor stops (which may come
+        // first: the merge would find nothing). A read still queued there
+        // finds the gone mark and is refused, not answered "no such row".
         self.drop_in(wtxn, absorb)?;
+        self.meta.put(wtxn, &gone_mark(absorb), &[])?;
         self.meta.delete(wtxn, &split_mark(keep, absorb.shard))?;
         Ok(MergeOutcome::Merged { rows, bytes })
     }
@@ -1479,6 +1497,20 @@ impl ShardStore {
         self.meta.put(&mut wtxn, &installing_mark(id), &[])?;
         wtxn.commit()?;
         Ok(())
+    }
+
+    /// [`drop_shard`](Self::drop_shard) if what this node holds at `id` was
+    /// built for the shard born `born` (a shard index is reused after a
+    /// merge: the copy of the shard there now is never dropped for the old
+    /// one). Returns whether it dropped.
+    pub fn drop_born(&self, id: ShardPrefix, born: Birth) -> Result<bool, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        if self.birth_in(&wtxn, id)?.unwrap_or(None) != born {
+            return Ok(false);
+        }
+        self.drop_in(&mut wtxn, id)?;
+        wtxn.commit()?;
+        Ok(true)
     }
 
     /// Removes every row, log entry and the metadata of a shard copy.
@@ -2016,11 +2048,13 @@ mod tests {
         assert_eq!(m.clock.now_ms, T0 + 14, "the later clock");
         assert_eq!(s.log_size(keep).unwrap(), (0, 0), "the unapplied tail too");
         counted_as_scanned(&s, keep);
-        // Nothing is left of the shard merged away, nor of its split.
+        // Nothing is left of the shard merged away but the mark saying so
+        // (a read still queued at its copy is refused), nor of its split.
         assert_eq!(s.meta(absorb).unwrap(), ShardMeta::default());
         assert_eq!(s.verify(absorb).unwrap().rows, 0);
         assert_eq!(s.session_count(absorb).unwrap(), 0);
-        assert!(!s.built(absorb, None).unwrap() && !s.split_done(keep, 1, FIRST).unwrap());
+        assert!(s.merged_away(absorb).unwrap() && !s.merged_away(keep).unwrap());
+        assert!(!s.built(absorb, Some(FIRST)).unwrap() && !s.split_done(keep, 1, FIRST).unwrap());
 
         // Both shards' sessions: resends get their first outcomes.
         assert_eq!(s.session_count(keep).unwrap(), 2);
@@ -2105,7 +2139,7 @@ mod tests {
         s.append(keep, &[entry(15, &split_off(1, 6, SECOND))])
             .unwrap();
         s.apply(keep, 15, "id").unwrap();
-        assert!(s.built(child, Some(SECOND)).unwrap());
+        assert!(s.built(child, Some(SECOND)).unwrap() && !s.merged_away(child).unwrap());
         assert_eq!(ints(&s, child), [6, 8, 9, 10], "row 7 was deleted");
         assert_eq!(s.get(child, &RowKey::Int(9)).unwrap().unwrap().version, 12);
         assert_eq!(ints(&s, keep), [1, 2, 3, 4, 5]);

@@ -1107,7 +1107,9 @@ impl Handler<StopCopy> for CopyActor {
             ))));
         }
         if stop.drop_data {
-            if let Err(e) = self.env.store.drop_shard(self.id) {
+            // (Only what was built for this shard: its index may hold the
+            // copy of a new one already.)
+            if let Err(e) = self.env.store.drop_born(self.id, self.copy.born) {
                 warn!(shard = %self.key, error = %e, "could not delete the shard's data");
             }
         }
@@ -1395,11 +1397,39 @@ impl Handler<Read> for CopyActor {
         }
         let key = read.key;
         Response::reply(permit.and_then(|()| {
-            self.env
+            let found = self
+                .env
                 .store
                 .get(self.id, &key)
-                .map_err(|e| self.read_failed("read", e, ctx))
+                .map_err(|e| self.read_failed("read", e, ctx))?;
+            match found {
+                None => self.not_merged_away().map(|()| None),
+                found => Ok(found),
+            }
         }))
+    }
+}
+
+impl CopyActor {
+    /// Refused if this copy's rows went to the shard it was merged into
+    /// (a read queued here when the kept shard's copy merged: this copy
+    /// stops right after). Checked after reading: rows read before the
+    /// merge were this shard's.
+    fn not_merged_away(&self) -> Result<(), DataError> {
+        match self.env.store.merged_away(self.id) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(DataError::new(
+                ErrorKind::Stale,
+                format!(
+                    "shard {} was merged into another; refresh the map",
+                    self.key
+                ),
+            )),
+            Err(e) => Err(DataError::unavailable(format!(
+                "shard {}: {e}; retry",
+                self.key
+            ))),
+        }
     }
 }
 
@@ -1453,7 +1483,8 @@ impl Handler<ScanShard> for CopyActor {
             .scan_within(self.id, s.from.as_ref(), s.to.as_ref(), s.limit, &|k| {
                 !split || range.contains(k)
             })
-            .map_err(|e| self.read_failed("scan", e, ctx));
+            .map_err(|e| self.read_failed("scan", e, ctx))
+            .and_then(|rows| self.not_merged_away().map(|()| rows));
         debug!(shard = %self.key, role = %self.copy.role, mode = ?s.mode, from = ?s.from, to = ?s.to, limit = s.limit, rows = ?res.as_ref().map(|r| r.len()), "scan");
         Response::reply(res)
     }

@@ -168,11 +168,6 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
             .await
             .map_err(|e| e.to_string())?
     };
-    let st = store.clone();
-    blocking(Box::new(move || {
-        st.begin_install(id).map_err(|e| e.to_string())
-    }))
-    .await?;
     let req = PeerMessage::Snapshot { shard: key.clone() };
     let mut stream = link
         .request_stream(&primary, req)
@@ -194,9 +189,16 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
             })) => {
                 if a < min_applied {
                     return Err(format!(
-                        "the primary's snapshot reflects entries up to {a}, short of the {min_applied} this copy acknowledged; waiting for the primary to apply them"
+                        "the primary's snapshot reflects entries up to {a}, short of the {min_applied} this copy needs; waiting for the primary to apply them"
                     ));
                 }
+                // What this node held goes only for a snapshot it can use
+                // (a short one leaves it, say a copy not merged yet, alone).
+                let st = store.clone();
+                blocking(Box::new(move || {
+                    st.begin_install(id).map_err(|e| e.to_string())
+                }))
+                .await?;
                 applied = Some((a, clock, SnapshotMarks { splits, born }));
                 continue;
             }
@@ -209,6 +211,9 @@ pub(crate) async fn fetch(f: Fetch) -> Result<Installed, String> {
             Some(other) => return Err(format!("unexpected snapshot reply {other:?}")),
             None => return Err("the snapshot stream ended early".into()),
         };
+        if applied.is_none() {
+            return Err("snapshot data came before its header".into());
+        }
         let chunk_bytes = chunk
             .iter()
             .map(|(k, v)| (k.len() + v.len()) as u64)

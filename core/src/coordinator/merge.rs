@@ -364,6 +364,27 @@ mod tests {
             (1, (40, 70), 71)
         );
         assert!(!t.sealed(0) && t.merge_under_way().is_none());
+        // The index freed is split off again: its epochs go on above the
+        // absorbed shard's last.
+        let last = expect_epochs.1;
+        assert_eq!(t.retired.get(&1), Some(&last));
+        let e0 = t.shards[0].replicas.epoch;
+        m.apply(&MapCommand::SplitShard {
+            table: "t".into(),
+            shard: 0,
+            expect_epoch: e0,
+            at: None,
+            why: String::new(),
+            at_unix_ms: 3_000,
+        })
+        .unwrap();
+        let t = &m.tables["t"];
+        assert!(
+            t.shards[1].replicas.epoch > last,
+            "{:?}",
+            t.shards[1].replicas
+        );
+        assert_eq!(t.shards[1].origin.as_ref().unwrap().epoch, e0 + 1);
         assert_eq!(
             step(
                 &m,

@@ -239,6 +239,7 @@ mod tests {
                 placement: None,
                 auto_split: true,
                 auto_merge: true,
+                retired: Default::default(),
                 spec: TableSpec {
                     name: "t".into(),
                     key: "id".into(),

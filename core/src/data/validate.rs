@@ -68,7 +68,20 @@ pub fn check_op(t: &Table, shard: u32, op: &Op) -> Result<(), DataError> {
             if ops.iter().any(|o| matches!(o, Op::Batch(_))) {
                 return Err(DataError::invalid("a batch cannot hold a batch"));
             }
-            return ops.iter().try_for_each(|o| check_op(t, shard, o));
+            // Stale if the first key is elsewhere (the client's map is
+            // older); a later one elsewhere is a batch across shards here.
+            for (i, o) in ops.iter().enumerate() {
+                match check_op(t, shard, o) {
+                    Err(e) if i > 0 && e.kind == ErrorKind::Stale => {
+                        return Err(DataError::invalid(format!(
+                            "a batch is atomic within one shard: {}",
+                            e.message
+                        )))
+                    }
+                    r => r?,
+                }
+            }
+            return Ok(());
         }
     };
     if t.shard_of(key) != shard {
@@ -151,6 +164,7 @@ mod tests {
             placement: None,
             auto_split: true,
             auto_merge: true,
+            retired: Default::default(),
             spec: TableSpec {
                 name: "user".into(),
                 key: "id".into(),
