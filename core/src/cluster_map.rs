@@ -1271,44 +1271,24 @@ impl ClusterMap {
                 on,
                 at_unix_ms,
             } => {
-                let t = self
-                    .tables
-                    .get_mut(table)
-                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                let t = self.table_mut(table)?;
                 if t.auto_split == *on {
                     return Ok(());
                 }
                 t.auto_split = *on;
-                self.push_event(MapEvent {
-                    version: self.version + 1,
-                    at_unix_ms: *at_unix_ms,
-                    subject: table.clone(),
-                    what: format!("automatic splits {}", if *on { "on" } else { "off" }),
-                    why: "operator: auto-split".into(),
-                    epoch: None,
-                });
+                self.push_switch(table, "splits", *on, *at_unix_ms);
             }
             MapCommand::SetAutoMerge {
                 table,
                 on,
                 at_unix_ms,
             } => {
-                let t = self
-                    .tables
-                    .get_mut(table)
-                    .ok_or_else(|| MapError::NoSuchTable(table.clone()))?;
+                let t = self.table_mut(table)?;
                 if t.auto_merge == *on {
                     return Ok(());
                 }
                 t.auto_merge = *on;
-                self.push_event(MapEvent {
-                    version: self.version + 1,
-                    at_unix_ms: *at_unix_ms,
-                    subject: table.clone(),
-                    what: format!("automatic merges {}", if *on { "on" } else { "off" }),
-                    why: "operator: auto-merge".into(),
-                    epoch: None,
-                });
+                self.push_switch(table, "merges", *on, *at_unix_ms);
             }
             MapCommand::SetPlacement {
                 table,
@@ -1348,6 +1328,25 @@ impl ClusterMap {
         }
         self.version += 1;
         Ok(())
+    }
+
+    fn table_mut(&mut self, table: &str) -> Result<&mut Table, MapError> {
+        self.tables
+            .get_mut(table)
+            .ok_or_else(|| MapError::NoSuchTable(table.to_owned()))
+    }
+
+    /// The event of an operator turning a table's automatic `what`
+    /// (splits, merges) on or off.
+    fn push_switch(&mut self, table: &str, what: &str, on: bool, at_unix_ms: u64) {
+        self.push_event(MapEvent {
+            version: self.version + 1,
+            at_unix_ms,
+            subject: table.to_owned(),
+            what: format!("automatic {what} {}", if on { "on" } else { "off" }),
+            why: format!("operator: auto-{}", what.trim_end_matches('s')),
+            epoch: None,
+        });
     }
 
     /// Keeps `event`, dropping the oldest beyond [`MAX_EVENTS`].

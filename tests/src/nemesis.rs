@@ -541,6 +541,15 @@ impl Nemesis {
             .collect()
     }
 
+    /// The node to ask for an operator's change (a split, a merge): one of
+    /// the first two that answer, by `pick`.
+    fn asker(&self, active: &Active, pick: u64) -> Result<&'static str, String> {
+        self.answering(active)
+            .get((pick % 2) as usize)
+            .copied()
+            .ok_or_else(|| "no node to ask".to_string())
+    }
+
     /// The leader and the primaries of `table`, from the first node that
     /// answers (a partitioned node may answer with an old view).
     async fn view(&self, table: &str, active: &Active) -> View {
@@ -713,15 +722,7 @@ impl Nemesis {
                 Ok(format!("kill -9 {lwhat} and {}", other.1))
             }
             FaultKind::Split => {
-                let via = self
-                    .ids
-                    .iter()
-                    .copied()
-                    .filter(|id| {
-                        self.cluster.is_running(id) && !active.paused.iter().any(|p| p == id)
-                    })
-                    .nth((pick % 2) as usize)
-                    .ok_or("no node to ask")?;
+                let via = self.asker(active, pick)?;
                 let client = self.cluster.client(via).await?;
                 let split = async {
                     let (_, t) = client.describe(table).await.map_err(|e| e.to_string())?;
@@ -739,15 +740,7 @@ impl Nemesis {
                 r
             }
             FaultKind::Merge => {
-                let via = self
-                    .ids
-                    .iter()
-                    .copied()
-                    .filter(|id| {
-                        self.cluster.is_running(id) && !active.paused.iter().any(|p| p == id)
-                    })
-                    .nth((pick % 2) as usize)
-                    .ok_or("no node to ask")?;
+                let via = self.asker(active, pick)?;
                 let client = self.cluster.client(via).await?;
                 let merge = async {
                     let (_, mut t) = client.describe(table).await.map_err(|e| e.to_string())?;
