@@ -371,6 +371,112 @@ async fn kill_9_of_the_primary_in_the_middle_of_a_split_loses_nothing() {
     }
 }
 
+/// A merge under a write load, and kill -9 of the node leading both shards
+/// as soon as they are sealed. The merge either completes or is given up
+/// (never half done): the table ends as one shard with the merge in its
+/// lineage, or as two with none under way; nothing acknowledged is lost,
+/// every write fits one history per shard, and once the node is back
+/// every copy is identical.
+#[tokio::test]
+async fn kill_9_of_the_primary_while_a_merge_is_sealed_loses_nothing() {
+    let mut c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    c.start_formed(&ids).await;
+    let t = c
+        .create_table("n1", spec("q", Sharding::Hash { shards: 1 }, 3))
+        .await;
+    let victim = t.shards[0].replicas.primary.clone();
+    let others: Vec<&str> = ids.iter().copied().filter(|n| *n != victim).collect();
+    let load = Load::start(
+        others.iter().map(|n| c.addr(n)).collect(),
+        c.certs().path().to_path_buf(),
+        "q",
+        4,
+        1_000_000,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let child = split(&c, others[0], "q", 0, None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let merging = {
+        let client = c.client(others[1]).await.unwrap();
+        tokio::spawn(async move {
+            let r = client
+                .merge_shards("q", 0, child, Duration::from_secs(60))
+                .await;
+            client.close().await;
+            r
+        })
+    };
+    // Killed as soon as the merge is seen sealed (or done, if it was
+    // quicker than the look).
+    let (when, _) = c
+        .poll("the merge sealed", Duration::from_secs(30), || async {
+            let client = c.client(others[0]).await?;
+            let (_, t) = client.describe("q").await.map_err(|e| e.to_string())?;
+            client.close().await;
+            let state = match t.merge_under_way() {
+                Some((_, _, true)) => Some("sealed"),
+                None if t.shards.len() == 1 => Some("already done"),
+                _ => None,
+            };
+            if state.is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(state)
+        })
+        .await
+        .unwrap();
+    c.kill9(&victim);
+    let killed = Instant::now();
+    let outcome = merging.await.unwrap();
+    eprintln!(
+        "killed {victim} with the merge {when}; the merge: {}",
+        match &outcome {
+            Ok(v) => format!("done at map version {v}"),
+            Err(e) => format!("not done: {e}"),
+        }
+    );
+    // Led by live nodes, and taking writes again.
+    let (t, _) = c
+        .poll("every shard led by a live node", HEAL_LIMIT, || async {
+            let client = c.client(others[0]).await?;
+            let (_, t) = client.describe("q").await.map_err(|e| e.to_string())?;
+            let copies = client.copies("q", false).await.map_err(|e| e.to_string())?;
+            client.close().await;
+            let serving = t.merge_under_way().is_none()
+                && t.shards.iter().all(|s| {
+                    s.replicas.primary != victim
+                        && copies.iter().any(|r| {
+                            r.shard == s.index
+                                && r.node == s.replicas.primary
+                                && r.status.as_ref().is_ok_and(|st| st.state == "serving")
+                        })
+                });
+            Ok(serving.then_some(t))
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "{} shard(s) led by live nodes {:?} after the kill",
+        t.shards.len(),
+        killed.elapsed()
+    );
+    match t.shards.len() {
+        1 => assert_eq!(t.shards[0].merged.as_ref().map(|m| m.absorbed), Some(child)),
+        2 => assert!(outcome.is_err(), "two shards, yet the merge said done"),
+        n => panic!("{n} shards"),
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.start(&victim, &others);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = assert_nothing_lost(&c, others[0], "q", load).await;
+    assert!(
+        report.acked.values().any(|a| a.tried > killed),
+        "no write acknowledged after the kill"
+    );
+    c.wait_healthy(others[0], "q", HEAL_LIMIT).await.unwrap();
+}
+
 /// Automatic splits by size: nodes told to split a shard over 64 KiB, and
 /// to look every 300 ms. A one-shard table written past that splits by
 /// itself, more than once (each event gives its reason), while a writer's
