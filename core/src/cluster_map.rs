@@ -456,17 +456,23 @@ impl Table {
 fn mergeable(t: &Table, keep: u32, absorb: u32) -> Result<KeyRange, MapError> {
     let name = |i: u32| format!("{}/{i}", t.spec.name);
     let newest = t.shards.len() as u32 - 1;
+    if keep == absorb {
+        return Err(MapError::InvalidMerge(format!(
+            "{} cannot merge with itself: name two neighbouring shards",
+            name(absorb)
+        )));
+    }
+    if let Some(missing) = [keep, absorb].into_iter().find(|i| *i > newest) {
+        return Err(MapError::InvalidMerge(format!(
+            "{} does not exist: the table has shards 0..={newest}",
+            name(missing)
+        )));
+    }
     if absorb != newest {
         return Err(MapError::InvalidMerge(format!(
             "{} is not the table's newest shard ({}): only the newest shard can be merged into another (indices name storage; absorbing another would leave a hole)",
             name(absorb),
             name(newest)
-        )));
-    }
-    if keep == absorb || keep > newest {
-        return Err(MapError::InvalidMerge(format!(
-            "merge {} into which shard? the table has shards 0..={newest}",
-            name(absorb)
         )));
     }
     if let Some((a, k, _)) = t.merge_under_way() {

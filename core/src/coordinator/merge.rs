@@ -516,6 +516,10 @@ mod tests {
                 at_unix_ms: 0,
             })
         };
+        let itself = begin(&mut m, 2, 2).unwrap_err().to_string();
+        assert!(itself.contains("with itself"), "{itself}");
+        let missing = begin(&mut m, 0, 7).unwrap_err().to_string();
+        assert!(missing.contains("t/7 does not exist"), "{missing}");
         let not_newest = begin(&mut m, 0, 1).unwrap_err().to_string();
         assert!(not_newest.contains("newest"), "{not_newest}");
         let not_siblings = begin(&mut m, 1, 2).unwrap_err().to_string();
