@@ -301,6 +301,9 @@ pub struct Merged {
     pub seqs: (u64, u64),
     /// The keys the absorbed shard had.
     pub range: KeyRange,
+    /// The absorbed shard's `Origin::birth` (`None`: the table was created
+    /// with it): a member merges only the copy built for that shard.
+    pub absorbed_born: Option<(u64, u64)>,
 }
 
 impl Merged {
@@ -1227,6 +1230,7 @@ impl ClusterMap {
                     at_unix_ms: *at_unix_ms,
                     seqs: *seqs,
                     range: gone.range,
+                    absorbed_born: gone.origin.as_ref().map(|o| o.birth()),
                 });
                 self.push_event(MapEvent {
                     version: self.version + 1,

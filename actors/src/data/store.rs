@@ -957,7 +957,7 @@ impl ShardStore {
     pub fn merge(
         &self,
         keep: ShardPrefix,
-        absorb: ShardPrefix,
+        (absorb, absorb_born): (ShardPrefix, Birth),
         sk: Seq,
         sa: Seq,
     ) -> Result<MergeOutcome, StoreError> {
@@ -968,7 +968,7 @@ impl ShardStore {
             return Ok(MergeOutcome::AlreadyDone);
         }
         let mut wtxn = self.env.write_txn()?;
-        let outcome = self.merge_in(&mut wtxn, keep, absorb, sk, sa)?;
+        let outcome = self.merge_in(&mut wtxn, keep, (absorb, absorb_born), sk, sa)?;
         if matches!(outcome, MergeOutcome::Merged { .. }) {
             wtxn.commit()?;
         }
@@ -979,7 +979,7 @@ impl ShardStore {
         &self,
         wtxn: &mut heed::RwTxn,
         keep: ShardPrefix,
-        absorb: ShardPrefix,
+        (absorb, absorb_born): (ShardPrefix, Birth),
         sk: Seq,
         sa: Seq,
     ) -> Result<MergeOutcome, StoreError> {
@@ -1003,6 +1003,14 @@ impl ShardStore {
             return mismatch(format!("this node holds no copy of {absorb}"));
         };
         let am = decode_meta(a)?;
+        // What this node holds at absorb's index must be the shard merged
+        // away, not a shard split off to that index since (a node whose
+        // map jumped past both): its positions could even match.
+        if self.birth_in(wtxn, absorb)?.unwrap_or(None) != absorb_born {
+            return mismatch(format!(
+                "what this node holds of {absorb} was built for another shard at that index"
+            ));
+        }
         for id in [keep, absorb] {
             if self.meta.get(wtxn, &installing_mark(id))?.is_some() {
                 return mismatch(format!("{id} is being installed from a snapshot"));
@@ -1497,20 +1505,6 @@ impl ShardStore {
         self.meta.put(&mut wtxn, &installing_mark(id), &[])?;
         wtxn.commit()?;
         Ok(())
-    }
-
-    /// [`drop_shard`](Self::drop_shard) if what this node holds at `id` was
-    /// built for the shard born `born` (a shard index is reused after a
-    /// merge: the copy of the shard there now is never dropped for the old
-    /// one). Returns whether it dropped.
-    pub fn drop_born(&self, id: ShardPrefix, born: Birth) -> Result<bool, StoreError> {
-        let mut wtxn = self.env.write_txn()?;
-        if self.birth_in(&wtxn, id)?.unwrap_or(None) != born {
-            return Ok(false);
-        }
-        self.drop_in(&mut wtxn, id)?;
-        wtxn.commit()?;
-        Ok(true)
     }
 
     /// Removes every row, log entry and the metadata of a shard copy.
@@ -2015,7 +2009,7 @@ mod tests {
         };
         let before = state(&s);
         for (sk, sa) in [(13, 13), (12, 14), (13, 15)] {
-            match s.merge(keep, absorb, sk, sa).unwrap() {
+            match s.merge(keep, (absorb, Some(FIRST)), sk, sa).unwrap() {
                 MergeOutcome::Mismatch(why) => {
                     assert!(
                         why.contains("shard 1/0") && why.contains("shard 1/1"),
@@ -2027,9 +2021,19 @@ mod tests {
             assert_eq!(state(&s), before);
         }
         assert!(s.split_done(keep, 1, FIRST).unwrap());
+        // What is held at the index is not the shard the merge absorbs
+        // (another shard split off there since): nothing is written.
+        for born in [Some(SECOND), None] {
+            let r = s.merge(keep, (absorb, born), 13, 14).unwrap();
+            assert!(
+                matches!(&r, MergeOutcome::Mismatch(why) if why.contains("another shard")),
+                "{r:?}"
+            );
+            assert_eq!(state(&s), before);
+        }
 
         assert_eq!(
-            s.merge(keep, absorb, 13, 14).unwrap(),
+            s.merge(keep, (absorb, Some(FIRST)), 13, 14).unwrap(),
             MergeOutcome::Merged {
                 rows: moving.rows,
                 bytes: moving.row_bytes
@@ -2081,7 +2085,7 @@ mod tests {
         // Done once: a second call finds the copy past the merge.
         let sum = s.checksum(keep).unwrap();
         assert_eq!(
-            s.merge(keep, absorb, 13, 14).unwrap(),
+            s.merge(keep, (absorb, Some(FIRST)), 13, 14).unwrap(),
             MergeOutcome::AlreadyDone
         );
         assert_eq!(s.checksum(keep).unwrap(), sum);
@@ -2125,7 +2129,7 @@ mod tests {
         .unwrap();
         s.apply(child, 13, "id").unwrap();
         assert!(matches!(
-            s.merge(keep, child, 11, 13).unwrap(),
+            s.merge(keep, (child, Some(FIRST)), 11, 13).unwrap(),
             MergeOutcome::Merged { rows: 4, .. }
         ));
         // What is left of the old child on this node: a copy, but not one
@@ -2164,7 +2168,7 @@ mod tests {
         let (keep, child) = split_at_11(&s);
         let old = snap(&s, child);
         assert_eq!(
-            s.merge(keep, child, 11, 11).unwrap(),
+            s.merge(keep, (child, Some(FIRST)), 11, 11).unwrap(),
             MergeOutcome::Merged {
                 rows: 5,
                 bytes: old.0.row_bytes

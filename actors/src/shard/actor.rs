@@ -283,6 +283,7 @@ impl CopyActor {
             table: self.id.table,
             shard: m.absorbed,
         };
+        let absorbed = (absorbed, m.absorbed_born);
         let why = match self.env.store.merge(self.id, absorbed, m.seqs.0, m.seqs.1) {
             Ok(MergeOutcome::AlreadyDone) => return true,
             Ok(MergeOutcome::Merged { rows, bytes }) => {
@@ -1107,9 +1108,7 @@ impl Handler<StopCopy> for CopyActor {
             ))));
         }
         if stop.drop_data {
-            // (Only what was built for this shard: its index may hold the
-            // copy of a new one already.)
-            if let Err(e) = self.env.store.drop_born(self.id, self.copy.born) {
+            if let Err(e) = self.env.store.drop_shard(self.id) {
                 warn!(shard = %self.key, error = %e, "could not delete the shard's data");
             }
         }
