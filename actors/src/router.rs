@@ -24,7 +24,7 @@ use crate::shard::messages::{GetStatus, MiddleKey, Read, ScanShard, Write};
 use tstore_core::cluster_map::{ClusterMap, Table};
 use tstore_core::data::ops::Op;
 use tstore_core::data::sessions::RequestId;
-use tstore_core::data::validate::check_op;
+use tstore_core::data::validate::{check_key, check_op};
 use tstore_core::shard::ShardKey;
 use tstore_core::wire::{CopyReport, DataError, DataReply, DataRequest, ErrorKind, ShardRequest};
 use tstore_core::wire::{ReadMode, MAX_SCAN};
@@ -203,16 +203,7 @@ impl Router {
                 Ok(self.write(&map, shard, &table, id, op).await)
             }
             ShardRequest::Get { ref key, mode, .. } => {
-                if t.shard_of(key) != shard {
-                    // The client's map and this one place the key apart.
-                    return Err(DataError::new(
-                        ErrorKind::Stale,
-                        format!(
-                            "key {key} belongs to {table}/{}, not {table}/{shard}: refresh the map",
-                            t.shard_of(key)
-                        ),
-                    ));
-                }
+                check_key(t, shard, key)?;
                 self.read(&map, &table, shard, mode, request).await
             }
             ShardRequest::Scan {

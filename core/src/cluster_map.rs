@@ -433,10 +433,12 @@ impl Table {
 
     /// The merge under way in this table, as `(absorbed shard, kept shard,
     /// sealed)` (one at a time: see [`MapCommand::BeginMerge`]).
+    /// The absorbed shard is the newest (`BeginMerge` asks it, and no split
+    /// appends another while the merge is under way): one look, not a pass
+    /// over the shards, for what every map application asks per shard.
     pub fn merge_under_way(&self) -> Option<(u32, u32, bool)> {
-        self.shards
-            .iter()
-            .find_map(|s| s.merging.as_ref().map(|m| (s.index, m.into, m.sealed)))
+        let s = self.shards.last()?;
+        s.merging.as_ref().map(|m| (s.index, m.into, m.sealed))
     }
 
     /// Whether shard `index` takes part in the merge under way (its copies
@@ -1280,25 +1282,25 @@ impl ClusterMap {
                 table,
                 on,
                 at_unix_ms,
-            } => {
-                let t = self.table_mut(table)?;
-                if t.auto_split == *on {
-                    return Ok(());
-                }
-                t.auto_split = *on;
-                self.push_switch(table, "splits", *on, *at_unix_ms);
             }
-            MapCommand::SetAutoMerge {
+            | MapCommand::SetAutoMerge {
                 table,
                 on,
                 at_unix_ms,
             } => {
+                let merges = matches!(cmd, MapCommand::SetAutoMerge { .. });
                 let t = self.table_mut(table)?;
-                if t.auto_merge == *on {
+                let switch = if merges {
+                    &mut t.auto_merge
+                } else {
+                    &mut t.auto_split
+                };
+                if *switch == *on {
                     return Ok(());
                 }
-                t.auto_merge = *on;
-                self.push_switch(table, "merges", *on, *at_unix_ms);
+                *switch = *on;
+                let what = if merges { "merges" } else { "splits" };
+                self.push_switch(table, what, *on, *at_unix_ms);
             }
             MapCommand::SetPlacement {
                 table,

@@ -261,17 +261,17 @@ mod tests {
         m.apply(&c.into_command(1_000)).unwrap();
     }
 
+    /// The step at time `now`, every node live, with default limits.
+    fn step_at(
+        m: &ClusterMap,
+        reports: &BTreeMap<(u32, NodeId), CopySeal>,
+        now: u64,
+    ) -> Option<MergeStep> {
+        step(m, "t", &health(m), reports, now, 0, &MergeLimits::default())
+    }
+
     fn step_now(m: &ClusterMap, reports: &BTreeMap<(u32, NodeId), CopySeal>) -> MergeStep {
-        step(
-            m,
-            "t",
-            &health(m),
-            reports,
-            1_000,
-            0,
-            &MergeLimits::default(),
-        )
-        .unwrap()
+        step_at(m, reports, 1_000).unwrap()
     }
 
     fn settled(m: &ClusterMap, at: (u64, u64)) -> BTreeMap<(u32, NodeId), CopySeal> {
@@ -295,18 +295,7 @@ mod tests {
     #[test]
     fn co_located_shards_seal_then_finish_once_every_copy_settled_at_one_position() {
         let mut m = test_maps::map(3, &[]);
-        assert_eq!(
-            step(
-                &m,
-                "t",
-                &health(&m),
-                &BTreeMap::new(),
-                0,
-                0,
-                &MergeLimits::default()
-            ),
-            None
-        );
+        assert_eq!(step_at(&m, &BTreeMap::new(), 0), None);
         begin(&mut m, 1_000);
         lead_together(&mut m);
         let MergeStep::Seal { expect_epochs } = step_now(&m, &BTreeMap::new()) else {
@@ -385,18 +374,7 @@ mod tests {
             t.shards[1].replicas
         );
         assert_eq!(t.shards[1].origin.as_ref().unwrap().epoch, e0 + 1);
-        assert_eq!(
-            step(
-                &m,
-                "t",
-                &health(&m),
-                &BTreeMap::new(),
-                0,
-                0,
-                &MergeLimits::default()
-            ),
-            None
-        );
+        assert_eq!(step_at(&m, &BTreeMap::new(), 0), None);
     }
 
     #[test]

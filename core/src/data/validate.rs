@@ -18,18 +18,20 @@ fn check_patch(patch: &str) -> Result<(), DataError> {
     }
 }
 
-/// Stale: the client's map placed the key elsewhere than this one does
-/// (a split or merge it has not seen; a shard index reused after a merge
-/// can even carry the same epoch): it refreshes its map and sends again.
-fn not_in_shard(t: &Table, shard: u32, key: &RowKey) -> DataError {
+/// That `key` is in `shard` of `t`. Else `Stale`: the client's map placed
+/// the key elsewhere than this one does (a split or merge it has not seen;
+/// a shard index reused after a merge can even carry the same epoch): it
+/// refreshes its map and sends again.
+pub fn check_key(t: &Table, shard: u32, key: &RowKey) -> Result<(), DataError> {
+    let owner = t.shard_of(key);
+    if owner == shard {
+        return Ok(());
+    }
     let table = &t.spec.name;
-    DataError::new(
+    Err(DataError::new(
         ErrorKind::Stale,
-        format!(
-            "key {key} belongs to {table}/{}, not {table}/{shard}: refresh the map",
-            t.shard_of(key)
-        ),
-    )
+        format!("key {key} belongs to {table}/{owner}, not {table}/{shard}: refresh the map"),
+    ))
 }
 
 /// Checks a write before it is logged: rows parse and carry their key, a
@@ -84,10 +86,7 @@ pub fn check_op(t: &Table, shard: u32, op: &Op) -> Result<(), DataError> {
             return Ok(());
         }
     };
-    if t.shard_of(key) != shard {
-        return Err(not_in_shard(t, shard, key));
-    }
-    Ok(())
+    check_key(t, shard, key)
 }
 
 /// The shard a write belongs to, once checked: for a batch, the shard of
