@@ -125,12 +125,15 @@ pub fn step(
     };
     if sealed {
         if mk != ma || moving {
+            let learners = |s: &crate::cluster_map::Shard| s.replicas.learners.clone();
             return Some(MergeStep::Cancel(format!(
-                "merge: the copies of {} and {} changed while sealed ({} on {mk:?}, {} on {ma:?}); healing goes first",
+                "merge: the copies of {} and {} changed while sealed ({} on {mk:?}, learners {:?}; {} on {ma:?}, learners {:?}); healing goes first",
                 name(keep),
                 name(absorb),
                 name(keep),
-                name(absorb)
+                learners(k),
+                name(absorb),
+                learners(a)
             )));
         }
         if sealed_for > limits.sealed_ms {
